@@ -1,0 +1,211 @@
+"""Prediction heads, their conversions, and the wiring of a network output to a score: in ONE place.
+
+Every SDE here has a Gaussian path x_t = a_t x_0 + s_t eps, eps ~ N(0, I). The quantities a network
+may predict are related by (Song et al. 2021; Salimans & Ho 2022 for v; Lipman et al. 2023 for u):
+
+    score    = -eps / s_t = -(x_t - a_t x0) / s_t^2
+    v        = a_t eps - s_t x0
+    x0       = (a_t x_t - s_t v) / (a_t^2 + s_t^2),     eps = (s_t x_t + a_t v) / (a_t^2 + s_t^2)
+    velocity = u = a'_t x0 + s'_t eps           (the probability-flow / flow-matching velocity)
+    x0       = (s'_t x_t - s_t u) / (a_t s'_t - s_t a'_t),  eps = (a_t u - a'_t x_t) / (a_t s'_t - s_t a'_t)
+
+(for VP, a^2 + s^2 = 1 and the v formulas reduce to x0 = a x - s v, eps = s x + a v).
+``convert`` maps any head to any other through (x0, eps).
+
+``get_score_fn`` wires a network to a score function exactly as the reference
+(``models/utils.py::get_score_fn``) does; see ``SDE`` method docs in ``sde.py``:
+- VP / sub-VP, continuous (and sub-VP always): labels = 999 t, score = -out / s_t.
+- VP, discrete (DDPM): labels = (N-1) t, score = -out / sqrt(1 - alphabar)[floor(labels)].
+- VE, continuous: labels = sigma(t); VE discrete: labels = round((T - t)(N - 1)) (int);
+  the network divides by sigma inside (``scale_by_sigma``) so score = out.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from score_jax.sde import VESDE, VPSDE, batch_mul, subVPSDE
+
+Array = jax.Array
+
+HEADS = ("eps", "x0", "v", "score", "velocity")
+PREDICTIONS = ("auto",) + HEADS
+
+
+def _check_head(name: str, valid=HEADS) -> str:
+    if name not in valid:
+        raise ValueError(f"Unknown prediction head {name!r}; valid choices: {list(valid)}")
+    return name
+
+
+def marginal_coeffs_and_derivs(sde, t: Array) -> tuple[Array, Array, Array, Array]:
+    """(a_t, s_t, da/dt, ds/dt), the derivatives by forward-mode autodiff of ``sde.marginal_coeffs``."""
+    (a, s), (da, ds) = jax.jvp(sde.marginal_coeffs, (t,), (jnp.ones_like(t),))
+    return a, s, da, ds
+
+
+def to_x0_eps(pred: Array, x: Array, t: Array, sde, head: str) -> tuple[Array, Array]:
+    """Recover (x0, eps) from the prediction ``pred`` of head ``head`` at (x_t = x, t)."""
+    _check_head(head)
+    a, s, da, ds = marginal_coeffs_and_derivs(sde, t)
+    if head == "eps":
+        eps = pred
+        x0 = batch_mul(1.0 / a, x - batch_mul(s, eps))
+    elif head == "score":
+        eps = batch_mul(-s, pred)
+        x0 = batch_mul(1.0 / a, x - batch_mul(s, eps))
+    elif head == "x0":
+        x0 = pred
+        eps = batch_mul(1.0 / s, x - batch_mul(a, x0))
+    elif head == "v":
+        n = a**2 + s**2
+        x0 = batch_mul(1.0 / n, batch_mul(a, x) - batch_mul(s, pred))
+        eps = batch_mul(1.0 / n, batch_mul(s, x) + batch_mul(a, pred))
+    else:  # velocity
+        det = a * ds - s * da
+        x0 = batch_mul(1.0 / det, batch_mul(ds, x) - batch_mul(s, pred))
+        eps = batch_mul(1.0 / det, batch_mul(a, pred) - batch_mul(da, x))
+    return x0, eps
+
+
+def from_x0_eps(x0: Array, eps: Array, x: Array, t: Array, sde, head: str) -> Array:
+    """Express (x0, eps) at (x_t = x, t) as the prediction of head ``head``."""
+    _check_head(head)
+    a, s, da, ds = marginal_coeffs_and_derivs(sde, t)
+    if head == "eps":
+        return eps
+    if head == "score":
+        return batch_mul(-1.0 / s, eps)
+    if head == "x0":
+        return x0
+    if head == "v":
+        return batch_mul(a, eps) - batch_mul(s, x0)
+    return batch_mul(da, x0) + batch_mul(ds, eps)
+
+
+def convert(pred: Array, x: Array, t: Array, sde, *, source: str, target: str) -> Array:
+    """Convert a prediction from head ``source`` to head ``target`` (heads: eps, x0, v, score, velocity)."""
+    if source == target:
+        _check_head(source)
+        return pred
+    x0, eps = to_x0_eps(pred, x, t, sde, source)
+    return from_x0_eps(x0, eps, x, t, sde, target)
+
+
+def eps_to_score(eps: Array, std: Array) -> Array:
+    """score = -eps / s_t."""
+    return batch_mul(-1.0 / std, eps)
+
+
+def score_to_eps(score: Array, std: Array) -> Array:
+    """eps = -s_t score."""
+    return batch_mul(-std, score)
+
+
+def ode_velocity_from_score(sde, x: Array, t: Array, score: Array) -> Array:
+    """Probability-flow velocity dx/dt = f(x,t) - g(t)^2 score / 2 (Song et al. eq. 13)."""
+    drift, diffusion = sde.sde(x, t)
+    return drift - batch_mul(0.5 * diffusion**2, score)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference wiring of networks: time labels and output -> score.
+# ----------------------------------------------------------------------------------------------
+def time_labels(sde, t: Array, continuous: bool) -> Array:
+    """The time label the reference passes to the network for SDE time t (see module docstring)."""
+    if isinstance(sde, VESDE):
+        if continuous:
+            return sde.sigma(t)
+        return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+    if isinstance(sde, VPSDE):
+        if continuous or isinstance(sde, subVPSDE):
+            return t * 999.0
+        return t * (sde.N - 1)
+    raise ValueError(f"No reference wiring for SDE {type(sde).__name__}; valid: VPSDE, subVPSDE, VESDE")
+
+
+def output_to_score(sde, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+    """Reference conversion of the network output to a score (VP: -out/std; VE: out)."""
+    if isinstance(sde, VESDE):
+        return out
+    if continuous or isinstance(sde, subVPSDE):
+        std = sde.marginal_coeffs(t)[1]
+    else:
+        std = sde.sqrt_1m_alphas_cumprod[jnp.floor(labels).astype(jnp.int32)]
+    return batch_mul(-1.0 / std.astype(out.dtype), out)
+
+
+@struct.dataclass
+class ModelScoreFn:
+    """``score_fn(x, t)`` for a Flax network: a pytree whose leaves are the SDE and the parameters,
+    so that samplers and likelihoods jit over it without baking the weights in as constants, and
+    recompile only when the model or the wiring changes.
+
+    prediction:
+      - ``"auto"``: the reference wiring (``time_labels`` / ``output_to_score``);
+      - ``"eps" | "x0" | "v" | "score" | "velocity"``: the network predicts that head, fed the
+        continuous label ``time_labels(sde, t, continuous)``; converted by ``convert``.
+    """
+
+    sde: Any
+    variables: Any
+    model: nn.Module = struct.field(pytree_node=False)
+    continuous: bool = struct.field(pytree_node=False, default=True)
+    prediction: str = struct.field(pytree_node=False, default="auto")
+    train: bool = struct.field(pytree_node=False, default=False)
+    dropout_key: Any = None
+    model_kwargs: Any = None  # e.g. {"y": class labels}; leaves are traced
+
+    def network(self, x: Array, labels: Array) -> Array:
+        rngs = {"dropout": self.dropout_key} if (self.train and self.dropout_key is not None) else None
+        kwargs = dict(self.model_kwargs or {})
+        return self.model.apply(self.variables, x, labels, train=self.train, rngs=rngs, **kwargs)
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        labels = time_labels(self.sde, t, self.continuous)
+        out = self.network(x, labels)
+        if out.shape != x.shape:
+            raise ValueError(f"network output shape {out.shape} does not match input shape {x.shape}")
+        if self.prediction == "auto":
+            return output_to_score(self.sde, out, t, labels, self.continuous)
+        return convert(out, x, t, self.sde, source=self.prediction, target="score")
+
+
+def get_score_fn(
+    sde,
+    model: nn.Module,
+    variables: Any,
+    *,
+    continuous: bool = True,
+    prediction: str = "auto",
+    train: bool = False,
+    dropout_key: Array | None = None,
+    model_kwargs: dict | None = None,
+) -> ModelScoreFn:
+    """Wrap a Flax network as ``score_fn(x, t)``; see ``ModelScoreFn``."""
+    _check_head(prediction, PREDICTIONS)
+    return ModelScoreFn(sde, variables, model, continuous, prediction, train, dropout_key, model_kwargs)
+
+
+@struct.dataclass
+class HeadScoreFn:
+    """``score_fn(x, t)`` from any ``head_fn(x, t)`` predicting ``head`` (eps, x0, v, velocity)."""
+
+    sde: Any
+    head_fn: Callable = struct.field(pytree_node=False)
+    head: str = struct.field(pytree_node=False, default="eps")
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return convert(self.head_fn(x, t), x, t, self.sde, source=self.head, target="score")
+
+
+def score_fn_from_head(sde, head_fn: Callable[[Array, Array], Array], head: str) -> Callable:
+    """Turn any ``head_fn(x, t)`` predicting ``head`` into ``score_fn(x, t)``."""
+    _check_head(head)
+    if head == "score":
+        return head_fn
+    return HeadScoreFn(sde, head_fn, head)
