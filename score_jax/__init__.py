@@ -7,12 +7,12 @@ Public API (see README.md):
 - ``score_jax.sampling``: sample(key, sde, score_fn, shape, method=...)
 - ``score_jax.likelihood``: log_likelihood, bits_per_dim, encode, decode
 """
-from score_jax import losses, sampling, score, sde
+from score_jax import likelihood, losses, sampling, score, sde, toy
 from score_jax.sde import SDES, ReverseSDE, VESDE, VPSDE, get_sde, subVPSDE
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "sde", "score", "losses", "sampling",
+    "sde", "score", "losses", "sampling", "likelihood", "toy",
     "VPSDE", "subVPSDE", "VESDE", "ReverseSDE", "SDES", "get_sde",
 ]
