@@ -1,0 +1,123 @@
+"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2.
+
+`get_model(config.model, image_size=..., num_channels=..., centered=...)` is the one place where
+a reference-style ``config.model`` becomes a module; everything below it takes typed fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+
+from .ddpm import DDPM
+from .ncsnpp import NCSNpp
+from .ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
+from .utils import get_sigmas, resolve_dtype
+
+MODELS: dict[str, type[nn.Module]] = {
+    "ncsnpp": NCSNpp,
+    "ddpm": DDPM,
+    "ncsn": NCSN,
+    "ncsnv2_64": NCSNv2,
+    "ncsnv2_128": NCSNv2_128,
+    "ncsnv2_256": NCSNv2_256,
+}
+
+# config.model fields that exist in the reference configs but do not change the network, or
+# whose only supported value is checked here.
+_IGNORED = frozenset({"name", "ema_rate", "beta_min", "beta_max", "normalization_type"})
+_FIXED = {"attention_type": ("ddpm",), "conv_size": (3,)}
+_DATA_FIELDS = ("image_size", "num_channels", "centered")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    try:
+        return cfg[key] if key in cfg else default
+    except TypeError:
+        return getattr(cfg, key, default)
+
+
+def _items(cfg: Any) -> dict[str, Any]:
+    if hasattr(cfg, "to_dict"):
+        return dict(cfg.to_dict())
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    return dict(vars(cfg))
+
+
+def model_kwargs(model_config: Any, *, image_size: int | None = None,
+                 num_channels: int | None = None, centered: bool | None = None) -> dict[str, Any]:
+    """The typed keyword arguments `get_model` passes to the model class (for inspection)."""
+    cfg = _items(model_config)
+    name = cfg.get("name")
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; valid: {sorted(MODELS)}")
+    cls = MODELS[name]
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    data = {"image_size": image_size, "num_channels": num_channels, "centered": centered}
+    kw: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key in _IGNORED:
+            continue
+        if key in _FIXED:
+            if value not in _FIXED[key]:
+                raise ValueError(f"{name}: {key}={value!r} is not supported; valid: "
+                                 f"{list(_FIXED[key])}")
+            continue
+        if key in fields:
+            kw[key] = value
+    for key in _DATA_FIELDS:
+        if data[key] is not None:
+            kw[key] = data[key]
+    for key, value in kw.items():
+        if isinstance(value, list):
+            kw[key] = tuple(value)
+    if "dtype" in kw:
+        kw["dtype"] = resolve_dtype(kw["dtype"])
+    for key in ("nf", "num_res_blocks", "num_scales", "num_channels"):
+        if key in kw:
+            kw[key] = int(kw[key])
+    for key in ("sigma_min", "sigma_max", "dropout", "init_scale", "fourier_scale"):
+        if key in kw:
+            kw[key] = float(kw[key])
+    if kw.get("num_classes") is not None:
+        kw["num_classes"] = int(kw["num_classes"])
+    if kw.get("image_size") is not None:
+        kw["image_size"] = int(kw["image_size"])
+    return kw
+
+
+def get_model(model_config: Any, *, image_size: int | None = None,
+              num_channels: int | None = None, centered: bool | None = None) -> nn.Module:
+    """Build the network named ``model_config.name`` from a reference-style ``config.model``.
+
+    The reference networks also read ``config.data``; pass those values as keywords, e.g.
+    ``get_model(config.model, image_size=config.data.image_size,
+    num_channels=config.data.num_channels, centered=config.data.centered)``. Fields of the same
+    names inside ``model_config`` are used when the keywords are None. Extra model fields:
+    ``num_classes`` (class conditioning; label num_classes is the null label), ``dtype``
+    (compute dtype name, e.g. 'bfloat16'; params stay float32) and ``remat``.
+
+    Returns:
+      The flax module; call ``model.apply(variables, x, labels, train=False)`` (x NHWC).
+
+    Raises:
+      ValueError: unknown name (the valid names are listed), an unknown option value, or an
+        image size the architecture cannot take.
+    """
+    name = _get(model_config, "name")
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; valid: {sorted(MODELS)}")
+    model = MODELS[name](**model_kwargs(model_config, image_size=image_size,
+                                        num_channels=num_channels, centered=centered))
+    model.validate()
+    return model
+
+
+__all__ = ["DDPM", "MODELS", "NCSN", "NCSNpp", "NCSNv2", "NCSNv2_128", "NCSNv2_256",
+           "get_model", "get_sigmas", "model_kwargs"]

@@ -1,0 +1,94 @@
+"""Helpers shared by the networks: noise-level table, dtypes, input checks, rematerialisation."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+Array = jnp.ndarray
+
+
+def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
+    """SMLD noise levels, float64, largest first (index 0 is sigma_max):
+
+        sigma_i = exp(linspace(ln sigma_max, ln sigma_min, N))_i .
+    """
+    return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    """``None`` (infer from inputs and params), a dtype, or its name ('bfloat16', 'float32')."""
+    if dtype is None or (isinstance(dtype, str) and dtype.lower() in ("", "none")):
+        return None
+    return jnp.dtype(dtype)
+
+
+def float_dtype(x: Array) -> Any:
+    """At least float32: float64 under x64 with float64 inputs, float32 for bf16 / f16 inputs.
+    Used for the noise embeddings and the sigma division, which bf16 would ruin."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def check_image(x: Array, *, model: str, image_size: int | None, num_channels: int,
+                divisor: int) -> None:
+    """Raise ValueError unless x is (B, H, W, C) with C = num_channels, H and W divisible by
+    ``divisor`` (2 ** number of down-samplings) and, if given, H = W = image_size."""
+    if x.ndim != 4:
+        raise ValueError(f"{model}: x must be NHWC (B, H, W, C), got shape {x.shape}")
+    _, h, w, c = x.shape
+    if c != num_channels:
+        raise ValueError(f"{model}: x has {c} channels, the model was built for {num_channels}")
+    if image_size is not None and (h, w) != (image_size, image_size):
+        raise ValueError(f"{model}: x is {h}x{w}, the model was built for image_size="
+                         f"{image_size}")
+    if h % divisor or w % divisor:
+        raise ValueError(f"{model}: image size {h}x{w} is not divisible by {divisor}, which "
+                         "this architecture's down-sampling needs")
+
+
+def check_image_size(model: str, image_size: int | None, divisor: int) -> None:
+    """Config-time version of `check_image` for the image size alone."""
+    if image_size is None:
+        return
+    if image_size <= 0 or image_size % divisor:
+        raise ValueError(f"{model}: image_size={image_size} cannot be taken by this "
+                         f"architecture; it must be a positive multiple of {divisor}")
+
+
+def check_choice(model: str, field: str, value: str, valid: tuple[str, ...]) -> str:
+    """Lower-cased ``value`` if valid, else a ValueError naming the valid choices."""
+    v = value.lower()
+    if v not in valid:
+        raise ValueError(f"{model}: {field}={value!r} unknown; valid: {list(valid)}")
+    return v
+
+
+@functools.cache
+def remat_class(cls: type[nn.Module], train_argnum: int = 3) -> type[nn.Module]:
+    """``nn.remat`` of a block class whose ``__call__(self, x, temb, train)`` has a static
+    ``train``; the class keeps its name so parameter names (``ResnetBlockBigGANpp_3``) do not
+    change (flax prefixes lifted classes with 'Checkpoint')."""
+    rcls = nn.remat(cls, static_argnums=(train_argnum,))
+    rcls.__name__ = cls.__name__
+    rcls.__qualname__ = cls.__qualname__
+    return rcls
+
+
+def add_label_embedding(temb: Array | None, y: Array | None, batch: int,
+                        num_classes: int | None, dim: int, dtype: Any) -> Array | None:
+    """temb + E[y] with E a (num_classes + 1, dim) table named ``label_embed`` (created in the
+    calling module's compact scope); y = None means the null label ``num_classes`` for every sample.
+    """
+    if num_classes is None:
+        if y is not None:
+            raise ValueError("class labels y were given but the model has num_classes=None")
+        return temb
+    if y is None:
+        y = jnp.full((batch,), num_classes, jnp.int32)
+    emb = nn.Embed(num_classes + 1, dim, name="label_embed")(jnp.asarray(y).astype(jnp.int32))
+    emb = emb.astype(dtype)
+    return emb if temb is None else temb + emb
