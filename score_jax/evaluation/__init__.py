@@ -1,0 +1,59 @@
+"""Evaluation: the FID Inception-v3, FID / KID / IS, reference statistics and bits/dim.
+
+See ``metrics.py`` for the formulas and ``inception.py`` for the network and its weights;
+``python -m score_jax.evaluation.stats`` writes reference statistics for a dataset.
+"""
+
+from score_jax.evaluation.inception import (
+    INCEPTION_IMAGE_SIZE,
+    NUM_FEATURES,
+    NUM_LOGITS,
+    InceptionFeatures,
+    InceptionV3,
+    convert_inception_pytorch,
+    get_inception_fn,
+    load_inception,
+    preprocess_for_inception,
+    pt_inception_state_dict_shapes,
+)
+from score_jax.evaluation.metrics import (
+    StreamingStats,
+    bits_per_dim_from_logp,
+    dataset_bits_per_dim,
+    fid_from_features,
+    frechet_distance,
+    inception_score,
+    inception_score_splits,
+    kid_and_std_from_features,
+    kid_from_features,
+    load_stats,
+    metrics_report,
+    save_stats,
+    uniform_dequantize,
+)
+
+__all__ = [
+    "INCEPTION_IMAGE_SIZE",
+    "NUM_FEATURES",
+    "NUM_LOGITS",
+    "InceptionFeatures",
+    "InceptionV3",
+    "StreamingStats",
+    "bits_per_dim_from_logp",
+    "convert_inception_pytorch",
+    "dataset_bits_per_dim",
+    "fid_from_features",
+    "frechet_distance",
+    "get_inception_fn",
+    "inception_score",
+    "inception_score_splits",
+    "kid_and_std_from_features",
+    "kid_from_features",
+    "load_inception",
+    "load_stats",
+    "metrics_report",
+    "preprocess_for_inception",
+    "pt_inception_state_dict_shapes",
+    "save_stats",
+    "uniform_dequantize",
+]

@@ -1,0 +1,490 @@
+"""FID, KID, Inception Score, feature statistics and bits/dim, computed in float64.
+
+Sources: Heusel et al. 2017 (FID, arXiv 1706.08500), Binkowski et al. 2018 (KID, arXiv
+1801.01401), Salimans et al. 2016 (IS, arXiv 1606.03498); the reference implementations are
+TF-GAN ``tfgan.eval`` (which score_sde's ``run_lib.evaluate`` calls) and pytorch-fid.
+
+Precision: all reductions run in JAX under ``jax.enable_x64(True)`` (a context manager, so the
+rest of the program keeps float32): a 2048x2048 covariance from 50k samples and the matrix square
+root of FID lose digits in float32. Means and covariances are accumulated on the host in float64
+(``StreamingStats``), exactly mergeable across batches and hosts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _features_2d(name: str, x: Any, min_rows: int = 1) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (num_samples, dim) array, got shape {x.shape}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} has {x.shape[0]} samples; at least {min_rows} are needed")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains non-finite values")
+    return x
+
+
+def _check_same_dim(x1: np.ndarray, x2: np.ndarray, names: str = "f1, f2") -> None:
+    if x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"feature dims differ: {names} have shapes {x1.shape} and {x2.shape}")
+
+
+# --------------------------------------------------------------------------------------------
+# Frechet distance
+# --------------------------------------------------------------------------------------------
+
+
+def _psd_sqrt_eigenvalues(lam):
+    # Eigenvalues below the round-off level d * eps * max|lam| are zeros of a singular
+    # matrix; their sqrt would add ~sqrt(eps) each, so they are set to 0 first.
+    tol = lam.shape[0] * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
+    return jnp.sqrt(jnp.where(lam > tol, lam, 0.0))
+
+
+@jax.jit
+def _frechet_distance_x64(mu1, sigma1, mu2, sigma2):
+    sigma1 = 0.5 * (sigma1 + sigma1.T)
+    sigma2 = 0.5 * (sigma2 + sigma2.T)
+    lam1, u1 = jnp.linalg.eigh(sigma1)
+    sqrt_sigma1 = (u1 * _psd_sqrt_eigenvalues(lam1)) @ u1.T
+    m = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+    tr_covmean = jnp.sum(_psd_sqrt_eigenvalues(jnp.linalg.eigvalsh(0.5 * (m + m.T))))
+    diff = mu1 - mu2
+    return diff @ diff + jnp.trace(sigma1) + jnp.trace(sigma2) - 2.0 * tr_covmean
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
+    """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+        d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^{1/2} S2 S1^{1/2})^{1/2})
+
+    (Dowson & Landau 1982; FID of Heusel et al. 2017). The last trace equals the
+    ``tr(sqrtm(S1 S2))`` of pytorch-fid / TF-GAN because S1 S2 is similar to
+    S1^{1/2} S2 S1^{1/2}, but the symmetric form is computed with two float64 ``eigh`` calls
+    whose round-off eigenvalues (below d * eps * max|lambda|, including negative ones) are set
+    to 0 before the square root, so it stays real and stable for the
+    singular covariances of fewer samples than dimensions (where ``scipy.linalg.sqrtm`` needs
+    pytorch-fid's ``eps * I`` offset and may return complex parts).
+
+    Args:
+      mu1, mu2: ``(d,)`` means.
+      sigma1, sigma2: ``(d, d)`` covariances (symmetrised before use).
+
+    Returns:
+      The squared Frechet distance (what FID reports), as a Python float.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2,
+                                                                                    np.float64))
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"mu1 and mu2 must be 1-D of equal length, got {mu1.shape}, {mu2.shape}")
+    d = mu1.shape[0]
+    for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
+        if s.shape != (d, d):
+            raise ValueError(f"{name} must have shape {(d, d)} to match the means, got {s.shape}")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"{name} contains non-finite values")
+    with jax.enable_x64(True):
+        return float(_frechet_distance_x64(mu1, sigma1, mu2, sigma2))
+
+
+def fid_from_features(f1: Any, f2: Any) -> float:
+    """FID between two feature sets: ``frechet_distance`` of their means and covariances.
+
+    Covariances are unbiased (``np.cov``, divisor N - 1), as in pytorch-fid and TF-GAN.
+
+    Args:
+      f1, f2: ``(N1, d)`` and ``(N2, d)`` features (Inception pool_3: d = 2048), N >= 2.
+    """
+    f1 = _features_2d("f1", f1, min_rows=2)
+    f2 = _features_2d("f2", f2, min_rows=2)
+    _check_same_dim(f1, f2)
+    s1 = StreamingStats(f1.shape[1]).update(f1)
+    s2 = StreamingStats(f2.shape[1]).update(f2)
+    return frechet_distance(s1.mean, s1.covariance, s2.mean, s2.covariance)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming mean / covariance
+# --------------------------------------------------------------------------------------------
+
+
+class StreamingStats:
+    """Running mean and covariance of feature vectors, accumulated batch by batch in float64.
+
+    Keeps ``n``, the mean and the centred scatter matrix ``M2 = sum_i (x_i - mean)(x_i - mean)^T``
+    and combines a new batch (or another ``StreamingStats``) with the pairwise update of Chan,
+    Golub & LeVeque (1979):
+
+        n = n_a + n_b,  delta = mean_b - mean_a,  mean = mean_a + delta n_b / n,
+        M2 = M2_a + M2_b + delta delta^T n_a n_b / n,
+
+    which avoids the cancellation of the naive ``E[x x^T] - mean mean^T``. The covariance is
+    ``M2 / (n - 1)``, equal to ``np.cov(x, rowvar=False)`` of all rows seen. Merging is exact and
+    order-independent up to round-off, so per-host statistics can be combined.
+    """
+
+    def __init__(self, dim: int):
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = int(dim)
+        self.count = 0
+        self._mean = np.zeros(dim, np.float64)
+        self._m2 = np.zeros((dim, dim), np.float64)
+
+    def _combine(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        n_a = self.count
+        n = n_a + n_b
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (n_b / n)
+        self._m2 = self._m2 + m2_b + np.outer(delta, delta) * (n_a * n_b / n)
+        self.count = n
+
+    def update(self, features: Any) -> StreamingStats:
+        """Adds a ``(batch, dim)`` batch of features; returns ``self``."""
+        x = np.asarray(features, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"features must have shape (batch, {self.dim}), got {x.shape}")
+        if x.shape[0] == 0:
+            return self
+        if not np.all(np.isfinite(x)):
+            raise ValueError("features contain non-finite values")
+        mean_b = x.mean(axis=0)
+        xc = x - mean_b
+        self._combine(x.shape[0], mean_b, xc.T @ xc)
+        return self
+
+    def merge(self, other: StreamingStats) -> StreamingStats:
+        """Returns new statistics of the union of both sets (``self`` is unchanged)."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge statistics of dims {self.dim} and {other.dim}")
+        out = StreamingStats(self.dim)
+        out.count, out._mean, out._m2 = self.count, self._mean.copy(), self._m2.copy()
+        if other.count:
+            out._combine(other.count, other._mean, other._m2)
+        return out
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self.count < 1:
+            raise ValueError("no features accumulated yet")
+        return self._mean.copy()
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """Unbiased covariance ``M2 / (n - 1)``."""
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {self.count}")
+        return self._m2 / (self.count - 1)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu, sigma)`` for ``frechet_distance`` / ``save_stats``."""
+        return self.mean, self.covariance
+
+
+def save_stats(path: str | os.PathLike, mu: Any, sigma: Any, *, features: Any = None,
+               num_samples: int | None = None) -> None:
+    """Writes reference statistics to ``path`` (.npz with ``mu``, ``sigma``).
+
+    ``features`` (optional, the pool_3 rows) is stored as ``pool_3`` (the key score_sde's stats
+    files use), which KID needs; ``num_samples`` as ``num_samples``.
+    """
+    mu = np.asarray(mu, np.float64)
+    sigma = np.asarray(sigma, np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"mu must be (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}")
+    arrays = {"mu": mu, "sigma": sigma}
+    if features is not None:
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or features.shape[1] != mu.shape[0]:
+            raise ValueError(f"features must be (N, {mu.shape[0]}), got {features.shape}")
+        arrays["pool_3"] = features
+        num_samples = features.shape[0] if num_samples is None else num_samples
+    if num_samples is not None:
+        arrays["num_samples"] = np.asarray(num_samples, np.int64)
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads reference statistics: ``{"mu", "sigma"}`` plus ``"pool_3"`` / ``"num_samples"`` when
+    stored.
+
+    Files holding only ``pool_3`` (score_sde's ``assets/stats/*_stats.npz``) get ``mu`` / ``sigma``
+    computed from the features. Loaded with ``allow_pickle=False``.
+    """
+    with np.load(path, allow_pickle=False) as f:
+        out = {k: f[k] for k in f.files}
+    if "mu" not in out or "sigma" not in out:
+        if "pool_3" not in out:
+            raise ValueError(f"{os.fspath(path)!r} holds neither mu/sigma nor pool_3 features "
+                             f"(keys: {sorted(out)})")
+        s = StreamingStats(out["pool_3"].shape[1]).update(out["pool_3"])
+        out["mu"], out["sigma"] = s.stats()
+        out.setdefault("num_samples", np.asarray(s.count, np.int64))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# KID
+# --------------------------------------------------------------------------------------------
+
+
+def _poly_kernel(a, b):
+    d = a.shape[1]
+    return (jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST) / d + 1.0) ** 3
+
+
+@jax.jit
+def _mmd2_unbiased(x, y):
+    m, n = x.shape[0], y.shape[0]
+    k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+    return ((jnp.sum(k_xx) - jnp.trace(k_xx)) / (m * (m - 1))
+            + (jnp.sum(k_yy) - jnp.trace(k_yy)) / (n * (n - 1))
+            - 2.0 * jnp.mean(k_xy))
+
+
+def _block_bounds(n: int, n_blocks: int) -> np.ndarray:
+    # TF-GAN: n_blocks - (n mod n_blocks) blocks of n // n_blocks, then the rest one larger.
+    v = n // n_blocks
+    plus_one = n - v * n_blocks
+    sizes = [v] * (n_blocks - plus_one) + [v + 1] * plus_one
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+def kid_and_std_from_features(f1: Any, f2: Any, *, max_block_size: int = 1024,
+                              num_subsets: int | None = None, subset_size: int = 1000,
+                              seed: int = 0, dtype: Any = jnp.float64) -> tuple[float, float]:
+    """Kernel Inception Distance and the standard error of its estimate.
+
+    KID is the squared MMD with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3
+    (Binkowski et al. 2018), estimated without bias on sets X (m rows), Y (n rows):
+
+        MMD^2 = sum_{i != j} k(x_i, x_j) / (m (m-1)) + sum_{i != j} k(y_i, y_j) / (n (n-1))
+                - 2 sum_{i, j} k(x_i, y_j) / (m n).
+
+    Default (``num_subsets=None``): TF-GAN's block estimator, which score_sde reports
+    (``kernel_classifier_distance_and_std_from_activations``): both sets are cut, in order, into
+    ``ceil(max(m, n) / max_block_size)`` blocks of near-equal size; the result is the mean of the
+    per-block estimates and the standard error ``std(ddof=1) / sqrt(num_blocks)`` (NaN for one
+    block). The blocking assumes both sets are in random order.
+    With ``num_subsets``: the estimator of Binkowski et al. / torch-fidelity, the mean over
+    ``num_subsets`` random subsets of ``subset_size`` rows drawn without replacement from each
+    set (``seed``), and the standard deviation of the subset estimates over sqrt(num_subsets).
+
+    Args:
+      f1, f2: ``(m, d)`` and ``(n, d)`` features, at least 2 rows per block / subset.
+      dtype: compute dtype of the kernel matrices (float64 by default; float32 is faster on
+        accelerators without fast float64).
+
+    Returns:
+      ``(kid, standard_error)`` as Python floats.
+    """
+    f1 = _features_2d("f1", f1, min_rows=2)
+    f2 = _features_2d("f2", f2, min_rows=2)
+    _check_same_dim(f1, f2)
+    np_dtype = np.dtype(dtype)
+    if num_subsets is None:
+        if max_block_size < 2:
+            raise ValueError(f"max_block_size must be at least 2, got {max_block_size}")
+        n_blocks = math.ceil(max(len(f1), len(f2)) / max_block_size)
+        b1, b2 = _block_bounds(len(f1), n_blocks), _block_bounds(len(f2), n_blocks)
+        if min(np.diff(b1).min(), np.diff(b2).min()) < 2:
+            raise ValueError(f"with {n_blocks} blocks, sets of {len(f1)} and {len(f2)} rows give "
+                             "blocks of fewer than 2 rows; use a larger max_block_size")
+        pairs = [(f1[b1[i]:b1[i + 1]], f2[b2[i]:b2[i + 1]]) for i in range(n_blocks)]
+    else:
+        if num_subsets < 1:
+            raise ValueError(f"num_subsets must be positive, got {num_subsets}")
+        if not 2 <= subset_size <= min(len(f1), len(f2)):
+            raise ValueError(f"subset_size={subset_size} must be in [2, min(N1, N2)="
+                             f"{min(len(f1), len(f2))}]")
+        rng = np.random.default_rng(seed)
+        pairs = [(f1[rng.choice(len(f1), subset_size, replace=False)],
+                  f2[rng.choice(len(f2), subset_size, replace=False)])
+                 for _ in range(num_subsets)]
+    with jax.enable_x64(np_dtype == np.float64):
+        ests = np.array([float(_mmd2_unbiased(jnp.asarray(x, np_dtype), jnp.asarray(y, np_dtype)))
+                         for x, y in pairs])
+    mean = float(ests.mean())
+    if len(ests) < 2:
+        return mean, float("nan")
+    if num_subsets is None:
+        return mean, float(ests.std(ddof=1) / math.sqrt(len(ests)))
+    return mean, float(ests.std() / math.sqrt(len(ests)))
+
+
+def kid_from_features(f1: Any, f2: Any, **kwargs: Any) -> float:
+    """Kernel Inception Distance (see ``kid_and_std_from_features`` for the estimator)."""
+    return kid_and_std_from_features(f1, f2, **kwargs)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Inception Score
+# --------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def _log_inception_score(logits):
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    p = jnp.exp(log_p)
+    log_q = jnp.log(jnp.mean(p, axis=0))
+    # KL(p(y|x) || p(y)); p log p is taken as 0 where p underflows to 0.
+    kl = jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+    return jnp.mean(kl)
+
+
+def inception_score_splits(logits: Any, num_splits: int) -> np.ndarray:
+    """Inception Score of each of ``num_splits`` consecutive, near-equal parts of ``logits``.
+
+        IS = exp( E_x KL( p(y|x) || p(y) ) ),   p(y) = E_x p(y|x),
+
+    with p(y|x) = softmax(logits) over all classes (1008 for the FID Inception, as TF-GAN's
+    ``classifier_score_from_logits``), computed in float64.
+    """
+    logits = _features_2d("logits", logits, min_rows=1)
+    if logits.shape[1] < 2:
+        raise ValueError(f"logits need at least 2 classes, got shape {logits.shape}")
+    if not 1 <= num_splits <= logits.shape[0]:
+        raise ValueError(f"num_splits={num_splits} must be in [1, num_samples="
+                         f"{logits.shape[0]}]")
+    with jax.enable_x64(True):
+        return np.array([math.exp(float(_log_inception_score(jnp.asarray(part, np.float64))))
+                         for part in np.array_split(logits, num_splits)])
+
+
+def inception_score(logits: Any, num_splits: int = 1) -> float:
+    """Inception Score (Salimans et al. 2016) from classifier logits.
+
+    ``num_splits=1`` is TF-GAN's ``classifier_score_from_logits`` on all samples, what score_sde
+    reports (CIFAR-10 IS 9.89 in the paper); ``num_splits=10`` is the mean over ten splits of the
+    original improved-GAN code (``inception_score_splits`` gives the per-split values for the
+    standard deviation).
+
+    Args:
+      logits: ``(N, num_classes)`` logits (the Inception's 1008 outputs).
+      num_splits: number of consecutive parts averaged.
+
+    Returns:
+      The (mean) Inception Score, in [1, num_classes].
+    """
+    return float(np.mean(inception_score_splits(logits, num_splits)))
+
+
+# --------------------------------------------------------------------------------------------
+# Bits per dimension
+# --------------------------------------------------------------------------------------------
+
+
+def bits_per_dim_from_logp(logp_nats: Any, num_dims: int, offset: float = 8.0) -> np.ndarray:
+    """Bits per dimension of 8-bit data from a continuous log-density of dequantised data.
+
+        bpd = -log p(y) / (D ln 2) + offset.
+
+    For data scaled to [0, 1] and uniformly dequantised as y = (x + u) / 256, u ~ U[0, 1)^D
+    (x in {0..255}), the discrete probability is P(x) = int p(y) dy over a cube of side 1/256,
+    whose Monte-Carlo estimate is p(y) 256^-D, so -log2 P(x) / D = -log p(y) / (D ln 2) + 8:
+    ``offset=8``. For centred data z = 2y - 1 in [-1, 1], log p(y) = log p(z) + D ln 2, so
+    ``offset=7`` (score_sde ``likelihood.py``). ``offset=0`` gives plain continuous bits/dim.
+
+    Args:
+      logp_nats: log-densities in nats, any shape (one per example).
+      num_dims: D, the number of dimensions of one example (e.g. 32 * 32 * 3).
+      offset: see above.
+
+    Returns:
+      Bits/dim with the shape of ``logp_nats`` (float64).
+    """
+    if num_dims <= 0:
+        raise ValueError(f"num_dims must be positive, got {num_dims}")
+    return -np.asarray(logp_nats, np.float64) / (num_dims * math.log(2.0)) + offset
+
+
+def uniform_dequantize(key: jax.Array, x: jax.Array, *, centered: bool = False) -> jax.Array:
+    """``(x * 255 + u) / 256`` with u ~ U[0, 1) for data x in [0, 1] holding 8-bit levels.
+
+    ``x`` may be uint8 (levels 0..255) or float in [0, 1] (``level / 255``); with ``centered`` the
+    result is mapped to [-1, 1) by ``2 y - 1`` (use ``offset=7`` in ``bits_per_dim_from_logp``).
+    """
+    levels = (x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.integer)
+              else jnp.round(x.astype(jnp.float32) * 255.0))
+    y = (levels + jax.random.uniform(key, x.shape, jnp.float32)) / 256.0
+    return 2.0 * y - 1.0 if centered else y
+
+
+def dataset_bits_per_dim(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *,
+                         num_repeats: int = 5, centered: bool = False) -> dict[str, Any]:
+    """Bits/dim of a dataset averaged over ``num_repeats`` dequantisation draws (score_sde: 5).
+
+    For every repeat and batch (8-bit data, uint8 or ``level / 255`` floats) a fresh dequantised
+    copy ``y`` is drawn (``uniform_dequantize``), ``logp_fn(key, y)`` returns the per-example
+    log-density in nats (e.g. the probability-flow likelihood), and the bits/dim of every
+    example are kept; the mean over all (repeat, example) pairs is the reported value.
+
+    Args:
+      logp_fn: ``(key, y) -> (batch,)`` log-densities in nats of y in [0, 1) (or [-1, 1) when
+        ``centered``).
+      batches: an iterable over batches, re-iterated once per repeat (a list or a
+        re-iterable dataset).
+      key: PRNG key; repeat r, batch b use ``fold_in(fold_in(key, r), b)``.
+      num_repeats: number of dequantisation draws per example.
+      centered: data scaled to [-1, 1] (offset 7) instead of [0, 1] (offset 8).
+
+    Returns:
+      ``{"bpd": mean bits/dim, "bpd_per_example": (num_repeats * N,) array}``.
+    """
+    if num_repeats < 1:
+        raise ValueError(f"num_repeats must be positive, got {num_repeats}")
+    offset = 7.0 if centered else 8.0
+    values = []
+    for r in range(num_repeats):
+        key_r = jax.random.fold_in(key, r)
+        for b, batch in enumerate(batches):
+            x = jnp.asarray(batch)
+            k_deq, k_fn = jax.random.split(jax.random.fold_in(key_r, b))
+            y = uniform_dequantize(k_deq, x, centered=centered)
+            logp = np.asarray(logp_fn(k_fn, y))
+            if logp.shape != (x.shape[0],):
+                raise ValueError(f"logp_fn must return shape ({x.shape[0]},), got {logp.shape}")
+            values.append(bits_per_dim_from_logp(logp, int(np.prod(x.shape[1:])), offset))
+    if not values:
+        raise ValueError("batches is empty")
+    per_example = np.concatenate(values)
+    return {"bpd": float(per_example.mean()), "bpd_per_example": per_example}
+
+
+def metrics_report(features: Any, logits: Any | None, reference: Mapping[str, Any], *,
+                   kid: bool = True) -> dict[str, float]:
+    """FID / IS / KID of generated samples against reference statistics (one checkpoint).
+
+    Args:
+      features: ``(N, 2048)`` pool_3 features of the samples.
+      logits: ``(N, 1008)`` logits of the samples, or None to skip IS.
+      reference: ``load_stats`` output; KID is computed when it holds ``pool_3``.
+      kid: set False to skip KID even when reference features are present.
+
+    Returns:
+      ``{"fid", "is" (if logits), "kid" and "kid_std" (if computed), "num_samples"}``.
+    """
+    features = _features_2d("features", features, min_rows=2)
+    s = StreamingStats(features.shape[1]).update(features)
+    out = {"fid": frechet_distance(s.mean, s.covariance, reference["mu"], reference["sigma"]),
+           "num_samples": float(features.shape[0])}
+    if logits is not None:
+        out["is"] = inception_score(logits)
+    if kid and "pool_3" in reference:
+        out["kid"], out["kid_std"] = kid_and_std_from_features(reference["pool_3"], features)
+    return out
