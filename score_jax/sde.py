@@ -243,6 +243,10 @@ class VESDE(_GaussianPathMixin):
 
         dx = sigma(t) sqrt(2 ln(sigma_max / sigma_min)) dW,  sigma(t) = sigma_min (sigma_max/sigma_min)^t
         a_t = 1, s_t = sigma(t); prior N(0, sigma_max^2 I).
+
+    As in the reference, s_t = sigma(t) is the marginal std of the SDE started at noise level
+    sigma_min (x(0) = x_0 + sigma_min z): integrating the SDE from a point gives
+    sigma(t)^2 - sigma_min^2, which differs by sigma_min^2 = 1e-4.
     """
 
     sigma_min: float = 0.01

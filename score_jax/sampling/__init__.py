@@ -16,6 +16,14 @@ Methods and their options (defaults in brackets):
   [None: adaptive], eps, denoise [True].
 - ``"sde"``: reverse SDE through diffrax; solver [euler] in SDE_SOLVERS, num_steps [sde.N], eps,
   denoise [True].
+- ``"ddim"``: DDIM; num_steps (required), eta [0.0], schedule [time_uniform] in SCHEDULES, eps,
+  denoise [True]. NFE = num_steps.
+- ``"dpm_solver"``: multistep DPM-Solver++; num_steps (required), order [2] in 1..3, schedule
+  [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise [True]. NFE = num_steps.
+- ``"heun"``: EDM's Heun sampler; num_steps (required), schedule [edm], rho [7], s_churn [0],
+  s_tmin, s_tmax, s_noise [1], eps, denoise [True]. NFE = 2 num_steps - 1 (2 num_steps without
+  denoise).
+  (see ``sampling/fast.py``)
 Further methods register in ``METHODS`` (name -> function(key, sde, score_fn, x_init, **options)).
 
 Multi-device: pass ``sharding=NamedSharding(mesh, P("data"))``; the batch is laid out over the mesh
@@ -35,6 +43,14 @@ from score_jax.sampling.diffeq import (
     probability_flow_velocity,
     sde_sample,
     solve_ode,
+)
+from score_jax.sampling.fast import (
+    SCHEDULES,
+    ddim_sample,
+    dpm_solver_sample,
+    get_timesteps,
+    heun_sample,
+    inverse_log_snr,
 )
 from score_jax.sampling.pc import (
     CORRECTORS,
@@ -78,7 +94,10 @@ def _sde_method(key, sde, score_fn, x_init, *, solver="euler", num_steps=None, e
                       denoise=denoise)
 
 
-METHODS: dict[str, Callable] = {"pc": _pc_method, "ode": _ode_method, "sde": _sde_method}
+METHODS: dict[str, Callable] = {
+    "pc": _pc_method, "ode": _ode_method, "sde": _sde_method,
+    "ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
+}
 
 _CACHE: dict[Any, Callable] = {}
 
@@ -89,6 +108,23 @@ def _as_pytree_fn(fn: Callable) -> Any:
     if len(leaves) == 1 and leaves[0] is fn:  # not a pytree node: a plain callable
         return jax.tree_util.Partial(fn)
     return fn
+
+
+def auto_sharding(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding | None:
+    """The same layout on a mesh with Auto axes.
+
+    ``jax.make_mesh`` defaults to Explicit axes, under which every op must be sharding-annotated
+    (diffrax's norms are not); samplers only need the batch laid out over devices and let the
+    compiler propagate the rest, so Explicit meshes are converted to Auto ones.
+    """
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return sharding
+    mesh = sharding.mesh
+    if all(a == jax.sharding.AxisType.Auto for a in mesh.axis_types):
+        return sharding
+    auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    return jax.sharding.NamedSharding(auto, sharding.spec)
 
 
 def _freeze(v):
@@ -140,6 +176,7 @@ def sample(
         raise ValueError(f"shape must be (batch, ...) with at least 2 dims; got {shape}")
     dtype = jnp.dtype(dtype)
     score_fn = _as_pytree_fn(score_fn)
+    sharding = auto_sharding(sharding)
     _check_score_shape(score_fn, sde, shape, dtype)
     cache_key = (method, shape, dtype, sharding, x_init is None, inputs is None, _freeze(options))
     fn = _CACHE.get(cache_key)
@@ -168,5 +205,6 @@ __all__ = [
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_sample", "ode_sample", "sde_sample", "solve_ode",
-    "probability_flow_velocity",
+    "probability_flow_velocity", "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps",
+    "inverse_log_snr", "SCHEDULES",
 ]

@@ -182,7 +182,10 @@ def _sde_evals(solver) -> tuple[int, int]:
         return 1, 0
     if isinstance(solver, dfx.Heun):
         return 2, 0
-    # Stochastic RK (SRK) solvers: one drift evaluation per stage.
+    # Stochastic RK (SRK) solvers: one drift (score) evaluation per stage not flagged ignore_stage_f;
+    # the diffusion g(t) needs no score.
     tab = solver.tableau
-    n = len(tab.coeffs_w.a) + 1 if hasattr(tab, "coeffs_w") else len(tab.c) + 1
+    n = len(tab.c) + 1
+    if getattr(tab, "ignore_stage_f", None) is not None:
+        n -= int(sum(bool(v) for v in tab.ignore_stage_f))
     return n, 0
