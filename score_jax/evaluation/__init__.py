@@ -1,7 +1,8 @@
 """Evaluation: the FID Inception-v3, FID / KID / IS, reference statistics and bits/dim.
 
 See ``metrics.py`` for the formulas and ``inception.py`` for the network and its weights;
-``python -m score_jax.evaluation.stats`` writes reference statistics for a dataset.
+``python -m score_jax.evaluation.stats`` writes reference statistics for a dataset; ``run.py``
+evaluates one checkpoint (samples -> FID / IS / KID, bits/dim) resumably.
 """
 
 from score_jax.evaluation.inception import (
@@ -31,6 +32,13 @@ from score_jax.evaluation.metrics import (
     save_stats,
     uniform_dequantize,
 )
+from score_jax.evaluation.run import (
+    evaluate_bpd,
+    evaluate_samples,
+    quantize_samples,
+    read_report,
+    sample_statistics,
+)
 
 __all__ = [
     "INCEPTION_IMAGE_SIZE",
@@ -42,6 +50,8 @@ __all__ = [
     "bits_per_dim_from_logp",
     "convert_inception_pytorch",
     "dataset_bits_per_dim",
+    "evaluate_bpd",
+    "evaluate_samples",
     "fid_from_features",
     "frechet_distance",
     "get_inception_fn",
@@ -54,6 +64,9 @@ __all__ = [
     "metrics_report",
     "preprocess_for_inception",
     "pt_inception_state_dict_shapes",
+    "quantize_samples",
+    "read_report",
+    "sample_statistics",
     "save_stats",
     "uniform_dequantize",
 ]

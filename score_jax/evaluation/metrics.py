@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -425,6 +425,33 @@ def uniform_dequantize(key: jax.Array, x: jax.Array, *, centered: bool = False) 
     return 2.0 * y - 1.0 if centered else y
 
 
+def _bpd_rounds(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *, num_repeats: int,
+                centered: bool, done: Any = None) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Yields ``(round_id, bits/dim of the batch)``; ``None`` instead of the values for rounds
+    where ``done(round_id)`` is true (``logp_fn`` is then not called)."""
+    if num_repeats < 1:
+        raise ValueError(f"num_repeats must be positive, got {num_repeats}")
+    offset = 7.0 if centered else 8.0
+    rid = 0
+    for r in range(num_repeats):
+        key_r = jax.random.fold_in(key, r)
+        for b, batch in enumerate(batches):
+            if done is not None and done(rid):
+                yield rid, None
+                rid += 1
+                continue
+            x = jnp.asarray(batch)
+            k_deq, k_fn = jax.random.split(jax.random.fold_in(key_r, b))
+            y = uniform_dequantize(k_deq, x, centered=centered)
+            logp = np.asarray(logp_fn(k_fn, y))
+            if logp.shape != (x.shape[0],):
+                raise ValueError(f"logp_fn must return shape ({x.shape[0]},), got {logp.shape}")
+            yield rid, bits_per_dim_from_logp(logp, int(np.prod(x.shape[1:])), offset)
+            rid += 1
+    if rid == 0:
+        raise ValueError("batches is empty")
+
+
 def dataset_bits_per_dim(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *,
                          num_repeats: int = 5, centered: bool = False) -> dict[str, Any]:
     """Bits/dim of a dataset averaged over ``num_repeats`` dequantisation draws (score_sde: 5).
@@ -433,6 +460,7 @@ def dataset_bits_per_dim(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *
     copy ``y`` is drawn (``uniform_dequantize``), ``logp_fn(key, y)`` returns the per-example
     log-density in nats (e.g. the probability-flow likelihood), and the bits/dim of every
     example are kept; the mean over all (repeat, example) pairs is the reported value.
+    ``score_jax.evaluation.run.evaluate_bpd`` is the resumable version (same keys, same numbers).
 
     Args:
       logp_fn: ``(key, y) -> (batch,)`` log-densities in nats of y in [0, 1) (or [-1, 1) when
@@ -446,23 +474,8 @@ def dataset_bits_per_dim(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *
     Returns:
       ``{"bpd": mean bits/dim, "bpd_per_example": (num_repeats * N,) array}``.
     """
-    if num_repeats < 1:
-        raise ValueError(f"num_repeats must be positive, got {num_repeats}")
-    offset = 7.0 if centered else 8.0
-    values = []
-    for r in range(num_repeats):
-        key_r = jax.random.fold_in(key, r)
-        for b, batch in enumerate(batches):
-            x = jnp.asarray(batch)
-            k_deq, k_fn = jax.random.split(jax.random.fold_in(key_r, b))
-            y = uniform_dequantize(k_deq, x, centered=centered)
-            logp = np.asarray(logp_fn(k_fn, y))
-            if logp.shape != (x.shape[0],):
-                raise ValueError(f"logp_fn must return shape ({x.shape[0]},), got {logp.shape}")
-            values.append(bits_per_dim_from_logp(logp, int(np.prod(x.shape[1:])), offset))
-    if not values:
-        raise ValueError("batches is empty")
-    per_example = np.concatenate(values)
+    per_example = np.concatenate([v for _, v in _bpd_rounds(
+        logp_fn, batches, key, num_repeats=num_repeats, centered=centered)])
     return {"bpd": float(per_example.mean()), "bpd_per_example": per_example}
 
 
