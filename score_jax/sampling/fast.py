@@ -1,0 +1,363 @@
+"""Fast samplers for any Gaussian-path SDE: DDIM, DPM-Solver++ (multistep), EDM's Heun sampler.
+
+All three work in the coefficients of the SDE's Gaussian path x_t = a_t x_0 + s_t eps
+(``sde.marginal_coeffs``) and its half log-SNR lambda_t = log(a_t / s_t) (``sde.log_snr``), so VP,
+sub-VP and VE share one implementation. The network enters through the data prediction
+(Tweedie's formula, Efron 2011)
+
+    x0_hat(x, t) = (x + s_t^2 score(x, t)) / a_t,     eps_hat(x, t) = -s_t score(x, t).
+
+Time grids (``SCHEDULES``), from t = T down to ``eps``:
+- ``"logSNR"``: uniform in lambda (Lu et al. 2022, DPM-Solver Sec. 3.3), mapped back to t by
+  ``inverse_log_snr`` (bisection on the monotone lambda(t): exact for every SDE, jit-able);
+- ``"time_uniform"``: uniform in t (DDIM's "uniform" skip);
+- ``"time_quadratic"``: t = (linspace(sqrt T, sqrt eps))^2 (DDIM / DPM-Solver "quadratic");
+- ``"edm"``: Karras et al. 2022 eq. 5 on sigma = s_t / a_t = exp(-lambda),
+  sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7.
+
+Final denoising (``denoise=True``, the default, as in the package's other samplers): the last of
+the ``num_steps`` steps jumps from t = eps to the clean prediction x0_hat(x, eps) — the step to
+sigma = 0 of EDM (Algorithm 1, last step) and of DPM-Solver++'s first-order update (a -> 1,
+s -> 0). Every step costs one network evaluation, so the NFE does not change; the grid from T to
+eps then has ``num_steps`` points instead of ``num_steps + 1``. With ``denoise=False`` the
+samplers stop at t = eps (the ODE solvers then approximate the probability-flow solution there).
+
+True NFE per call (network evaluations per batch):
+- ddim, dpm_solver: ``num_steps``;
+- heun: ``2 num_steps - 1`` with ``denoise`` (EDM's count: the step to sigma = 0 is Euler),
+  ``2 num_steps`` without.
+
+Every sampler is one ``lax.scan`` over the steps inside the caller's jit (``sampling.sample``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+SCHEDULES = ("logSNR", "time_uniform", "time_quadratic", "edm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Time grids
+# ----------------------------------------------------------------------------------------------
+def inverse_log_snr(sde, lam: Array, *, t_min: float = 0.0, t_max: float | None = None,
+                    iters: int = 64) -> Array:
+    """t with ``sde.log_snr(t) = lam`` (elementwise), by bisection on [t_min, t_max].
+
+    lambda(t) = log(a_t / s_t) is strictly decreasing in t for VP, sub-VP and VE, so bisection is
+    exact to the floating-point resolution of t after ~``iters`` halvings, needs no closed form per
+    SDE (sub-VP has none in t without solving a quadratic in a_t), and is jit-able.
+    Values of ``lam`` outside [lambda(t_max), lambda(t_min)] are clipped to the interval's ends.
+    """
+    lam = jnp.asarray(lam)
+    t_max = sde.T if t_max is None else t_max
+    lo = jnp.full(lam.shape, t_min, lam.dtype)
+    hi = jnp.full(lam.shape, t_max, lam.dtype)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        too_early = sde.log_snr(mid) > lam  # lambda still too large: the root lies later in t
+        return jnp.where(too_early, mid, lo), jnp.where(too_early, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
+def get_timesteps(sde, num_points: int, eps: float, schedule: str = "logSNR", *, rho: float = 7.0,
+                  dtype=jnp.float32) -> Array:
+    """``num_points`` decreasing times from ``sde.T`` to ``eps`` (both included) by ``schedule``.
+
+    See the module docstring for the schedules. Raises ValueError for an unknown schedule or fewer
+    than 2 points.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown time schedule {schedule!r}; valid choices: {list(SCHEDULES)}")
+    if num_points < 2:
+        raise ValueError(f"a time grid needs >= 2 points (T, eps); got num_points={num_points}")
+    T = sde.T
+    if not 0.0 < eps < T:
+        raise ValueError(f"eps must lie in (0, T={T}); got eps={eps}")
+    if schedule == "time_uniform":
+        return jnp.linspace(T, eps, num_points, dtype=dtype)
+    if schedule == "time_quadratic":
+        return jnp.square(jnp.linspace(math.sqrt(T), math.sqrt(eps), num_points, dtype=dtype))
+    ends = jnp.asarray([T, eps], dtype)
+    lam_T, lam_eps = sde.log_snr(ends)
+    if schedule == "logSNR":
+        lam = jnp.linspace(lam_T, lam_eps, num_points, dtype=dtype)
+    else:  # edm: rho-grid on sigma = exp(-lambda)
+        i = jnp.arange(num_points, dtype=dtype) / (num_points - 1)
+        smax, smin = jnp.exp(-lam_T / rho), jnp.exp(-lam_eps / rho)
+        lam = -rho * jnp.log(smax + i * (smin - smax))
+    t = inverse_log_snr(sde, lam, t_min=0.0, t_max=T)
+    # The ends are known exactly: do not let bisection round them.
+    return t.at[0].set(T).at[-1].set(eps)
+
+
+def _check_common(num_steps, denoise, eps):
+    if not isinstance(num_steps, int) or num_steps < (2 if denoise else 1):
+        raise ValueError(
+            f"num_steps must be an int >= {2 if denoise else 1} (denoise={denoise}); "
+            f"got {num_steps!r}"
+        )
+    if eps is not None and eps <= 0:
+        raise ValueError(f"eps must be > 0; got {eps}")
+
+
+def _grid(sde, x, num_steps, eps, schedule, denoise, rho=7.0):
+    """Times t_0 = T > ... > t_K = eps with K = num_steps - 1 (denoise) or num_steps, and their
+    (a, s, lambda)."""
+    eps = sde.sampling_eps if eps is None else eps
+    K = num_steps - 1 if denoise else num_steps
+    t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=x.dtype)
+    a, s = sde.marginal_coeffs(t)
+    return t, a, s, jnp.log(a) - jnp.log(s)
+
+
+def _x0_pred(score_fn, x, t_scalar, a, s):
+    """Tweedie data prediction x0_hat = (x + s^2 score) / a at the scalar time t."""
+    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
+    score = score_fn(x, tb)
+    return (x + (s * s) * score) / a
+
+
+# ----------------------------------------------------------------------------------------------
+# DDIM
+# ----------------------------------------------------------------------------------------------
+def ddim_sample(
+    key: Array,
+    sde,
+    score_fn: Callable[[Array, Array], Array],
+    x_init: Array,
+    *,
+    num_steps: int,
+    eta: float = 0.0,
+    eps: float | None = None,
+    schedule: str = "time_uniform",
+    denoise: bool = True,
+) -> tuple[Array, int]:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on the SDE's Gaussian path.
+
+    From t to s < t with x0 = x0_hat(x_t, t), e = eps_hat(x_t, t):
+
+        x_s = a_s x0 + sqrt(s_s^2 - sigma^2) e + sigma z,     sigma = eta tau_{s|t},
+        tau_{s|t}^2 = s_{t|s}^2 s_s^2 / s_t^2,   s_{t|s}^2 = s_t^2 - (a_t / a_s)^2 s_s^2,
+
+    tau the std of the Gaussian posterior q(x_s | x_t, x_0) (``sde.ancestral_posterior``). eta = 0
+    is deterministic (the first-order solver of the probability-flow ODE in lambda, = DPM-Solver-1);
+    eta = 1 samples that posterior with x_0 = x0_hat (DDPM's ancestral sampling on this grid).
+    Returns ``(x, num_steps)``.
+    """
+    _check_common(num_steps, denoise, eps)
+    if not eta >= 0.0:
+        raise ValueError(f"eta must be >= 0; got {eta}")
+    t, a, s, _ = _grid(sde, x_init, num_steps, eps, schedule, denoise)
+    K = t.shape[0] - 1
+
+    def body(x, i):
+        x0 = _x0_pred(score_fn, x, t[i], a[i], s[i])
+        e = (x - a[i] * x0) / s[i]
+        a_next, s_next = a[i + 1], s[i + 1]
+        var_ts = jnp.maximum(s[i] ** 2 - (a[i] / a_next) ** 2 * s_next**2, 0.0)
+        sigma = eta * jnp.sqrt(var_ts * s_next**2 / s[i] ** 2)
+        dir_coef = jnp.sqrt(jnp.maximum(s_next**2 - sigma**2, 0.0))
+        x_next = a_next * x0 + dir_coef * e
+        if eta > 0:
+            z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+            x_next = x_next + sigma * z
+        return x_next, None
+
+    x, _ = jax.lax.scan(body, x_init, jnp.arange(K))
+    if denoise:
+        x = _x0_pred(score_fn, x, t[K], a[K], s[K])
+    return x, num_steps
+
+
+# ----------------------------------------------------------------------------------------------
+# DPM-Solver++ (multistep, data prediction)
+# ----------------------------------------------------------------------------------------------
+DPM_SOLVER_TYPES = ("midpoint", "heun")
+
+
+def _dpm_update(order, x, m0, m1, m2, lam_prev, lam_t, a_t, s_t, s_prev0, solver_type):
+    """One multistep DPM-Solver++ update from lambda_{i} to lambda_t using the last ``order`` data
+    predictions m0 (newest), m1, m2 at lambda_prev = (lambda_i, lambda_{i-1}, lambda_{i-2})
+    (Lu et al. 2022b, Algorithm 2 and App. B; the 3rd order as in LuChengTHU/dpm-solver)."""
+    h = lam_t - lam_prev[0]
+    phi_1 = jnp.expm1(-h)  # e^{-h} - 1
+    x_lin = (s_t / s_prev0) * x - (a_t * phi_1) * m0
+    if order == 1:
+        return x_lin
+    h_0 = lam_prev[0] - lam_prev[1]
+    r0 = h_0 / h
+    D1_0 = (m0 - m1) / r0
+    if order == 2:
+        if solver_type == "midpoint":
+            return x_lin - 0.5 * (a_t * phi_1) * D1_0
+        phi_2 = phi_1 / h + 1.0
+        return x_lin + (a_t * phi_2) * D1_0
+    h_1 = lam_prev[1] - lam_prev[2]
+    r1 = h_1 / h
+    D1_1 = (m1 - m2) / r1
+    D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)  # ~ h m'
+    # ~ h^2 m''. LuChengTHU/dpm-solver (and diffusers) use (D1_0 - D1_1) / (r0 + r1) ~ h^2 m'' / 2
+    # here, which halves the second-order term and makes "3M" converge at order 2 only; with the
+    # factor 2 (as in their singlestep "taylor" update) the error falls as h^3
+    # (tests/test_fast_samplers.py).
+    D2 = 2.0 * (D1_0 - D1_1) / (r0 + r1)
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    return x_lin + (a_t * phi_2) * D1 - (a_t * phi_3) * D2
+
+
+def _dpm_branch(order, solver_type, ops):
+    return _dpm_update(order, *ops, solver_type)
+
+
+def dpm_solver_sample(
+    key: Array,
+    sde,
+    score_fn: Callable[[Array, Array], Array],
+    x_init: Array,
+    *,
+    num_steps: int,
+    order: int = 2,
+    eps: float | None = None,
+    schedule: str = "logSNR",
+    lower_order_final: bool = True,
+    solver_type: str = "midpoint",
+    denoise: bool = True,
+) -> tuple[Array, int]:
+    """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2) of order 1, 2 or 3.
+
+    The probability-flow ODE in data prediction form, solved exactly in its linear part:
+
+        x_t = (s_t / s_i) x_i - a_t (e^{-h} - 1) m_i + corrections,   h = lambda_t - lambda_i,
+
+    with m_i = x0_hat(x_i, t_i) and the corrections from finite differences of the previous m's:
+    order 2 ("midpoint"): - a_t (e^{-h} - 1) D1 / 2, D1 = (m_i - m_{i-1}) / r0, r0 = h_{i-1} / h;
+    order 3: + a_t phi_2 D1 - a_t phi_3 D2 with phi_2 = (e^{-h} - 1)/h + 1, phi_3 = phi_2/h - 1/2,
+    D1 ~ h m' and D2 ~ h^2 m'' from three-point differences (see ``_dpm_update`` on the factor 2
+    that the reference code misses in D2; with it the third order is observed).
+    The first steps use the orders their history allows (1, then 2, ...). ``lower_order_final``
+    (as LuChengTHU/dpm-solver, for fewer than 10 steps) lowers the order of the last steps to the
+    number of steps left, which stabilises very few steps. One evaluation per step: NFE =
+    ``num_steps``. Returns ``(x, num_steps)``.
+    """
+    _check_common(num_steps, denoise, eps)
+    if order not in (1, 2, 3):
+        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3; got {order!r}")
+    if solver_type not in DPM_SOLVER_TYPES:
+        raise ValueError(f"Unknown DPM-Solver solver_type {solver_type!r}; "
+                         f"valid choices: {list(DPM_SOLVER_TYPES)}")
+    t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise)
+    K = t.shape[0] - 1
+    use_lof = lower_order_final and K < 10
+
+    def body(carry, i):
+        x, (m1, m2), (lam1, lam2) = carry  # the two previous data predictions and their lambdas
+        m = _x0_pred(score_fn, x, t[i], a[i], s[i])
+        lam_prev = jnp.stack([lam[i], lam1, lam2])
+        step_order = jnp.minimum(order, i + 1)
+        if use_lof:
+            step_order = jnp.minimum(step_order, K - i)
+        branches = [functools.partial(_dpm_branch, k, solver_type) for k in range(1, order + 1)]
+        ops = (x, m, m1, m2, lam_prev, lam[i + 1], a[i + 1], s[i + 1], s[i])
+        x = jax.lax.switch(step_order - 1, branches, ops)
+        return (x, (m, m1), (lam[i], lam1)), None
+
+    zeros = jnp.zeros_like(x_init)
+    # Placeholder history for the first steps (never used: their order is limited to i + 1).
+    lam0 = (lam[0] + 1.0, lam[0] + 2.0)
+    (x, _, _), _ = jax.lax.scan(body, (x_init, (zeros, zeros), lam0), jnp.arange(K))
+    if denoise:
+        x = _x0_pred(score_fn, x, t[K], a[K], s[K])
+    return x, num_steps
+
+
+# ----------------------------------------------------------------------------------------------
+# EDM Heun sampler
+# ----------------------------------------------------------------------------------------------
+def heun_sample(
+    key: Array,
+    sde,
+    score_fn: Callable[[Array, Array], Array],
+    x_init: Array,
+    *,
+    num_steps: int,
+    eps: float | None = None,
+    schedule: str = "edm",
+    rho: float = 7.0,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    denoise: bool = True,
+) -> tuple[Array, int]:
+    """EDM's second-order sampler (Karras et al. 2022, Algorithm 2; NVlabs/edm ``generate.py``).
+
+    Any of our SDEs is EDM's ODE after the change of variables y = x / a_t, sigma = s_t / a_t:
+
+        dy / dsigma = (y - D(y; sigma)) / sigma,    D(y; sigma) = x0_hat(a_t y, t(sigma)),
+
+    with t(sigma) = lambda^{-1}(-log sigma). On the sigma grid (``schedule="edm"``: rho = 7) each
+    step optionally adds churn: gamma_i = min(s_churn / n, sqrt 2 - 1) for
+    s_tmin <= sigma_i <= s_tmax, sigma_hat = (1 + gamma_i) sigma_i,
+    y_hat = y + sqrt(sigma_hat^2 - sigma_i^2) s_noise z; then an Euler step to sigma_{i+1} and
+    Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step,
+    y = D(y; sigma_min)), so NFE = 2 num_steps - 1 (EDM's count); without, all ``num_steps`` steps
+    are corrected: NFE = 2 num_steps. Returns ``(x, nfe)``.
+    Deterministic when ``s_churn = 0``.
+    """
+    _check_common(num_steps, denoise, eps)
+    if s_churn < 0 or s_noise < 0:
+        raise ValueError(f"s_churn and s_noise must be >= 0; got s_churn={s_churn}, "
+                         f"s_noise={s_noise}")
+    t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise, rho=rho)
+    K = t.shape[0] - 1
+    sigma = s / a
+    # Churn: the raised noise levels sigma_hat_i and their times are fixed by the grid.
+    in_range = (sigma >= s_tmin) & (sigma <= s_tmax)
+    gamma = jnp.where(in_range, min(s_churn / K, math.sqrt(2.0) - 1.0), 0.0)
+    sigma_hat = sigma * (1.0 + gamma)
+    churn = s_churn > 0
+    if churn:
+        t_hat = inverse_log_snr(sde, -jnp.log(sigma_hat), t_min=0.0, t_max=sde.T)
+        t_hat = jnp.where(gamma > 0, t_hat, t)
+        sigma_hat = jnp.where(gamma > 0, sigma_hat, sigma)
+    else:
+        t_hat, sigma_hat = t, sigma
+
+    def denoised(y, t_i):
+        a_i, s_i = sde.marginal_coeffs(t_i)
+        return _x0_pred(score_fn, a_i * y, t_i, a_i, s_i)
+
+    def body(y, i):
+        if churn:
+            z = jax.random.normal(jax.random.fold_in(key, i), y.shape, y.dtype)
+            y = y + jnp.sqrt(jnp.maximum(sigma_hat[i] ** 2 - sigma[i] ** 2, 0.0)) * s_noise * z
+        d = (y - denoised(y, t_hat[i])) / sigma_hat[i]
+        y_next = y + (sigma[i + 1] - sigma_hat[i]) * d
+        d_next = (y_next - denoised(y_next, t[i + 1])) / sigma[i + 1]
+        return y + (sigma[i + 1] - sigma_hat[i]) * 0.5 * (d + d_next), None
+
+    # The prior sample x_T = a_T y_T.
+    y, _ = jax.lax.scan(body, x_init / a[0], jnp.arange(K))
+    if denoise:
+        return denoised(y, t[K]), 2 * K + 1
+    return a[K] * y, 2 * K
+
+
+FAST_METHODS = {"ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample}
+
+__all__ = [
+    "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps", "inverse_log_snr",
+    "SCHEDULES", "DPM_SOLVER_TYPES", "FAST_METHODS",
+]
