@@ -28,6 +28,8 @@ Command line (output: flax msgpack of ``{'params': ...}``, read back with `load_
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib.util
 import re
 import sys
@@ -56,7 +58,27 @@ _PT_INDEX = re.compile(r"^all_modules\.(\d+)\.(.+)$")
 def _abstract_init(model: nn.Module, image_size: int, num_channels: int,
                    record_calls: bool = False) -> tuple[Params, list[str]]:
     """Abstract (shape-only) params of ``model`` and, optionally, the names of its top-level
-    submodules in the order they are first called."""
+    submodules in the order they are first called (cached per model configuration)."""
+    fields = tuple((f.name, getattr(model, f.name)) for f in dataclasses.fields(model)
+                   if f.name not in ("parent", "name"))
+    try:
+        hash(fields)
+    except TypeError:
+        return _abstract_init_uncached(model, image_size, num_channels, record_calls)
+    params, order = _abstract_init_cached(type(model), fields, image_size, num_channels,
+                                          record_calls)
+    return params, list(order)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_init_cached(cls, fields, image_size, num_channels, record_calls):
+    params, order = _abstract_init_uncached(cls(**dict(fields)), image_size, num_channels,
+                                            record_calls)
+    return params, tuple(order)
+
+
+def _abstract_init_uncached(model: nn.Module, image_size: int, num_channels: int,
+                            record_calls: bool) -> tuple[Params, list[str]]:
     x = jax.ShapeDtypeStruct((1, image_size, image_size, num_channels), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
     order: list[str] = []

@@ -344,6 +344,9 @@ def test_ncsnv2_64_tree_and_resolutions():
     assert "bias" not in params["RefineBlock_0"]["CRPBlock_0"]["Conv_0"]
     assert params["RefineBlock_3"]["MSFBlock_0"]["Conv_1"]["kernel"].shape == (3, 3, 16, 8)
     assert params["Conv_1"]["kernel"].shape == (3, 3, 8, 3)
+    remat = get_model(_ncsn_cfg("ncsnv2_64", remat=True), image_size=16)
+    assert jax.tree_util.tree_map(lambda a: a.shape, abstract_init(remat, 16)) == \
+        jax.tree_util.tree_map(lambda a: a.shape, params)
 
 
 @pytest.mark.parametrize("name, size, refine, ds", [("ncsnv2_128", 16, 5, 4),
