@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from score_jax.models import get_model, get_sigmas
+from score_jax.models import DDPM, NCSNpp, get_model, get_sigmas
 
 Params = dict[str, Any]
 
@@ -187,7 +187,12 @@ def convert_pytorch(state_dict: Mapping[str, Any], model_config: Any, *,
       ValueError: naming the first key / shape that does not match the model the config builds.
     """
     model, size, channels = _build(model_config, image_size, num_channels, centered)
+    if isinstance(model, DDPM) and not model.conditional:
+        raise ValueError("score_sde_pytorch's DDPM embeds the time step even with "
+                         "conditional=False; convert it with conditional=True")
     expected, order = _abstract_init(model, size, channels, record_calls=True)
+    # PyTorch's NCSN++ res-blocks always own a Dense_0, unused when conditional=False.
+    skip_dense = isinstance(model, NCSNpp) and not model.conditional
     out: dict[tuple[str, ...], np.ndarray] = {}
     for key in state_dict:
         value = _to_numpy(state_dict[key])
@@ -209,6 +214,8 @@ def convert_pytorch(state_dict: Mapping[str, Any], model_config: Any, *,
             raise ValueError(f"PyTorch key {key!r}: module index {idx} but the model built from "
                              f"the config has only {len(order)} top-level modules")
         top = order[idx]
+        if skip_dense and len(rest) == 2 and rest[0] == "Dense_0":
+            continue
         path = (top, *(_pt_submodule(r) for r in rest[:-1]))
         node: Any = expected
         for p in path:

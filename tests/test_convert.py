@@ -307,3 +307,27 @@ def test_upsample_conv_matches_conv_transpose_formulation(x64):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-12, atol=1e-12)
     down = uds.conv_downsample_2d(got, jnp.asarray(rng.normal(size=(3, 3, 4, 2))), kfir)
     assert down.shape == (2, 5, 5, 2)
+
+
+def test_unconditional_pytorch_ncsnpp_drops_unused_dense():
+    """PyTorch NCSN++ res-blocks keep a Dense_0 even when conditional=False (never used): the
+    converter drops it; the time-embedding Linear layers are absent, shifting module indices."""
+    meta, _, sd = load_fixture("ncsnpp_ve_fourier")
+    cfg = meta["config"]
+    uncond = {}
+    for k, v in sd.items():
+        if k.startswith(("all_modules.1.", "all_modules.2.")):
+            continue
+        if k.startswith("all_modules."):
+            i, rest = k[len("all_modules."):].split(".", 1)
+            k = f"all_modules.{int(i) - 2 if int(i) > 2 else int(i)}.{rest}"
+        uncond[k] = v
+    params = convert_pytorch(uncond, dict(cfg["model"], conditional=False),
+                             **cfg["data"])["params"]
+    assert "Dense_0" not in params and "Dense_0" not in params["ResnetBlockBigGANpp_0"]
+    np.testing.assert_array_equal(params["Conv_1"]["kernel"],
+                                  sd["all_modules.25.weight"].transpose(2, 3, 1, 0))
+    with pytest.raises(ValueError, match="convert it with conditional=True"):
+        meta_d, _, sd_d = load_fixture("ddpm_vp")
+        convert_pytorch(sd_d, dict(meta_d["config"]["model"], conditional=False),
+                        **meta_d["config"]["data"])
