@@ -20,6 +20,7 @@ from score_jax.evaluation import (
     preprocess_for_inception,
     pt_inception_state_dict_shapes,
 )
+from score_jax.evaluation.inception import _main as inception_main
 
 # Number of floats in the real pt_inception-2015-12-05-6726825d.pth (95.5 MB of float32).
 NUM_FLOATS = 23_885_392
@@ -336,9 +337,14 @@ def test_load_inception_pth_with_weights_only(tmp_path, state_dict):
           synthetic_state_dict(num_batches_tracked=True).items()}
     torch.save(sd, tmp_path / "pt_inception.pth")
     _, variables = load_inception(str(tmp_path / "pt_inception.pth"))
+    expected = sd["Mixed_7b.branch1x1.conv.weight"].numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(
-        np.asarray(variables["params"]["Mixed_7b"]["branch1x1"]["conv"]["kernel"]),
-        sd["Mixed_7b.branch1x1.conv.weight"].numpy().transpose(2, 3, 1, 0))
+        np.asarray(variables["params"]["Mixed_7b"]["branch1x1"]["conv"]["kernel"]), expected)
+    # The one-off converter to a torch-free .npz gives the same variables.
+    inception_main(["--to-npz", str(tmp_path / "pt_inception.pth"), str(tmp_path / "w.npz")])
+    _, from_npz = load_inception(str(tmp_path / "w.npz"))
+    np.testing.assert_array_equal(
+        np.asarray(from_npz["params"]["Mixed_7b"]["branch1x1"]["conv"]["kernel"]), expected)
 
 
 @pytest.mark.slow
