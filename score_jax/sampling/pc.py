@@ -201,12 +201,17 @@ def pc_sample(
 ) -> tuple[Array, int]:
     """Run the PC loop from ``x_init`` (a prior sample) over ``linspace(T, eps, N)``.
 
-    ``num_steps`` defaults to ``sde.N`` (the reference ties the grid to the SDE's N).
+    ``num_steps`` defaults to ``sde.N`` (the reference ties the grid to the SDE's N); another value
+    runs the same SDE discretised with N = num_steps.
     ``project(key, x, x_mean, t_next_or_t, step_index) -> (x, x_mean)`` is applied after every
     update (inpainting / colorization hook); None leaves x unchanged.
     Returns ``(x_mean if denoise else x, nfe)`` with the true number of score evaluations.
     """
-    N = sde.N if num_steps is None else num_steps
+    if num_steps is not None and num_steps != sde.N:
+        # The discrete predictors (reverse diffusion, ancestral) and the Langevin alpha_i index the
+        # SDE's N-step chain: a grid of num_steps steps needs the chain with N = num_steps.
+        sde = sde.replace(N=num_steps)
+    N = sde.N
     timesteps = jnp.linspace(sde.T, eps, N).astype(x_init.dtype)
     B = x_init.shape[0]
 
