@@ -2,6 +2,11 @@
 
 Sections are kept apart so that each can grow independently.
 """
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
 
 # ----------------------------------------------------------------------------------------------
 # Converters for released checkpoints (implemented in score_jax.convert)
@@ -15,3 +20,83 @@ from score_jax.convert import (  # noqa: F401 - re-exported API
     pytorch_ema_state_dict,
     save_variables,
 )
+
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints: orbax CheckpointManager (periodic, preemption, exact resume)
+# ----------------------------------------------------------------------------------------------
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match the model / optimiser being restored."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """Where `CheckpointManager` keeps the training checkpoints of ``workdir``."""
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class TrainCheckpointer:
+    """Save and restore the train state (and a small JSON record) of a workdir with orbax.
+
+    Checkpoints are step folders under ``<workdir>/checkpoints``; orbax writes each into a
+    temporary folder and renames it when complete, so a checkpoint is either whole or absent.
+    The latest checkpoint is always kept (preemption checkpoints), and every multiple of
+    ``keep_period`` (the periodic snapshots, reference ``snapshot_freq``) is kept for good.
+    Every process must call `save` / `restore` (orbax coordinates multi-host writes).
+    """
+
+    def __init__(self, workdir: str, *, keep_period: int | None = None, max_to_keep: int = 1,
+                 read_only: bool = False):
+        self.directory = checkpoint_dir(workdir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, keep_period=keep_period, create=not read_only,
+            read_only=read_only, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, None if there is none."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+        """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``; blocks
+        until the checkpoint is complete on disk."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(dict(meta or {})))
+        self.manager.save(int(step), args=args, force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restore checkpoint ``step`` (default: the latest) into the structure, shapes, dtypes and
+        shardings of ``abstract_state`` (e.g. from ``jax.eval_shape`` with shardings set).
+
+        Raises:
+          CheckpointError: no checkpoint, or one that is corrupt or incompatible (the message
+            names the directory, the step and the cause); nothing is overwritten.
+        """
+        steps = self.all_steps()
+        if step is None:
+            step = self.latest_step()
+        if step is None or step not in steps:
+            raise CheckpointError(f"no checkpoint {'' if step is None else step} in "
+                                  f"{self.directory}; available steps: {steps}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  meta=ocp.args.JsonRestore())
+        try:
+            out = self.manager.restore(int(step), args=args)
+        except Exception as e:  # orbax raises a variety of types for corrupt / mismatched trees
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored into the current "
+                f"train state (corrupt, or written for a different model / optimiser config): "
+                f"{type(e).__name__}: {e}") from e
+        state = out["state"]
+        want = jax.tree_util.tree_structure(abstract_state)
+        got = jax.tree_util.tree_structure(state)
+        if want != got:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} has tree {got}, "
+                                  f"expected {want}")
+        return state, dict(out["meta"] or {})
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,29 @@
+"""Network presets shared by the configs (reference values, applied with ``model.update``)."""
+
+NCSNPP = dict(  # NCSN++ (VE, Fourier features, FIR, residual input pyramid)
+    name="ncsnpp", scale_by_sigma=True, ema_rate=0.999, normalization="GroupNorm",
+    nonlinearity="swish", nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+    resamp_with_conv=True, conditional=True, fir=True, fir_kernel=[1, 3, 3, 1], skip_rescale=True,
+    resblock_type="biggan", progressive="none", progressive_input="residual",
+    progressive_combine="sum", attention_type="ddpm", init_scale=0.0, fourier_scale=16,
+    conv_size=3, embedding_type="fourier")
+
+DDPMPP = dict(  # DDPM++ (VP: positional embedding, no FIR, no pyramid, no sigma scaling)
+    NCSNPP, scale_by_sigma=False, ema_rate=0.9999, fir=False, progressive_input="none",
+    embedding_type="positional")
+
+NCSNPP_VP = dict(NCSNPP, scale_by_sigma=False, ema_rate=0.9999, embedding_type="positional")
+
+NCSNPP_256 = dict(NCSNPP, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2,
+                  progressive="output_skip", progressive_input="input_skip")
+
+DDPM = dict(  # the DDPM U-Net of Ho et al. 2020
+    name="ddpm", scale_by_sigma=False, ema_rate=0.9999, normalization="GroupNorm",
+    nonlinearity="swish", nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+    resamp_with_conv=True, conditional=True, conv_size=3)
+
+NCSN = dict(name="ncsn", scale_by_sigma=False, normalization="InstanceNorm++", nonlinearity="elu",
+            nf=128, interpolation="bilinear")
+
+NCSN_OPTIM = dict(weight_decay=0.0, optimizer="Adam", lr=1e-3, beta1=0.9, amsgrad=False, eps=1e-8,
+                  warmup=0, grad_clip=-1.0)

@@ -1,0 +1,20 @@
+"""The DDPM network on CIFAR-10 with the sub-VP SDE."""
+from configs import models
+from configs.common import apply_variant
+from configs.default_cifar10 import get_default_configs
+
+
+def get_config(arg=None):
+    """Return the config; ``arg="smoke"`` gives the CPU-seconds variant."""
+    config = get_default_configs()
+    training = config.training
+    training.sde = "subvpsde"
+    training.continuous = True
+    training.reduce_mean = True
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "euler_maruyama"
+    sampling.corrector = "none"
+    config.model.update(models.DDPM)
+    config.data.centered = True
+    return apply_variant(config, arg)

@@ -1,0 +1,24 @@
+"""NCSNv2 (Song & Ermon 2020) on CIFAR-10: 232 scales, ALD 5 steps, snr 0.176."""
+from configs import models
+from configs.common import apply_variant
+from configs.default_cifar10 import get_default_configs
+
+
+def get_config(arg=None):
+    """Return the config; ``arg="smoke"`` gives the CPU-seconds variant."""
+    config = get_default_configs()
+    training = config.training
+    training.sde = "vesde"
+    training.continuous = False
+    training.reduce_mean = False
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "none"
+    sampling.corrector = "ald"
+    config.model.update(models.NCSN)
+    config.optim.update(models.NCSN_OPTIM)
+    sampling.n_steps_each = 5
+    sampling.snr = 0.176
+    config.model.update(dict(name="ncsnv2_64", scale_by_sigma=True, num_scales=232, ema_rate=0.999))
+    config.optim.lr = 1e-4
+    return apply_variant(config, arg)

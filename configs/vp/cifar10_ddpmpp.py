@@ -1,0 +1,20 @@
+"""DDPM++ on CIFAR-10 with the discrete DDPM objective (VP)."""
+from configs import models
+from configs.common import apply_variant
+from configs.default_cifar10 import get_default_configs
+
+
+def get_config(arg=None):
+    """Return the config; ``arg="smoke"`` gives the CPU-seconds variant."""
+    config = get_default_configs()
+    training = config.training
+    training.sde = "vpsde"
+    training.continuous = False
+    training.reduce_mean = True
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "ancestral_sampling"
+    sampling.corrector = "none"
+    config.model.update(models.DDPMPP)
+    config.data.centered = True
+    return apply_variant(config, arg)

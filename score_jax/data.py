@@ -1,0 +1,422 @@
+"""Data pipelines: the embedded digits dataset, TFDS datasets and the FFHQ / CelebA-HQ TFRecords.
+
+Every pipeline yields host-local numpy batches ``{"image": (b, H, W, C) float32 in [0, 1],
+"label": (b,) int32}`` with ``b = global_batch / process_count``: each process reads its own part
+of the data (``tfds.even_splits`` / a strided slice). ``parallel.to_global`` lays a batch out over
+the device mesh. Preprocessing follows the reference ``datasets.py``:
+
+- CIFAR-10, SVHN: resize to ``image_size`` (antialiased bilinear);
+- CelebA: central crop 140 x 140, then resize;
+- LSUN: resize the short side to ``image_size`` and central-crop (resize directly for 128);
+- FFHQ / CelebA-HQ TFRecords: the stored ``(shape, data)`` uint8 records at the target size;
+- random horizontal flip (training, ``random_flip``), uniform dequantisation
+  ``(255 x + u) / 256`` (``uniform_dequantization``);
+- centring to [-1, 1] is the *scaler* (``get_data_scaler``), applied on device.
+
+Exact resume: random-access pipelines (embedded data, ``tfds.data_source``) compute the batch of
+step ``s`` from ``(seed, s)`` alone: a seeded permutation per epoch and per-step flip /
+dequantisation noise. The sequential TFRecord pipeline skips the examples already consumed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+TFDS_DATASETS = {"CIFAR10": "cifar10", "SVHN": "svhn_cropped", "CELEBA": "celeb_a", "LSUN": "lsun"}
+TFRECORD_DATASETS = ("FFHQ", "CELEBAHQ")
+EMBEDDED_DATASETS = ("DIGITS",)
+DATASETS = EMBEDDED_DATASETS + tuple(TFDS_DATASETS) + TFRECORD_DATASETS
+LSUN_CATEGORIES = ("bedroom", "church_outdoor", "classroom", "conference_room", "dining_room",
+                   "kitchen", "living_room", "restaurant", "tower")
+
+
+class DatasetNotAvailableError(RuntimeError):
+    """The dataset is not prepared locally; the message says how to prepare it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Scalers and preprocessing (numpy, host side)
+# ----------------------------------------------------------------------------------------------
+def get_data_scaler(centered: bool) -> Callable:
+    """Data in [0, 1] -> model range: 2x - 1 if ``centered`` else identity (reference)."""
+    return (lambda x: x * 2.0 - 1.0) if centered else (lambda x: x)
+
+
+def get_data_inverse_scaler(centered: bool) -> Callable:
+    """Model range -> [0, 1]: (x + 1) / 2 if ``centered`` else identity (reference)."""
+    return (lambda x: (x + 1.0) / 2.0) if centered else (lambda x: x)
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased bilinear resize of uint8 / float images (N, H, W, C) to (N, size, size, C)."""
+    from PIL import Image
+
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = []
+    for im in images:
+        ch = [np.asarray(Image.fromarray(np.asarray(im[..., c], np.float32), mode="F").resize(
+            (size, size), Image.BILINEAR, reducing_gap=None)) for c in range(im.shape[-1])]
+        out.append(np.stack(ch, axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
+def central_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """Central size x size crop of (N, H, W, C)."""
+    h, w = images.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[:, top:top + size, left:left + size]
+
+
+def resize_small(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize (one image at a time) so that the short side is ``size``, keeping the aspect ratio."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        h, w = im.shape[:2]
+        r = size / min(h, w)
+        nh, nw = max(size, round(h * r)), max(size, round(w * r))
+        pil = Image.fromarray(np.asarray(im, np.uint8).squeeze(-1) if im.shape[-1] == 1
+                              else np.asarray(im, np.uint8))
+        arr = np.asarray(pil.resize((nw, nh), Image.BICUBIC), np.float32)
+        out.append(arr[..., None] if arr.ndim == 2 else arr)
+    return out
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, *, random_flip: bool,
+            uniform_dequantization: bool) -> np.ndarray:
+    """Random horizontal flip and uniform dequantisation of images in [0, 1] (reference order:
+    flip, then dequantise)."""
+    if random_flip:
+        flip = rng.random(images.shape[0]) < 0.5
+        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    if uniform_dequantization:
+        images = (images * 255.0 + rng.random(images.shape, dtype=np.float32)) / 256.0
+    return images.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Random-access datasets with a deterministic, resumable order
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RandomAccessPipeline:
+    """Batches of a random-access source, a pure function of ``(seed, step)``.
+
+    Args:
+      source: ``len(source)`` and ``source[list_of_indices] -> (images (n,H,W,C) in [0,1], labels)``
+        over this process's part of the data.
+      batch_size: examples per batch on this process.
+      seed: seed of the per-epoch permutations and the augmentation noise.
+      shuffle: permute every epoch (training) or read in order (evaluation).
+      random_flip / uniform_dequantization: augmentations.
+      process_index: mixes into the augmentation seed so that processes draw different noise.
+    """
+
+    source: Any
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    random_flip: bool = False
+    uniform_dequantization: bool = False
+    process_index: int = 0
+
+    def __post_init__(self):
+        if len(self.source) < self.batch_size:
+            raise ValueError(f"the dataset part on this process has {len(self.source)} examples, "
+                             f"fewer than the per-process batch size {self.batch_size}")
+        self.steps_per_epoch = len(self.source) // self.batch_size
+        self._perm_cache: tuple[int, np.ndarray] | None = None
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            n = len(self.source)
+            p = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                 else np.arange(n))
+            self._perm_cache = (epoch, p)
+        return self._perm_cache[1]
+
+    def batch(self, step: int) -> Batch:
+        """The batch of training step ``step`` (0-based)."""
+        epoch, i = divmod(int(step), self.steps_per_epoch)
+        idx = self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        images, labels = self.source[np.sort(idx) if not self.shuffle else idx]
+        rng = np.random.default_rng([self.seed, self.process_index, int(step), 1])
+        images = augment(np.asarray(images, np.float32), rng, random_flip=self.random_flip,
+                         uniform_dequantization=self.uniform_dequantization)
+        return {"image": images, "label": np.asarray(labels, np.int32)}
+
+    def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+        """Batches of steps start_step, start_step + 1, ... (endless)."""
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+    def epoch(self) -> Iterator[Batch]:
+        """One pass in order over this process's part (the remainder is dropped)."""
+        for i in range(self.steps_per_epoch):
+            yield self.batch(i)
+
+
+class ArraySource:
+    """In-memory images (N, H, W, C) in [0, 1] and labels (N,)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+        self.images = np.asarray(images, np.float32)
+        self.labels = (np.zeros(len(images), np.int32) if labels is None
+                       else np.asarray(labels, np.int32))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        return self.images[idx], self.labels[idx]
+
+
+def process_slice(n: int, process_index: int, process_count: int) -> slice:
+    """The contiguous part of n examples read by one process (as tfds.even_splits splits)."""
+    lo = n * process_index // process_count
+    hi = n * (process_index + 1) // process_count
+    return slice(lo, hi)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded dataset: scikit-learn's 8x8 handwritten digits (no download)
+# ----------------------------------------------------------------------------------------------
+def load_digits_images(image_size: int = 16, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (1797 images, 8 x 8, 17 grey levels 0..16) as
+    (N, image_size, image_size, 1) float32 in [0, 1] with labels; bilinearly resized from 8 x 8.
+
+    ``split``: "train" (the first 1617 images), "test" (the last 180) or "all".
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    y = d.target.astype(np.int32)
+    splits = {"train": slice(0, 1617), "test": slice(1617, None), "all": slice(None)}
+    if split not in splits:
+        raise ValueError(f"digits split {split!r} unknown; valid choices: {sorted(splits)}")
+    x, y = x[splits[split]], y[splits[split]]
+    if image_size != 8:
+        x = np.clip(resize(x, image_size), 0.0, 1.0)
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS (array_record, random access through tfds.data_source: no TensorFlow needed)
+# ----------------------------------------------------------------------------------------------
+def tfds_name(dataset: str, category: str | None = None) -> str:
+    """TFDS builder name of a config ``data.dataset`` (and LSUN ``data.category``)."""
+    key = dataset.upper()
+    if key not in TFDS_DATASETS:
+        raise ValueError(f"{dataset!r} is not a TFDS dataset; valid choices: "
+                         f"{sorted(TFDS_DATASETS)}")
+    name = TFDS_DATASETS[key]
+    if key == "LSUN":
+        if category not in LSUN_CATEGORIES:
+            raise ValueError(f"data.category={category!r} is not an LSUN category; valid choices: "
+                             f"{list(LSUN_CATEGORIES)}")
+        name = f"lsun/{category}"
+    return name
+
+
+def _prepare_hint(name: str, data_dir: str | None) -> str:
+    d = data_dir or "~/tensorflow_datasets"
+    return (f"TFDS dataset {name!r} is not prepared in data_dir={d!r}, and this run does not "
+            f"download (it would hang without network). Prepare it once on a machine with network "
+            f"access (TFDS needs TensorFlow to build: pip install 'score_jax[tf]'):\n"
+            f"    tfds build {name.split('/')[0]}"
+            f"{' --config ' + name.split('/')[1] if '/' in name else ''} "
+            f"--data_dir {d} --file_format array_record\n"
+            f"then copy the folder and set --config.data.data_dir={d} (or TFDS_DATA_DIR).")
+
+
+class TFDSSource:
+    """A ``tfds.data_source`` over this process's part of a split, with the reference
+    preprocessing; indexing returns (images in [0, 1], labels)."""
+
+    def __init__(self, dataset: str, split: str, image_size: int, *, category: str | None = None,
+                 data_dir: str | None = None, process_index: int = 0, process_count: int = 1):
+        import tensorflow_datasets as tfds
+
+        self.dataset = dataset.upper()
+        self.image_size = image_size
+        name = tfds_name(dataset, category)
+        data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+            if not builder.is_prepared():
+                raise DatasetNotAvailableError(_prepare_hint(name, data_dir))
+            splits = builder.info.splits
+            if split not in splits:
+                raise ValueError(f"split {split!r} of {name} unknown; valid choices: "
+                                 f"{list(splits)}")
+            sub = tfds.even_splits(split, process_count)[process_index]
+            self.source = tfds.data_source(name, split=sub, data_dir=data_dir, download=False)
+        except DatasetNotAvailableError:
+            raise
+        except (FileNotFoundError, AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
+            raise DatasetNotAvailableError(_prepare_hint(name, data_dir) + f"\n(cause: {e})") from e
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (n, H, W, C) -> float32 (n, S, S, C) in [0, 1] (reference datasets.py)."""
+        size = self.image_size
+        if self.dataset == "CELEBA":
+            images = resize(central_crop(images, 140).astype(np.float32), size)
+        elif self.dataset == "LSUN":
+            if size == 128:
+                images = resize(images.astype(np.float32), size)
+            else:
+                images = np.stack([central_crop(im[None], size)[0]
+                                   for im in resize_small(images, size)])
+        else:
+            images = resize(images.astype(np.float32), size)
+        return np.clip(np.asarray(images, np.float32) / 255.0, 0.0, 1.0)
+
+    def __getitem__(self, idx):
+        records = self.source.__getitems__(list(map(int, idx)))
+        images = np.stack([np.asarray(r["image"]) for r in records])
+        labels = np.asarray([int(r.get("label", 0)) if np.ndim(r.get("label", 0)) == 0 else 0
+                             for r in records], np.int32)
+        return self.preprocess(images), labels
+
+
+# ----------------------------------------------------------------------------------------------
+# FFHQ / CelebA-HQ TFRecords (sequential; needs TensorFlow)
+# ----------------------------------------------------------------------------------------------
+class TFRecordPipeline:
+    """FFHQ / CelebA-HQ from the reference's TFRecords (features ``shape`` int64[3] and ``data``
+    uint8 bytes), read sequentially; each process takes every ``process_count``-th record.
+    Resume skips ``step * batch_size`` records of the (seeded, shuffled-by-epoch) stream."""
+
+    def __init__(self, path: str, batch_size: int, image_size: int, *, seed: int = 0,
+                 random_flip: bool = True, uniform_dequantization: bool = False,
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+        try:
+            import tensorflow as tf
+        except ImportError as e:
+            raise DatasetNotAvailableError(
+                "reading FFHQ / CelebA-HQ TFRecords needs TensorFlow: pip install 'score_jax[tf]'"
+            ) from e
+        if not path or not tf.io.gfile.glob(path):
+            raise DatasetNotAvailableError(
+                f"data.tfrecords_path={path!r} matches no file. Create the TFRecords with the "
+                f"StyleGAN/PGGAN dataset_tool (ffhq-r10.tfrecords for 1024, -r08 for 256) and set "
+                f"--config.data.tfrecords_path=PATH")
+        tf.config.set_visible_devices([], "GPU")
+        self.tf = tf
+        self.path, self.batch_size, self.image_size = path, batch_size, image_size
+        self.seed, self.shuffle = seed, shuffle
+        self.random_flip, self.uniform_dequantization = random_flip, uniform_dequantization
+        self.process_index, self.process_count = process_index, process_count
+
+    def _dataset(self, epoch: int):
+        tf = self.tf
+
+        def parse(rec):
+            f = tf.io.parse_single_example(rec, {"shape": tf.io.FixedLenFeature([3], tf.int64),
+                                                 "data": tf.io.FixedLenFeature([], tf.string)})
+            x = tf.reshape(tf.io.decode_raw(f["data"], tf.uint8), f["shape"])
+            return tf.transpose(x, (1, 2, 0))
+
+        ds = tf.data.TFRecordDataset(tf.io.gfile.glob(self.path))
+        ds = ds.shard(self.process_count, self.process_index)
+        if self.shuffle:
+            ds = ds.shuffle(10000, seed=self.seed + epoch, reshuffle_each_iteration=False)
+        return ds.map(parse).batch(self.batch_size, drop_remainder=True)
+
+    def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+        step, epoch = 0, 0
+        while True:
+            for x in self._dataset(epoch).as_numpy_iterator():
+                if step >= start_step:
+                    x = x.astype(np.float32)
+                    if x.shape[1] != self.image_size:
+                        x = resize(x, self.image_size)
+                    rng = np.random.default_rng([self.seed, self.process_index, step, 1])
+                    x = augment(np.clip(x / 255.0, 0, 1), rng, random_flip=self.random_flip,
+                                uniform_dequantization=self.uniform_dequantization)
+                    yield {"image": x, "label": np.zeros(len(x), np.int32)}
+                step += 1
+            epoch += 1
+            if not self.shuffle:
+                return
+
+    def epoch(self) -> Iterator[Batch]:
+        it = TFRecordPipeline(self.path, self.batch_size, self.image_size, seed=self.seed,
+                              random_flip=False, uniform_dequantization=self.uniform_dequantization,
+                              process_index=self.process_index, process_count=self.process_count,
+                              shuffle=False)
+        return it.iterate(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The one entry point
+# ----------------------------------------------------------------------------------------------
+def get_dataset(dataset: str, *, split: str, batch_size: int, image_size: int, training: bool,
+                seed: int = 0, random_flip: bool = False, uniform_dequantization: bool = False,
+                category: str | None = None, data_dir: str | None = None,
+                tfrecords_path: str | None = None, process_index: int | None = None,
+                process_count: int | None = None, num_channels: int | None = None):
+    """Build the pipeline of ``dataset`` for this process.
+
+    Args:
+      dataset: one of ``DATASETS`` (case-insensitive), e.g. "CIFAR10", "DIGITS".
+      split: "train" or "test" (TFDS splits; CelebA also "validation").
+      batch_size: the per-process batch size.
+      training: shuffle and augment (flip) when True; in-order, no flip when False.
+      uniform_dequantization: add U[0, 1)/256 noise (likelihood training / evaluation).
+      num_channels: for the grey-level digits, 3 repeats the grey channel (smoke runs of RGB
+        configs); RGB datasets must be asked for 3.
+
+    Returns:
+      An object with ``iterate(start_step)`` (endless batches from ``start_step``) and
+      ``epoch()`` (one in-order pass), batches as ``{"image", "label"}`` numpy arrays.
+
+    Raises:
+      ValueError: unknown dataset / split / category, listing the valid choices.
+      DatasetNotAvailableError: the data are not on disk; the message says how to prepare them.
+    """
+    import jax
+
+    key = dataset.upper()
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    flip = random_flip and training
+    if key == "DIGITS":
+        x, y = load_digits_images(image_size, split)
+        if num_channels not in (None, 1, 3):
+            raise ValueError(f"num_channels={num_channels} invalid for DIGITS; valid: [1, 3]")
+        if num_channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+        sl = process_slice(len(x), pi, pc)
+        source = ArraySource(x[sl], y[sl])
+    elif key in TFDS_DATASETS:
+        if num_channels not in (None, 3):
+            raise ValueError(f"data.num_channels={num_channels} invalid for {key}; valid: [3]")
+        source = TFDSSource(key, split, image_size, category=category, data_dir=data_dir,
+                            process_index=pi, process_count=pc)
+    elif key in TFRECORD_DATASETS:
+        return TFRecordPipeline(tfrecords_path, batch_size, image_size, seed=seed,
+                                random_flip=flip, uniform_dequantization=uniform_dequantization,
+                                process_index=pi, process_count=pc, shuffle=training)
+    else:
+        raise ValueError(f"data.dataset={dataset!r} unknown; valid choices: {list(DATASETS)}")
+    return RandomAccessPipeline(source, batch_size, seed=seed, shuffle=training, random_flip=flip,
+                                uniform_dequantization=uniform_dequantization, process_index=pi)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Number of full batches of ``batch_size`` in n examples."""
+    return math.floor(n / batch_size)
