@@ -2,7 +2,9 @@
 
 See ``metrics.py`` for the formulas and ``inception.py`` for the network and its weights;
 ``python -m score_jax.evaluation.stats`` writes reference statistics for a dataset; ``run.py``
-evaluates one checkpoint (samples -> FID / IS / KID, bits/dim) resumably.
+evaluates one checkpoint (samples -> FID / IS / KID, bits/dim) resumably; ``workdir.py``
+walks the checkpoints of a training workdir (test loss, bits/dim, samples, FID / IS / KID,
+reports; ``python evaluate.py``).
 """
 
 from score_jax.evaluation.inception import (
@@ -39,6 +41,7 @@ from score_jax.evaluation.run import (
     read_report,
     sample_statistics,
 )
+from score_jax.evaluation.workdir import evaluate_workdir
 
 __all__ = [
     "INCEPTION_IMAGE_SIZE",
@@ -52,6 +55,7 @@ __all__ = [
     "dataset_bits_per_dim",
     "evaluate_bpd",
     "evaluate_samples",
+    "evaluate_workdir",
     "fid_from_features",
     "frechet_distance",
     "get_inception_fn",

@@ -1,0 +1,552 @@
+"""Evaluate the checkpoints of a training workdir, preemption-safe (score_sde `run_lib.evaluate`).
+
+For each saved checkpoint of ``<workdir>/checkpoints`` in step order, with the EMA parameters:
+
+1. ``eval.enable_loss``: the test loss, the mean of the evaluation loss (train_lib's jitted
+   ``eval_step``) over one in-order pass of the evaluation split (``test``; ``validation`` for
+   CelebA), as the reference ``eval_step`` loop;
+2. ``eval.enable_bpd``: bits/dim of ``eval.bpd_dataset`` through the probability-flow ODE
+   (``likelihood.log_likelihood``, Hutchinson trace) with ``eval.bpd_num_repeats`` uniform
+   dequantisation draws (reference: 5), in resumable rounds (``run.evaluate_bpd``);
+3. ``eval.enable_sampling``: ``eval.num_samples`` samples with ``config.sampling`` in rounds of
+   ``eval.batch_size``, and FID / IS / KID of their Inception-v3 features against reference
+   statistics (``run.evaluate_samples``). Without Inception weights (they cannot be downloaded
+   here) the samples are drawn and saved and the metrics are skipped with a log line; a later run
+   with weights reads the saved samples instead of sampling again (same keys, same numbers).
+
+Files, under ``eval_dir = <workdir>/<eval_folder>`` (the reference layout, with the checkpoint
+named by its training step, the only identifier that a rolling checkpoint also has)::
+
+    ckpt_{step}_host_{h}/statistics_{r}.npz, samples_{r}.npz, bpd_{r}.npz   (see ``run.py``)
+    report_{step}.json     eval_loss, bpd, fid, is, kid, ... of one checkpoint
+    summary.json           every report, and the best step per metric
+    tensorboard/           eval/loss, eval/bpd, eval/fid, eval/is, eval/kid at the step
+
+Preemption: every part is written as soon as it is finished (a round file, or a report key), so
+a rerun skips finished checkpoints, finished parts and finished rounds and produces the numbers of
+an uninterrupted run: the keys depend only on ``seed`` (the same for every checkpoint, so that
+checkpoints are compared on common random numbers), never on what was evaluated before. SIGTERM
+(or `request_preemption`) lets the current round finish, then `evaluate_workdir` returns with
+``preempted=True``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from score_jax.evaluation import run as run_lib
+from score_jax.evaluation.metrics import inception_score, load_stats
+
+log = logging.getLogger("score_jax.evaluate")
+
+# report keys that mark a finished part
+LOSS_KEY, BPD_KEY = "eval_loss", "bpd"
+DRAWN_KEY = "num_samples_drawn"  # samples drawn and saved, no Inception weights given
+SCALARS = {"eval_loss": "eval/loss", "bpd": "eval/bpd", "fid": "eval/fid", "is": "eval/is",
+           "kid": "eval/kid"}
+_EVAL_STREAM = 0x5E7A1  # folded into the seed: evaluation keys differ from training keys
+
+
+# ----------------------------------------------------------------------------------------------
+# Preemption
+# ----------------------------------------------------------------------------------------------
+_PREEMPT = threading.Event()
+
+
+class Preempted(Exception):
+    """Raised at a round boundary after SIGTERM / `request_preemption`; caught by
+    `evaluate_workdir`."""
+
+
+def request_preemption(*_args: Any) -> None:
+    """Ask `evaluate_workdir` to stop after the current round (the SIGTERM handler)."""
+    _PREEMPT.set()
+
+
+def _preemption_requested(sync: bool = False) -> bool:
+    flag = _PREEMPT.is_set()
+    if sync and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    return flag
+
+
+def _check_preemption() -> None:
+    # Round-level checks are local: on several processes they would let one process stop while
+    # the others wait in a collective, so there only checkpoint boundaries (synchronised) count.
+    if jax.process_count() == 1 and _PREEMPT.is_set():
+        raise Preempted
+
+
+# ----------------------------------------------------------------------------------------------
+# Which checkpoints
+# ----------------------------------------------------------------------------------------------
+def step_range(config, begin_step: int | None = None,
+               end_step: int | None = None) -> tuple[int, float]:
+    """The inclusive step range to evaluate.
+
+    Explicit steps win; otherwise the reference's checkpoint numbers ``eval.begin_ckpt`` /
+    ``eval.end_ckpt`` (score_sde names snapshot ``k`` ``checkpoint_k``, saved at step
+    ``k * training.snapshot_freq``) are converted to steps. None means an open end.
+    """
+    freq = int(config.training.snapshot_freq)
+    e = config.eval
+    lo = begin_step if begin_step is not None else (
+        0 if e.get("begin_ckpt") is None else int(e.begin_ckpt) * freq)
+    hi = end_step if end_step is not None else (
+        math.inf if e.get("end_ckpt") is None else int(e.end_ckpt) * freq)
+    if lo > hi:
+        raise ValueError(f"empty checkpoint range: begin step {lo} > end step {hi}")
+    return int(lo), hi
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in ``<workdir>/checkpoints`` (sorted)."""
+    from score_jax.checkpoint import TrainCheckpointer, checkpoint_dir
+
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return []
+    ckpt = TrainCheckpointer(workdir, read_only=True)
+    try:
+        return sorted(int(s) for s in ckpt.all_steps())
+    finally:
+        ckpt.close()
+
+
+def _is_kept(step: int, config) -> bool:
+    """Snapshots (multiples of ``snapshot_freq``) and the final step stay; the rolling preemption
+    checkpoint is deleted by the next save."""
+    t = config.training
+    return step % int(t.snapshot_freq) == 0 or step == int(t.n_iters)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("rtol", "atol", "eps"))
+def _log_likelihood(key, sde, score_fn, y, *, rtol, atol, eps):
+    # sde and score_fn (which holds the parameters) are traced pytrees: one compilation serves
+    # every checkpoint.
+    from score_jax.likelihood import log_likelihood
+
+    logp, _, nfe = log_likelihood(key, sde, score_fn, y, rtol=rtol, atol=atol, eps=eps)
+    return logp, nfe
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)], axis=0)
+
+
+class _Images:
+    """Re-iterable images of one in-order pass of a pipeline, at most ``max_batches`` batches."""
+
+    def __init__(self, ds, max_batches: int | None = None):
+        self.ds, self.max_batches = ds, max_batches
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i, batch in enumerate(self.ds.epoch()):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            yield batch["image"]
+
+
+def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _key_bytes(key: jax.Array) -> bytes:
+    return np.asarray(jax.random.key_data(key)).tobytes()
+
+
+def _count(directory: str, prefix: str, n: int) -> int:
+    return sum(os.path.exists(os.path.join(directory, f"{prefix}_{r}.npz")) for r in range(n))
+
+
+def _tqdm(progress: bool, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not (progress and jax.process_index() == 0), dynamic_ncols=True,
+                **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate_workdir
+# ----------------------------------------------------------------------------------------------
+def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
+                     inception_path: str | None = None,
+                     inception_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+                     | None = None,
+                     reference_stats: str | Mapping[str, Any] | None = None,
+                     begin_step: int | None = None, end_step: int | None = None,
+                     wait: bool = False, poll_seconds: float = 60.0,
+                     num_samples: int | None = None, bpd_repeats: int | None = None,
+                     seed: int | None = None, save_samples: bool = True,
+                     model=None, eval_ds=None, bpd_ds=None, mesh=None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Evaluate the checkpoints of ``workdir`` in step order, resuming where a run stopped.
+
+    What is computed follows ``config.eval`` (``enable_loss``, ``enable_bpd``,
+    ``enable_sampling``, ``num_samples``, ``batch_size``, ``bpd_dataset``,
+    ``bpd_num_repeats``, ``bpd_max_batches``) as score_sde's ``run_lib.evaluate``; see the
+    module docstring for the parts, the files and the preemption behaviour.
+
+    Args:
+      config: the training config of the workdir (``--config`` of train.py).
+      workdir: the training workdir (``<workdir>/checkpoints``).
+      eval_folder: results go to ``<workdir>/<eval_folder>`` (reference ``eval_folder``).
+      inception_path: local FID Inception weights (``pt_inception-2015-12-05-6726825d.pth`` or
+        its ``.npz``, see ``python -m score_jax.evaluation.inception``). None and no
+        ``inception_fn``: samples are drawn and saved, FID / IS / KID skipped.
+      inception_fn: instead of ``inception_path``, any ``uint8 images -> (pool_3, logits)``
+        (e.g. an ``InceptionFeatures``).
+      reference_stats: ``save_stats`` file (or its ``load_stats`` dict) of the data; without it
+        only IS is computed. KID needs its ``pool_3`` rows.
+      begin_step / end_step: inclusive step range; default ``eval.begin_ckpt`` /
+        ``eval.end_ckpt`` times ``training.snapshot_freq`` (the reference's numbering).
+      wait: keep polling (every ``poll_seconds``) for new snapshots until the range end (or
+        ``training.n_iters``) is evaluated, for an evaluator running beside training. Only the
+        kept snapshots (multiples of ``snapshot_freq`` and the final step) are evaluated then.
+      num_samples: overrides ``eval.num_samples``.
+      bpd_repeats: overrides ``eval.bpd_num_repeats`` (reference: 5 dequantisation draws).
+      seed: the evaluation seed (default ``config.seed``).
+      save_samples: keep the uint8 samples of every round (``samples_{r}.npz``).
+      model / eval_ds / bpd_ds / mesh: override the config-built ones (tests, notebooks).
+      progress: tqdm progress bars (process 0).
+
+    Returns:
+      ``{"eval_dir", "reports": {step: report}, "evaluated": [steps worked on],
+      "skipped": [steps already finished], "preempted": bool, "summary": path}``.
+
+    Raises:
+      ValueError: invalid config or options (before anything is computed).
+      CheckpointError: a kept checkpoint cannot be restored.
+    """
+    from score_jax import data as data_lib
+    from score_jax import parallel, train_lib
+    from score_jax.checkpoint import CheckpointError, TrainCheckpointer
+    from score_jax.score import get_score_fn
+
+    e, d, t = config.eval, config.data, config.training
+    b = train_lib.build(config, mesh=mesh, model=model)  # validates the config
+    mesh, sde, model = b["mesh"], b["sde"], b["model"]
+    lo, hi = step_range(config, begin_step, end_step)
+    num_samples = int(e.num_samples if num_samples is None else num_samples)
+    bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
+    per_process = int(e.batch_size) // jax.process_count()
+    enable_loss, enable_bpd = bool(e.enable_loss), bool(e.enable_bpd)
+    enable_sampling = bool(e.enable_sampling)
+    if enable_sampling and num_samples < 2:
+        raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
+    if bpd_repeats < 1:
+        raise ValueError(f"eval.bpd_num_repeats={bpd_repeats} must be >= 1")
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir {workdir!r} does not exist")
+    eval_dir = os.path.join(workdir, eval_folder)
+    os.makedirs(eval_dir, exist_ok=True)
+    is_main = jax.process_index() == 0
+
+    # Inception and reference statistics: FID / KID need both, IS only the network.
+    if inception_fn is None and inception_path is not None and enable_sampling:
+        from score_jax.evaluation.inception import get_inception_fn
+        if not os.path.exists(inception_path):
+            raise FileNotFoundError(f"--inception={inception_path!r} does not exist")
+        n_local = jax.local_device_count()
+        inception_fn = get_inception_fn(inception_path,
+                                        batch_size=max(n_local, 200 // n_local * n_local))
+    reference = (load_stats(reference_stats) if isinstance(reference_stats, str | os.PathLike)
+                 else reference_stats)
+    if enable_sampling:
+        if inception_fn is None:
+            log.warning("FID / IS / KID skipped: no Inception weights given (--inception=PATH to "
+                        "pt_inception-2015-12-05-6726825d.pth or its .npz; they cannot be "
+                        "downloaded here). The %d samples per checkpoint are drawn and saved in "
+                        "%s/ckpt_<step>_host_<h>/; a rerun with --inception computes the "
+                        "metrics from them.", num_samples, eval_dir)
+        elif reference is None:
+            log.warning("FID and KID skipped: no reference statistics (--ref_stats=PATH, written "
+                        "by python -m score_jax.evaluation.stats); computing IS only.")
+    sample_key = "fid" if (inception_fn and reference is not None) else (
+        "is" if inception_fn else DRAWN_KEY)
+    needed = [k for k, on in ((LOSS_KEY, enable_loss), (BPD_KEY, enable_bpd),
+                              (sample_key, enable_sampling)) if on]
+    if not needed:
+        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
+                    "eval.enable_sampling are all False")
+
+    # Data (built once; only for the enabled parts).
+    kw = dict(image_size=d.image_size, seed=int(config.seed), category=d.get("category"),
+              data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
+              num_channels=d.num_channels)
+    if enable_loss and eval_ds is None:
+        split = "validation" if d.dataset.upper() == "CELEBA" else "test"
+        eval_ds = data_lib.get_dataset(d.dataset, split=split, batch_size=per_process,
+                                       training=False, random_flip=False,
+                                       uniform_dequantization=d.uniform_dequantization, **kw)
+    if enable_bpd and bpd_ds is None:
+        bpd_ds = data_lib.get_dataset(d.dataset, split=e.bpd_dataset, batch_size=per_process,
+                                      training=False, random_flip=False,
+                                      uniform_dequantization=False, **kw)
+
+    # Compiled once for all checkpoints.
+    loss_eval = train_lib.loss_fn_from_config(config, sde, model, train=False)
+    p_eval = train_lib.jit_eval_step(loss_eval, mesh, cache_key=(
+        "evaluate_workdir", model, sde, bool(t.continuous), bool(t.reduce_mean),
+        bool(t.likelihood_weighting), config.model.get("num_classes")))
+    method, options = train_lib.sampling_options_from_config(config.sampling)
+    continuous, centered = bool(t.continuous), bool(d.centered)
+    s = config.sampling
+    ll_opts = dict(rtol=float(s.rtol), atol=float(s.atol),
+                   eps=1e-5 if s.get("eps") is None else float(s.eps))
+    if jax.process_count() == 1:
+        sample_mesh = mesh
+    else:  # every process samples its own rounds (own keys) on its own devices
+        sample_mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
+
+    seed = int(config.seed if seed is None else seed)
+    k_loss, k_bpd, k_sample = jax.random.split(
+        jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3)
+    num_rounds = math.ceil(num_samples / (per_process * jax.process_count()))
+    round_of = {_key_bytes(jax.random.fold_in(jax.random.fold_in(k_sample, jax.process_index()),
+                                              r)): r for r in range(num_rounds)}
+
+    writer = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(eval_dir, "tensorboard"))
+
+    def missing(step: int) -> list[str]:
+        report = run_lib.read_report(eval_dir, step) or {}
+        return [k for k in needed if k not in report]
+
+    # ------------------------------------------------------------------ one checkpoint
+    def evaluate_one(step: int, todo: list[str]) -> dict[str, Any]:
+        ckpt = TrainCheckpointer(workdir, read_only=True)
+        try:
+            state, _ = ckpt.restore(b["abstract_state"], step)
+        finally:
+            ckpt.close()
+        params = state.ema_params
+        score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
+        out_dir = run_lib.host_dir(eval_dir, step)
+        run_lib.update_report(eval_dir, step, {"step": step})
+
+        if LOSS_KEY in todo:
+            losses = []
+            bar = _tqdm(progress, desc=f"step {step}: test loss", unit="batch", leave=False)
+            for i, batch in enumerate(eval_ds.epoch()):
+                _check_preemption()
+                batch = parallel.to_global(batch, mesh)
+                losses.append(p_eval(state, batch, jax.random.fold_in(k_loss, i)))
+                bar.update(1)
+            bar.close()
+            if not losses:
+                raise ValueError("the evaluation split has no full batch of eval.batch_size")
+            loss = float(np.mean(jax.device_get(losses)))
+            run_lib.update_report(eval_dir, step, {LOSS_KEY: loss,
+                                                   "eval_loss_num_batches": len(losses)})
+            log.info("step %d: test loss %.5f (%d batches)", step, loss, len(losses))
+
+        if BPD_KEY in todo:
+            max_batches = e.get("bpd_max_batches")
+            images = _Images(bpd_ds, max_batches)
+            n_batches = getattr(bpd_ds, "steps_per_epoch", None)
+            if n_batches is not None and max_batches is not None:
+                n_batches = min(n_batches, int(max_batches))
+            n_rounds = None if n_batches is None else bpd_repeats * n_batches
+            bar = _tqdm(progress, desc=f"step {step}: bits/dim", unit="round", leave=False,
+                        total=n_rounds,
+                        initial=0 if n_rounds is None else _count(out_dir, "bpd", n_rounds))
+
+            def logp_fn(key, y):
+                _check_preemption()
+                y = parallel.to_global(np.asarray(y), mesh)
+                logp, _ = _log_likelihood(key, sde, score_fn, y, **ll_opts)
+                bar.update(1)
+                return _local_rows(logp)
+
+            report = run_lib.evaluate_bpd(logp_fn, images, eval_dir=eval_dir, ckpt=step,
+                                          key=k_bpd, num_repeats=bpd_repeats,
+                                          centered=centered, log=log.debug)
+            bar.close()
+            run_lib.update_report(eval_dir, step, {"bpd_num_repeats": bpd_repeats,
+                                                   "bpd_dataset": e.bpd_dataset})
+            log.info("step %d: bits/dim %.5f (%d x %d examples)", step, report[BPD_KEY],
+                     bpd_repeats, report["bpd_num"] // bpd_repeats)
+
+        if sample_key in todo:
+            shape = (per_process, d.image_size, d.image_size, d.num_channels)
+            if jax.process_count() == 1:
+                sample_params = params
+            else:
+                sample_params = parallel.replicate(jax.tree_util.tree_map(
+                    lambda a: np.asarray(a.addressable_data(0)), params), sample_mesh)
+            done = _count(out_dir, "statistics" if inception_fn else "samples", num_rounds)
+            bar = _tqdm(progress, desc=f"step {step}: samples", unit="round", leave=False,
+                        total=num_rounds, initial=done)
+
+            def draw(key):
+                _check_preemption()
+                r = round_of.get(_key_bytes(key))
+                saved = None if r is None else os.path.join(out_dir, f"samples_{r}.npz")
+                if saved is not None and os.path.exists(saved):  # drawn by an earlier run
+                    with np.load(saved, allow_pickle=False) as f:
+                        images = f["samples"]
+                else:
+                    images, _ = train_lib.sample_images(
+                        key, sde, model, sample_params, continuous=continuous, shape=shape,
+                        method=method, options=options, centered=centered, mesh=sample_mesh,
+                        batch_size=per_process)
+                bar.update(1)
+                return images
+
+            if sample_key == "fid":
+                report = run_lib.evaluate_samples(
+                    draw, inception_fn, reference=reference, eval_dir=eval_dir, ckpt=step,
+                    num_samples=num_samples, batch_size=per_process, key=k_sample,
+                    save_samples=save_samples, log=log.debug)
+                log.info("step %d: FID %.4f  IS %.4f%s", step, report["fid"], report["is"],
+                         f"  KID {report['kid']:.6f}" if "kid" in report else "")
+            elif sample_key == "is":
+                _, logits = run_lib.sample_statistics(
+                    draw, inception_fn, eval_dir=eval_dir, ckpt=step, num_samples=num_samples,
+                    batch_size=per_process, key=k_sample, save_samples=save_samples,
+                    log=log.debug)
+                value = inception_score(logits)
+                run_lib.update_report(eval_dir, step, {"is": value,
+                                                       "num_samples": float(len(logits))})
+                log.info("step %d: IS %.4f (FID / KID skipped: no reference statistics)",
+                         step, value)
+            else:
+                key_p = jax.random.fold_in(k_sample, jax.process_index())
+                for r in range(num_rounds):
+                    path = os.path.join(out_dir, f"samples_{r}.npz")
+                    if os.path.exists(path):
+                        continue
+                    images = run_lib.quantize_samples(draw(jax.random.fold_in(key_p, r)))
+                    _atomic_savez(path, samples=images)
+                run_lib.update_report(eval_dir, step, {
+                    DRAWN_KEY: num_rounds * per_process * jax.process_count()})
+                log.info("step %d: %d samples saved in %s (FID / IS / KID skipped: no "
+                         "Inception weights)", step, num_rounds * per_process, out_dir)
+            bar.close()
+
+        report = run_lib.read_report(eval_dir, step) or {}
+        if writer is not None:
+            for k, tag in SCALARS.items():
+                if isinstance(report.get(k), int | float):
+                    writer.add_scalar(tag, report[k], step)
+            writer.flush()
+        return report
+
+    # ------------------------------------------------------------------ the walk
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, request_preemption)
+    _PREEMPT.clear()
+    reports: dict[int, dict] = {}
+    evaluated, skipped, seen = [], [], set()
+    preempted = False
+    waiting_logged = False
+    outer = _tqdm(progress, desc="checkpoints", unit="ckpt")
+    try:
+        while True:
+            steps = [st for st in saved_steps(workdir)
+                     if lo <= st <= hi and st not in seen and (not wait or _is_kept(st, config))]
+            if not steps and not seen and not wait:
+                raise ValueError(
+                    f"no checkpoint of {workdir} lies in steps [{lo}, {hi}] (config "
+                    f"eval.begin_ckpt={e.get('begin_ckpt')}, eval.end_ckpt={e.get('end_ckpt')} "
+                    f"x training.snapshot_freq={t.snapshot_freq}); saved steps: "
+                    f"{saved_steps(workdir)}. Choose with --begin_step / --end_step or "
+                    f"--config.eval.begin_ckpt / --config.eval.end_ckpt")
+            outer.total = (outer.total or 0) + len(steps)
+            outer.refresh()
+            for step in steps:
+                if _preemption_requested(sync=True):
+                    raise Preempted
+                seen.add(step)
+                todo = missing(step)
+                if not todo:
+                    skipped.append(step)
+                    log.info("step %d: already evaluated (%s), skipped", step,
+                             run_lib.report_path(eval_dir, step))
+                else:
+                    outer.set_postfix(step=step)
+                    try:
+                        evaluate_one(step, todo)
+                    except CheckpointError:
+                        if _is_kept(step, config) or step in saved_steps(workdir):
+                            raise
+                        log.warning("step %d: the rolling checkpoint was replaced by training "
+                                    "before it was restored; skipped", step)
+                        continue
+                    evaluated.append(step)
+                reports[step] = run_lib.read_report(eval_dir, step) or {}
+                outer.update(1)
+            if not wait:
+                break
+            last = min(hi, int(t.n_iters))
+            if seen and max(seen) >= last:
+                break
+            if not waiting_logged:
+                log.info("waiting for checkpoints up to step %s in %s (polling every %.0f s)",
+                         last, workdir, poll_seconds)
+                waiting_logged = True
+            deadline = time.monotonic() + poll_seconds
+            while time.monotonic() < deadline:
+                if _preemption_requested():
+                    raise Preempted
+                time.sleep(min(1.0, poll_seconds))
+    except Preempted:
+        preempted = True
+        log.warning("preemption requested: stopped after the current round; rerun the same "
+                    "command to resume (finished rounds and checkpoints are kept in %s)",
+                    eval_dir)
+    finally:
+        outer.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if writer is not None:
+            writer.close()
+    summary_path = write_summary(eval_dir) if is_main else None
+    return {"eval_dir": eval_dir, "reports": reports, "evaluated": evaluated, "skipped": skipped,
+            "preempted": preempted, "summary": summary_path}
+
+
+def write_summary(eval_dir: str) -> str:
+    """``summary.json``: every ``report_{step}.json`` of ``eval_dir`` in step order and the best
+    step per metric (lowest loss / bits/dim / FID / KID, highest IS)."""
+    steps = sorted(int(f[len("report_"):-len(".json")]) for f in os.listdir(eval_dir)
+                   if f.startswith("report_") and f.endswith(".json")
+                   and f[len("report_"):-len(".json")].isdigit())
+    reports = [run_lib.read_report(eval_dir, st) for st in steps]
+    best = {}
+    for k, sign in (("eval_loss", 1), ("bpd", 1), ("fid", 1), ("kid", 1), ("is", -1)):
+        have = [(sign * r[k], st) for st, r in zip(steps, reports, strict=True)
+                if isinstance(r.get(k), int | float)]
+        if have:
+            best[k] = min(have)[1]
+    path = os.path.join(eval_dir, "summary.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"reports": reports, "best_step": best}, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
