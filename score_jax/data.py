@@ -29,6 +29,8 @@ import numpy as np
 Batch = dict[str, np.ndarray]
 
 TFDS_DATASETS = {"CIFAR10": "cifar10", "SVHN": "svhn_cropped", "CELEBA": "celeb_a", "LSUN": "lsun"}
+TFDS_SPLITS = {"CIFAR10": ("train", "test"), "SVHN": ("train", "test", "extra"),
+               "CELEBA": ("train", "validation", "test"), "LSUN": ("train", "validation")}
 TFRECORD_DATASETS = ("FFHQ", "CELEBAHQ")
 EMBEDDED_DATASETS = ("DIGITS",)
 DATASETS = EMBEDDED_DATASETS + tuple(TFDS_DATASETS) + TFRECORD_DATASETS
@@ -251,19 +253,13 @@ class TFDSSource:
         self.image_size = image_size
         name = tfds_name(dataset, category)
         data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+        valid = TFDS_SPLITS[self.dataset]
+        if split.split("[")[0] not in valid:
+            raise ValueError(f"split {split!r} of {name} unknown; valid choices: {list(valid)}")
+        sub = tfds.even_splits(split, process_count)[process_index]
         try:
-            builder = tfds.builder(name, data_dir=data_dir)
-            if not builder.is_prepared():
-                raise DatasetNotAvailableError(_prepare_hint(name, data_dir))
-            splits = builder.info.splits
-            if split not in splits:
-                raise ValueError(f"split {split!r} of {name} unknown; valid choices: "
-                                 f"{list(splits)}")
-            sub = tfds.even_splits(split, process_count)[process_index]
             self.source = tfds.data_source(name, split=sub, data_dir=data_dir, download=False)
-        except DatasetNotAvailableError:
-            raise
-        except (FileNotFoundError, AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
+        except Exception as e:  # not prepared: tfds raises AssertionError / DatasetNotFoundError
             raise DatasetNotAvailableError(_prepare_hint(name, data_dir) + f"\n(cause: {e})") from e
 
     def __len__(self) -> int:
@@ -285,7 +281,7 @@ class TFDSSource:
         return np.clip(np.asarray(images, np.float32) / 255.0, 0.0, 1.0)
 
     def __getitem__(self, idx):
-        records = self.source.__getitems__(list(map(int, idx)))
+        records = [self.source[int(i)] for i in idx]
         images = np.stack([np.asarray(r["image"]) for r in records])
         labels = np.asarray([int(r.get("label", 0)) if np.ndim(r.get("label", 0)) == 0 else 0
                              for r in records], np.int32)
@@ -303,17 +299,19 @@ class TFRecordPipeline:
     def __init__(self, path: str, batch_size: int, image_size: int, *, seed: int = 0,
                  random_flip: bool = True, uniform_dequantization: bool = False,
                  process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+        import glob
+
+        if not path or not (glob.glob(path) or "://" in path):
+            raise DatasetNotAvailableError(
+                f"data.tfrecords_path={path!r} matches no file. Create the TFRecords with the "
+                f"StyleGAN/PGGAN dataset_tool (ffhq-r10.tfrecords for 1024, -r08 for 256) and set "
+                f"--config.data.tfrecords_path=PATH")
         try:
             import tensorflow as tf
         except ImportError as e:
             raise DatasetNotAvailableError(
                 "reading FFHQ / CelebA-HQ TFRecords needs TensorFlow: pip install 'score_jax[tf]'"
             ) from e
-        if not path or not tf.io.gfile.glob(path):
-            raise DatasetNotAvailableError(
-                f"data.tfrecords_path={path!r} matches no file. Create the TFRecords with the "
-                f"StyleGAN/PGGAN dataset_tool (ffhq-r10.tfrecords for 1024, -r08 for 256) and set "
-                f"--config.data.tfrecords_path=PATH")
         tf.config.set_visible_devices([], "GPU")
         self.tf = tf
         self.path, self.batch_size, self.image_size = path, batch_size, image_size

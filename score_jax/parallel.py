@@ -26,8 +26,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     coordinator ``host:port``, the number of processes and this process's id. On the CPU backend the
     gloo collectives are enabled so that cross-process all-reduces work.
     """
-    if jax.config.read("jax_platforms") in ("cpu",) or (coordinator_address or "").startswith(
-            ("127.", "localhost")):
+    import os
+
+    platforms = os.environ.get("JAX_PLATFORMS", "") or ""
+    if platforms.startswith("cpu") or (coordinator_address or "").startswith(("127.", "localhost")):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if coordinator_address is not None:
