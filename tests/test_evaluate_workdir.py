@@ -230,3 +230,37 @@ def test_checkpoint_range_errors(trained):
                                 progress=False)
     with pytest.raises(ValueError, match="empty checkpoint range"):
         wd_lib.step_range(config, begin_step=5, end_step=4)
+
+
+@pytest.mark.slow
+def test_fid_with_inception_weights_file(trained, tmp_path):
+    """The --inception path: a randomly initialised FID Inception in the converter's .npz layout
+    (the real weights cannot be downloaded), at the real 299 x 299 input size."""
+    from test_evaluation_inception import synthetic_state_dict
+
+    from score_jax.evaluation import get_inception_fn, save_stats
+
+    config, wd = trained
+    config = _config()
+    config.eval.enable_loss = config.eval.enable_bpd = False
+    config.eval.num_samples = 8
+    path = str(tmp_path / "pt_inception.npz")
+    np.savez(path, **synthetic_state_dict())
+    inception = get_inception_fn(path, batch_size=8)
+    ref_images = np.random.default_rng(5).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    pool, _ = inception(ref_images)
+    stats_path = str(tmp_path / "ref.npz")
+    save_stats(stats_path, pool.mean(0), np.cov(pool.astype(np.float64), rowvar=False),
+               features=pool)
+    out = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_inception", model=TinyNet(),
+                                  end_step=2, inception_path=path, reference_stats=stats_path,
+                                  progress=False)
+    r = out["reports"][2]
+    assert r["num_samples"] == 8 and np.isfinite(r["fid"]) and r["fid"] > 0
+    assert 1.0 <= r["is"] <= 1008 and np.isfinite(r["kid"])
+    samples = np.load(os.path.join(wd, "eval_inception", "ckpt_2_host_0", "samples_0.npz"))
+    expected = metrics_report(*inception(samples["samples"]), {
+        "mu": pool.mean(0), "sigma": np.cov(pool.astype(np.float64), rowvar=False),
+        "pool_3": pool})
+    assert r["fid"] == pytest.approx(expected["fid"], rel=1e-6)
+    assert r["is"] == pytest.approx(expected["is"], rel=1e-6)

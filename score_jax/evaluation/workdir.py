@@ -111,10 +111,14 @@ def step_range(config, begin_step: int | None = None,
     return int(lo), hi
 
 
-def saved_steps(workdir: str) -> list[int]:
-    """The steps of the complete checkpoints in ``<workdir>/checkpoints`` (sorted)."""
+def saved_steps(workdir: str, checkpointer=None) -> list[int]:
+    """The steps of the complete checkpoints in ``<workdir>/checkpoints`` (sorted); pass an open
+    read-only ``TrainCheckpointer`` to re-read its directory instead of opening one."""
     from score_jax.checkpoint import TrainCheckpointer, checkpoint_dir
 
+    if checkpointer is not None:
+        checkpointer.manager.reload()  # pick up checkpoints written since it was opened
+        return sorted(int(s) for s in checkpointer.all_steps())
     if not os.path.isdir(checkpoint_dir(workdir)):
         return []
     ckpt = TrainCheckpointer(workdir, read_only=True)
@@ -241,7 +245,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     """
     from score_jax import data as data_lib
     from score_jax import parallel, train_lib
-    from score_jax.checkpoint import CheckpointError, TrainCheckpointer
+    from score_jax.checkpoint import CheckpointError, TrainCheckpointer, checkpoint_dir
     from score_jax.score import get_score_fn
 
     e, d, t = config.eval, config.data, config.training
@@ -257,8 +261,9 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
         raise ValueError(f"eval.bpd_num_repeats={bpd_repeats} must be >= 1")
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"workdir {workdir!r} does not exist")
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder; train first "
+                                f"with python train.py --workdir={workdir}")
     eval_dir = os.path.join(workdir, eval_folder)
     os.makedirs(eval_dir, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -269,8 +274,9 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         if not os.path.exists(inception_path):
             raise FileNotFoundError(f"--inception={inception_path!r} does not exist")
         n_local = jax.local_device_count()
-        inception_fn = get_inception_fn(inception_path,
-                                        batch_size=max(n_local, 200 // n_local * n_local))
+        # one compiled batch: a sampling round, or chunks of about 200 (padding is wasted work)
+        chunk = max(n_local, min(per_process, 200) // n_local * n_local)
+        inception_fn = get_inception_fn(inception_path, batch_size=chunk)
     reference = (load_stats(reference_stats) if isinstance(reference_stats, str | os.PathLike)
                  else reference_stats)
     if enable_sampling:
@@ -338,11 +344,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
 
     # ------------------------------------------------------------------ one checkpoint
     def evaluate_one(step: int, todo: list[str]) -> dict[str, Any]:
-        ckpt = TrainCheckpointer(workdir, read_only=True)
-        try:
-            state, _ = ckpt.restore(b["abstract_state"], step)
-        finally:
-            ckpt.close()
+        state, _ = checkpointer.restore(b["abstract_state"], step)
         params = state.ema_params
         score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
         out_dir = run_lib.host_dir(eval_dir, step)
@@ -457,6 +459,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         return report
 
     # ------------------------------------------------------------------ the walk
+    checkpointer = TrainCheckpointer(workdir, read_only=True)
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, request_preemption)
@@ -468,15 +471,15 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     outer = _tqdm(progress, desc="checkpoints", unit="ckpt")
     try:
         while True:
-            steps = [st for st in saved_steps(workdir)
+            steps = [st for st in saved_steps(workdir, checkpointer)
                      if lo <= st <= hi and st not in seen and (not wait or _is_kept(st, config))]
             if not steps and not seen and not wait:
                 raise ValueError(
                     f"no checkpoint of {workdir} lies in steps [{lo}, {hi}] (config "
                     f"eval.begin_ckpt={e.get('begin_ckpt')}, eval.end_ckpt={e.get('end_ckpt')} "
                     f"x training.snapshot_freq={t.snapshot_freq}); saved steps: "
-                    f"{saved_steps(workdir)}. Choose with --begin_step / --end_step or "
-                    f"--config.eval.begin_ckpt / --config.eval.end_ckpt")
+                    f"{saved_steps(workdir, checkpointer)}. Choose with --begin_step / "
+                    f"--end_step or --config.eval.begin_ckpt / --config.eval.end_ckpt")
             outer.total = (outer.total or 0) + len(steps)
             outer.refresh()
             for step in steps:
@@ -493,7 +496,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                     try:
                         evaluate_one(step, todo)
                     except CheckpointError:
-                        if _is_kept(step, config) or step in saved_steps(workdir):
+                        if _is_kept(step, config) or step in saved_steps(workdir, checkpointer):
                             raise
                         log.warning("step %d: the rolling checkpoint was replaced by training "
                                     "before it was restored; skipped", step)
@@ -522,6 +525,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                     eval_dir)
     finally:
         outer.close()
+        checkpointer.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if writer is not None:

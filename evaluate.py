@@ -1,0 +1,83 @@
+"""Evaluate the checkpoints of a training workdir (score_sde ``--mode=eval``).
+
+    python evaluate.py --workdir=workdirs/digits --begin_step=4000 \\
+        --config.eval.enable_bpd=True --config.eval.enable_sampling=True
+    python evaluate.py --config=configs/vp/cifar10_ddpmpp_continuous.py --workdir=W \\
+        --inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz \\
+        --config.eval.enable_sampling=True --config.eval.num_samples=50000 --wait
+
+For every checkpoint of ``<workdir>/checkpoints`` in ``--begin_step .. --end_step`` (default:
+``eval.begin_ckpt .. eval.end_ckpt`` times ``training.snapshot_freq``, the reference's
+numbering) it computes what ``config.eval`` enables: the test loss (``enable_loss``), bits/dim
+with ``eval.bpd_num_repeats`` dequantisations (``enable_bpd``), ``eval.num_samples`` samples and
+their FID / IS / KID (``enable_sampling``; without ``--inception`` the samples are saved and the
+metrics skipped). Results: ``<workdir>/<eval_folder>/report_<step>.json``, ``summary.json`` and
+TensorBoard scalars. Rerunning the command resumes: finished checkpoints are skipped and an
+interrupted one continues at its next round; SIGTERM stops after the current round.
+"""
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)  # configs/ is importable wherever evaluate.py is run from
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default_digits.py"),
+                                "The training config of the workdir (FILE[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
+flags.DEFINE_string("eval_folder", "eval", "Results go to <workdir>/<eval_folder>.")
+flags.DEFINE_string("inception", None, "Local FID Inception weights: "
+                    "pt_inception-2015-12-05-6726825d.pth or its .npz. None: skip FID/IS/KID.")
+flags.DEFINE_string("ref_stats", None, "Reference statistics .npz of the data (python -m "
+                    "score_jax.evaluation.stats). None: IS only.")
+flags.DEFINE_integer("begin_step", None, "First step (default eval.begin_ckpt x snapshot_freq).")
+flags.DEFINE_integer("end_step", None, "Last step (default eval.end_ckpt x snapshot_freq).")
+flags.DEFINE_bool("wait", False, "Poll for new snapshots until the last one in range is done.")
+flags.DEFINE_float("poll_seconds", 60.0, "Polling interval with --wait.")
+flags.DEFINE_integer("seed", None, "Evaluation seed (default config.seed).")
+flags.DEFINE_bool("save_samples", True, "Keep the uint8 samples of every round.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it reads at INFO
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("score_jax").setLevel(logging.INFO)  # per-checkpoint results
+    from score_jax import parallel
+
+    if FLAGS.distributed:
+        parallel.initialize_distributed()
+    from score_jax.checkpoint import CheckpointError
+    from score_jax.data import DatasetNotAvailableError
+    from score_jax.evaluation.workdir import evaluate_workdir
+
+    try:
+        out = evaluate_workdir(
+            FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,
+            inception_path=FLAGS.inception, reference_stats=FLAGS.ref_stats,
+            begin_step=FLAGS.begin_step, end_step=FLAGS.end_step, wait=FLAGS.wait,
+            poll_seconds=FLAGS.poll_seconds, seed=FLAGS.seed, save_samples=FLAGS.save_samples,
+            progress=FLAGS.progress)
+    except (ValueError, FileNotFoundError, CheckpointError, DatasetNotAvailableError) as e:
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
+    keys = ("eval_loss", "bpd", "fid", "is", "kid", "num_samples_drawn")
+    for step, report in out["reports"].items():
+        print(json.dumps({"step": step, **{k: report[k] for k in keys if k in report}}))
+    print(f"reports and summary: {out['summary'] or out['eval_dir']}"
+          + ("  (preempted: rerun to resume)" if out["preempted"] else ""))
+
+
+if __name__ == "__main__":
+    app.run(main)
