@@ -172,7 +172,9 @@ EXPECTED_TOP = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", [
+    pytest.param(v, marks=pytest.mark.slow) if v == "no_conv_no_skip_rescale" else v
+    for v in sorted(VARIANTS)])
 def test_ncsnpp_variants(variant):
     cfg = tiny_ncsnpp(**VARIANTS[variant])
     model = get_model(cfg, image_size=8)
