@@ -170,6 +170,11 @@ def test_rerun_skips_finished_checkpoints(trained, full, reference, monkeypatch)
     assert again["skipped"] == [2, 4] and again["evaluated"] == []
     assert inception.calls == 0 and not calls
     assert _numbers(again["reports"]) == _numbers(full["reports"])
+    # without Inception weights now: the FID already there covers the sampling part
+    again = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_full", model=TinyNet(),
+                                    progress=False)
+    assert again["skipped"] == [2, 4] and not calls
+    assert _numbers(again["reports"]) == _numbers(full["reports"])
 
 
 def test_sigterm_then_resume_gives_uninterrupted_numbers(trained, full, reference):
@@ -264,3 +269,31 @@ def test_fid_with_inception_weights_file(trained, tmp_path):
         "pool_3": pool})
     assert r["fid"] == pytest.approx(expected["fid"], rel=1e-6)
     assert r["is"] == pytest.approx(expected["is"], rel=1e-6)
+
+
+def test_wait_picks_up_new_checkpoints(trained, full, tmp_path):
+    """--wait: step 4 appears while the evaluator polls (as training writes it)."""
+    import shutil
+    import threading
+
+    config, wd = trained
+    config = _config()
+    config.eval.enable_bpd = config.eval.enable_sampling = False
+    new = str(tmp_path / "wd")
+    src, dst = os.path.join(wd, "checkpoints"), os.path.join(new, "checkpoints")
+    shutil.copytree(src, dst, ignore=lambda d, names: ["4"] if d == src else [])
+
+    def publish():  # like orbax: write elsewhere, then rename into place
+        shutil.copytree(os.path.join(src, "4"), os.path.join(new, "tmp4"))
+        os.rename(os.path.join(new, "tmp4"), os.path.join(dst, "4"))
+
+    timer = threading.Timer(1.0, publish)
+    timer.start()
+    try:
+        out = wd_lib.evaluate_workdir(config, new, model=TinyNet(), wait=True, poll_seconds=0.2,
+                                      progress=False)
+    finally:
+        timer.cancel()
+    assert out["evaluated"] == [2, 4] and not out["preempted"]
+    for step in (2, 4):
+        assert out["reports"][step]["eval_loss"] == full["reports"][step]["eval_loss"]

@@ -338,9 +338,12 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(os.path.join(eval_dir, "tensorboard"))
 
+    stronger = {DRAWN_KEY: ("is", "fid"), "is": ("fid",)}  # FID implies IS implies drawn
+
     def missing(step: int) -> list[str]:
         report = run_lib.read_report(eval_dir, step) or {}
-        return [k for k in needed if k not in report]
+        return [k for k in needed
+                if k not in report and not any(h in report for h in stronger.get(k, ()))]
 
     # ------------------------------------------------------------------ one checkpoint
     def evaluate_one(step: int, todo: list[str]) -> dict[str, Any]:
