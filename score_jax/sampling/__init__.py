@@ -24,6 +24,9 @@ Methods and their options (defaults in brackets):
   s_tmin, s_tmax, s_noise [1], eps, denoise [True]. NFE = 2 num_steps - 1 (2 num_steps without
   denoise).
   (see ``sampling/fast.py``)
+- ``"inpaint"``: inputs={"data", "mask" (1 = known)}; ``"colorize"``: inputs={"gray"}; option
+  sampler [pc] in (pc, ode, ddim, dpm_solver, heun) plus that sampler's options (see
+  ``guidance/inpainting.py``, ``guidance/colorization.py``).
 Further methods register in ``METHODS`` (name -> function(key, sde, score_fn, x_init, **options)).
 
 Multi-device: pass ``sharding=NamedSharding(mesh, P("data"))``; the batch is laid out over the mesh
@@ -36,6 +39,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from score_jax.guidance.colorization import colorize_method
+from score_jax.guidance.inpainting import inpaint_method
 from score_jax.sampling.diffeq import (
     ODE_SOLVERS,
     SDE_SOLVERS,
@@ -97,6 +102,7 @@ def _sde_method(key, sde, score_fn, x_init, *, solver="euler", num_steps=None, e
 METHODS: dict[str, Callable] = {
     "pc": _pc_method, "ode": _ode_method, "sde": _sde_method,
     "ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
+    "inpaint": inpaint_method, "colorize": colorize_method,
 }
 
 _CACHE: dict[Any, Callable] = {}

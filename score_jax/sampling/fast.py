@@ -121,6 +121,17 @@ def _grid(sde, x, num_steps, eps, schedule, denoise, rho=7.0):
     return t, a, s, jnp.log(a) - jnp.log(s)
 
 
+def _apply_project(project, key, x, t_scalar, i):
+    """Controllable-generation hook, the ``project`` of ``pc_sample``:
+    ``project(key, x, x_mean, t, step_index) -> (x, x_mean)`` applied after every step, with t
+    (shape (B,)) the time x has reached (inpainting replaces the known part by a sample of
+    p_0t(known data) there). None leaves x unchanged."""
+    if project is None:
+        return x
+    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
+    return project(key, x, x, tb, i)[0]
+
+
 def _x0_pred(score_fn, x, t_scalar, a, s):
     """Tweedie data prediction x0_hat = (x + s^2 score) / a at the scalar time t."""
     tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
@@ -142,6 +153,7 @@ def ddim_sample(
     eps: float | None = None,
     schedule: str = "time_uniform",
     denoise: bool = True,
+    project: Callable | None = None,
 ) -> tuple[Array, int]:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on the SDE's Gaussian path.
 
@@ -153,7 +165,7 @@ def ddim_sample(
     tau the std of the Gaussian posterior q(x_s | x_t, x_0) (``sde.ancestral_posterior``). eta = 0
     is deterministic (the first-order solver of the probability-flow ODE in lambda, = DPM-Solver-1);
     eta = 1 samples that posterior with x_0 = x0_hat (DDPM's ancestral sampling on this grid).
-    Returns ``(x, num_steps)``.
+    ``project`` is the hook of ``pc_sample`` (see ``_apply_project``). Returns ``(x, num_steps)``.
     """
     _check_common(num_steps, denoise, eps)
     if not eta >= 0.0:
@@ -169,10 +181,10 @@ def ddim_sample(
         sigma = eta * jnp.sqrt(var_ts * s_next**2 / s[i] ** 2)
         dir_coef = jnp.sqrt(jnp.maximum(s_next**2 - sigma**2, 0.0))
         x_next = a_next * x0 + dir_coef * e
+        k_noise, k_proj = jax.random.split(jax.random.fold_in(key, i))
         if eta > 0:
-            z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            x_next = x_next + sigma * z
-        return x_next, None
+            x_next = x_next + sigma * jax.random.normal(k_noise, x.shape, x.dtype)
+        return _apply_project(project, k_proj, x_next, t[i + 1], i), None
 
     x, _ = jax.lax.scan(body, x_init, jnp.arange(K))
     if denoise:
@@ -234,6 +246,7 @@ def dpm_solver_sample(
     lower_order_final: bool = True,
     solver_type: str = "midpoint",
     denoise: bool = True,
+    project: Callable | None = None,
 ) -> tuple[Array, int]:
     """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2) of order 1, 2 or 3.
 
@@ -249,7 +262,7 @@ def dpm_solver_sample(
     The first steps use the orders their history allows (1, then 2, ...). ``lower_order_final``
     (as LuChengTHU/dpm-solver, for fewer than 10 steps) lowers the order of the last steps to the
     number of steps left, which stabilises very few steps. One evaluation per step: NFE =
-    ``num_steps``. Returns ``(x, num_steps)``.
+    ``num_steps``. ``project``: see ``_apply_project``. Returns ``(x, num_steps)``.
     """
     _check_common(num_steps, denoise, eps)
     if order not in (1, 2, 3):
@@ -271,6 +284,7 @@ def dpm_solver_sample(
         branches = [functools.partial(_dpm_branch, k, solver_type) for k in range(1, order + 1)]
         ops = (x, m, m1, m2, lam_prev, lam[i + 1], a[i + 1], s[i + 1], s[i])
         x = jax.lax.switch(step_order - 1, branches, ops)
+        x = _apply_project(project, jax.random.fold_in(key, i), x, t[i + 1], i)
         return (x, (m, m1), (lam[i], lam1)), None
 
     zeros = jnp.zeros_like(x_init)
@@ -300,6 +314,7 @@ def heun_sample(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     denoise: bool = True,
+    project: Callable | None = None,
 ) -> tuple[Array, int]:
     """EDM's second-order sampler (Karras et al. 2022, Algorithm 2; NVlabs/edm ``generate.py``).
 
@@ -313,7 +328,8 @@ def heun_sample(
     y_hat = y + sqrt(sigma_hat^2 - sigma_i^2) s_noise z; then an Euler step to sigma_{i+1} and
     Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step,
     y = D(y; sigma_min)), so NFE = 2 num_steps - 1 (EDM's count); without, all ``num_steps`` steps
-    are corrected: NFE = 2 num_steps. Returns ``(x, nfe)``.
+    are corrected: NFE = 2 num_steps. ``project``: see ``_apply_project`` (applied to x = a_t y).
+    Returns ``(x, nfe)``.
     Deterministic when ``s_churn = 0``.
     """
     _check_common(num_steps, denoise, eps)
@@ -340,13 +356,18 @@ def heun_sample(
         return _x0_pred(score_fn, a_i * y, t_i, a_i, s_i)
 
     def body(y, i):
+        k_noise, k_proj = jax.random.split(jax.random.fold_in(key, i))
         if churn:
-            z = jax.random.normal(jax.random.fold_in(key, i), y.shape, y.dtype)
+            z = jax.random.normal(k_noise, y.shape, y.dtype)
             y = y + jnp.sqrt(jnp.maximum(sigma_hat[i] ** 2 - sigma[i] ** 2, 0.0)) * s_noise * z
         d = (y - denoised(y, t_hat[i])) / sigma_hat[i]
         y_next = y + (sigma[i + 1] - sigma_hat[i]) * d
         d_next = (y_next - denoised(y_next, t[i + 1])) / sigma[i + 1]
-        return y + (sigma[i + 1] - sigma_hat[i]) * 0.5 * (d + d_next), None
+        y_next = y + (sigma[i + 1] - sigma_hat[i]) * 0.5 * (d + d_next)
+        if project is not None:
+            a_next = a[i + 1]
+            y_next = _apply_project(project, k_proj, a_next * y_next, t[i + 1], i) / a_next
+        return y_next, None
 
     # The prior sample x_T = a_T y_T.
     y, _ = jax.lax.scan(body, x_init / a[0], jnp.arange(K))

@@ -1,0 +1,25 @@
+"""Controllable generation: inpainting, colorization, classifier guidance, classifier-free guidance.
+
+- ``inpainting`` / ``colorization``: replacement of the known part after every sampler update
+  (PC, fixed-step ODE, DDIM, DPM-Solver++, Heun), registered as ``sampling.sample`` methods
+  ``"inpaint"`` and ``"colorize"``; the output's known part is exact and its unknown part denoised.
+- ``cfg``: classifier-free guidance, conditional and unconditional predictions in one batched call.
+- ``classifier``: a noise-conditional classifier, its training loss, and the guided score
+  score + w grad_x log p(y | x, t).
+"""
+from score_jax.guidance import cfg, classifier, colorization, inpainting
+from score_jax.guidance.cfg import cfg_score_fn, cfg_velocity_fn, classifier_free_guidance
+from score_jax.guidance.classifier import (
+    ClassifierLogitsFn,
+    NoiseConditionalClassifier,
+    classifier_guided_score,
+    get_classifier_loss_fn,
+)
+from score_jax.guidance.colorization import colorize, couple, decouple
+from score_jax.guidance.inpainting import inpaint
+
+__all__ = [
+    "inpainting", "colorization", "cfg", "classifier", "inpaint", "colorize", "couple", "decouple",
+    "classifier_free_guidance", "cfg_score_fn", "cfg_velocity_fn", "NoiseConditionalClassifier",
+    "ClassifierLogitsFn", "get_classifier_loss_fn", "classifier_guided_score",
+]
