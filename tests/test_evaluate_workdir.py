@@ -233,6 +233,9 @@ def test_checkpoint_range_errors(trained):
     with pytest.raises(ValueError, match=r"lies in steps \[18, 52\].*saved steps: \[2, 4\]"):
         wd_lib.evaluate_workdir(config, wd, eval_folder="eval_none", model=TinyNet(),
                                 progress=False)
+    with pytest.raises(ValueError, match=r"--wait: no snapshot can appear in steps \[18, 52\]"):
+        wd_lib.evaluate_workdir(config, wd, eval_folder="eval_none", model=TinyNet(), wait=True,
+                                progress=False)
     with pytest.raises(ValueError, match="empty checkpoint range"):
         wd_lib.step_range(config, begin_step=5, end_step=4)
 

@@ -462,6 +462,12 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         return report
 
     # ------------------------------------------------------------------ the walk
+    if wait:  # the last kept snapshot in range: training writes nothing after it
+        n_iters, freq = int(t.n_iters), int(t.snapshot_freq)
+        last = n_iters if hi >= n_iters else int(hi) // freq * freq
+        if last < lo:
+            raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
+                             f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
     checkpointer = TrainCheckpointer(workdir, read_only=True)
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
@@ -509,7 +515,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                 outer.update(1)
             if not wait:
                 break
-            last = min(hi, int(t.n_iters))
             if seen and max(seen) >= last:
                 break
             if not waiting_logged:
