@@ -225,9 +225,10 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         only IS is computed. KID needs its ``pool_3`` rows.
       begin_step / end_step: inclusive step range; default ``eval.begin_ckpt`` /
         ``eval.end_ckpt`` times ``training.snapshot_freq`` (the reference's numbering).
-      wait: keep polling (every ``poll_seconds``) for new snapshots until the range end (or
-        ``training.n_iters``) is evaluated, for an evaluator running beside training. Only the
-        kept snapshots (multiples of ``snapshot_freq`` and the final step) are evaluated then.
+      wait: keep polling (every ``poll_seconds``) for new snapshots until the last one in range
+        (at most ``training.n_iters``) is evaluated, for an evaluator running beside training.
+        Only the kept snapshots (multiples of ``snapshot_freq`` and the final step) are
+        evaluated then; without ``wait`` every saved checkpoint in range is.
       num_samples: overrides ``eval.num_samples``.
       bpd_repeats: overrides ``eval.bpd_num_repeats`` (reference: 5 dequantisation draws).
       seed: the evaluation seed (default ``config.seed``).
@@ -289,8 +290,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         elif reference is None:
             log.warning("FID and KID skipped: no reference statistics (--ref_stats=PATH, written "
                         "by python -m score_jax.evaluation.stats); computing IS only.")
-    sample_key = "fid" if (inception_fn and reference is not None) else (
-        "is" if inception_fn else DRAWN_KEY)
+    sample_key = ("fid" if reference is not None else "is") if inception_fn is not None else (
+        DRAWN_KEY)
     needed = [k for k, on in ((LOSS_KEY, enable_loss), (BPD_KEY, enable_bpd),
                               (sample_key, enable_sampling)) if on]
     if not needed:
@@ -342,6 +343,12 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
 
     def missing(step: int) -> list[str]:
         report = run_lib.read_report(eval_dir, step) or {}
+        for key, want, on in (("num_samples", num_samples, enable_sampling),
+                              ("bpd_num_repeats", bpd_repeats, enable_bpd)):
+            if on and report.get(key) not in (None, want):
+                log.warning("step %d: the saved report has %s=%s, this run asks for %s; it is "
+                            "kept (delete %s or use another --eval_folder to recompute)", step,
+                            key, report[key], want, run_lib.report_path(eval_dir, step))
         return [k for k in needed
                 if k not in report and not any(h in report for h in stronger.get(k, ()))]
 
@@ -403,7 +410,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
             else:
                 sample_params = parallel.replicate(jax.tree_util.tree_map(
                     lambda a: np.asarray(a.addressable_data(0)), params), sample_mesh)
-            done = _count(out_dir, "statistics" if inception_fn else "samples", num_rounds)
+            done = _count(out_dir, "samples" if inception_fn is None else "statistics",
+                          num_rounds)
             bar = _tqdm(progress, desc=f"step {step}: samples", unit="round", leave=False,
                         total=num_rounds, initial=done)
 
