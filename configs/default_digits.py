@@ -18,8 +18,8 @@ def get_default_configs():
     t.continuous = True
     t.reduce_mean = True
     t.batch_size = 64
-    t.n_iters = 4000
-    t.snapshot_freq = 4000
+    t.n_iters = 3000
+    t.snapshot_freq = 3000
     t.snapshot_freq_for_preemption = 500
     t.log_freq = 50
     t.eval_freq = 250

@@ -170,7 +170,7 @@ def jit_eval_step(loss_fn: Callable, mesh, *, cache_key: Any = None) -> Callable
 
 def _step_cache_key(config, sde, model) -> Any:
     """Everything the compiled train / eval step depends on, hashable."""
-    return (model, sde, config.training.continuous, config.training.reduce_mean,
+    return (model, sde, config.data.centered, config.training.continuous, config.training.reduce_mean,
             config.training.likelihood_weighting, config.model.get("num_classes"),
             config.model.ema_rate, config.optim.to_json(), config.seed)
 
@@ -207,12 +207,29 @@ def optimizer_from_config(config):
                           weight_decay=float(o.weight_decay), optimizer=o.optimizer)
 
 
+def scaled_loss_fn(loss_fn: Callable, centered: bool) -> Callable:
+    """``loss_fn`` on batches in [0, 1], scaled to the model's range first (2x - 1 if
+    ``centered``; reference ``scaler`` in ``train_step``)."""
+    scaler = data_lib.get_data_scaler(centered)
+
+    def fn(variables, batch, key):
+        if isinstance(batch, dict):
+            batch = dict(batch, image=scaler(batch["image"]))
+        else:
+            batch = scaler(batch)
+        return loss_fn(variables, batch, key)
+
+    return fn
+
+
 def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
+    """The training objective of ``config`` on data batches in [0, 1] (scaled inside)."""
     t = config.training
-    return losses.get_loss_fn(sde, model, train=train, continuous=bool(t.continuous),
-                              reduce_mean=bool(t.reduce_mean),
-                              likelihood_weighting=bool(t.likelihood_weighting),
-                              num_classes=config.model.get("num_classes"))
+    fn = losses.get_loss_fn(sde, model, train=train, continuous=bool(t.continuous),
+                            reduce_mean=bool(t.reduce_mean),
+                            likelihood_weighting=bool(t.likelihood_weighting),
+                            num_classes=config.model.get("num_classes"))
+    return scaled_loss_fn(fn, bool(config.data.centered))
 
 
 def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
@@ -412,10 +429,12 @@ def request_preemption(*_args) -> None:
     _PREEMPT.set()
 
 
-def install_sigterm_handler() -> None:
-    """SIGTERM (cloud preemption, ``kill``) -> `request_preemption`. Main thread only."""
+def install_sigterm_handler() -> Any:
+    """SIGTERM (cloud preemption, ``kill``) -> `request_preemption`. Main thread only; returns
+    the previous handler (None if not installed)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, request_preemption)
+        return signal.signal(signal.SIGTERM, request_preemption)
+    return None
 
 
 def _preemption_requested(sync: bool) -> bool:
@@ -540,7 +559,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     def save(step):
         checkpointer.save(step, state, dict(meta, step=int(step)))
 
-    install_sigterm_handler()
+    previous_handler = install_sigterm_handler()
     _PREEMPT.clear()
     data_iter = train_ds.iterate(start)
     eval_iter = eval_ds.iterate(start // int(t.eval_freq))
@@ -615,6 +634,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                     path = save_samples(images, d, scale=max(1, 64 // config.data.image_size))
                     pbar.write(f"step {done}: samples (nfe {nfe}) -> {path}")
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         pbar.close()
         if writer is not None:
             writer.flush()

@@ -1,6 +1,9 @@
 """End-to-end training tests: smoke run + sampling, kill-and-resume exactness, non-finite loss,
 1-device vs 8-device step equality, config validation before compilation."""
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +54,7 @@ def test_smoke_training_then_sampling(tmp_path):
 def _run(config, wd, stop_at=None):
     def cb(step, m):
         if stop_at is not None and step == stop_at:
-            train_lib.request_preemption()
+            os.kill(os.getpid(), signal.SIGTERM)  # the real preemption signal
 
     return train_lib.train_and_evaluate(config, wd, model=TinyNet(), callbacks=[cb])
 
@@ -180,3 +183,52 @@ def test_optimizer_warmup_and_clip():
     st = tx.init(params)
     upd, _ = tx.update({"w": jnp.array([300.0, 400.0, 0.0])}, st, params)
     assert np.all(np.asarray(upd["w"]) == 0.0)  # lr(0) = 0, the reference's first step
+
+
+@pytest.mark.slow
+def test_train_py_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+    """The command line: SIGTERM mid-run -> preemption checkpoint, exit status 0; rerun resumes."""
+    import time
+
+    from test_train_helpers import ROOT
+
+    wd = str(tmp_path / "cli")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",
+           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:smoke",
+           "--config.training.n_iters=100000", "--config.training.snapshot_sampling=False",
+           "--config.data.image_size=8", "--config.model.ch_mult=(1,2)",
+           "--config.model.attn_resolutions=(4,)"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    ck = os.path.join(wd, "checkpoints")
+    t0 = time.time()
+    while time.time() - t0 < 400:  # wait for the first periodic checkpoint (step 2)
+        if os.path.isdir(os.path.join(ck, "2")):
+            break
+        time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    assert "preempted: checkpoint saved at step" in err + out
+    steps = ckpt_lib.TrainCheckpointer(wd, read_only=True).all_steps()
+    stopped = max(steps)
+    assert stopped >= 2
+    cmd[4] = f"--config.training.n_iters={stopped + 2}"
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ckpt_lib.TrainCheckpointer(wd, read_only=True).latest_step() == stopped + 2
+
+
+def test_loss_sees_data_in_the_model_range():
+    """Batches arrive in [0, 1]; a centred config trains on 2x - 1 (reference scaler)."""
+    seen = {}
+
+    def fake_loss(variables, batch, key):
+        seen["image"] = batch["image"]
+        return jnp.mean(batch["image"]), {}
+
+    x = {"image": jnp.array([[0.0, 0.5, 1.0]])}
+    train_lib.scaled_loss_fn(fake_loss, True)(None, x, None)
+    np.testing.assert_allclose(seen["image"], [[-1.0, 0.0, 1.0]])
+    train_lib.scaled_loss_fn(fake_loss, False)(None, x, None)
+    np.testing.assert_allclose(seen["image"], [[0.0, 0.5, 1.0]])
