@@ -470,8 +470,11 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> dict:
     abstract = jax.eval_shape(init, jax.random.key(0))
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+    init_key = ("init", model, shape, num_classes, config.optim.to_json(), mesh)
+    if init_key not in _JIT_CACHE:
+        _JIT_CACHE[init_key] = jax.jit(init, out_shardings=rep)
     return dict(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, shape=shape,
-                init=jax.jit(init, out_shardings=rep), abstract_state=abstract)
+                init=_JIT_CACHE[init_key], abstract_state=abstract)
 
 
 def _datasets(config, mesh, train_ds=None, eval_ds=None):

@@ -50,6 +50,17 @@ def test_smoke_training_then_sampling(tmp_path):
     assert 0.0 <= out["images"].min() and out["images"].max() <= 1.0
     assert os.path.getsize(out["png"]) > 100
 
+    # the same EMA weights as a converted-checkpoint file give the same samples
+    from score_jax.checkpoint import save_variables
+
+    params, _ = train_lib.load_params(config, workdir=wd)
+    save_variables({"params": jax.device_get(params)}, str(tmp_path / "conv.msgpack"))
+    out2 = train_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "conv.msgpack"),
+                                            num_samples=8, output_dir=str(tmp_path / "s2"))
+    np.testing.assert_allclose(out2["images"], out["images"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"give exactly one of --workdir"):
+        train_lib.load_params(config, workdir=wd, checkpoint=str(tmp_path / "conv.msgpack"))
+
 
 def _run(config, wd, stop_at=None):
     def cb(step, m):
