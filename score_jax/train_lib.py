@@ -265,6 +265,9 @@ _MODEL_EXTRA_KEYS = {"name", "ema_rate", "normalization", "interpolation", "atte
                      "fourier_scale", "embedding_type", "dropout", "num_classes", "dtype", "remat",
                      "normalization_type"}
 _OPTIM_EXTRA_KEYS = {"amsgrad"}
+# Keys that other parts of the library read (e.g. a new objective): section -> set of key names.
+# A module adding config keys registers them here, so that validation accepts them.
+EXTRA_CONFIG_KEYS: dict[str, set[str]] = {}
 
 
 def _known_keys() -> dict[str, set[str]]:
@@ -280,6 +283,8 @@ def _known_keys() -> dict[str, set[str]]:
         keys["model"] |= {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     keys["model"] |= _MODEL_EXTRA_KEYS
     keys["optim"] |= _OPTIM_EXTRA_KEYS
+    for sec, extra in EXTRA_CONFIG_KEYS.items():
+        keys.setdefault(sec, set()).update(extra)
     return keys
 
 
