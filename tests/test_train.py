@@ -243,3 +243,17 @@ def test_loss_sees_data_in_the_model_range():
     np.testing.assert_allclose(seen["image"], [[-1.0, 0.0, 1.0]])
     train_lib.scaled_loss_fn(fake_loss, False)(None, x, None)
     np.testing.assert_allclose(seen["image"], [[0.0, 0.5, 1.0]])
+
+
+@pytest.mark.slow
+def test_bits_per_dim_mode(tmp_path):
+    """sample.py --mode=bpd: probability-flow bits/dim of the digits test split."""
+    config = tiny_config()
+    config.model.update(dict(nf=16, ch_mult=(1, 2), attn_resolutions=(4,)))
+    wd = str(tmp_path / "bpd")
+    train_lib.train_and_evaluate(config, wd)
+    config.sampling.rtol = config.sampling.atol = 1e-3
+    out = train_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "o"))
+    assert out["num_examples"] == 8 and out["split"] == "test" and out["step"] == 4
+    assert 0.0 < out["bpd"] < 30.0 and out["mean_nfe"] > 0
+    assert os.path.isfile(str(tmp_path / "o" / "bpd.json"))
