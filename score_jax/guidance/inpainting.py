@@ -11,6 +11,14 @@ and the unknown ones are the sampler's denoised mean. (The reference returns the
 unknown region at the final step: its ``x_mean`` is built from ``x``; here the returned ``x_mean``
 keeps the predictor's mean, see ``replace_known``.)
 
+Replacement samples the exact conditional when the known and unknown coordinates are independent
+(tested); with correlations it is approximate, because at high noise the unknown part only sees a
+noisy known part. Measured on a 4-D correlated Gaussian (2 known coordinates, exact score, 10k
+samples, VP): PC with 1000 steps + Langevin gets the conditional covariance within ~8 % but moves
+the mean only part of the way (one coordinate: -0.03 against the exact conditional -0.29; its
+marginal is 0.10); the fixed-step ODE and the fast samplers stay closer to the marginal. Exact
+conditionals need resampling (RePaint) or a reconstruction-guidance term; neither is here.
+
 The replacement acts in any orthonormal basis (``basis``: ``x -> x @ M``, back with ``M^T``):
 the identity for inpainting, a grey/chroma basis for colorization (``colorization.py``).
 
