@@ -28,9 +28,15 @@ def base_config():
     training.reduce_mean = False
     training.sde = "vpsde"
     training.num_devices = ml_collections.config_dict.placeholder(int)  # None: all devices
+    # score_jax additions: the objective ("score": denoising score matching; "flow_matching":
+    # velocity regression on flow_path "condot" or "sde" (the SDE's own Gaussian path), with
+    # t ~ U(0, flow_t_max))
+    training.objective = "score"
+    training.flow_path = "condot"
+    training.flow_t_max = 1.0
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.method = "pc"
+    sampling.method = "pc"  # pc, ode, sde, ddim, dpm_solver, heun, or flow (flow_matching)
     sampling.predictor = "euler_maruyama"
     sampling.corrector = "none"
     sampling.n_steps_each = 1
@@ -45,6 +51,17 @@ def base_config():
     sampling.eps = ml_collections.config_dict.placeholder(float)  # None: the SDE's default
     sampling.num_samples = 64  # snapshot / sample.py grid size
     sampling.batch_size = ml_collections.config_dict.placeholder(int)  # None: num_samples
+    # fast samplers (score_jax.sampling.fast): None = the sampler's default
+    sampling.eta = ml_collections.config_dict.placeholder(float)  # ddim
+    sampling.schedule = ml_collections.config_dict.placeholder(str)  # ddim, dpm_solver, heun
+    sampling.order = ml_collections.config_dict.placeholder(int)  # dpm_solver
+    sampling.solver_type = ml_collections.config_dict.placeholder(str)  # dpm_solver
+    sampling.lower_order_final = ml_collections.config_dict.placeholder(bool)  # dpm_solver
+    sampling.rho = ml_collections.config_dict.placeholder(float)  # heun
+    sampling.s_churn = ml_collections.config_dict.placeholder(float)  # heun
+    sampling.s_tmin = ml_collections.config_dict.placeholder(float)  # heun
+    sampling.s_tmax = ml_collections.config_dict.placeholder(float)  # heun
+    sampling.s_noise = ml_collections.config_dict.placeholder(float)  # heun
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9

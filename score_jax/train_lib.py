@@ -30,7 +30,7 @@ from flax import struct
 
 from score_jax import checkpoint as ckpt_lib
 from score_jax import data as data_lib
-from score_jax import losses, parallel, sampling
+from score_jax import flow, losses, parallel, sampling
 from score_jax import sde as sde_lib
 from score_jax.score import get_score_fn
 
@@ -170,9 +170,12 @@ def jit_eval_step(loss_fn: Callable, mesh, *, cache_key: Any = None) -> Callable
 
 def _step_cache_key(config, sde, model) -> Any:
     """Everything the compiled train / eval step depends on, hashable."""
-    return (model, sde, config.data.centered, config.training.continuous, config.training.reduce_mean,
-            config.training.likelihood_weighting, config.model.get("num_classes"),
-            config.model.ema_rate, config.optim.to_json(), config.seed)
+    t = config.training
+    return (model, sde, config.data.centered, t.continuous, t.reduce_mean,
+            t.likelihood_weighting, config.model.get("num_classes"),
+            config.model.ema_rate, config.optim.to_json(), config.seed,
+            t.get("objective", "score"), t.get("flow_path", "condot"),
+            float(t.get("flow_t_max", 1.0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,28 +225,87 @@ def scaled_loss_fn(loss_fn: Callable, centered: bool) -> Callable:
     return fn
 
 
+OBJECTIVES = ("score", "flow_matching")
+
+
+def objective_from_config(config) -> str:
+    """``config.training.objective`` ("score" if absent); unknown names raise ValueError."""
+    objective = config.training.get("objective", "score")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"config.training.objective={objective!r} unknown; valid choices: "
+                         f"{list(OBJECTIVES)}")
+    return objective
+
+
+def flow_path_from_config(config, sde):
+    """The probability path of a flow-matching config: ``flow.CondOTPath()`` for
+    ``training.flow_path="condot"``, ``flow.SDEPath(sde)`` (the SDE's Gaussian path in flow
+    time) for "sde"; unknown names raise ValueError listing ``flow.PATHS``."""
+    name = config.training.get("flow_path", "condot")
+    if name not in flow.PATHS:
+        raise ValueError(f"config.training.flow_path={name!r} unknown; valid choices: "
+                         f"{sorted(flow.PATHS)}")
+    return flow.get_path(name, sde=sde) if name == "sde" else flow.get_path(name)
+
+
 def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
-    """The training objective of ``config`` on data batches in [0, 1] (scaled inside)."""
+    """The training objective of ``config`` on data batches in [0, 1] (scaled inside).
+
+    ``training.objective="score"``: denoising score matching (``losses.get_loss_fn``);
+    "flow_matching": conditional flow matching (``flow.get_flow_loss_fn``, Lipman et al. 2023
+    eq. 9) on ``flow_path_from_config`` with t ~ U(0, ``training.flow_t_max``).
+    """
     t = config.training
-    fn = losses.get_loss_fn(sde, model, train=train, continuous=bool(t.continuous),
-                            reduce_mean=bool(t.reduce_mean),
-                            likelihood_weighting=bool(t.likelihood_weighting),
-                            num_classes=config.model.get("num_classes"))
+    objective = objective_from_config(config)
+    if objective == "flow_matching":
+        fn = flow.get_flow_loss_fn(model, flow_path_from_config(config, sde), train=train,
+                                   reduce_mean=bool(t.reduce_mean),
+                                   t_max=float(t.get("flow_t_max", 1.0)),
+                                   num_classes=config.model.get("num_classes"))
+    else:
+        fn = losses.get_loss_fn(sde, model, train=train, continuous=bool(t.continuous),
+                                reduce_mean=bool(t.reduce_mean),
+                                likelihood_weighting=bool(t.likelihood_weighting),
+                                num_classes=config.model.get("num_classes"))
     return scaled_loss_fn(fn, bool(config.data.centered))
 
 
+FLOW_METHOD = "flow"
+# The options of the fast samplers (score_jax.sampling.fast) beyond num_steps / eps / denoise:
+# sampler option name -> config.sampling key (the same name).
+_FAST_OPTIONS = {
+    "ddim": ("eta", "schedule"),
+    "dpm_solver": ("order", "schedule", "lower_order_final", "solver_type"),
+    "heun": ("schedule", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"),
+}
+
+
+def sampling_methods() -> list[str]:
+    """The valid ``config.sampling.method`` names: ``sampling.METHODS`` and "flow"."""
+    return list(sampling.METHODS) + [FLOW_METHOD]
+
+
 def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
-    """Map ``config.sampling`` to ``sampling.sample(method=..., **options)``: the ONE place.
+    """Map ``config.sampling`` to ``sampling.sample(method=..., **options)`` (or, for "flow", to
+    ``flow.flow_sample(**options)``): the ONE place.
 
     pc: predictor, corrector, snr, n_steps (= n_steps_each), num_steps, eps, denoise
     (= noise_removal), probability_flow. ode: solver, rtol, atol, num_steps, eps, denoise.
-    sde: solver, num_steps, eps, denoise. None values are left to the sampler's defaults.
+    sde: solver, num_steps, eps, denoise. ddim: num_steps, eps, denoise, eta, schedule.
+    dpm_solver: num_steps, eps, denoise, order, schedule, lower_order_final, solver_type.
+    heun: num_steps, eps, denoise, schedule, rho, s_churn, s_tmin, s_tmax, s_noise.
+    flow: solver, num_steps (None: adaptive), rtol, atol. None values are left to the sampler's
+    defaults.
     """
     s = sampling_config
     method = s.method.lower()
-    if method not in sampling.METHODS:
+    if method not in sampling_methods():
         raise ValueError(f"sampling.method={s.method!r} unknown; valid choices: "
-                         f"{list(sampling.METHODS)}")
+                         f"{sampling_methods()}")
+    if method == FLOW_METHOD:
+        opts = {"solver": s.get("solver"), "num_steps": s.get("num_steps"),
+                "rtol": float(s.rtol), "atol": float(s.atol)}
+        return method, {k: v for k, v in opts.items() if v is not None}
     common = {"num_steps": s.get("num_steps"), "eps": s.get("eps"),
               "denoise": bool(s.get("noise_removal", True))}
     if method == "pc":
@@ -252,6 +314,8 @@ def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
                     probability_flow=bool(s.probability_flow))
     elif method == "ode":
         opts = dict(common, solver=s.get("solver"), rtol=float(s.rtol), atol=float(s.atol))
+    elif method in _FAST_OPTIONS:
+        opts = dict(common, **{k: s.get(k) for k in _FAST_OPTIONS[method]})
     else:
         opts = dict(common, solver=s.get("solver"))
     return method, {k: v for k, v in opts.items() if v is not None}
@@ -340,8 +404,49 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     pos_int("sampling.num_samples", s.num_samples)
     pos_int("sampling.batch_size", s.get("batch_size"), allow_none=True)
     pos_int("sampling.num_steps", s.get("num_steps"), allow_none=True)
-    need(s.method.lower() in sampling.METHODS,
-         f"config.sampling.method={s.method!r} unknown; valid choices: {list(sampling.METHODS)}")
+    need(t.get("objective", "score") in OBJECTIVES,
+         f"config.training.objective={t.get('objective')!r} unknown; valid choices: "
+         f"{list(OBJECTIVES)}")
+    flow_model = t.get("objective", "score") == "flow_matching"
+    if flow_model:
+        need(t.get("flow_path", "condot") in flow.PATHS,
+             f"config.training.flow_path={t.get('flow_path')!r} unknown; valid choices: "
+             f"{sorted(flow.PATHS)}")
+        t_max = t.get("flow_t_max", 1.0)
+        need(isinstance(t_max, (int, float)) and 0.0 < t_max <= 1.0,
+             f"config.training.flow_t_max={t_max!r} must be in (0, 1]")
+    need(s.method.lower() in sampling_methods(),
+         f"config.sampling.method={s.method!r} unknown; valid choices: {sampling_methods()}")
+    if flow_model:
+        need(s.method.lower() == FLOW_METHOD,
+             f"config.sampling.method={s.method!r} cannot sample a flow-matching model (the "
+             f"network predicts a velocity, not a score); valid choices: ['flow']")
+    else:
+        need(s.method.lower() != FLOW_METHOD,
+             "config.sampling.method='flow' needs training.objective='flow_matching' (the "
+             f"network of objective {t.get('objective', 'score')!r} predicts a score); valid "
+             f"choices: {list(sampling.METHODS)}")
+    if s.method.lower() == FLOW_METHOD:
+        solver = s.get("solver") or "heun"
+        need(solver in flow.FLOW_SOLVERS, f"config.sampling.solver={s.solver!r} unknown for "
+                                          f"method 'flow'; valid choices: {list(flow.FLOW_SOLVERS)}")
+        need(solver != "euler" or s.get("num_steps") is not None,
+             "config.sampling.solver='euler' with method 'flow' needs sampling.num_steps (it "
+             "has no error estimate for adaptive steps)")
+    if s.method.lower() in _FAST_OPTIONS:
+        from score_jax.sampling import fast
+
+        need(s.get("num_steps") is not None,
+             f"config.sampling.num_steps must be set for method {s.method!r} (no default)")
+        need(s.get("schedule") is None or s.schedule in fast.SCHEDULES,
+             f"config.sampling.schedule={s.schedule!r} unknown; valid choices: "
+             f"{list(fast.SCHEDULES)}")
+        if s.method.lower() == "dpm_solver":
+            need(s.get("order") in (None, 1, 2, 3),
+                 f"config.sampling.order={s.get('order')!r} invalid; valid choices: [1, 2, 3]")
+            need(s.get("solver_type") in (None, *fast.DPM_SOLVER_TYPES),
+                 f"config.sampling.solver_type={s.get('solver_type')!r} unknown; valid "
+                 f"choices: {list(fast.DPM_SOLVER_TYPES)}")
     if s.method.lower() == "pc":
         need(s.predictor.lower() in sampling.PREDICTORS,
              f"config.sampling.predictor={s.predictor!r} unknown; valid choices: "
@@ -375,17 +480,33 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
 # ----------------------------------------------------------------------------------------------
 def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous: bool,
                   shape: tuple[int, ...], method: str, options: dict, centered: bool,
-                  mesh=None, batch_size: int | None = None) -> tuple[np.ndarray, int]:
+                  mesh=None, batch_size: int | None = None, path=None) -> tuple[np.ndarray, int]:
     """Draw ``shape[0]`` samples in batches of ``batch_size``, sharded over ``mesh``; returns
-    (images in [0, 1] as numpy (N, H, W, C), nfe per batch)."""
-    score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
+    (images in [0, 1] as numpy (N, H, W, C), nfe per batch).
+
+    ``method="flow"`` (a flow-matching model: the network predicts a velocity) integrates the
+    flow with ``flow.flow_sample(**options)`` on ``path`` (``flow_path_from_config``; default
+    ``flow.CondOTPath()``); any other method runs ``sampling.sample`` on the network's score.
+    """
     n = shape[0]
     bs = n if batch_size is None else min(batch_size, n)
     sharding = None if mesh is None else parallel.data_sharding(mesh)
+    if method == FLOW_METHOD:
+        velocity_fn = flow.get_velocity_fn(model, {"params": params})
+        sharding = sampling.auto_sharding(sharding)
+
+        def draw(k):
+            return flow.flow_sample(k, velocity_fn, (bs,) + shape[1:], path=path,
+                                    sharding=sharding, **options)
+    else:
+        score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
+
+        def draw(k):
+            return sampling.sample(k, sde, score_fn, (bs,) + shape[1:], method=method,
+                                   sharding=sharding, **options)
     out, nfe = [], 0
     for i in range(math.ceil(n / bs)):
-        x, nfe = sampling.sample(jax.random.fold_in(key, i), sde, score_fn, (bs,) + shape[1:],
-                                 method=method, sharding=sharding, **options)
+        x, nfe = draw(jax.random.fold_in(key, i))
         out.append(parallel.to_host(x))
     x = np.concatenate(out)[:n]
     x = data_lib.get_data_inverse_scaler(centered)(x)
@@ -553,6 +674,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                              cache_key=ck)
     p_eval = jit_eval_step(loss_eval, mesh, cache_key=ck)
     method, options = sampling_options_from_config(config.sampling)
+    flow_path = flow_path_from_config(config, sde) if method == FLOW_METHOD else None
 
     writer = None
     if is_main:
@@ -636,7 +758,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                     jax.random.fold_in(k_sample, done), sde, model, state.ema_params,
                     continuous=bool(t.continuous), shape=(n,) + b["shape"], method=method,
                     options=options, centered=bool(config.data.centered), mesh=mesh,
-                    batch_size=bs)
+                    batch_size=bs, path=flow_path)
                 if is_main:
                     d = os.path.join(workdir, "samples", f"iter_{done}")
                     path = save_samples(images, d, scale=max(1, 64 // config.data.image_size))
@@ -724,10 +846,13 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     method, options = sampling_options_from_config(config.sampling)
     shape = (n, config.data.image_size, config.data.image_size, config.data.num_channels)
     t0 = time.perf_counter()
-    images, nfe = sample_images(jax.random.key(seed), sde_from_config(config), info["model"],
+    sde = sde_from_config(config)
+    path = flow_path_from_config(config, sde) if method == FLOW_METHOD else None
+    images, nfe = sample_images(jax.random.key(seed), sde, info["model"],
                                 params, continuous=bool(config.training.continuous), shape=shape,
                                 method=method, options=options,
-                                centered=bool(config.data.centered), mesh=mesh, batch_size=bs)
+                                centered=bool(config.data.centered), mesh=mesh, batch_size=bs,
+                                path=path)
     seconds = time.perf_counter() - t0
     name = f"{method}_step{info['step']}" if info["step"] is not None else method
     out_dir = _output_dir(output_dir, workdir, name)
@@ -756,15 +881,30 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
                               data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
                               num_channels=d.num_channels)
     sde = sde_from_config(config)
-    score_fn = get_score_fn(sde, info["model"], {"params": params},
-                            continuous=bool(config.training.continuous))
     s = config.sampling
+    if objective_from_config(config) == "flow_matching":
+        # The same estimator on the flow's ODE: bpd = -log p_1(x_model) / (D ln 2) + offset.
+        path = flow_path_from_config(config, sde)
+        score_fn = flow.get_velocity_fn(info["model"], {"params": params})
 
-    @jax.jit
-    def bpd_fn(key, score_fn, x):
-        return likelihood.bits_per_dim(key, sde, score_fn, x, centered=bool(d.centered),
-                                       dequantize_data=True, rtol=float(s.rtol),
-                                       atol=float(s.atol))[::2]
+        @jax.jit
+        def bpd_fn(key, velocity_fn, x):
+            kd, kl = jax.random.split(key)
+            x = likelihood.dequantize(kd, x)
+            xm = 2.0 * x - 1.0 if d.centered else x
+            logp, _, nfe = flow.flow_log_likelihood(kl, velocity_fn, xm, path=path,
+                                                    rtol=float(s.rtol), atol=float(s.atol))
+            D = math.prod(x.shape[1:])
+            return -logp / (D * math.log(2.0)) + likelihood.bpd_offset(bool(d.centered)), nfe
+    else:
+        score_fn = get_score_fn(sde, info["model"], {"params": params},
+                                continuous=bool(config.training.continuous))
+
+        @jax.jit
+        def bpd_fn(key, score_fn, x):
+            return likelihood.bits_per_dim(key, sde, score_fn, x, centered=bool(d.centered),
+                                           dequantize_data=True, rtol=float(s.rtol),
+                                           atol=float(s.atol))[::2]
 
     values, nfes = [], []
     key = jax.random.key(seed)

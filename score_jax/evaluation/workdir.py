@@ -262,6 +262,10 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
         raise ValueError(f"eval.bpd_num_repeats={bpd_repeats} must be >= 1")
+    if enable_bpd and train_lib.objective_from_config(config) == "flow_matching":
+        raise ValueError("eval.enable_bpd=True is not supported for training.objective="
+                         "'flow_matching' yet in evaluate_workdir; use sample.py's bits/dim mode "
+                         "(train_lib.bpd_from_checkpoint), or set eval.enable_bpd=False")
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder; train first "
                                 f"with python train.py --workdir={workdir}")
@@ -316,8 +320,12 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     loss_eval = train_lib.loss_fn_from_config(config, sde, model, train=False)
     p_eval = train_lib.jit_eval_step(loss_eval, mesh, cache_key=(
         "evaluate_workdir", model, sde, bool(t.continuous), bool(t.reduce_mean),
-        bool(t.likelihood_weighting), config.model.get("num_classes")))
+        bool(t.likelihood_weighting), config.model.get("num_classes"),
+        t.get("objective", "score"), t.get("flow_path", "condot"),
+        float(t.get("flow_t_max", 1.0))))
     method, options = train_lib.sampling_options_from_config(config.sampling)
+    flow_path = (train_lib.flow_path_from_config(config, sde)
+                 if method == train_lib.FLOW_METHOD else None)
     continuous, centered = bool(t.continuous), bool(d.centered)
     s = config.sampling
     ll_opts = dict(rtol=float(s.rtol), atol=float(s.atol),
@@ -426,7 +434,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                     images, _ = train_lib.sample_images(
                         key, sde, model, sample_params, continuous=continuous, shape=shape,
                         method=method, options=options, centered=centered, mesh=sample_mesh,
-                        batch_size=per_process)
+                        batch_size=per_process, path=flow_path)
                 bar.update(1)
                 return images
 
