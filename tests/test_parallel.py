@@ -42,7 +42,7 @@ def _free_port():
 @pytest.mark.slow
 def test_two_process_training_equals_one_process(tmp_path):
     """2 processes x 1 CPU device (jax.distributed + gloo) == 1 process x 2 devices."""
-    worker = os.path.join(ROOT, "tests", "test_parallel_multiprocess_worker.py")
+    worker = os.path.join(ROOT, "tests", "_multiprocess_worker.py")
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=ROOT)
     procs = [subprocess.Popen([sys.executable, worker, str(port), str(i), str(tmp_path / "mp")],
