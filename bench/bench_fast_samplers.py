@@ -29,35 +29,11 @@ import jax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
+from bench_samplers import mixture_metrics  # noqa: E402  (shared metric helpers)
+
 from score_jax import flow, sampling  # noqa: E402
 from score_jax.sde import VESDE, VPSDE, subVPSDE  # noqa: E402
 from score_jax.toy import image_mixture, ring_mixture  # noqa: E402
-
-try:  # the lead's metric helpers, shared by every sampler benchmark
-    from bench_samplers import mixture_metrics  # noqa: E402
-except ImportError:  # pragma: no cover - fallback with the same definitions
-    import jax.numpy as jnp
-
-    def _sliced_w2(key, x, y, n_proj=256):
-        x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
-        d = jax.random.normal(key, (x.shape[1], n_proj), x.dtype)
-        d = d / jnp.linalg.norm(d, axis=0, keepdims=True)
-        px, py = jnp.sort(x @ d, axis=0), jnp.sort(y @ d, axis=0)
-        return float(jnp.sqrt(jnp.mean((px - py) ** 2)))
-
-    def mixture_metrics(key, m, x):
-        n = x.shape[0]
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        ref, _ = m.sample(k1, n, x.dtype)
-        ref2, _ = m.sample(k2, n, x.dtype)
-        dlogp = float(jnp.mean(m.log_prob(x)) - jnp.mean(m.log_prob(ref))) / m.dim
-        comp = jnp.argmax(m.responsibilities(x), -1)
-        dev = (x - m.means[comp]).reshape(n, -1)
-        std_ratio = float(jnp.sqrt(jnp.mean(dev**2 / (m.stds[comp][:, None] ** 2))))
-        frac = jnp.bincount(comp, length=m.weights.shape[0]) / n
-        mode_err = float(jnp.max(jnp.abs(frac - m.weights)))
-        return dict(dlogp=dlogp, std_ratio=std_ratio, mode_err=mode_err,
-                    sw2_ratio=_sliced_w2(k3, x, ref) / _sliced_w2(k4, ref2, ref))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSV = os.path.join(HERE, "fast_samplers.csv")
