@@ -27,3 +27,14 @@ NCSN = dict(name="ncsn", scale_by_sigma=False, normalization="InstanceNorm++", n
 
 NCSN_OPTIM = dict(weight_decay=0.0, optimizer="Adam", lr=1e-3, beta1=0.9, amsgrad=False, eps=1e-8,
                   warmup=0, grad_clip=-1.0)
+
+
+def ncsn_recipe(config, *, n_steps_each: int, snr: float, **model):
+    """The NCSN (v1 network) SMLD recipe shared by configs/ve/ncsn/*: VE SDE, discrete objective,
+    corrector-only annealed Langevin sampling; ``model`` overrides (num_scales, sigma_max, ema_rate)."""
+    config.training.update(dict(sde="vesde", continuous=False, reduce_mean=False))
+    config.sampling.update(dict(method="pc", predictor="none", corrector="ald", n_steps_each=n_steps_each, snr=snr))
+    config.model.update(NCSN)
+    config.optim.update(NCSN_OPTIM)
+    config.model.update(model)
+    return config
