@@ -16,6 +16,9 @@ def x64():
     prev = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", True)
     try:
-        yield
+        # The thread-local override as well: code under test that uses the ``jax.enable_x64``
+        # context manager (evaluation.metrics) must not leave a test running in float32.
+        with jax.enable_x64(True):
+            yield
     finally:
         jax.config.update("jax_enable_x64", prev)
