@@ -27,7 +27,6 @@ variables run from data to noise (``flow_log_likelihood``, the machinery of ``li
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -39,27 +38,11 @@ from score_jax import score as score_lib
 from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import drop_labels, split_batch
 from score_jax.sampling.diffeq import ODE_SOLVERS, solve_ode
+from score_jax.sde import GaussianPrior as _StandardPrior
 from score_jax.sde import batch_mul
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]
-
-
-def _sum_sq(z: Array) -> Array:
-    return jnp.sum(jnp.square(z).reshape(z.shape[0], -1), axis=-1)
-
-
-class _StandardPrior:
-    """Prior N(0, prior_std^2 I) at t = 0."""
-
-    def prior_logp(self, z: Array) -> Array:
-        """log N(z; 0, prior_std^2 I) per example."""
-        v = jnp.square(self.prior_std)
-        D = math.prod(z.shape[1:])
-        return -0.5 * D * jnp.log(2 * jnp.pi * v) - _sum_sq(z) / (2 * v)
-
-    def prior_sampling(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-        return self.prior_std * jax.random.normal(key, shape, dtype)
 
 
 @struct.dataclass

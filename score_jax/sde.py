@@ -49,7 +49,21 @@ def _sum_sq(z: Array) -> Array:
     return jnp.sum(jnp.square(z).reshape(z.shape[0], -1), axis=-1)
 
 
-class _GaussianPathMixin:
+class GaussianPrior:
+    """Prior N(0, prior_std^2 I) of a path (SDEs here, flow-matching paths in ``flow.py``)."""
+
+    def prior_logp(self, z: Array) -> Array:
+        """log N(z; 0, v I) per example: -D/2 log(2 pi v) - |z|^2 / (2 v), shape (B,)."""
+        v = jnp.square(self.prior_std)
+        D = math.prod(z.shape[1:])
+        return -0.5 * D * jnp.log(2 * jnp.pi * v) - _sum_sq(z) / (2 * v)
+
+    def prior_sampling(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        """Sample the prior N(0, prior_std^2 I)."""
+        return self.prior_std * jax.random.normal(key, shape, dtype)
+
+
+class _GaussianPathMixin(GaussianPrior):
     """Methods shared by all linear SDEs, written in terms of ``marginal_coeffs``."""
 
     T: float = 1.0
@@ -65,16 +79,6 @@ class _GaussianPathMixin:
         t = _bcast_t(x0, t)
         a, s = self.marginal_coeffs(t)
         return batch_mul(a, x0) + batch_mul(s, noise)
-
-    def prior_logp(self, z: Array) -> Array:
-        """log N(z; 0, v I) per example: -D/2 log(2 pi v) - |z|^2 / (2 v), shape (B,)."""
-        v = jnp.square(self.prior_std)
-        D = math.prod(z.shape[1:])
-        return -0.5 * D * jnp.log(2 * jnp.pi * v) - _sum_sq(z) / (2 * v)
-
-    def prior_sampling(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-        """Sample the prior N(0, prior_std^2 I)."""
-        return self.prior_std * jax.random.normal(key, shape, dtype)
 
     def log_snr(self, t: Array) -> Array:
         """lambda_t = log(a_t / s_t) (half log-SNR, the DPM-Solver time variable)."""
