@@ -1,4 +1,5 @@
-"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2.
+"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2; the
+latent-diffusion autoencoder (`AutoencoderKL`).
 
 `get_model(config.model, image_size=..., num_channels=..., centered=...)` is the one place where
 a reference-style ``config.model`` becomes a module; everything below it takes typed fields.
@@ -12,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from .autoencoder import AutoencoderKL
 from .ddpm import DDPM
 from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
@@ -24,6 +26,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "ncsnv2_64": NCSNv2,
     "ncsnv2_128": NCSNv2_128,
     "ncsnv2_256": NCSNv2_256,
+    "autoencoder_kl": AutoencoderKL,
 }
 
 # config.model fields that exist in the reference configs but do not change the network, or
@@ -72,14 +75,15 @@ def model_kwargs(model_config: Any, *, image_size: int | None = None,
         if key in fields:
             kw[key] = value
     for key in _DATA_FIELDS:
-        if data[key] is not None:
+        if data[key] is not None and key in fields:  # AutoencoderKL has no `centered`
             kw[key] = data[key]
     for key, value in kw.items():
         if isinstance(value, list):
             kw[key] = tuple(value)
     if "dtype" in kw:
         kw["dtype"] = resolve_dtype(kw["dtype"])
-    for key in ("nf", "num_res_blocks", "num_scales", "num_channels"):
+    for key in ("nf", "num_res_blocks", "num_scales", "num_channels", "layers_per_block",
+                "latent_channels", "norm_num_groups"):
         if key in kw:
             kw[key] = int(kw[key])
     for key in ("sigma_min", "sigma_max", "dropout", "init_scale", "fourier_scale"):
@@ -119,5 +123,5 @@ def get_model(model_config: Any, *, image_size: int | None = None,
     return model
 
 
-__all__ = ["DDPM", "MODELS", "NCSN", "NCSNpp", "NCSNv2", "NCSNv2_128", "NCSNv2_256",
+__all__ = ["AutoencoderKL", "DDPM", "MODELS", "NCSN", "NCSNpp", "NCSNv2", "NCSNv2_128", "NCSNv2_256",
            "get_model", "get_sigmas", "model_kwargs"]
