@@ -220,14 +220,16 @@ def convert_autoencoder_kl(state_dict: Mapping[str, Any], model_config: Any, *,
                 else _module_path_ldm(module, num_levels))
         if m is None or path is None:
             raise ValueError(f"unrecognised {layout} AutoencoderKL key {key!r}")
-        leaf, value = _leaf(path, m.group(2), _to_numpy(raw))
+        stored = _to_numpy(raw)
+        leaf, value = _leaf(path, m.group(2), stored)
         full = (*path, leaf)
         if full not in want:
             raise ValueError(f"key {key!r} -> {'/'.join(full)} is not a parameter of the model "
                              "the config builds")
         if tuple(value.shape) != tuple(want[full].shape):
-            raise ValueError(f"key {key!r} -> {'/'.join(full)} has shape {tuple(value.shape)}, "
-                             f"the model expects {tuple(want[full].shape)}")
+            raise ValueError(f"key {key!r} (stored shape {tuple(stored.shape)}) -> "
+                             f"{'/'.join(full)} has shape {tuple(value.shape)}, the model "
+                             f"expects {tuple(want[full].shape)}")
         if full in out:
             raise ValueError(f"key {key!r} maps to {'/'.join(full)}, already set by another key")
         out[full] = np.asarray(value, dtype=dtype) if dtype is not None else np.array(value)
