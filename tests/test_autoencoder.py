@@ -249,6 +249,17 @@ def test_safetensors_file_and_cli(tmp_path, states, ref):
         np.testing.assert_array_equal(got[k], want[k].astype(np.float32))
 
 
+def test_torch_checkpoint_weights_only(tmp_path, states):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "vae.ckpt"
+    torch.save({"state_dict": {f"first_stage_model.{k}": torch.from_numpy(v)
+                               for k, v in states["ldm"].items()}}, path)
+    got = _flat(convert_autoencoder_kl(load_state_dict(path), TINY))
+    want = _flat(convert_autoencoder_kl(states["ldm"], TINY))
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
 # ----------------------------------------------------------------------------------------------
 # Stage 1 / stage 2 helpers
 # ----------------------------------------------------------------------------------------------
