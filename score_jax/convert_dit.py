@@ -97,7 +97,7 @@ def _build(model_config: Any, state: Mapping[str, np.ndarray], image_size: int |
     if isinstance(model_config, DiT):
         return model_config
     if isinstance(model_config, str):
-        model_config = dit_config(model_config)
+        model_config = dit_config(model_config, num_classes=1000)
     w = state.get("x_embedder.proj.weight")
     if num_channels is None and w is not None and w.ndim == 4:
         num_channels = int(w.shape[1])
@@ -119,8 +119,9 @@ def convert_dit(state_dict: Mapping[str, Any], model_config: Any, *,
 
     Args:
       state_dict: key -> array (torch tensors or numpy arrays), the official names.
-      model_config: a ``config.model`` with ``name='dit'`` (e.g. ``dit_config('DiT-XL/2')``), a
-        preset name such as ``'DiT-XL/2'``, or a `DiT` module.
+      model_config: a ``config.model`` with ``name='dit'`` (e.g.
+        ``dit_config('DiT-XL/2', num_classes=1000)``), a preset name such as ``'DiT-XL/2'``
+        (official settings: 1000 classes, class_dropout_prob 0.1, learn_sigma), or a `DiT`.
       image_size, num_channels: the data (latent) size; inferred from ``pos_embed`` and
         ``x_embedder.proj.weight`` when None.
       dtype: numpy dtype of the output arrays (float32; float64 for exact comparisons).

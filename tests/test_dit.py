@@ -107,7 +107,7 @@ def test_wrong_weights_break_equality(x64):
 @pytest.mark.parametrize("preset", list(DIT_PRESETS))
 def test_param_counts_equal_official(preset):
     official = json.loads((FIXTURES / "param_counts.json").read_text())
-    model = get_model(dit_config(preset), image_size=32, num_channels=4)
+    model = get_model(dit_config(preset, num_classes=1000), image_size=32, num_channels=4)
     x = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     y = jax.ShapeDtypeStruct((1,), jnp.int32)

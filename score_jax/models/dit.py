@@ -51,8 +51,9 @@ def dit_config(preset: str, **overrides: Any) -> dict[str, Any]:
     depth / hidden_size / num_heads / patch_size, then ``overrides`` (e.g. ``num_classes=10``,
     ``learn_sigma=False``).
 
-    Example: ``get_model(dit_config("DiT-XL/2"), image_size=32, num_channels=4)`` is the model of
-    ``DiT-XL-2-256x256.pt`` (256 px images, 32 x 32 x 4 latents, 1000 classes).
+    Example: ``get_model(dit_config("DiT-XL/2", num_classes=1000), image_size=32,
+    num_channels=4)`` is the model of ``DiT-XL-2-256x256.pt`` (256 px images, 32 x 32 x 4
+    latents, 1000 classes).
 
     Raises:
       ValueError: unknown preset (the valid names are listed).
@@ -195,8 +196,9 @@ class DiT(nn.Module):
 
     Fields: ``patch_size``, ``hidden_size``, ``depth``, ``num_heads``, ``mlp_ratio``,
     ``class_dropout_prob`` (only decides whether the null row exists: the project drops labels
-    in the loss), ``num_classes`` (None: unconditional, no label table), ``learn_sigma`` as in the
-    official constructor (defaults: DiT-XL/2); ``image_size`` / ``num_channels`` from the data
+    in the loss), ``num_classes`` (None, the default here as for the U-Nets: unconditional, no
+    label table; the official default is 1000), ``learn_sigma`` as in the official constructor
+    (other defaults: DiT-XL/2); ``image_size`` / ``num_channels`` from the data
     (``input_size`` / ``in_channels`` there); ``centered`` as for the U-Nets (False: x in [0, 1]
     is mapped to 2x - 1 first; True, the default, uses x as given like the official model);
     ``dtype`` the compute dtype (params stay float32); ``remat`` checkpoints each block.
@@ -213,7 +215,7 @@ class DiT(nn.Module):
     num_heads: int = 16
     mlp_ratio: float = 4.0
     class_dropout_prob: float = 0.1
-    num_classes: int | None = 1000
+    num_classes: int | None = None
     learn_sigma: bool = True
     dtype: Any = None
     remat: bool = False
