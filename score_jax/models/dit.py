@@ -287,7 +287,7 @@ class DiT(nn.Module):
         h = _PatchEmbedder(d, p, dtype=dtype, name="x_embedder")(h)
         gh, gw = height // p, width // p
         h = h.reshape(b, gh * gw, d)
-        h = h + jnp.asarray(sincos_pos_embed_2d(d, gh, gw), h.dtype)
+        h = h + jnp.asarray(sincos_pos_embed_2d(d, gh, gw), h.dtype)[None]
 
         c = _TimestepEmbedder(d, dtype=dtype, name="t_embedder")(
             timestep_embedding(t.astype(emb_dtype)))
