@@ -99,11 +99,12 @@ def test_get_model_builds_from_configdict_and_lists_names():
     # data fields may also live in model_config
     m2 = get_model(dict(cfg.model.to_dict(), image_size=64, dtype="bfloat16", remat=True))
     assert (m2.image_size, m2.dtype, m2.remat) == (64, jnp.dtype(jnp.bfloat16), True)
-    assert set(MODELS) == {"ncsnpp", "ddpm", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256"}
+    assert set(MODELS) == {"ncsnpp", "ddpm", "dit", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256",
+                           "autoencoder_kl"}
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"name": "unet"}, r"unknown model name 'unet'; valid: \['ddpm', 'ncsn', 'ncsnpp', "
+    ({"name": "unet"}, r"unknown model name 'unet'; valid: \['autoencoder_kl', 'ddpm', 'dit', 'ncsn', 'ncsnpp', "
                        r"'ncsnv2_128', 'ncsnv2_256', 'ncsnv2_64'\]"),
     ({"progressive": "skip"}, r"progressive='skip' unknown; valid: \['none', 'output_skip', "
                               r"'residual'\]"),

@@ -1,4 +1,4 @@
-"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2; the
+"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2, DiT; the
 latent-diffusion autoencoder (`AutoencoderKL`).
 
 `get_model(config.model, image_size=..., num_channels=..., centered=...)` is the one place where
@@ -15,6 +15,7 @@ import flax.linen as nn
 
 from .autoencoder import AutoencoderKL
 from .ddpm import DDPM
+from .dit import DIT_PRESETS, DiT, dit_config
 from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
 from .utils import get_sigmas, resolve_dtype
@@ -22,6 +23,7 @@ from .utils import get_sigmas, resolve_dtype
 MODELS: dict[str, type[nn.Module]] = {
     "ncsnpp": NCSNpp,
     "ddpm": DDPM,
+    "dit": DiT,
     "ncsn": NCSN,
     "ncsnv2_64": NCSNv2,
     "ncsnv2_128": NCSNv2_128,
@@ -123,5 +125,5 @@ def get_model(model_config: Any, *, image_size: int | None = None,
     return model
 
 
-__all__ = ["AutoencoderKL", "DDPM", "MODELS", "NCSN", "NCSNpp", "NCSNv2", "NCSNv2_128", "NCSNv2_256",
-           "get_model", "get_sigmas", "model_kwargs"]
+__all__ = ["AutoencoderKL", "DDPM", "DIT_PRESETS", "MODELS", "NCSN", "DiT", "NCSNpp", "NCSNv2",
+           "NCSNv2_128", "NCSNv2_256", "dit_config", "get_model", "get_sigmas", "model_kwargs"]
