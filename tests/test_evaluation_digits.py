@@ -98,6 +98,10 @@ def test_input_convention(real, reference8):
         D.digits_metrics(np.zeros((4, 12, 12, 1), np.float32))
     with pytest.raises(ValueError, match="at least 2"):
         D.digits_metrics(x[:1], reference=reference8)
+    with pytest.raises(ValueError, match=r"digits_reference\(16\)"):
+        D.digits_metrics(np.zeros((4, 16, 16, 1), np.float32), reference=reference8)
+    # More floor digits than data: a seeded bootstrap.
+    assert np.isfinite(D.digits_metrics(x, reference=reference8, num_floor=2000)["fd_floor"])
     # Three identical channels average to the grey image.
     np.testing.assert_allclose(D.digits_to_8x8(np.repeat(x, 3, -1)), D.digits_to_8x8(x),
                                atol=1e-7)

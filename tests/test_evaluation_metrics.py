@@ -369,3 +369,8 @@ def test_image_range_convention():
         check_image_range(np.array([0, 256], np.int32))
     with pytest.raises(ValueError, match="dtype bool"):
         check_image_range(np.array([True]))
+    # bfloat16 samples count as floats.
+    np.testing.assert_array_equal(images_to_unit_range(jnp.asarray(x, jnp.bfloat16)),
+                                  np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32))
+    with pytest.raises(ValueError, match=r"\[nan, nan\]"):
+        images_to_unit_range(np.array([0.5, np.nan], np.float32))

@@ -243,12 +243,13 @@ def digits_reference(image_size: int = 8, params: Mapping[str, Any] | None = Non
 
     Returns:
       ``{"mu": (64,), "sigma": (64, 64) float64, "features": (1797, 64), "logits": (1797, 10),
-      "labels": (1797,) int32}``.
+      "labels": (1797,) int32, "image_size": int}``.
     """
     x, y = _real_digits(int(image_size))
     f, logits = _features_and_logits(_shipped_params() if params is None else params, x)
     mu, sigma = StreamingStats(f.shape[1]).update(f).stats()
-    return {"mu": mu, "sigma": sigma, "features": f, "logits": logits, "labels": np.asarray(y)}
+    return {"mu": mu, "sigma": sigma, "features": f, "logits": logits, "labels": np.asarray(y),
+            "image_size": int(image_size)}
 
 
 def floor_indices(num: int, total: int = NUM_DIGITS, seed: int = FLOOR_SEED) -> np.ndarray:
@@ -293,14 +294,23 @@ def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
       ``{"fd", "fd_floor", "fd_ratio", "is", "is_real", "class_hist", "num_samples"}``: floats,
       except ``class_hist`` (a list of 10 fractions of samples by predicted class) and
       ``num_samples`` (int). ``is_real`` is the score of the floor's real digits.
+
+    Raises:
+      ValueError: samples of the wrong shape or range (``digits_to_8x8``), fewer than 2 samples,
+        ``num_floor < 2``, or a reference computed for another image size.
     """
     p = _shipped_params() if params is None else params
     f, logits = _features_and_logits(p, samples)
     n = f.shape[0]
     if n < 2:
         raise ValueError(f"digits_metrics needs at least 2 samples, got {n}")
+    size = np.shape(samples)[1]
     if reference is None:
-        reference = digits_reference(np.shape(samples)[1], p)
+        reference = digits_reference(size, p)
+    elif reference.get("image_size", size) != size:
+        raise ValueError(f"reference was computed for {reference['image_size']}x"
+                         f"{reference['image_size']} digits, samples are {size}x{size}; use "
+                         f"digits_reference({size})")
     num_floor = n if num_floor is None else int(num_floor)
     idx = floor_indices(num_floor, len(reference["features"]))
     fd = _fd_to(f, reference)

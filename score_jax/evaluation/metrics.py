@@ -49,12 +49,11 @@ RANGE_TOLERANCE = 1e-3
 
 
 def image_value_range(images: Any) -> tuple[float, float]:
-    """``(min, max)`` of an image array as Python floats (NaN-aware: NaN if any value is)."""
+    """``(min, max)`` of an image array as Python floats (both NaN if any value is NaN: numpy's
+    min / max propagate it, and every comparison with NaN fails the range checks)."""
     x = np.asarray(images)
     if x.size == 0:
         return 0.0, 0.0
-    if not np.issubdtype(x.dtype, np.integer) and not np.all(np.isfinite(x)):
-        return float("nan"), float("nan")
     return float(x.min()), float(x.max())
 
 
@@ -77,13 +76,13 @@ def check_image_range(images: Any, *, name: str = "images",
     if np.issubdtype(x.dtype, np.integer):
         check_uint8_range(x, name=name)
         return
-    if not np.issubdtype(x.dtype, np.floating):
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # jnp: bfloat16 counts as a float
         raise ValueError(f"{name}: images must be float in [0, 1] or uint8 in [0, 255], got dtype "
                          f"{x.dtype}")
     lo, hi = image_value_range(x)
     if not (lo >= -tolerance and hi <= 1.0 + tolerance):
         hint = ""
-        if hi > 1.0 + tolerance and lo >= -tolerance:
+        if 1.0 + tolerance < hi <= 255.0 and lo >= -tolerance:
             hint = " (values in [0, 255]? divide by 255 or pass uint8)"
         elif lo < -tolerance:
             hint = " (centred [-1, 1] images? map them with (x + 1) / 2)"
