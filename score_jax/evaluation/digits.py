@@ -3,7 +3,8 @@
 The FID Inception means nothing on 8x8 grey digits, so the digits get their own feature network:
 a small MLP classifier (64 -> 128 -> 64 -> 10, ReLU) trained deterministically on the digits
 (``train_digits_classifier``; its weights ship as ``digits_classifier.npz`` next to this file,
-so nobody pays the training time). On it:
+so nobody pays the training time; 100% train / 95.6% held-out accuracy on the last 180 digits,
+99.6% on all 1797). On it:
 
 * ``digits_metrics``: the Frechet distance (``metrics.frechet_distance``, the FID formula of
   Heusel et al. 2017) between the 64-dimensional hidden features of the samples and those of all
