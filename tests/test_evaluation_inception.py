@@ -178,7 +178,9 @@ def test_preprocess_matches_fid_protocol(in_size):
 
 
 def test_preprocess_quantisation_and_channels():
-    x = np.array([0.0, 0.5, 0.999, 1.0, 1.3, -0.2], np.float32).reshape(1, 1, 6, 1)
+    # 1.0005 and -0.0005: sampler overshoot within the 1e-3 tolerance, clipped to the ends
+    # (wider ranges are refused: test_preprocess_refuses_other_ranges).
+    x = np.array([0.0, 0.5, 0.999, 1.0, 1.0005, -0.0005], np.float32).reshape(1, 1, 6, 1)
     x = np.broadcast_to(x, (1, 299, 6, 1))
     x = np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (0, 293), (0, 0)), mode="edge"))
     floor = np.asarray(preprocess_for_inception(x))[0, 0, :6, 0]
@@ -194,6 +196,37 @@ def test_preprocess_quantisation_and_channels():
         preprocess_for_inception(x, quantize="nearest")
     with pytest.raises(ValueError, match="1 or 3 channels"):
         preprocess_for_inception(np.zeros((1, 8, 8, 4), np.uint8))
+
+
+def test_preprocess_refuses_other_ranges():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    # uint8 is accepted and equals the float [0, 1] image of the same levels.
+    np.testing.assert_allclose(np.asarray(preprocess_for_inception(u8, size=8)),
+                               np.asarray(preprocess_for_inception(u8 / np.float32(255), size=8,
+                                                                   quantize="round")), atol=1e-6)
+    # Integer arrays holding 8-bit levels (e.g. int32) are accepted too.
+    np.testing.assert_array_equal(np.asarray(preprocess_for_inception(u8.astype(np.int32), size=8)),
+                                  np.asarray(preprocess_for_inception(u8, size=8)))
+    # Floats in [0, 255] used to saturate every pixel; centred [-1, 1] lost half the pixels.
+    with pytest.raises(ValueError, match=r"found values in \[0, 255\]"):
+        preprocess_for_inception(u8.astype(np.float32), size=8)
+    centred = u8.astype(np.float32) / 127.5 - 1.0
+    with pytest.raises(ValueError, match=r"found values in \[-1, 1\]"):
+        preprocess_for_inception(centred, size=8)
+    with pytest.raises(ValueError, match=r"\[-5, 255\]"):
+        preprocess_for_inception(np.where(u8 > 127, 255, -5).astype(np.int32), size=8)
+    with pytest.raises(ValueError, match=r"nan"):
+        preprocess_for_inception(np.full((1, 8, 8, 3), np.nan, np.float32), size=8)
+
+
+def test_inception_features_refuses_other_ranges(variables):
+    fn = InceptionFeatures(variables, batch_size=8, image_size=75)
+    u8_ramp = np.broadcast_to(np.linspace(0, 255, 8).astype(np.uint8)[:, None],
+                              (2, 8, 8, 3)).copy()
+    with pytest.raises(ValueError, match=r"InceptionFeatures.*found values in \[0, 255\]"):
+        fn(u8_ramp.astype(np.float32))
+    assert fn(u8_ramp)[0].shape == (2, 2048)
 
 
 def test_tiny_forward_is_finite_and_logits_are_fc_of_pool(variables):

@@ -11,9 +11,11 @@ import scipy.linalg
 from score_jax.evaluation import (
     StreamingStats,
     bits_per_dim_from_logp,
+    check_image_range,
     dataset_bits_per_dim,
     fid_from_features,
     frechet_distance,
+    images_to_unit_range,
     inception_score,
     inception_score_splits,
     kid_and_std_from_features,
@@ -332,3 +334,43 @@ def test_metrics_report():
     assert out["is"] == pytest.approx(5.0, rel=1e-12)
     assert out["kid"] == pytest.approx(kid_from_features(ref_feats, feats), rel=1e-12)
     assert out["num_samples"] == 200
+
+
+def test_metrics_leave_jax_config_alone():
+    # Issue #9: the float64 reductions run in numpy; no enable_x64 flips inside the library.
+    rng = np.random.default_rng(0)
+    f1, f2 = rng.standard_normal((20, 4)), rng.standard_normal((30, 4))
+    before = jax.config.read("jax_enable_x64")
+    fid_from_features(f1, f2)
+    kid_and_std_from_features(f1, f2)
+    inception_score(rng.standard_normal((20, 5)))
+    assert jax.config.read("jax_enable_x64") == before
+    assert jnp.zeros(1).dtype == (jnp.float64 if before else jnp.float32)
+
+
+def test_image_range_convention():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    u8[0, 0, 0, 0], u8[0, 0, 0, 1] = 0, 255
+    np.testing.assert_allclose(images_to_unit_range(u8), u8 / 255.0, rtol=1e-6)
+    x = u8 / np.float32(255)
+    np.testing.assert_array_equal(images_to_unit_range(x), x)
+    # Overshoot within 1e-3 is clipped silently.
+    y = x.copy()
+    y[0, 0, 0, 0], y[0, 0, 0, 1] = -9e-4, 1 + 9e-4
+    np.testing.assert_array_equal(images_to_unit_range(y), x)
+    with pytest.raises(ValueError, match=r"found values in \[0, 255\].*divide by 255"):
+        images_to_unit_range(u8.astype(np.float32))
+    with pytest.raises(ValueError, match=r"found values in \[-1, 1\].*\(x \+ 1\) / 2"):
+        images_to_unit_range(2 * x - 1)
+    with pytest.raises(ValueError, match=r"found values in \[-0.002, 1\]"):
+        check_image_range(np.array([-2e-3, 0.5, 1.0], np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 256\]"):
+        check_image_range(np.array([0, 256], np.int32))
+    with pytest.raises(ValueError, match="dtype bool"):
+        check_image_range(np.array([True]))
+    # bfloat16 samples count as floats.
+    np.testing.assert_array_equal(images_to_unit_range(jnp.asarray(x, jnp.bfloat16)),
+                                  np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32))
+    with pytest.raises(ValueError, match=r"\[nan, nan\]"):
+        images_to_unit_range(np.array([0.5, np.nan], np.float32))

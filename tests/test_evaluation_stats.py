@@ -96,3 +96,21 @@ def test_tfds_not_prepared_fails_clearly(tmp_path, fake_inception):
     with pytest.raises(RuntimeError, match="'cifar10' is not prepared"):
         stats_cli.main(["--tfds", "cifar10", "--tfds-data-dir", str(tmp_path), "--inception",
                         "w", "--out", str(tmp_path / "o.npz"), "--no-progress"])
+
+
+def test_stats_input_ranges(tmp_path):
+    u8 = _images(3)
+    # Floats are refused whatever their range, with the range found in the message.
+    for arr, found in ((u8.astype(np.float32), r"\[\d+, 255\]"),
+                       (u8 / np.float32(127.5) - 1, r"\[-1, 1\]")):
+        np.savez(tmp_path / "f.npz", images=arr)
+        with pytest.raises(ValueError, match=r"must be uint8.*values in " + found):
+            stats_cli.load_npz_images(str(tmp_path / "f.npz"))
+    # Integer arrays holding 8-bit levels are accepted as uint8; others refused with the range.
+    np.savez(tmp_path / "i.npz", images=u8.astype(np.int64))
+    loaded = stats_cli.load_npz_images(str(tmp_path / "i.npz"))
+    assert loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded, u8)
+    np.savez(tmp_path / "big.npz", images=u8.astype(np.int32) * 4)
+    with pytest.raises(ValueError, match=r"\[0, 255\], found values in \[\d+, 10\d\d\]"):
+        stats_cli.load_npz_images(str(tmp_path / "big.npz"))

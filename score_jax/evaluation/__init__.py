@@ -1,4 +1,6 @@
-"""Evaluation: the FID Inception-v3, FID / KID / IS, reference statistics and bits/dim.
+"""Evaluation: the FID Inception-v3, FID / KID / IS, reference statistics, bits/dim and the
+digits quality metric (``digits.py``: FD / IS / conditional accuracy in a small classifier's
+features).
 
 See ``metrics.py`` for the formulas and ``inception.py`` for the network and its weights;
 ``python -m score_jax.evaluation.stats`` writes reference statistics for a dataset; ``run.py``
@@ -7,6 +9,13 @@ walks the checkpoints of a training workdir (test loss, bits/dim, samples, FID /
 reports; ``python evaluate.py``).
 """
 
+from score_jax.evaluation.digits import (
+    digits_classifier,
+    digits_conditional_accuracy,
+    digits_metrics,
+    digits_reference,
+    train_digits_classifier,
+)
 from score_jax.evaluation.inception import (
     INCEPTION_IMAGE_SIZE,
     NUM_FEATURES,
@@ -22,9 +31,11 @@ from score_jax.evaluation.inception import (
 from score_jax.evaluation.metrics import (
     StreamingStats,
     bits_per_dim_from_logp,
+    check_image_range,
     dataset_bits_per_dim,
     fid_from_features,
     frechet_distance,
+    images_to_unit_range,
     inception_score,
     inception_score_splits,
     kid_and_std_from_features,
@@ -51,14 +62,20 @@ __all__ = [
     "InceptionV3",
     "StreamingStats",
     "bits_per_dim_from_logp",
+    "check_image_range",
     "convert_inception_pytorch",
     "dataset_bits_per_dim",
+    "digits_classifier",
+    "digits_conditional_accuracy",
+    "digits_metrics",
+    "digits_reference",
     "evaluate_bpd",
     "evaluate_samples",
     "evaluate_workdir",
     "fid_from_features",
     "frechet_distance",
     "get_inception_fn",
+    "images_to_unit_range",
     "inception_score",
     "inception_score_splits",
     "kid_and_std_from_features",
@@ -72,5 +89,6 @@ __all__ = [
     "read_report",
     "sample_statistics",
     "save_stats",
+    "train_digits_classifier",
     "uniform_dequantize",
 ]

@@ -36,6 +36,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from score_jax.evaluation.metrics import check_image_range
+
 INCEPTION_IMAGE_SIZE = 299
 NUM_FEATURES = 2048
 NUM_LOGITS = 1008
@@ -251,8 +253,11 @@ def preprocess_for_inception(images: jax.Array | np.ndarray, *, quantize: str = 
                              size: int = INCEPTION_IMAGE_SIZE) -> jax.Array:
     """Standard FID input pipeline: 8-bit quantisation, bilinear resize to 299, scale to [-1, 1].
 
-    * uint8 images (values 0..255) are used as they are. Float images are taken to lie in [0, 1]
-      and quantised like the reference: ``quantize="floor"`` is score_sde's
+    * uint8 images (values 0..255) are used as they are. Float images must lie in [0, 1]
+      (``metrics.check_image_range``: values up to 1e-3 outside are clipped, as samplers
+      overshoot slightly; floats in [0, 255] or centred [-1, 1] images raise ``ValueError`` naming
+      the range found -- they used to be saturated / half clipped without a word) and are
+      quantised like the reference: ``quantize="floor"`` is score_sde's
       ``np.clip(x * 255, 0, 255).astype(np.uint8)`` (truncation), ``"round"`` rounds to the
       nearest level (torchvision ``save_image`` / PNG files), ``"none"`` keeps ``255 x``.
     * Bilinear resize with half-pixel centres and no antialiasing (pytorch-fid
@@ -261,17 +266,24 @@ def preprocess_for_inception(images: jax.Array | np.ndarray, *, quantize: str = 
     * ``x = u / 127.5 - 1``. One-channel images are repeated to RGB.
 
     Args:
-      images: ``(N, H, W, C)`` with C in {1, 3}, uint8 or float in [0, 1].
+      images: ``(N, H, W, C)`` with C in {1, 3}, uint8 or float in [0, 1]. The range is checked
+        when the values are concrete (a numpy or committed jax array); under ``jit`` the caller
+        checks (``InceptionFeatures`` does, on the host).
       quantize: one of ``"floor"``, ``"round"``, ``"none"`` (float inputs only).
       size: output height and width.
 
     Returns:
       ``(N, size, size, 3)`` float32 array in [-1, 1].
+
+    Raises:
+      ValueError: bad shape, unknown ``quantize``, or values outside the convention.
     """
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be NHWC with 1 or 3 channels, got shape {images.shape}")
+    if not isinstance(images, jax.core.Tracer):
+        check_image_range(images, name="preprocess_for_inception")
     x = jnp.asarray(images)
     if jnp.issubdtype(x.dtype, jnp.integer):
         u = x.astype(jnp.float32)
@@ -567,11 +579,13 @@ class InceptionFeatures:
         """Returns ``(pool_3 (N, 2048), logits (N, 1008))`` as float32 numpy arrays.
 
         Args:
-          images: host-local ``(N, H, W, C)`` batch, uint8 or float in [0, 1].
+          images: host-local ``(N, H, W, C)`` batch, uint8 or float in [0, 1] (see
+            ``preprocess_for_inception``; other ranges raise ``ValueError``).
         """
         images = np.asarray(images)
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+        check_image_range(images, name="InceptionFeatures")
         if self.batch_size is None:
             d = self.num_local_devices
             return self._run(images, -(-images.shape[0] // d) * d)

@@ -4,10 +4,13 @@ Sources: Heusel et al. 2017 (FID, arXiv 1706.08500), Binkowski et al. 2018 (KID,
 1801.01401), Salimans et al. 2016 (IS, arXiv 1606.03498); the reference implementations are
 TF-GAN ``tfgan.eval`` (which score_sde's ``run_lib.evaluate`` calls) and pytorch-fid.
 
-Precision: all reductions run in JAX under ``jax.enable_x64(True)`` (a context manager, so the
-rest of the program keeps float32): a 2048x2048 covariance from 50k samples and the matrix square
-root of FID lose digits in float32. Means and covariances are accumulated on the host in float64
+Precision: the reductions run on the host in numpy float64 (a 2048x2048 covariance from 50k
+samples and the matrix square root of FID lose digits in float32); the library never changes the
+jax configuration (no ``enable_x64``). Means and covariances are accumulated in float64
 (``StreamingStats``), exactly mergeable across batches and hosts.
+
+Image inputs (``images_to_unit_range``, used by every entry point that takes images): float in
+[0, 1] or uint8 in [0, 255]; anything else is refused with the range found.
 """
 
 from __future__ import annotations
@@ -42,28 +45,99 @@ def _check_same_dim(x1: np.ndarray, x2: np.ndarray, names: str = "f1, f2") -> No
         raise ValueError(f"feature dims differ: {names} have shapes {x1.shape} and {x2.shape}")
 
 
+RANGE_TOLERANCE = 1e-3
+
+
+def image_value_range(images: Any) -> tuple[float, float]:
+    """``(min, max)`` of an image array as Python floats (both NaN if any value is NaN: numpy's
+    min / max propagate it, and every comparison with NaN fails the range checks)."""
+    x = np.asarray(images)
+    if x.size == 0:
+        return 0.0, 0.0
+    return float(x.min()), float(x.max())
+
+
+def check_uint8_range(images: Any, *, name: str = "images") -> np.ndarray:
+    """Integer images must hold 8-bit levels: returns them as uint8, else raises ``ValueError``
+    naming the range found."""
+    x = np.asarray(images)
+    lo, hi = image_value_range(x)
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{name}: integer images must hold 8-bit levels in [0, 255], found "
+                         f"values in [{lo:g}, {hi:g}]")
+    return x.astype(np.uint8)
+
+
+def check_image_range(images: Any, *, name: str = "images",
+                      tolerance: float = RANGE_TOLERANCE) -> None:
+    """Raises ``ValueError`` unless ``images`` follow the convention of ``images_to_unit_range``
+    (integers in [0, 255], or floats in ``[-tolerance, 1 + tolerance]``); converts nothing."""
+    x = np.asarray(images)
+    if np.issubdtype(x.dtype, np.integer):
+        check_uint8_range(x, name=name)
+        return
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # jnp: bfloat16 counts as a float
+        raise ValueError(f"{name}: images must be float in [0, 1] or uint8 in [0, 255], got dtype "
+                         f"{x.dtype}")
+    lo, hi = image_value_range(x)
+    if not (lo >= -tolerance and hi <= 1.0 + tolerance):
+        hint = ""
+        if 1.0 + tolerance < hi <= 255.0 and lo >= -tolerance:
+            hint = " (values in [0, 255]? divide by 255 or pass uint8)"
+        elif lo < -tolerance:
+            hint = " (centred [-1, 1] images? map them with (x + 1) / 2)"
+        raise ValueError(f"{name}: float images must lie in [0, 1] (tolerance {tolerance:g}), "
+                         f"found values in [{lo:g}, {hi:g}]{hint}")
+
+
+def images_to_unit_range(images: Any, *, name: str = "images",
+                         tolerance: float = RANGE_TOLERANCE) -> np.ndarray:
+    """The image convention of the evaluation entry points: float in [0, 1] or uint8 in [0, 255].
+
+    * integer arrays (uint8, or any integer dtype holding 0..255) -> ``x / 255`` as float32;
+    * float arrays with every value in ``[-tolerance, 1 + tolerance]`` -> clipped to [0, 1]
+      (samplers overshoot the data range slightly; the default tolerance is 1e-3, a quarter of
+      an 8-bit level);
+    * anything else -- floats in [0, 255], centred [-1, 1] images, NaNs -- raises ``ValueError``
+      naming the range found, instead of being saturated or clipped into other images.
+
+    Args:
+      images: an array of any shape.
+      name: how the error message calls the input.
+      tolerance: the accepted overshoot of floats beyond [0, 1].
+
+    Returns:
+      A float32 numpy array in [0, 1] of the same shape.
+    """
+    x = np.asarray(images)
+    check_image_range(x, name=name, tolerance=tolerance)
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.float32) / 255.0
+    return np.clip(x.astype(np.float32), 0.0, 1.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Frechet distance
 # --------------------------------------------------------------------------------------------
 
 
-def _psd_sqrt_eigenvalues(lam):
+def _psd_sqrt_eigenvalues(lam: np.ndarray) -> np.ndarray:
     # Eigenvalues below the round-off level d * eps * max|lam| are zeros of a singular
     # matrix; their sqrt would add ~sqrt(eps) each, so they are set to 0 first.
-    tol = lam.shape[0] * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
-    return jnp.sqrt(jnp.where(lam > tol, lam, 0.0))
+    tol = lam.shape[0] * np.finfo(lam.dtype).eps * np.max(np.abs(lam))
+    return np.sqrt(np.where(lam > tol, lam, 0.0))
 
 
-@jax.jit
-def _frechet_distance_x64(mu1, sigma1, mu2, sigma2):
+def _frechet_distance_f64(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                          sigma2: np.ndarray) -> float:
     sigma1 = 0.5 * (sigma1 + sigma1.T)
     sigma2 = 0.5 * (sigma2 + sigma2.T)
-    lam1, u1 = jnp.linalg.eigh(sigma1)
+    lam1, u1 = np.linalg.eigh(sigma1)
     sqrt_sigma1 = (u1 * _psd_sqrt_eigenvalues(lam1)) @ u1.T
     m = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
-    tr_covmean = jnp.sum(_psd_sqrt_eigenvalues(jnp.linalg.eigvalsh(0.5 * (m + m.T))))
+    tr_covmean = np.sum(_psd_sqrt_eigenvalues(np.linalg.eigvalsh(0.5 * (m + m.T))))
     diff = mu1 - mu2
-    return diff @ diff + jnp.trace(sigma1) + jnp.trace(sigma2) - 2.0 * tr_covmean
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
@@ -73,7 +147,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
 
     (Dowson & Landau 1982; FID of Heusel et al. 2017). The last trace equals the
     ``tr(sqrtm(S1 S2))`` of pytorch-fid / TF-GAN because S1 S2 is similar to
-    S1^{1/2} S2 S1^{1/2}, but the symmetric form is computed with two float64 ``eigh`` calls
+    S1^{1/2} S2 S1^{1/2}, but the symmetric form is computed with two float64 ``eigh`` calls (numpy, on the host)
     whose round-off eigenvalues (below d * eps * max|lambda|, including negative ones) are set
     to 0 before the square root, so it stays real and stable for the
     singular covariances of fewer samples than dimensions (where ``scipy.linalg.sqrtm`` needs
@@ -97,8 +171,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
             raise ValueError(f"{name} must have shape {(d, d)} to match the means, got {s.shape}")
         if not np.all(np.isfinite(s)):
             raise ValueError(f"{name} contains non-finite values")
-    with jax.enable_x64(True):
-        return float(_frechet_distance_x64(mu1, sigma1, mu2, sigma2))
+    return _frechet_distance_f64(mu1, sigma1, mu2, sigma2)
 
 
 def fid_from_features(f1: Any, f2: Any) -> float:
@@ -243,18 +316,17 @@ def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def _poly_kernel(a, b):
+def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = a.shape[1]
-    return (jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST) / d + 1.0) ** 3
+    return (a @ b.T / d + 1.0) ** 3
 
 
-@jax.jit
-def _mmd2_unbiased(x, y):
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     m, n = x.shape[0], y.shape[0]
     k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
-    return ((jnp.sum(k_xx) - jnp.trace(k_xx)) / (m * (m - 1))
-            + (jnp.sum(k_yy) - jnp.trace(k_yy)) / (n * (n - 1))
-            - 2.0 * jnp.mean(k_xy))
+    return float((np.sum(k_xx) - np.trace(k_xx)) / (m * (m - 1))
+                 + (np.sum(k_yy) - np.trace(k_yy)) / (n * (n - 1))
+                 - 2.0 * np.mean(k_xy))
 
 
 def _block_bounds(n: int, n_blocks: int) -> np.ndarray:
@@ -267,7 +339,7 @@ def _block_bounds(n: int, n_blocks: int) -> np.ndarray:
 
 def kid_and_std_from_features(f1: Any, f2: Any, *, max_block_size: int = 1024,
                               num_subsets: int | None = None, subset_size: int = 1000,
-                              seed: int = 0, dtype: Any = jnp.float64) -> tuple[float, float]:
+                              seed: int = 0, dtype: Any = np.float64) -> tuple[float, float]:
     """Kernel Inception Distance and the standard error of its estimate.
 
     KID is the squared MMD with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3
@@ -287,8 +359,8 @@ def kid_and_std_from_features(f1: Any, f2: Any, *, max_block_size: int = 1024,
 
     Args:
       f1, f2: ``(m, d)`` and ``(n, d)`` features, at least 2 rows per block / subset.
-      dtype: compute dtype of the kernel matrices (float64 by default; float32 is faster on
-        accelerators without fast float64).
+      dtype: compute dtype of the kernel matrices (numpy, on the host; float64 by default,
+        float32 is faster and loses ~1e-6 relative).
 
     Returns:
       ``(kid, standard_error)`` as Python floats.
@@ -316,9 +388,8 @@ def kid_and_std_from_features(f1: Any, f2: Any, *, max_block_size: int = 1024,
         pairs = [(f1[rng.choice(len(f1), subset_size, replace=False)],
                   f2[rng.choice(len(f2), subset_size, replace=False)])
                  for _ in range(num_subsets)]
-    with jax.enable_x64(np_dtype == np.float64):
-        ests = np.array([float(_mmd2_unbiased(jnp.asarray(x, np_dtype), jnp.asarray(y, np_dtype)))
-                         for x, y in pairs])
+    ests = np.array([_mmd2_unbiased(np.asarray(x, np_dtype), np.asarray(y, np_dtype))
+                     for x, y in pairs])
     mean = float(ests.mean())
     if len(ests) < 2:
         return mean, float("nan")
@@ -337,14 +408,14 @@ def kid_from_features(f1: Any, f2: Any, **kwargs: Any) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-@jax.jit
-def _log_inception_score(logits):
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    p = jnp.exp(log_p)
-    log_q = jnp.log(jnp.mean(p, axis=0))
+def _log_inception_score(logits: np.ndarray) -> float:
+    log_p = logits - logits.max(axis=-1, keepdims=True)
+    log_p = log_p - np.log(np.sum(np.exp(log_p), axis=-1, keepdims=True))
+    p = np.exp(log_p)
+    log_q = np.log(np.mean(p, axis=0))
     # KL(p(y|x) || p(y)); p log p is taken as 0 where p underflows to 0.
-    kl = jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
-    return jnp.mean(kl)
+    kl = np.sum(np.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+    return float(np.mean(kl))
 
 
 def inception_score_splits(logits: Any, num_splits: int) -> np.ndarray:
@@ -361,9 +432,8 @@ def inception_score_splits(logits: Any, num_splits: int) -> np.ndarray:
     if not 1 <= num_splits <= logits.shape[0]:
         raise ValueError(f"num_splits={num_splits} must be in [1, num_samples="
                          f"{logits.shape[0]}]")
-    with jax.enable_x64(True):
-        return np.array([math.exp(float(_log_inception_score(jnp.asarray(part, np.float64))))
-                         for part in np.array_split(logits, num_splits)])
+    return np.array([math.exp(_log_inception_score(np.asarray(part, np.float64)))
+                     for part in np.array_split(logits, num_splits)])
 
 
 def inception_score(logits: Any, num_splits: int = 1) -> float:

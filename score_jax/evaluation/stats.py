@@ -8,6 +8,10 @@ prepared TFDS dataset with ``--tfds NAME --split train``), runs them through the
 batches sharded over all devices, accumulates the pool_3 mean and covariance in float64
 (``StreamingStats``) and writes ``mu``, ``sigma``, ``num_samples`` (and, with
 ``--save-features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
+
+Input convention: uint8 in [0, 255]; integer arrays holding 0..255 are converted to uint8, floats
+and other ranges are refused with the range found (a float array could be [0, 1] or [0, 255] or
+[-1, 1]: quantise it explicitly).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from score_jax.evaluation.metrics import check_uint8_range, image_value_range
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -30,10 +36,12 @@ def _as_nhwc_uint8(images: np.ndarray, source: str) -> np.ndarray:
         images = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC
     if images.shape[-1] not in (1, 3):
         raise ValueError(f"{source}: images need 1 or 3 channels, got shape {images.shape}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"{source}: images must be uint8 (0..255), got dtype {images.dtype}; "
-                         "quantise float images with np.clip(x * 255, 0, 255).astype(np.uint8)")
-    return images
+    if np.issubdtype(images.dtype, np.integer):
+        return check_uint8_range(images, name=source)
+    lo, hi = image_value_range(images)
+    raise ValueError(f"{source}: images must be uint8 (0..255), got dtype {images.dtype} with "
+                     f"values in [{lo:g}, {hi:g}]; quantise float images in [0, 1] with "
+                     "np.clip(x * 255, 0, 255).astype(np.uint8)")
 
 
 def load_npz_images(path: str, key: str | None = None) -> np.ndarray:
