@@ -78,8 +78,9 @@ def to_x0_eps(pred: Array, x: Array, t: Array, sde, head: str) -> tuple[Array, A
     return x0, eps
 
 
-def from_x0_eps(x0: Array, eps: Array, x: Array, t: Array, sde, head: str) -> Array:
-    """Express (x0, eps) at (x_t = x, t) as the prediction of head ``head``."""
+def from_x0_eps(x0: Array, eps: Array, t: Array, sde, head: str) -> Array:
+    """Express (x0, eps) at time t as the prediction of head ``head`` (the x_t they define is
+    a_t x0 + s_t eps, so it is not an argument)."""
     _check_head(head)
     a, s, da, ds = marginal_coeffs_and_derivs(sde, t)
     if head == "eps":
@@ -105,7 +106,7 @@ def convert(pred: Array, x: Array, t: Array, sde, *, source: str, target: str) -
         _check_head(source)
         return pred
     x0, eps = to_x0_eps(pred, x, t, sde, source)
-    return from_x0_eps(x0, eps, x, t, sde, target)
+    return from_x0_eps(x0, eps, t, sde, target)
 
 
 def ode_velocity_from_score(sde, x: Array, t: Array, score: Array) -> Array:
