@@ -38,15 +38,14 @@ from score_jax import score as score_lib
 from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import drop_labels, split_batch
 from score_jax.sampling.diffeq import ODE_SOLVERS, solve_ode
-from score_jax.sde import GaussianPrior as _StandardPrior
-from score_jax.sde import gaussian_perturb
+from score_jax.sde import GaussianPrior, gaussian_perturb
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]
 
 
 @struct.dataclass
-class CondOTPath(_StandardPrior):
+class CondOTPath(GaussianPrior):
     """Conditional optimal-transport path (Lipman et al. 2023, eq. 20 - 23):
 
         x_t = t x1 + (1 - (1 - sigma_min) t) eps,   u = x1 - (1 - sigma_min) eps,   t in [0, 1].
@@ -65,7 +64,7 @@ class CondOTPath(_StandardPrior):
 
 
 @struct.dataclass
-class SDEPath(_StandardPrior):
+class SDEPath(GaussianPrior):
     """The Gaussian path of a linear SDE in flow time: SDE time s(t) = T + t (eps - T), so t = 0 is
     the SDE's prior end and t = 1 its data end s = eps. The prior is the SDE's
     (N(0, sigma_max^2 I) for VE). Flow matching on this path is diffusion training with a

@@ -549,7 +549,7 @@ class ReverseSDE:
     ``discretize`` gives f_rev = f - G^2 score (x 1/2 for the ODE) and G_rev = G (0 for the ODE).
     """
 
-    fwd: object
+    fwd: AbstractSDE
     score_fn: ScoreFn = struct.field(pytree_node=False)
     probability_flow: bool = struct.field(pytree_node=False, default=False)
 
