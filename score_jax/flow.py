@@ -38,15 +38,14 @@ from score_jax import score as score_lib
 from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import drop_labels, split_batch
 from score_jax.sampling.diffeq import ODE_SOLVERS, solve_ode
-from score_jax.sde import GaussianPrior as _StandardPrior
-from score_jax.sde import batch_mul
+from score_jax.sde import GaussianPrior, gaussian_perturb
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]
 
 
 @struct.dataclass
-class CondOTPath(_StandardPrior):
+class CondOTPath(GaussianPrior):
     """Conditional optimal-transport path (Lipman et al. 2023, eq. 20 - 23):
 
         x_t = t x1 + (1 - (1 - sigma_min) t) eps,   u = x1 - (1 - sigma_min) eps,   t in [0, 1].
@@ -65,11 +64,12 @@ class CondOTPath(_StandardPrior):
 
 
 @struct.dataclass
-class SDEPath(_StandardPrior):
+class SDEPath(GaussianPrior):
     """The Gaussian path of a linear SDE in flow time: SDE time s(t) = T + t (eps - T), so t = 0 is
     the SDE's prior end and t = 1 its data end s = eps. The prior is the SDE's
     (N(0, sigma_max^2 I) for VE). Flow matching on this path is diffusion training with a
-    velocity head (Lipman et al. Sec. 4.1 for VP and VE)."""
+    velocity head (Lipman et al. Sec. 4.1 for VP and VE). Its velocity is d x / dt in flow time t:
+    -(T - eps) times the velocity d x / ds in SDE time s."""
 
     sde: Any
     eps: float = 1e-5
@@ -100,11 +100,11 @@ def get_path(name: str, **kwargs):
 # Conditional path, target and loss
 # ----------------------------------------------------------------------------------------------
 def interpolate(path, x1: Array, noise: Array, t: Array) -> tuple[Array, Array]:
-    """(x_t, u_t) = (alpha_t x1 + sigma_t eps, alpha'_t x1 + sigma'_t eps) for t of shape (B,)."""
+    """(x_t, u_t) = (alpha_t x1 + sigma_t eps, alpha'_t x1 + sigma'_t eps) for t of shape (B,),
+    ' = d/dt in flow time (``sde.gaussian_perturb`` on the path's coefficients and their
+    derivatives)."""
     a, s, da, ds = score_lib.marginal_coeffs_and_derivs(path, t)
-    x_t = batch_mul(a, x1) + batch_mul(s, noise)
-    u_t = batch_mul(da, x1) + batch_mul(ds, noise)
-    return x_t, u_t
+    return gaussian_perturb(a, s, x1, noise), gaussian_perturb(da, ds, x1, noise)
 
 
 def _reduce(x: Array, reduce_mean: bool) -> Array:
@@ -215,15 +215,25 @@ def get_flow_loss_fn(
 
 # ----------------------------------------------------------------------------------------------
 # Conversions on Gaussian paths
+#
+# The velocity u here is always d x / dt in FLOW time t of ``path`` (noise at t = 0, data at
+# t = 1), and t is flow time. For ``SDEPath(sde, eps)`` (SDE time s = T + t (eps - T)) this is
+# u = dx/dt = -(T - eps) dx/ds, with dx/ds the SDE's probability-flow drift
+# f - g^2 score / 2 (Song et al. eq. 13): pass ``sde`` itself instead of the path to
+# ``score.convert`` to get velocities in SDE time s.
 # ----------------------------------------------------------------------------------------------
 def velocity_to_score(u: Array, x: Array, t: Array, path) -> Array:
-    """score = -eps_hat / sigma_t with eps_hat = (alpha_t u - alpha'_t x) / (alpha_t sigma'_t -
+    """The score at (x, flow time t) from the flow-time velocity u = dx/dt of ``path``
+    (for ``SDEPath``: dx/dt = -(T - eps) dx/ds in SDE time s, see the note above).
+
+    score = -eps_hat / sigma_t with eps_hat = (alpha_t u - alpha'_t x) / (alpha_t sigma'_t -
     sigma_t alpha'_t); for CondOT: score = (t u - x) / (1 - t). Singular at sigma_t = 0."""
     return score_lib.convert(u, x, t, path, source="velocity", target="score")
 
 
 def score_to_velocity(score: Array, x: Array, t: Array, path) -> Array:
-    """u = alpha'_t x1_hat + sigma'_t eps_hat with eps_hat = -sigma_t score,
+    """The flow-time velocity u = dx/dt of ``path`` at (x, flow time t) from the score:
+    u = alpha'_t x1_hat + sigma'_t eps_hat with eps_hat = -sigma_t score,
     x1_hat = (x - sigma_t eps_hat) / alpha_t; for CondOT: u = (x + (1 - t) score) / t. Singular
     at alpha_t = 0 (the velocity at pure noise depends on E[x1], which the score there lacks)."""
     return score_lib.convert(score, x, t, path, source="score", target="velocity")
@@ -244,17 +254,6 @@ def velocity_to_x1(u: Array, x: Array, t: Array, path) -> Array:
     """x1_hat = (sigma'_t x - sigma_t u) / (alpha_t sigma'_t - sigma_t alpha'_t); CondOT:
     x + (1 - t) u."""
     return score_lib.convert(u, x, t, path, source="velocity", target="x0")
-
-
-@struct.dataclass
-class ScoreVelocityFn:
-    """``velocity_fn(x, t)`` on ``path`` from a ``score_fn(x, t)`` of the same path (flow time)."""
-
-    path: Any
-    score_fn: Callable = struct.field(pytree_node=False)
-
-    def __call__(self, x: Array, t: Array) -> Array:
-        return score_to_velocity(self.score_fn(x, t), x, t, self.path)
 
 
 @struct.dataclass
@@ -400,6 +399,6 @@ __all__ = [
     "CondOTPath", "SDEPath", "PATHS", "get_path", "interpolate", "flow_matching_loss",
     "ModelVelocityFn", "get_velocity_fn", "get_flow_loss_fn", "velocity_to_score",
     "score_to_velocity", "velocity_to_eps", "eps_to_velocity", "velocity_to_x1",
-    "ScoreVelocityFn", "MixtureVelocity", "FLOW_SOLVERS", "flow_ode_solve", "flow_sample",
+    "MixtureVelocity", "FLOW_SOLVERS", "flow_ode_solve", "flow_sample",
     "flow_log_likelihood",
 ]

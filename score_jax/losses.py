@@ -2,8 +2,9 @@
 
 All losses are pure functions ``(key, fn, sde, x0, ...) -> (loss, aux)``:
 - ``dsm_loss`` takes a ``score_fn(x, t)`` (continuous time);
-- ``smld_loss`` / ``ddpm_loss`` take the raw network ``model_fn(x, labels)`` with integer labels,
-  as the reference's discrete objectives do.
+- ``discrete_loss`` (and its named forms ``smld_loss`` for VE, ``ddpm_loss`` for VP) takes the raw
+  network ``model_fn(x, labels)`` with integer labels, as the reference's discrete objectives do;
+  the chain (perturbation, target, weight) is the SDE's ``discrete_perturbation``.
 ``get_loss_fn`` builds ``loss_fn(params, batch, key) -> (loss, aux)`` for a Flax network: the form
 the training step differentiates.
 
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.score import ModelScoreFn, get_score_fn
-from score_jax.sde import VESDE, VPSDE, batch_mul, subVPSDE
+from score_jax.sde import batch_mul
 
 Array = jax.Array
 
@@ -51,8 +52,8 @@ def dsm_loss(
     B = x0.shape[0]
     t = jax.random.uniform(key_t, (B,), x0.dtype, minval=eps, maxval=sde.T)
     z = jax.random.normal(key_z, x0.shape, x0.dtype)
-    a, s = sde.marginal_coeffs(t)
-    x_t = batch_mul(a, x0) + batch_mul(s, z)
+    x_t = sde.perturb(x0, t, z)
+    s = sde.marginal_coeffs(t)[1]
     score = score_fn(x_t, t)
     if score.shape != x0.shape:
         raise ValueError(f"score_fn output shape {score.shape} does not match x shape {x0.shape}")
@@ -64,45 +65,56 @@ def dsm_loss(
     return jnp.mean(losses), {"losses": losses, "t": t}
 
 
+def discrete_loss(
+    key: Array, model_fn: Callable[[Array, Array], Array], sde, x0: Array, *, reduce_mean: bool = False
+) -> tuple[Array, dict]:
+    """The SDE's discrete objective (``sde.discrete_objective()``: SMLD for VE, DDPM for VP).
+
+    label ~ U{0..N-1}, z ~ N(0, I), ``(x_i, target, w) = sde.discrete_perturbation(label, x0, z)``,
+    per-example loss w |model_fn(x_i, label) - target|^2 reduced over dimensions by
+    ``reduce_mean``; the loss is the batch mean. Returns ``(loss, {"losses": (B,), "labels": (B,)})``.
+    Raises ``ValueError`` for an SDE without a discrete chain (sub-VP).
+    """
+    sde.discrete_objective()  # raises for an SDE without a discrete chain
+    key_l, key_z = jax.random.split(key)
+    B = x0.shape[0]
+    labels = jax.random.randint(key_l, (B,), 0, sde.N)
+    noise = jax.random.normal(key_z, x0.shape, x0.dtype)
+    x_i, target, weight = sde.discrete_perturbation(labels, x0, noise)
+    out = model_fn(x_i, labels)
+    losses = _reduce(jnp.square(out - target), reduce_mean) * weight
+    return jnp.mean(losses), {"losses": losses, "labels": labels}
+
+
+def _check_objective(sde, name: str, sde_name: str) -> None:
+    got = sde.discrete_objective()
+    if got != name:
+        raise ValueError(f"{name.upper()} training needs a {sde_name} (discrete objective {name!r}); "
+                         f"got {type(sde).__name__}, whose discrete objective is {got!r}")
+
+
 def smld_loss(
-    key: Array, model_fn: Callable[[Array, Array], Array], sde: VESDE, x0: Array, *, reduce_mean: bool = False
+    key: Array, model_fn: Callable[[Array, Array], Array], sde, x0: Array, *, reduce_mean: bool = False
 ) -> tuple[Array, dict]:
     """SMLD / NCSN objective (Song & Ermon 2019) on the N discrete VE noise levels.
 
     label ~ U{0..N-1}, sigma = flip(discrete_sigmas)[label] (label 0 is sigma_max, the reference
     convention), x~ = x0 + sigma z, target = -(x~ - x0) / sigma^2,
     loss = sigma^2 |model_fn(x~, label) - target|^2 (the network output is the score).
+    Raises ``ValueError`` unless ``sde.discrete_objective() == "smld"`` (VESDE).
     """
-    if not isinstance(sde, VESDE):
-        raise ValueError(f"SMLD training needs a VESDE, got {type(sde).__name__}")
-    key_l, key_z = jax.random.split(key)
-    B = x0.shape[0]
-    labels = jax.random.randint(key_l, (B,), 0, sde.N)
-    sigmas = jnp.flip(sde.discrete_sigmas)[labels].astype(x0.dtype)
-    noise = batch_mul(sigmas, jax.random.normal(key_z, x0.shape, x0.dtype))
-    score = model_fn(x0 + noise, labels)
-    target = batch_mul(-1.0 / sigmas**2, noise)
-    losses = _reduce(jnp.square(score - target), reduce_mean) * sigmas**2
-    return jnp.mean(losses), {"losses": losses, "labels": labels}
+    _check_objective(sde, "smld", "VESDE")
+    return discrete_loss(key, model_fn, sde, x0, reduce_mean=reduce_mean)
 
 
 def ddpm_loss(
-    key: Array, model_fn: Callable[[Array, Array], Array], sde: VPSDE, x0: Array, *, reduce_mean: bool = True
+    key: Array, model_fn: Callable[[Array, Array], Array], sde, x0: Array, *, reduce_mean: bool = True
 ) -> tuple[Array, dict]:
     """DDPM objective (Ho et al. 2020, L_simple): label i ~ U{0..N-1},
-    x_i = sqrt(alphabar_i) x0 + sqrt(1 - alphabar_i) eps, loss = |model_fn(x_i, i) - eps|^2."""
-    if not isinstance(sde, VPSDE) or isinstance(sde, subVPSDE):
-        raise ValueError(f"DDPM training needs a VPSDE, got {type(sde).__name__}")
-    key_l, key_z = jax.random.split(key)
-    B = x0.shape[0]
-    labels = jax.random.randint(key_l, (B,), 0, sde.N)
-    noise = jax.random.normal(key_z, x0.shape, x0.dtype)
-    x_t = batch_mul(sde.sqrt_alphas_cumprod[labels].astype(x0.dtype), x0) + batch_mul(
-        sde.sqrt_1m_alphas_cumprod[labels].astype(x0.dtype), noise
-    )
-    out = model_fn(x_t, labels)
-    losses = _reduce(jnp.square(out - noise), reduce_mean)
-    return jnp.mean(losses), {"losses": losses, "labels": labels}
+    x_i = sqrt(alphabar_i) x0 + sqrt(1 - alphabar_i) eps, loss = |model_fn(x_i, i) - eps|^2.
+    Raises ``ValueError`` unless ``sde.discrete_objective() == "ddpm"`` (VPSDE)."""
+    _check_objective(sde, "ddpm", "VPSDE")
+    return discrete_loss(key, model_fn, sde, x0, reduce_mean=reduce_mean)
 
 
 def split_batch(batch: Any) -> tuple[Array, Array | None]:
@@ -129,23 +141,37 @@ def get_loss_fn(
     continuous: bool = True,
     reduce_mean: bool = False,
     likelihood_weighting: bool = False,
-    eps: float = 1e-5,
+    eps: float | None = None,
     prediction: str = "auto",
     num_classes: int | None = None,
     label_dropout: float = 0.0,
 ) -> Callable[[Any, Any, Array], tuple[Array, dict]]:
     """``loss_fn(variables, batch, key) -> (loss, aux)`` for a Flax network.
 
-    continuous=True: ``dsm_loss`` through the reference wiring (``score.get_score_fn``).
-    continuous=False: ``smld_loss`` for VE, ``ddpm_loss`` for VP (the reference's discrete
-    objectives; sub-VP has none). With ``num_classes`` set, ``batch["label"]`` conditions the network
+    continuous=True: ``dsm_loss`` through ``score.get_score_fn`` (the reference wiring, or the
+    head ``prediction``) with t ~ U(eps, T), ``eps`` defaulting to 1e-5 (the reference).
+    continuous=False: ``discrete_loss``, the SDE's discrete objective (SMLD for VE, DDPM for VP,
+    the reference's ``get_smld_loss_fn`` / ``get_ddpm_loss_fn``). As the reference asserts, these
+    have no likelihood weighting, no time range and use the reference wiring only: with
+    continuous=False, ``likelihood_weighting=True``, ``prediction`` other than "auto" or any
+    ``eps`` raise ``ValueError``, and so does an SDE without a discrete chain (sub-VP).
+    With ``num_classes`` set, ``batch["label"]`` conditions the network
     (keyword ``y``) and is dropped to the null label ``num_classes`` with probability
     ``label_dropout`` (classifier-free guidance training).
     """
-    if not continuous and isinstance(sde, subVPSDE):
-        raise ValueError("sub-VP has no discrete objective: set continuous=True")
-    if not continuous and not isinstance(sde, (VESDE, VPSDE)):
-        raise ValueError(f"discrete training supports VESDE (SMLD) and VPSDE (DDPM); got {type(sde).__name__}")
+    if not continuous:
+        sde.discrete_objective()  # raises for an SDE without a discrete chain (sub-VP)
+        if likelihood_weighting:
+            raise ValueError("likelihood_weighting=True is not supported by the discrete (SMLD / DDPM) "
+                             "objectives: set continuous=True or likelihood_weighting=False")
+        if prediction != "auto":
+            raise ValueError(f"prediction={prediction!r} is not supported by the discrete (SMLD / DDPM) "
+                             "objectives, which train the reference wiring: valid choices ['auto'] "
+                             "(or set continuous=True)")
+        if eps is not None:
+            raise ValueError(f"eps={eps!r} is not used by the discrete (SMLD / DDPM) objectives, which "
+                             "sample integer labels: leave eps=None (or set continuous=True)")
+    eps = 1e-5 if eps is None else eps
 
     def loss_fn(variables, batch, key):
         x0, labels = split_batch(batch)
@@ -167,8 +193,6 @@ def get_loss_fn(
                 likelihood_weighting=likelihood_weighting, eps=eps,
             )
         net = ModelScoreFn(sde, variables, model, False, prediction, train, key_drop, kwargs).network
-        if isinstance(sde, VESDE):
-            return smld_loss(key_loss, net, sde, x0, reduce_mean=reduce_mean)
-        return ddpm_loss(key_loss, net, sde, x0, reduce_mean=reduce_mean)
+        return discrete_loss(key_loss, net, sde, x0, reduce_mean=reduce_mean)
 
     return loss_fn

@@ -13,11 +13,17 @@ may predict are related by (Song et al. 2021; Salimans & Ho 2022 for v; Lipman e
 ``convert`` maps any head to any other through (x0, eps).
 
 ``get_score_fn`` wires a network to a score function exactly as the reference
-(``models/utils.py::get_score_fn``) does; see ``SDE`` method docs in ``sde.py``:
+(``models/utils.py::get_score_fn``) does, through the SDE's declared methods
+``AbstractSDE.network_labels`` and ``AbstractSDE.output_to_score`` (``sde.py``):
 - VP / sub-VP, continuous (and sub-VP always): labels = 999 t, score = -out / s_t.
 - VP, discrete (DDPM): labels = (N-1) t, score = -out / sqrt(1 - alphabar)[floor(labels)].
 - VE, continuous: labels = sigma(t); VE discrete: labels = round((T - t)(N - 1)) (int);
   the network divides by sigma inside (``scale_by_sigma``) so score = out.
+
+Time variable of the "velocity" head: ``u`` is the derivative along the path in the time ``t`` that
+``sde.marginal_coeffs`` takes. For an SDE that is SDE time (data at t = 0), u = dx_t/dt; for a
+flow path (``flow.py``, data at t = 1) it is flow time. ``flow.SDEPath`` runs the SDE backwards
+in flow time s, so its velocity is d x / ds = -(T - eps) d x / dt.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from score_jax.sde import VESDE, VPSDE, batch_mul, subVPSDE
+from score_jax.sde import batch_mul
 
 Array = jax.Array
 
@@ -72,8 +78,9 @@ def to_x0_eps(pred: Array, x: Array, t: Array, sde, head: str) -> tuple[Array, A
     return x0, eps
 
 
-def from_x0_eps(x0: Array, eps: Array, x: Array, t: Array, sde, head: str) -> Array:
-    """Express (x0, eps) at (x_t = x, t) as the prediction of head ``head``."""
+def from_x0_eps(x0: Array, eps: Array, t: Array, sde, head: str) -> Array:
+    """Express (x0, eps) at time t as the prediction of head ``head`` (the x_t they define is
+    a_t x0 + s_t eps, so it is not an argument)."""
     _check_head(head)
     a, s, da, ds = marginal_coeffs_and_derivs(sde, t)
     if head == "eps":
@@ -88,22 +95,18 @@ def from_x0_eps(x0: Array, eps: Array, x: Array, t: Array, sde, head: str) -> Ar
 
 
 def convert(pred: Array, x: Array, t: Array, sde, *, source: str, target: str) -> Array:
-    """Convert a prediction from head ``source`` to head ``target`` (heads: eps, x0, v, score, velocity)."""
+    """Convert a prediction from head ``source`` to head ``target`` (heads: eps, x0, v, score, velocity).
+
+    ``sde`` is anything with ``marginal_coeffs(t) -> (a_t, s_t)`` (an SDE or a ``flow`` path);
+    ``pred`` and ``x`` have shape (B, ...), ``t`` shape (B,). The "velocity" head is
+    u = a'_t x0 + s'_t eps with derivatives in the time ``t`` of ``sde.marginal_coeffs``: SDE time
+    for an SDE (so u = dx/dt of the probability-flow ODE, Song et al. eq. 13), flow time for a flow
+    path. Unknown heads raise ``ValueError``."""
     if source == target:
         _check_head(source)
         return pred
     x0, eps = to_x0_eps(pred, x, t, sde, source)
-    return from_x0_eps(x0, eps, x, t, sde, target)
-
-
-def eps_to_score(eps: Array, std: Array) -> Array:
-    """score = -eps / s_t."""
-    return batch_mul(-1.0 / std, eps)
-
-
-def score_to_eps(score: Array, std: Array) -> Array:
-    """eps = -s_t score."""
-    return batch_mul(-std, score)
+    return from_x0_eps(x0, eps, t, sde, target)
 
 
 def ode_velocity_from_score(sde, x: Array, t: Array, score: Array) -> Array:
@@ -116,27 +119,13 @@ def ode_velocity_from_score(sde, x: Array, t: Array, score: Array) -> Array:
 # Reference wiring of networks: time labels and output -> score.
 # ----------------------------------------------------------------------------------------------
 def time_labels(sde, t: Array, continuous: bool) -> Array:
-    """The time label the reference passes to the network for SDE time t (see module docstring)."""
-    if isinstance(sde, VESDE):
-        if continuous:
-            return sde.sigma(t)
-        return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-    if isinstance(sde, VPSDE):
-        if continuous or isinstance(sde, subVPSDE):
-            return t * 999.0
-        return t * (sde.N - 1)
-    raise ValueError(f"No reference wiring for SDE {type(sde).__name__}; valid: VPSDE, subVPSDE, VESDE")
+    """The time label the reference feeds the network at SDE time t: ``sde.network_labels``."""
+    return sde.network_labels(t, continuous)
 
 
 def output_to_score(sde, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
-    """Reference conversion of the network output to a score (VP: -out/std; VE: out)."""
-    if isinstance(sde, VESDE):
-        return out
-    if continuous or isinstance(sde, subVPSDE):
-        std = sde.marginal_coeffs(t)[1]
-    else:
-        std = sde.sqrt_1m_alphas_cumprod[jnp.floor(labels).astype(jnp.int32)]
-    return batch_mul(-1.0 / std.astype(out.dtype), out)
+    """The reference's network output -> score (VP: -out / std; VE: out): ``sde.output_to_score``."""
+    return sde.output_to_score(out, t, labels, continuous)
 
 
 @struct.dataclass

@@ -11,12 +11,19 @@ the number of discretisation steps ``N`` is static.
 Shapes: ``x`` is ``(B, ...)``, ``t`` is ``(B,)`` (a scalar ``t`` is broadcast). Per-example scalars
 (diffusion, std, ...) are returned with shape ``(B,)``.
 
-Behaviour that differs by SDE (ancestral step, Langevin step scale, time labels of the reference
-networks) is a method of the SDE, so that samplers never test the SDE type.
+``AbstractSDE`` declares every quantity that samplers, losses and the network wiring need (marginal
+coefficients, drift / diffusion, discretisation, ancestral step, Langevin step size, network labels
+and output -> score wiring, the discrete training chain, prior, default eps) as an abstract method;
+a subclass that misses one raises ``TypeError`` when instantiated. ``VPSDE``, ``subVPSDE`` and
+``VESDE`` are final siblings, and no other module tests the SDE type: adding an SDE is one class
+in this file (plus its entry in ``SDES``).
 """
 from __future__ import annotations
 
+import abc
+import dataclasses
 import math
+import typing
 from typing import Callable
 
 import jax
@@ -31,6 +38,12 @@ def batch_mul(a: Array, x: Array) -> Array:
     """Multiply a per-example scalar ``a`` of shape ``(B,)`` (or ``()``) into ``x`` of shape ``(B, ...)``."""
     a = jnp.asarray(a)
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
+
+
+def gaussian_perturb(a: Array, s: Array, x0: Array, noise: Array) -> Array:
+    """x_t = a x0 + s z for per-example coefficients ``a``, ``s`` of shape (B,) (or ()): the one
+    home of the forward perturbation of a Gaussian path (SDEs, their discrete chains, flow paths)."""
+    return batch_mul(a, x0) + batch_mul(s, noise)
 
 
 def _bcast_t(x: Array, t: Array) -> Array:
@@ -50,7 +63,8 @@ def _sum_sq(z: Array) -> Array:
 
 
 class GaussianPrior:
-    """Prior N(0, prior_std^2 I) of a path (SDEs here, flow-matching paths in ``flow.py``)."""
+    """Prior N(0, prior_std^2 I) of a path (SDEs here, flow-matching paths in ``flow.py``); the
+    class using it provides ``prior_std``."""
 
     def prior_logp(self, z: Array) -> Array:
         """log N(z; 0, v I) per example: -D/2 log(2 pi v) - |z|^2 / (2 v), shape (B,)."""
@@ -63,10 +77,113 @@ class GaussianPrior:
         return self.prior_std * jax.random.normal(key, shape, dtype)
 
 
-class _GaussianPathMixin(GaussianPrior):
-    """Methods shared by all linear SDEs, written in terms of ``marginal_coeffs``."""
+class AbstractSDE(GaussianPrior, abc.ABC):
+    """The declared interface of a linear forward SDE dx = f(t) x dt + g(t) dW on t in [0, T].
 
-    T: float = 1.0
+    Abstract (a subclass must implement each, else instantiating it raises ``TypeError``):
+
+    - ``N`` (int, static): number of discretisation steps; ``name`` (str): the key in ``SDES``;
+      ``prior_std``: std of the prior N(0, prior_std^2 I) at t = T; ``sampling_eps``: the default
+      final time of samplers (the reference's ``sampling_eps``).
+    - ``marginal_coeffs(t) -> (a_t, s_t)``: p_0t(x_t | x_0) = N(a_t x_0, s_t^2 I).
+    - ``drift_coeff(t) -> f(t)`` and ``diffusion_coeff(t) -> g(t)``.
+    - ``discretize(x, t) -> (f_i, G_i)``: the discrete chain x_{i+1} = x_i + f_i + G_i z.
+    - ``ancestral_step(x, t, score, key) -> (x, x_mean)``: one reverse ancestral step.
+    - ``langevin_alpha(t)``: the step-size factor alpha_i of the reference Langevin corrector.
+    - ``network_labels(t, continuous)`` and ``output_to_score(out, t, labels, continuous)``: the
+      reference wiring of a network (``models/utils.py::get_score_fn``).
+    - ``discrete_objective()`` and ``discrete_perturbation(labels, x0, noise)``: the reference's
+      discrete training objective (SMLD / DDPM), or ``ValueError`` when the SDE has none.
+
+    Concrete, written only in terms of the above: ``sde``, ``marginal_prob``, ``perturb``,
+    ``log_snr``, ``ancestral_posterior``, ``reverse``, ``time_index``, ``prior_logp``,
+    ``prior_sampling``, ``euler_maruyama_discretize``, ``posterior_ancestral_step``.
+    """
+
+    T = 1.0
+
+    # --- declared constants ---------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def N(self) -> int:
+        """Number of discretisation steps of the discrete chain (a static field)."""
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """Name of the SDE, its key in ``SDES``."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self):
+        """Std of the prior N(0, prior_std^2 I) approximating p_T."""
+
+    @property
+    @abc.abstractmethod
+    def sampling_eps(self) -> float:
+        """Default final time of samplers (reference: 1e-3 for VP / sub-VP, 1e-5 for VE)."""
+
+    # --- declared continuous-time quantities ----------------------------------------------------
+    @abc.abstractmethod
+    def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+        """(a_t, s_t) of the perturbation kernel p_0t(x_t | x_0) = N(a_t x_0, s_t^2 I); t of any
+        shape, results of the same shape. Must be differentiable in t (``score.convert`` takes
+        its forward-mode derivative)."""
+
+    @abc.abstractmethod
+    def drift_coeff(self, t: Array) -> Array:
+        """f(t) in the drift f(x, t) = f(t) x (a_t = exp(int_0^t f)); shape of t."""
+
+    @abc.abstractmethod
+    def diffusion_coeff(self, t: Array) -> Array:
+        """g(t); shape of t (d s_t^2 / dt = 2 f(t) s_t^2 + g(t)^2)."""
+
+    # --- declared discrete-time quantities ------------------------------------------------------
+    @abc.abstractmethod
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """(f_i, G_i) of the forward chain x_{i+1} = x_i + f_i + G_i z at the step of time t:
+        f_i shaped like x, G_i shape (B,)."""
+
+    @abc.abstractmethod
+    def ancestral_step(self, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
+        """One reverse ancestral sampling step from time t given ``score`` = score(x, t);
+        returns ``(x_next, x_mean)`` (the mean is the noise-free last step)."""
+
+    @abc.abstractmethod
+    def langevin_alpha(self, t: Array) -> Array:
+        """alpha_i of the reference Langevin corrector's step size
+        2 alpha_i (snr |z| / |score|)^2; shape of t."""
+
+    # --- declared network wiring ----------------------------------------------------------------
+    @abc.abstractmethod
+    def network_labels(self, t: Array, continuous: bool) -> Array:
+        """The time label the reference feeds its network at SDE time t (shape (B,)).
+
+        ``continuous=False`` selects the labels of the discrete (SMLD / DDPM) training."""
+
+    @abc.abstractmethod
+    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+        """The reference's conversion of the network output ``out`` (shaped like x) at time t,
+        fed ``labels = network_labels(t, continuous)``, into the score."""
+
+    # --- declared discrete training objective ---------------------------------------------------
+    @abc.abstractmethod
+    def discrete_objective(self) -> str:
+        """Name of the reference's discrete training objective ("smld" or "ddpm"); raises
+        ``ValueError`` when the SDE has no discrete chain to train on."""
+
+    @abc.abstractmethod
+    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
+        """The discrete objective at integer network labels ``labels`` (B,) in [0, N): returns
+        ``(x_i, target, weight)`` with x_i = a_i x0 + s_i noise, the regression target of the
+        network output, and the per-example weight (B,); the loss is weight |out - target|^2.
+        Raises ``ValueError`` when the SDE has no discrete chain."""
+
+    # --- concrete, from the declared methods ----------------------------------------------------
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """(f(x, t), g(t)) = (f(t) x, g(t)); drift shaped like x, diffusion shape (B,)."""
+        t = _bcast_t(x, t)
+        return batch_mul(self.drift_coeff(t), x), self.diffusion_coeff(t)
 
     def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Mean and std of p_0t(x_t | x_0 = x): returns ``(a_t x, s_t)`` with ``s_t`` of shape (B,)."""
@@ -75,10 +192,10 @@ class _GaussianPathMixin(GaussianPrior):
         return batch_mul(a, x), s
 
     def perturb(self, x0: Array, t: Array, noise: Array) -> Array:
-        """x_t = a_t x_0 + s_t z."""
+        """x_t = a_t x_0 + s_t z (a sample of p_0t(. | x_0) for z = ``noise`` ~ N(0, I))."""
         t = _bcast_t(x0, t)
         a, s = self.marginal_coeffs(t)
-        return batch_mul(a, x0) + batch_mul(s, noise)
+        return gaussian_perturb(a, s, x0, noise)
 
     def log_snr(self, t: Array) -> Array:
         """lambda_t = log(a_t / s_t) (half log-SNR, the DPM-Solver time variable)."""
@@ -119,14 +236,29 @@ class _GaussianPathMixin(GaussianPrior):
         i = jnp.floor(t * (self.N - 1) / self.T).astype(jnp.int32)
         return jnp.clip(i, 0, self.N - 1)
 
+    def euler_maruyama_discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """The reference's default discretisation: f_i = f(x, t) dt, G_i = g(t) sqrt(dt), dt = T/N."""
+        dt = self.T / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * math.sqrt(dt)
+
+    def posterior_ancestral_step(self, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
+        """Ancestral step from t to t - T/N through the exact posterior q(x_s | x_t, x0_hat) of the
+        path (``ancestral_posterior``), x0_hat = (x_t + s_t^2 score) / a_t (Tweedie)."""
+        t = _bcast_t(x, t)
+        a_t, s_t = self.marginal_coeffs(t)
+        x0_hat = batch_mul(1.0 / a_t, x + batch_mul(s_t**2, score))
+        s_time = jnp.maximum(t - self.T / self.N, 0.0)
+        mean, std = self.ancestral_posterior(x, t, s_time, x0_hat)
+        z = jax.random.normal(key, x.shape, x.dtype)
+        return mean + batch_mul(std, z), mean
+
 
 @struct.dataclass
-class VPSDE(_GaussianPathMixin):
-    """Variance-preserving SDE (DDPM in the continuum limit), Song et al. eq. 11.
-
-        dx = -1/2 beta(t) x dt + sqrt(beta(t)) dW,   beta(t) = b0 + t (b1 - b0)
-        log a_t = -t^2 (b1 - b0) / 4 - t b0 / 2,      s_t = sqrt(1 - a_t^2)
-    """
+class _LinearBetaSDE(AbstractSDE):
+    """Shared by VP and sub-VP (abstract: no marginal, diffusion, chain or wiring of its own):
+    the linear schedule beta(t) = b0 + t (b1 - b0) and the drift f(t) = -beta(t) / 2, with
+    log a_t = int_0^t f = -t^2 (b1 - b0) / 4 - t b0 / 2."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -134,30 +266,43 @@ class VPSDE(_GaussianPathMixin):
 
     prior_std = 1.0
     sampling_eps = 1e-3
-    name = "vpsde"
 
     def beta(self, t: Array) -> Array:
+        """beta(t) = beta_min + t (beta_max - beta_min)."""
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def log_mean_coeff(self, t: Array) -> Array:
+        """log a_t = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def drift_coeff(self, t: Array) -> Array:
+        """f(t) = -beta(t) / 2."""
+        return -0.5 * self.beta(t)
+
+
+@typing.final
+@struct.dataclass
+class VPSDE(_LinearBetaSDE):
+    """Variance-preserving SDE (DDPM in the continuum limit), Song et al. eq. 11.
+
+        dx = -1/2 beta(t) x dt + sqrt(beta(t)) dW,   beta(t) = b0 + t (b1 - b0)
+        log a_t = -t^2 (b1 - b0) / 4 - t b0 / 2,      s_t = sqrt(1 - a_t^2)
+
+    Discrete chain: DDPM (Ho et al. 2020) with beta_i = linspace(b0/N, b1/N, N).
+    Network wiring (reference): continuous labels 999 t, score = -out / s_t; discrete labels
+    (N - 1) t, score = -out / sqrt(1 - alphabar_i) at i = floor(label).
+    """
+
+    name = "vpsde"
 
     def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
         """(a_t, s_t) with a_t = exp(log_mean_coeff(t)), s_t = sqrt(1 - a_t^2)."""
         lmc = self.log_mean_coeff(t)
         return jnp.exp(lmc), jnp.sqrt(-jnp.expm1(2.0 * lmc))
 
-    def drift_coeff(self, t: Array) -> Array:
-        """f(t) in f(x, t) = f(t) x."""
-        return -0.5 * self.beta(t)
-
     def diffusion_coeff(self, t: Array) -> Array:
+        """g(t) = sqrt(beta(t))."""
         return jnp.sqrt(self.beta(t))
-
-    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
-        """(f(x,t), g(t)) = (-beta(t) x / 2, sqrt(beta(t)))."""
-        t = _bcast_t(x, t)
-        return batch_mul(self.drift_coeff(t), x), self.diffusion_coeff(t)
 
     # --- discrete DDPM chain (Ho et al. 2020) -------------------------------------------------
     @property
@@ -167,18 +312,22 @@ class VPSDE(_GaussianPathMixin):
 
     @property
     def alphas(self) -> Array:
+        """alpha_i = 1 - beta_i."""
         return 1.0 - self.discrete_betas
 
     @property
     def alphas_cumprod(self) -> Array:
+        """alphabar_i = prod_{j <= i} alpha_j."""
         return jnp.cumprod(self.alphas)
 
     @property
     def sqrt_alphas_cumprod(self) -> Array:
+        """sqrt(alphabar_i): the a_i of the discrete chain."""
         return jnp.sqrt(self.alphas_cumprod)
 
     @property
     def sqrt_1m_alphas_cumprod(self) -> Array:
+        """sqrt(1 - alphabar_i): the s_i of the discrete chain."""
         return jnp.sqrt(1.0 - self.alphas_cumprod)
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
@@ -199,17 +348,37 @@ class VPSDE(_GaussianPathMixin):
         return x_mean + batch_mul(jnp.sqrt(beta), z), x_mean
 
     def langevin_alpha(self, t: Array) -> Array:
-        """Step-size factor alpha_i of the reference Langevin corrector: alpha_i = 1 - beta_i."""
+        """alpha_i = 1 - beta_i (reference ``LangevinCorrector``)."""
         return self.alphas[self.time_index(t)]
 
-    def discrete_sigmas_at(self, t: Array) -> Array:
-        """std of the discrete DDPM marginal at step i: sqrt(1 - alphabar_i)."""
-        return self.sqrt_1m_alphas_cumprod[self.time_index(t)]
+    def network_labels(self, t: Array, continuous: bool) -> Array:
+        """Continuous: 999 t; discrete: (N - 1) t (float; the DDPM step index before flooring)."""
+        return t * 999.0 if continuous else t * (self.N - 1)
+
+    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+        """The network predicts eps: score = -out / s_t (continuous) or -out / sqrt(1 - alphabar_i)
+        with i = floor(labels) (discrete)."""
+        if continuous:
+            std = self.marginal_coeffs(t)[1]
+        else:
+            std = self.sqrt_1m_alphas_cumprod[jnp.floor(labels).astype(jnp.int32)]
+        return batch_mul(-1.0 / std.astype(out.dtype), out)
+
+    def discrete_objective(self) -> str:
+        """"ddpm" (Ho et al. 2020, L_simple)."""
+        return "ddpm"
+
+    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
+        """x_i = sqrt(alphabar_i) x0 + sqrt(1 - alphabar_i) eps, target eps, weight 1."""
+        a = self.sqrt_alphas_cumprod[labels].astype(x0.dtype)
+        s = self.sqrt_1m_alphas_cumprod[labels].astype(x0.dtype)
+        return gaussian_perturb(a, s, x0, noise), noise, jnp.ones_like(a)
 
 
+@typing.final
 @struct.dataclass
-class subVPSDE(VPSDE):
-    """sub-VP SDE (Song et al. eq. 12): same drift as VP, diffusion
+class subVPSDE(_LinearBetaSDE):
+    """sub-VP SDE (Song et al. eq. 12): the VP drift, diffusion
         g(t) = sqrt(beta(t) (1 - exp(-2 b0 t - (b1 - b0) t^2))),  s_t = 1 - a_t^2  (no square root).
 
     The reference has no discrete chain for sub-VP and crashes with the Langevin corrector and the
@@ -218,31 +387,59 @@ class subVPSDE(VPSDE):
       default discretisation);
     - ``ancestral_step`` samples the exact Gaussian posterior q(x_{t-dt} | x_t, x0_hat) of the
       sub-VP path, with x0_hat = (x_t + s_t^2 score) / a_t (Tweedie);
-    - ``langevin_alpha`` is 1 - beta(t) dt, the VP value, since both share the drift.
+    - ``langevin_alpha`` is 1 - beta(t) dt, the VP value, since both share the drift;
+    - the network wiring is the continuous one whatever ``continuous`` says (labels 999 t,
+      score = -out / s_t), as in the reference;
+    - there is no discrete training objective (``discrete_objective`` raises ``ValueError``).
     """
 
     name = "subvpsde"
 
     def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+        """(a_t, s_t) = (exp(log_mean_coeff(t)), 1 - a_t^2)."""
         lmc = self.log_mean_coeff(t)
         return jnp.exp(lmc), -jnp.expm1(2.0 * lmc)
 
     def diffusion_coeff(self, t: Array) -> Array:
+        """g(t) = sqrt(beta(t) (1 - exp(-2 b0 t - (b1 - b0) t^2)))."""
         discount = -jnp.expm1(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
         return jnp.sqrt(self.beta(t) * discount)
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
-        return _euler_maruyama_discretize(self, x, t)
+        """Euler-Maruyama: f = f(x, t) T/N, G = g(t) sqrt(T/N)."""
+        return self.euler_maruyama_discretize(x, t)
 
     def ancestral_step(self, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
-        return _posterior_ancestral_step(self, x, t, score, key)
+        """Exact-posterior step from t to t - T/N (``posterior_ancestral_step``)."""
+        return self.posterior_ancestral_step(x, t, score, key)
 
     def langevin_alpha(self, t: Array) -> Array:
+        """1 - beta(t) T / N."""
         return 1.0 - self.beta(t) * (self.T / self.N)
 
+    def network_labels(self, t: Array, continuous: bool) -> Array:
+        """999 t (continuous and discrete alike: the reference has no discrete sub-VP wiring)."""
+        return t * 999.0
 
+    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+        """score = -out / s_t."""
+        std = self.marginal_coeffs(t)[1]
+        return batch_mul(-1.0 / std.astype(out.dtype), out)
+
+    def discrete_objective(self) -> str:
+        """Raises ``ValueError``: sub-VP has no discrete chain."""
+        raise ValueError("sub-VP has no discrete objective (the reference defines none): "
+                         "set continuous=True")
+
+    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
+        """Raises ``ValueError``: sub-VP has no discrete chain."""
+        raise ValueError("sub-VP has no discrete objective (the reference defines none): "
+                         "set continuous=True")
+
+
+@typing.final
 @struct.dataclass
-class VESDE(_GaussianPathMixin):
+class VESDE(AbstractSDE):
     """Variance-exploding SDE (SMLD in the continuum limit), Song et al. eq. 9.
 
         dx = sigma(t) sqrt(2 ln(sigma_max / sigma_min)) dW,  sigma(t) = sigma_min (sigma_max/sigma_min)^t
@@ -251,6 +448,11 @@ class VESDE(_GaussianPathMixin):
     As in the reference, s_t = sigma(t) is the marginal std of the SDE started at noise level
     sigma_min (x(0) = x_0 + sigma_min z): integrating the SDE from a point gives
     sigma(t)^2 - sigma_min^2, which differs by sigma_min^2 = 1e-4.
+
+    Discrete chain: SMLD (Song & Ermon 2019) with sigma_i = exp(linspace(ln sigma_min,
+    ln sigma_max, N)). Network wiring (reference): continuous labels sigma(t), discrete labels
+    round((T - t)(N - 1)) (int32, label 0 is sigma_max); the network divides by sigma itself
+    (``scale_by_sigma``), so score = out.
     """
 
     sigma_min: float = 0.01
@@ -262,24 +464,24 @@ class VESDE(_GaussianPathMixin):
 
     @property
     def prior_std(self):
+        """sigma_max."""
         return self.sigma_max
 
     def sigma(self, t: Array) -> Array:
+        """sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
     def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+        """(a_t, s_t) = (1, sigma(t))."""
         return jnp.ones_like(t), self.sigma(t)
 
     def drift_coeff(self, t: Array) -> Array:
+        """f(t) = 0."""
         return jnp.zeros_like(t)
 
     def diffusion_coeff(self, t: Array) -> Array:
+        """g(t) = sigma(t) sqrt(2 ln(sigma_max / sigma_min))."""
         return self.sigma(t) * jnp.sqrt(2 * (jnp.log(self.sigma_max) - jnp.log(self.sigma_min)))
-
-    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
-        """(f, g) = (0, sigma(t) sqrt(2 ln(sigma_max / sigma_min)))."""
-        t = _bcast_t(x, t)
-        return jnp.zeros_like(x), self.diffusion_coeff(t)
 
     @property
     def discrete_sigmas(self) -> Array:
@@ -312,25 +514,30 @@ class VESDE(_GaussianPathMixin):
         return x_mean + batch_mul(std, z), x_mean
 
     def langevin_alpha(self, t: Array) -> Array:
+        """alpha_i = 1 (reference ``LangevinCorrector`` for VE)."""
         return jnp.ones_like(t)
 
+    def network_labels(self, t: Array, continuous: bool) -> Array:
+        """Continuous: sigma(t); discrete: round((T - t)(N - 1)) as int32 (0 is sigma_max)."""
+        if continuous:
+            return self.sigma(t)
+        return jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
 
-def _euler_maruyama_discretize(sde, x: Array, t: Array) -> tuple[Array, Array]:
-    """f = f(x,t) dt, G = g(t) sqrt(dt) with dt = T/N (reference default discretisation)."""
-    dt = sde.T / sde.N
-    drift, diffusion = sde.sde(x, t)
-    return drift * dt, diffusion * math.sqrt(dt)
+    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+        """score = out (the network already divides by sigma)."""
+        return out
 
+    def discrete_objective(self) -> str:
+        """"smld" (Song & Ermon 2019)."""
+        return "smld"
 
-def _posterior_ancestral_step(sde, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
-    """Ancestral step from t to t - T/N through the exact posterior q(x_s | x_t, x0_hat)."""
-    t = _bcast_t(x, t)
-    a_t, s_t = sde.marginal_coeffs(t)
-    x0_hat = batch_mul(1.0 / a_t, x + batch_mul(s_t**2, score))
-    s_time = jnp.maximum(t - sde.T / sde.N, 0.0)
-    mean, std = sde.ancestral_posterior(x, t, s_time, x0_hat)
-    z = jax.random.normal(key, x.shape, x.dtype)
-    return mean + batch_mul(std, z), mean
+    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
+        """sigma = flip(discrete_sigmas)[label] (label 0 is sigma_max), x~ = x0 + sigma z,
+        target = -(x~ - x0) / sigma^2 = -z / sigma, weight sigma^2 (Song & Ermon 2019, eq. 5)."""
+        sigmas = jnp.flip(self.discrete_sigmas)[labels].astype(x0.dtype)
+        scaled = batch_mul(sigmas, noise)
+        x = gaussian_perturb(jnp.ones_like(sigmas), sigmas, x0, noise)
+        return x, batch_mul(-1.0 / sigmas**2, scaled), sigmas**2
 
 
 @struct.dataclass
@@ -342,7 +549,7 @@ class ReverseSDE:
     ``discretize`` gives f_rev = f - G^2 score (x 1/2 for the ODE) and G_rev = G (0 for the ODE).
     """
 
-    fwd: object
+    fwd: AbstractSDE
     score_fn: ScoreFn = struct.field(pytree_node=False)
     probability_flow: bool = struct.field(pytree_node=False, default=False)
 
@@ -374,9 +581,21 @@ class ReverseSDE:
 SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
 
 
-def get_sde(name: str, **kwargs):
-    """Build an SDE by name ("vpsde", "subvpsde", "vesde"); unknown names raise ValueError."""
+def sde_parameters(name: str) -> tuple[str, ...]:
+    """Names of the float parameters (pytree leaves) of the SDE ``name``, e.g. ("beta_min",
+    "beta_max") for "vpsde": what a config must provide besides ``N``. Unknown names raise
+    ``ValueError``."""
+    cls = _sde_class(name)
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("pytree_node", True))
+
+
+def _sde_class(name: str):
     key = name.lower()
     if key not in SDES:
         raise ValueError(f"Unknown SDE {name!r}; valid choices: {sorted(SDES)}")
-    return SDES[key](**kwargs)
+    return SDES[key]
+
+
+def get_sde(name: str, **kwargs):
+    """Build an SDE by name ("vpsde", "subvpsde", "vesde"); unknown names raise ValueError."""
+    return _sde_class(name)(**kwargs)

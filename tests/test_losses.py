@@ -116,3 +116,32 @@ def test_label_dropout_and_errors():
         losses.get_loss_fn(subVPSDE(), model, continuous=False)
     with pytest.raises(ValueError, match="VESDE"):
         losses.smld_loss(jax.random.key(0), lambda x, l: x, VPSDE(), x)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()])
+@pytest.mark.parametrize("kwargs,match", [
+    ({"likelihood_weighting": True}, "likelihood_weighting=True"),
+    ({"prediction": "eps"}, "prediction='eps'"),
+    ({"prediction": "velocity"}, "prediction='velocity'"),
+    ({"eps": 1e-3}, "eps=0.001"),
+    ({"eps": 1e-5}, "eps=1e-05"),
+])
+def test_discrete_training_rejects_continuous_only_options(sde, kwargs, match):
+    """The reference asserts these for its SMLD / DDPM objectives; they were silently ignored."""
+    with pytest.raises(ValueError, match=match):
+        losses.get_loss_fn(sde, _Tiny(), continuous=False, **kwargs)
+    losses.get_loss_fn(sde, _Tiny(), continuous=True, **kwargs)  # fine in continuous time
+
+
+def test_discrete_loss_dispatches_through_the_sde(x64):
+    x0 = jnp.asarray(np.random.default_rng(1).normal(size=(6, 4)))
+    key = jax.random.key(4)
+    model_fn = lambda x, labels: 0.5 * x + labels.astype(x.dtype)[:, None] * 1e-3
+    for sde, named in [(VESDE(N=10), losses.smld_loss), (VPSDE(N=100), losses.ddpm_loss)]:
+        loss, aux = losses.discrete_loss(key, model_fn, sde, x0, reduce_mean=True)
+        ref, ref_aux = named(key, model_fn, sde, x0, reduce_mean=True)
+        np.testing.assert_array_equal(aux["losses"], ref_aux["losses"])
+    with pytest.raises(ValueError, match="DDPM training needs a VPSDE"):
+        losses.ddpm_loss(key, model_fn, VESDE(), x0)
+    with pytest.raises(ValueError, match="sub-VP has no discrete"):
+        losses.discrete_loss(key, model_fn, subVPSDE(), x0)

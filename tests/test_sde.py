@@ -5,10 +5,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 from scipy.integrate import solve_ivp
 from scipy.stats import norm
 
-from score_jax.sde import SDES, VESDE, VPSDE, batch_mul, get_sde, subVPSDE
+from score_jax.sde import (
+    SDES,
+    VESDE,
+    VPSDE,
+    AbstractSDE,
+    batch_mul,
+    gaussian_perturb,
+    get_sde,
+    sde_parameters,
+    subVPSDE,
+)
 
 TS = np.array([1e-3, 0.1, 0.37, 0.8, 1.0])
 
@@ -174,3 +185,149 @@ def test_errors():
 def test_batch_mul():
     x = jnp.ones((2, 3, 4))
     np.testing.assert_allclose(batch_mul(jnp.array([2.0, 3.0]), x)[:, 0, 0], [2.0, 3.0])
+
+
+# --- the declared interface --------------------------------------------------------------------
+@struct.dataclass
+class _LinearSigmaSDE(AbstractSDE):
+    """A new SDE defined only here: dx = sqrt(2t) dW, a_t = 1, s_t = t (the EDM / VE-linear path).
+    Nothing outside this class is edited, yet the library's losses and wiring accept it."""
+
+    N: int = struct.field(pytree_node=False, default=100)
+    name = "linear_sigma"
+    prior_std = 1.0
+    sampling_eps = 1e-3
+
+    def marginal_coeffs(self, t):
+        return jnp.ones_like(t), t
+
+    def drift_coeff(self, t):
+        return jnp.zeros_like(t)
+
+    def diffusion_coeff(self, t):
+        return jnp.sqrt(2 * t)
+
+    def discretize(self, x, t):
+        return self.euler_maruyama_discretize(x, t)
+
+    def ancestral_step(self, x, t, score, key):
+        return self.posterior_ancestral_step(x, t, score, key)
+
+    def langevin_alpha(self, t):
+        return jnp.ones_like(t)
+
+    def network_labels(self, t, continuous):
+        return t
+
+    def output_to_score(self, out, t, labels, continuous):
+        return out
+
+    def discrete_objective(self):
+        raise ValueError("no discrete chain")
+
+    def discrete_perturbation(self, labels, x0, noise):
+        raise ValueError("no discrete chain")
+
+
+def test_subclass_missing_a_method_fails_at_instantiation():
+    @struct.dataclass
+    class Incomplete(AbstractSDE):
+        N: int = struct.field(pytree_node=False, default=10)
+        name = "incomplete"
+        prior_std = 1.0
+        sampling_eps = 1e-3
+
+        def marginal_coeffs(self, t):
+            return jnp.ones_like(t), t
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()
+    declared = set(AbstractSDE.__abstractmethods__)
+    assert {"marginal_coeffs", "drift_coeff", "diffusion_coeff", "discretize", "ancestral_step",
+            "langevin_alpha", "network_labels", "output_to_score", "discrete_objective",
+            "discrete_perturbation", "prior_std", "sampling_eps", "N", "name"} == declared
+    for cls in SDES.values():
+        assert issubclass(cls, AbstractSDE) and not cls.__abstractmethods__
+    _LinearSigmaSDE()  # complete: instantiates
+
+
+def test_final_siblings_and_subvp_has_no_discrete_chain():
+    for a in SDES.values():
+        for b in SDES.values():
+            assert a is b or not issubclass(a, b)
+    sub = subVPSDE()
+    for attr in ("discrete_betas", "alphas", "alphas_cumprod", "sqrt_alphas_cumprod",
+                 "sqrt_1m_alphas_cumprod"):
+        assert not hasattr(sub, attr), attr
+    with pytest.raises(ValueError, match="sub-VP has no discrete"):
+        sub.discrete_objective()
+    with pytest.raises(ValueError, match="sub-VP has no discrete"):
+        sub.discrete_perturbation(jnp.zeros((2,), jnp.int32), jnp.ones((2, 3)), jnp.ones((2, 3)))
+    assert (VPSDE().discrete_objective(), VESDE().discrete_objective()) == ("ddpm", "smld")
+    # sub-VP shares VP's schedule and drift, not its marginal std
+    t = jnp.array([0.2, 0.6])
+    np.testing.assert_allclose(sub.drift_coeff(t), VPSDE().drift_coeff(t))
+    assert sub.prior_std == VPSDE().prior_std and sub.sampling_eps == VPSDE().sampling_eps
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_perturb_and_discrete_perturbation_closed_form(name, x64):
+    sde = get_sde(name, N=100)
+    rng = np.random.default_rng(5)
+    x0, z = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    t = np.array([0.05, 0.5, 0.9])
+    _, _, a, s = _ref_coeffs(name, t)
+    np.testing.assert_allclose(sde.perturb(jnp.asarray(x0), jnp.asarray(t), jnp.asarray(z)),
+                               a[:, None] * x0 + s[:, None] * z, rtol=1e-12)
+    np.testing.assert_allclose(gaussian_perturb(jnp.asarray(a), jnp.asarray(s), jnp.asarray(x0), jnp.asarray(z)),
+                               a[:, None] * x0 + s[:, None] * z, rtol=1e-12)
+    if name == "subvpsde":
+        return
+    labels = jnp.array([0, 40, 99])
+    xi, target, w = sde.discrete_perturbation(labels, jnp.asarray(x0), jnp.asarray(z))
+    li = np.asarray(labels)
+    assert np.all(np.isfinite(np.asarray(xi)))
+    if name == "vpsde":
+        ac = np.cumprod(1 - np.linspace(0.1 / 100, 20 / 100, 100))[li]
+        np.testing.assert_allclose(xi, np.sqrt(ac)[:, None] * x0 + np.sqrt(1 - ac)[:, None] * z, rtol=1e-12)
+        np.testing.assert_allclose(target, z)
+        np.testing.assert_allclose(w, 1.0)
+    else:
+        sig = np.exp(np.linspace(np.log(0.01), np.log(50), 100))[::-1][li]
+        np.testing.assert_allclose(xi, x0 + sig[:, None] * z, rtol=1e-12)
+        np.testing.assert_allclose(target, -z / sig[:, None], rtol=1e-12)
+        np.testing.assert_allclose(w, sig**2, rtol=1e-12)
+
+
+def test_new_sde_is_one_class(x64):
+    """A class defined in a test file works with the moment ODEs, the losses and the wiring."""
+    from score_jax import losses
+    from score_jax import score as score_lib
+    from score_jax.toy import gaussian
+
+    sde = _LinearSigmaSDE()
+    one = jnp.ones((1, 1))
+
+    def rhs(t, y):
+        drift, g = sde.sde(one, jnp.array([t]))
+        return [float(drift[0, 0]) * y[0], 2 * float(drift[0, 0]) * y[1] + float(g[0]) ** 2]
+
+    sol = solve_ivp(rhs, (0.0, 1.0), [1.0, 0.0], t_eval=TS, rtol=1e-11, atol=1e-13, method="DOP853")
+    a, s = sde.marginal_coeffs(jnp.asarray(TS))
+    np.testing.assert_allclose(np.asarray(s) ** 2, sol.y[1], rtol=1e-6, atol=1e-12)
+    g = gaussian(jnp.zeros((2,)), 0.5)
+    x0, _ = g.sample(jax.random.key(0), 8, jnp.float64)
+    loss, aux = losses.dsm_loss(jax.random.key(1), g.score_fn(sde), sde, x0, reduce_mean=True)
+    assert np.isfinite(float(loss))
+    t = jnp.array([0.3, 0.7])
+    np.testing.assert_allclose(score_lib.time_labels(sde, t, True), t)
+    with pytest.raises(ValueError, match="no discrete chain"):
+        losses.get_loss_fn(sde, None, continuous=False)
+
+
+def test_sde_parameters():
+    assert sde_parameters("vpsde") == ("beta_min", "beta_max")
+    assert sde_parameters("subvpsde") == ("beta_min", "beta_max")
+    assert sde_parameters("VESDE") == ("sigma_min", "sigma_max")
+    with pytest.raises(ValueError, match="valid choices"):
+        sde_parameters("cosine")
