@@ -13,10 +13,12 @@ Two sources:
   builds plain dicts and arrays and never executes code.
 
 The networks in `score_jax.models` use score_sde's module names, so a flax checkpoint maps by
-name. For PyTorch, module ``all_modules.<i>`` is the i-th top-level submodule that our network
-*calls* (recorded with `flax.linen.intercept_methods` during an abstract init), and tensors are
-re-laid out: conv OIHW -> HWIO (``transpose(2, 3, 1, 0)``), ``nn.Linear`` (out, in) -> (in, out),
-GroupNorm ``weight`` -> ``scale``; NIN ``W`` / ``b`` and the Fourier ``W`` are kept as they are.
+name. For PyTorch, module ``all_modules.<i>`` is the i-th module our network marks as one of the
+reference's ``all_modules`` while it builds itself (`score_jax.models.utils.listed`, recorded by
+`record_module_order` during an abstract init: one code path builds the network and the key
+map, so the two cannot drift apart), and tensors are re-laid out: conv OIHW -> HWIO
+(``transpose(2, 3, 1, 0)``), ``nn.Linear`` (out, in) -> (in, out), GroupNorm ``weight`` ->
+``scale``; NIN ``W`` / ``b`` and the Fourier ``W`` are kept as they are.
 
 Command line (output: flax msgpack of ``{'params': ...}``, read back with `load_variables`)::
 
@@ -44,6 +46,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from score_jax.models import DDPM, NCSNpp, get_model, get_sigmas
+from score_jax.models.utils import record_module_order
 
 Params = dict[str, Any]
 
@@ -57,8 +60,8 @@ _PT_INDEX = re.compile(r"^all_modules\.(\d+)\.(.+)$")
 
 def _abstract_init(model: nn.Module, image_size: int, num_channels: int,
                    record_calls: bool = False) -> tuple[Params, list[str]]:
-    """Abstract (shape-only) params of ``model`` and, optionally, the names of its top-level
-    submodules in the order they are first called (cached per model configuration)."""
+    """Abstract (shape-only) params of ``model`` and, optionally, the names of the modules it
+    marks as the reference's ``all_modules`` list, in order (cached per model configuration)."""
     fields = tuple((f.name, getattr(model, f.name)) for f in dataclasses.fields(model)
                    if f.name not in ("parent", "name"))
     try:
@@ -81,22 +84,15 @@ def _abstract_init_uncached(model: nn.Module, image_size: int, num_channels: int
                             record_calls: bool) -> tuple[Params, list[str]]:
     x = jax.ShapeDtypeStruct((1, image_size, image_size, num_channels), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
-    order: list[str] = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        path = context.module.path
-        if len(path) == 1 and context.method_name == "__call__" and path[0] not in order:
-            order.append(path[0])
-        return next_fun(*args, **kwargs)
 
     def init(x, labels):
-        if record_calls:
-            with nn.intercept_methods(interceptor):
-                return model.init(jax.random.key(0), x, labels)
         return model.init(jax.random.key(0), x, labels)
 
-    variables = jax.eval_shape(init, x, labels)
-    return dict(variables["params"]), order
+    if not record_calls:
+        return dict(jax.eval_shape(init, x, labels)["params"]), []
+    with record_module_order() as order:
+        variables = jax.eval_shape(init, x, labels)
+    return dict(variables["params"]), list(order)
 
 
 def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
@@ -187,13 +183,16 @@ def convert_pytorch(state_dict: Mapping[str, Any], model_config: Any, *,
       ValueError: naming the first key / shape that does not match the model the config builds.
     """
     model, size, channels = _build(model_config, image_size, num_channels, centered)
-    if isinstance(model, DDPM) and not model.conditional:
-        raise ValueError("score_sde_pytorch's DDPM embeds the time step even with "
-                         "conditional=False; convert it with conditional=True")
+    if not isinstance(model, (NCSNpp, DDPM)):
+        raise ValueError(f"score_sde_pytorch checkpoints of {type(model).__name__} are not "
+                         "supported (only ncsnpp and ddpm; the reference's NCSN / NCSNv2 "
+                         "cannot be built); convert a score_sde (flax) checkpoint instead")
     expected, order = _abstract_init(model, size, channels, record_calls=True)
-    # PyTorch's NCSN++ res-blocks always own a Dense_0, unused when conditional=False.
-    skip_dense = isinstance(model, NCSNpp) and not model.conditional
+    # The reference's res-blocks always own a Dense_0 (temb_dim is always passed), unused when
+    # conditional=False, where our blocks have none.
+    skip_dense = not model.conditional
     out: dict[tuple[str, ...], np.ndarray] = {}
+    sources: dict[tuple[str, ...], str] = {}
     for key in state_dict:
         value = _to_numpy(state_dict[key])
         k = key[len("module."):] if key.startswith("module.") else key
@@ -227,6 +226,10 @@ def convert_pytorch(state_dict: Mapping[str, Any], model_config: Any, *,
         if leaf not in node:
             raise ValueError(f"PyTorch key {key!r} maps to {'/'.join((*path, leaf))!r}, which "
                              "the model built from the config does not have")
+        if (*path, leaf) in out:
+            raise ValueError(f"PyTorch key {key!r} maps to {'/'.join((*path, leaf))!r}, which "
+                             f"another key ({sources[(*path, leaf)]!r}) already filled")
+        sources[(*path, leaf)] = key
         out[(*path, leaf)] = np.asarray(arr, dtype=np.float32)
     params = traverse_util.unflatten_dict(out)
     check_tree(params, expected, "PyTorch checkpoint")

@@ -4,6 +4,7 @@ tests/fixtures/reference_nets, see its README), and the converters' file formats
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import reference_model_configs
 from flax import serialization
 
 from score_jax.checkpoint import (
@@ -21,7 +23,7 @@ from score_jax.checkpoint import (
     pytorch_ema_state_dict,
 )
 from score_jax.convert import main as convert_main
-from score_jax.models import get_model
+from score_jax.models import get_model, get_sigmas
 from score_jax.models import up_or_down_sampling as uds
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference_nets"
@@ -327,7 +329,209 @@ def test_unconditional_pytorch_ncsnpp_drops_unused_dense():
     assert "Dense_0" not in params and "Dense_0" not in params["ResnetBlockBigGANpp_0"]
     np.testing.assert_array_equal(params["Conv_1"]["kernel"],
                                   sd["all_modules.25.weight"].transpose(2, 3, 1, 0))
-    with pytest.raises(ValueError, match="convert it with conditional=True"):
-        meta_d, _, sd_d = load_fixture("ddpm_vp")
-        convert_pytorch(sd_d, dict(meta_d["config"]["model"], conditional=False),
-                        **meta_d["config"]["data"])
+    # DDPM likewise (its reference res-blocks always own a Dense_0); the reference cannot build
+    # an unconditional DDPM at all (see the ddpm_unconditional_noconv grid fixture).
+    meta_d, _, sd_d = load_fixture("ddpm_vp")
+    uncond = {}
+    for k, v in sd_d.items():
+        if k.startswith(("all_modules.0.", "all_modules.1.")):
+            continue
+        if k.startswith("all_modules."):
+            i, rest = k[len("all_modules."):].split(".", 1)
+            k = f"all_modules.{int(i) - 2}.{rest}"
+        uncond[k] = v
+    params = convert_pytorch(uncond, dict(meta_d["config"]["model"], conditional=False),
+                             **meta_d["config"]["data"])["params"]
+    assert "Dense_0" not in params and "Dense_0" not in params["ResnetBlockDDPM_0"]
+    np.testing.assert_array_equal(params["Conv_0"]["kernel"],
+                                  sd_d["all_modules.2.weight"].transpose(2, 3, 1, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole NCSN++ option grid and the grid fixtures (tests/fixtures/reference_grid, see
+# generate.py there): layouts and outputs of the official PyTorch code.
+# ---------------------------------------------------------------------------------------------
+
+GRID_DIR = Path(__file__).parent / "fixtures" / "reference_grid"
+
+
+@functools.cache
+def grid_layouts():
+    with gzip.open(GRID_DIR / "layouts.json.gz", "rt") as f:
+        return json.load(f)
+
+
+def _grid_model_config(entry):
+    g = grid_layouts()
+    if entry["model"] == "ddpm":
+        model = dict(reference_model_configs.get("vp/ddpm/cifar10")["model"], nf=32,
+                     ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
+    else:
+        base = {k: v for k, v in g["base"].items() if k != "image_size"}
+        model = dict(reference_model_configs.get("ve/cifar10_ncsnpp_continuous")["model"],
+                     **base)
+    model.update(entry["options"])
+    return model
+
+
+def _pairwise_cover(entries):
+    """A small subset of ``entries`` in which every pair of option values that occurs in
+    ``entries`` occurs at least once (greedy)."""
+    def pairs(e):
+        items = sorted((k, str(v)) for k, v in e["options"].items())
+        return {(a, b) for i, a in enumerate(items) for b in items[i + 1:]}
+    todo = set().union(*(pairs(e) for e in entries))
+    chosen = []
+    while todo:
+        best = max(entries, key=lambda e: len(pairs(e) & todo))
+        chosen.append(best)
+        todo -= pairs(best)
+    return chosen
+
+
+def _check_layout(entry):
+    """Convert a state_dict of zeros with the reference's exact keys and shapes: every key must
+    land on a distinct parameter of the right shape, and cover the whole flax tree."""
+    layout = grid_layouts()["layouts"][entry["layout"]]
+    model_config = _grid_model_config(entry)
+    sd = {k: np.zeros(shape, np.float32) for k, shape in layout}
+    sd["sigmas"] = get_sigmas(model_config["sigma_min"], model_config["sigma_max"],
+                              model_config["num_scales"])
+    variables = convert_pytorch(sd, model_config, image_size=16, num_channels=3, centered=False)
+    # Unconditional: the reference's res-blocks still own a Dense_0 that is never called.
+    def unused(k):
+        return not model_config["conditional"] and k.split(".")[2:3] == ["Dense_0"]
+
+    assert any(unused(k) for k, _ in layout) == (not model_config["conditional"])
+    n_ref = sum(int(np.prod(shape)) for k, shape in layout if k != "sigmas" and not unused(k))
+    n_ours = sum(a.size for a in jax.tree_util.tree_leaves(variables))
+    assert n_ours == n_ref, (entry["options"], n_ours, n_ref)
+
+
+def test_grid_reference_accepts_every_ncsnpp_combination():
+    """What the reference does with each combination (recorded by generate.py): every NCSN++
+    combination builds; the forward pass runs pristine unless it uses the non-FIR Upsample
+    ('nearest' passed as scale_factor) or the FIR Upsample with a conv (negative-step slicing,
+    then 4-element strides), and an unconditional DDPM cannot be built."""
+    combos = grid_layouts()["combinations"]
+    ncsnpp = [c for c in combos if c["model"] == "ncsnpp"]
+    assert len(ncsnpp) == 2 * 3 * 3 * 2 * 2 * 2 * 2 * 2
+    assert all(c["construct_error"] is None and c["layout"] for c in ncsnpp)
+    for c in ncsnpp:
+        o = c["options"]
+        uses_fir_up_conv = o["fir"] and (
+            o["progressive"] == "residual"
+            or (o["resblock_type"] == "ddpm" and o["resamp_with_conv"]))
+        uses_naive_up = not o["fir"] and (
+            o["progressive"] != "none" or o["resblock_type"] == "ddpm")
+        if uses_fir_up_conv:
+            assert "step must be greater than zero" in c["forward_error"], c
+            assert c["forward_error_compat"] is not None
+        elif uses_naive_up:
+            assert "size or scale_factor" in c["forward_error"], c
+            assert c["forward_error_compat"] is None
+        else:
+            assert c["forward_error"] is None, c
+    ddpm = [c for c in combos if c["model"] == "ddpm"]
+    assert {c["options"]["conditional"] for c in ddpm if c["construct_error"]} == {False}
+
+
+def _grid_params(entries):
+    return [pytest.param(e, id="-".join(str(v) for v in e["options"].values()))
+            for e in entries]
+
+
+def _grid_entries():
+    return [c for c in grid_layouts()["combinations"] if c["layout"]]
+
+
+@pytest.mark.parametrize("entry", _grid_params(_pairwise_cover(_grid_entries())))
+def test_grid_layout_pairwise(entry):
+    _check_layout(entry)
+
+
+@pytest.mark.slow
+def test_grid_layout_every_combination():
+    for entry in _grid_entries():
+        _check_layout(entry)
+
+
+def test_grid_layout_mismatch_is_detected():
+    """The layout check can fail: moving the input-pyramid combiner one index down (what the
+    old converter did for issue #10's first configuration) is rejected."""
+    entry = next(c for c in _grid_entries() if c["options"].get("progressive_input") ==
+                 "input_skip" and c["options"].get("resblock_type") == "ddpm")
+    layout = grid_layouts()["layouts"][entry["layout"]]
+    combiner = next(int(k.split(".")[1]) for k, shape in layout  # Combine: 1x1 conv 3 -> nf
+                    if k.endswith(".Conv_0.weight") and shape == [8, 3, 1, 1])
+    sd = {}
+    for k, shape in layout:
+        if k.startswith(f"all_modules.{combiner}."):
+            k = k.replace(f"all_modules.{combiner}.", f"all_modules.{combiner - 1}.")
+        sd[k] = np.zeros(shape, np.float32)
+    with pytest.raises(ValueError, match=f"all_modules.{combiner - 1}"):
+        convert_pytorch(sd, _grid_model_config(entry), image_size=16, num_channels=3,
+                        check_sigmas=False)
+
+
+GRID_META = json.loads((GRID_DIR / "fixtures.json").read_text())["fixtures"]
+GRID_DEFAULT = ("ncsnpp_ddpm_outskip_inskip_cat", "ncsnpp_biggan_none_none_nofir_noconv")
+
+
+@functools.cache
+def grid_fixture(name):
+    meta = GRID_META[name]
+    z = np.load(GRID_DIR / f"{name}.npz")
+    arr = {k: z[k] for k in z.files}
+    sd = {k[len("param/"):]: v for k, v in arr.items() if k.startswith("param/")}
+    cfg = meta["config"]
+    model = get_model(cfg["model"], **cfg["data"])
+    return meta, arr, model, convert_pytorch(sd, cfg["model"], **cfg["data"])
+
+
+def grid_relerr(name, dtype):
+    meta, arr, model, variables = grid_fixture(name)
+    x = jnp.asarray(arr["input/x"].transpose(0, 2, 3, 1).astype(dtype))
+    labels = jnp.asarray(arr["input/labels"].astype(dtype))
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
+    y = np.asarray(jax.jit(lambda v, x, t: model.apply(v, x, t, train=False))(params, x, labels))
+    assert y.dtype == dtype
+    y_ref = arr["output/y"].transpose(0, 2, 3, 1)
+    return float(np.abs(y.astype(np.float64) - y_ref).max() / np.abs(y_ref).max())
+
+
+def _grid_fixture_params(default):
+    return [pytest.param(n, marks=() if n in default else pytest.mark.slow) for n in GRID_META]
+
+
+@pytest.mark.parametrize("name", _grid_fixture_params(GRID_DEFAULT))
+def test_grid_fixture_x64(name, x64):
+    assert grid_relerr(name, np.float64) <= 1e-6
+
+
+@pytest.mark.parametrize("name", _grid_fixture_params(GRID_DEFAULT[:1]))
+def test_grid_fixture_float32(name):
+    assert grid_relerr(name, np.float32) <= 1e-4
+
+
+def test_grid_fixtures_cover_every_option_value():
+    seen: dict = {}
+    for meta in GRID_META.values():
+        m, d = meta["config"]["model"], meta["config"]["data"]
+        if meta["model"] != "ncsnpp":
+            continue
+        for key in ("resblock_type", "progressive", "progressive_input", "progressive_combine",
+                    "fir", "resamp_with_conv", "embedding_type", "conditional",
+                    "scale_by_sigma", "skip_rescale"):
+            seen.setdefault(key, set()).add(str(m[key]))
+        seen.setdefault("centered", set()).add(str(d["centered"]))
+    for key, values in seen.items():
+        want = {"resblock_type": {"ddpm", "biggan"},
+                "progressive": {"none", "output_skip", "residual"},
+                "progressive_input": {"none", "input_skip", "residual"},
+                "progressive_combine": {"sum", "cat"},
+                "embedding_type": {"fourier", "positional"}}.get(key, {"True", "False"})
+        assert values == want, (key, values)
+    assert len(seen) == 11
+    assert any(m["model"] == "ddpm" and not m["config"]["model"]["conditional"]
+               for m in GRID_META.values())

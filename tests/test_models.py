@@ -411,3 +411,28 @@ def test_ncsnv2_training_step_smoke():
     assert losses[-1] < 0.9 * losses[0], losses
     diff = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), ema, params)
     assert max(jax.tree_util.tree_leaves(diff)) > 0
+
+
+def test_module_order_record():
+    """`listed` records the marked modules' names only inside `record_module_order`, in
+    creation order; NCSN++'s parameter-free input-pyramid re-samplers are not marked."""
+    from score_jax.models.utils import record_module_order
+
+    cfg = dict(REFERENCE_CONFIGS["ve/celebahq_256_ncsnpp_continuous"]["model"], nf=8,
+               ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resblock_type="ddpm",
+               resamp_with_conv=False)
+    model = get_model(cfg, image_size=8, num_channels=3)
+    x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    jax.eval_shape(model.init, jax.random.key(0), x, t)  # no recorder: nothing happens
+    with record_module_order() as order:
+        variables = jax.eval_shape(model.init, jax.random.key(0), x, t)
+    # Fourier, 2 Dense, conv, block, Downsample (main path), Combine, block, block+attn+block,
+    # up path with the main Upsample_0 ...: the pyramid re-samplers (Downsample_1 on the way
+    # down, Upsample_1 of the output_skip pyramid) are unlisted.
+    assert order[:8] == ["GaussianFourierProjection_0", "Dense_0", "Dense_1", "Conv_0",
+                         "ResnetBlockDDPMpp_0", "Downsample_0", "Combine_0",
+                         "ResnetBlockDDPMpp_1"]
+    assert "Downsample_1" not in order and "Upsample_1" not in order and "Upsample_0" in order
+    assert set(order) <= set(variables["params"]) | {"Downsample_0", "Upsample_0"}
+    assert len(order) == len(set(order))

@@ -23,6 +23,7 @@ from .utils import (
     check_image_size,
     float_dtype,
     get_sigmas,
+    listed,
     remat_class,
 )
 
@@ -83,8 +84,9 @@ class DDPM(nn.Module):
 
         if self.conditional:
             temb = layers.get_timestep_embedding(labels, nf, dtype=emb_dtype)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(act(temb))
+            temb = listed(nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype))(temb)
+            temb = listed(nn.Dense(nf * 4, kernel_init=layers.default_init(),
+                                   dtype=dtype))(act(temb))
         else:
             temb = None
         temb = add_label_embedding(temb, y, x.shape[0], self.num_classes, nf * 4,
@@ -92,17 +94,19 @@ class DDPM(nn.Module):
 
         block_cls = remat_class(layers.ResnetBlockDDPM) if self.remat else layers.ResnetBlockDDPM
 
+        # Every module of the reference's ``all_modules`` list is created through `listed`, in
+        # its order (see `score_jax.models.utils.record_module_order`).
         def resnet_block(**kw):
-            return block_cls(act=act, dropout=self.dropout, dtype=dtype, **kw)
+            return listed(block_cls(act=act, dropout=self.dropout, dtype=dtype, **kw))
 
         def attn_block():
-            return layers.AttnBlock(dtype=dtype)
+            return listed(layers.AttnBlock(dtype=dtype))
 
         h = x if self.centered else 2 * x - 1.0
         if dtype is not None:
             h = h.astype(dtype)
 
-        hs = [layers.ddpm_conv3x3(h, nf, dtype=dtype)]
+        hs = [listed(layers.ddpm_conv(nf, 3, dtype=dtype))(h)]
         for i_level in range(num_resolutions):
             for _ in range(self.num_res_blocks):
                 h = resnet_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
@@ -110,7 +114,8 @@ class DDPM(nn.Module):
                     h = attn_block()(h)
                 hs.append(h)
             if i_level != num_resolutions - 1:
-                hs.append(layers.Downsample(with_conv=self.resamp_with_conv, dtype=dtype)(hs[-1]))
+                hs.append(listed(layers.Downsample(with_conv=self.resamp_with_conv,
+                                                   dtype=dtype))(hs[-1]))
 
         h = hs[-1]
         h = resnet_block()(h, temb, train)
@@ -124,11 +129,11 @@ class DDPM(nn.Module):
             if h.shape[1] in attn_res:
                 h = attn_block()(h)
             if i_level != 0:
-                h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=dtype)(h)
+                h = listed(layers.Upsample(with_conv=self.resamp_with_conv, dtype=dtype))(h)
         assert not hs
 
-        h = act(nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype)(h))
-        h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0, dtype=dtype)
+        h = act(listed(nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype))(h))
+        h = listed(layers.ddpm_conv(x.shape[-1], 3, init_scale=0.0, dtype=dtype))(h)
 
         if self.scale_by_sigma:
             sigmas = jnp.asarray(get_sigmas(self.sigma_min, self.sigma_max, self.num_scales),

@@ -53,12 +53,20 @@ def _ncsn_init(init_scale: float, shape: tuple[int, ...]):
     return kernel_init, bias_init
 
 
+def ddpm_conv(out_planes: int, kernel: int = 3, stride: int = 1, bias: bool = True,
+              dilation: int = 1, init_scale: float = 1.0, dtype: Any = None) -> nn.Conv:
+    """The (kernel x kernel) 'SAME' ``nn.Conv`` module with the DDPM initialisation (named
+    ``Conv_i`` in the calling compact method)."""
+    return nn.Conv(out_planes, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                   use_bias=bias, kernel_dilation=(dilation, dilation),
+                   kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
+                   dtype=dtype)
+
+
 def ddpm_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True,
                  dilation: int = 1, init_scale: float = 1.0, dtype: Any = None) -> Array:
     """1x1 convolution with the DDPM initialisation (creates ``Conv_i`` in the caller)."""
-    return nn.Conv(out_planes, (1, 1), strides=(stride, stride), padding="SAME", use_bias=bias,
-                   kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
-                   bias_init=nn.initializers.zeros, dtype=dtype)(x)
+    return ddpm_conv(out_planes, 1, stride, bias, dilation, init_scale, dtype)(x)
 
 
 def ddpm_conv3x3(x: Array, out_planes: int, stride: int = 1, bias: bool = True,
@@ -68,9 +76,7 @@ def ddpm_conv3x3(x: Array, out_planes: int, stride: int = 1, bias: bool = True,
     With stride 2 on an even size, XLA's SAME padding is (0, 1): the same as the PyTorch
     reference's ``F.pad(x, (0, 1, 0, 1))`` followed by an unpadded stride-2 conv.
     """
-    return nn.Conv(out_planes, (3, 3), strides=(stride, stride), padding="SAME", use_bias=bias,
-                   kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
-                   bias_init=nn.initializers.zeros, dtype=dtype)(x)
+    return ddpm_conv(out_planes, 3, stride, bias, dilation, init_scale, dtype)(x)
 
 
 def ncsn_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True,

@@ -35,6 +35,7 @@ from .utils import (
     check_image_size,
     float_dtype,
     get_sigmas,
+    listed,
     remat_class,
 )
 
@@ -127,8 +128,8 @@ class NCSNpp(nn.Module):
         # Noise-level / time embedding.
         if embedding_type == "fourier":
             used_sigmas = labels.astype(emb_dtype)
-            temb = layerspp.GaussianFourierProjection(
-                embedding_size=nf, scale=self.fourier_scale)(jnp.log(used_sigmas))
+            temb = listed(layerspp.GaussianFourierProjection(
+                embedding_size=nf, scale=self.fourier_scale))(jnp.log(used_sigmas))
         else:
             temb = layers.get_timestep_embedding(labels, nf, dtype=emb_dtype)
             used_sigmas = None
@@ -137,16 +138,19 @@ class NCSNpp(nn.Module):
                                      emb_dtype)
                 used_sigmas = sigmas[labels.astype(jnp.int32)]
         if self.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(act(temb))
+            temb = listed(nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype))(temb)
+            temb = listed(nn.Dense(nf * 4, kernel_init=layers.default_init(),
+                                   dtype=dtype))(act(temb))
         else:
             temb = None
         temb = add_label_embedding(temb, y, x.shape[0], self.num_classes, nf * 4,
                                    temb.dtype if temb is not None else emb_dtype)
 
+        # Every module the reference keeps in ``all_modules`` is created through `listed`, in
+        # the reference's order; see `score_jax.models.utils.record_module_order`.
         def attn_block():
-            return layerspp.AttnBlockpp(skip_rescale=self.skip_rescale,
-                                        init_scale=self.init_scale, dtype=dtype)
+            return listed(layerspp.AttnBlockpp(skip_rescale=self.skip_rescale,
+                                               init_scale=self.init_scale, dtype=dtype))
 
         if resblock_type == "ddpm":
             block_cls = layerspp.ResnetBlockDDPMpp
@@ -158,17 +162,27 @@ class NCSNpp(nn.Module):
             block_cls = remat_class(block_cls)
 
         def resnet_block(**kw):
-            return block_cls(act=act, dropout=self.dropout, init_scale=self.init_scale,
-                             skip_rescale=self.skip_rescale, dtype=dtype, **block_kw, **kw)
+            return listed(block_cls(act=act, dropout=self.dropout, init_scale=self.init_scale,
+                                    skip_rescale=self.skip_rescale, dtype=dtype, **block_kw,
+                                    **kw))
 
         def pyramid_downsample(**kw):
-            return layerspp.Downsample(fir=self.fir, fir_kernel=fir_kernel,
-                                       with_conv=progressive_input == "residual", dtype=dtype,
-                                       **kw)
+            # 'residual': a conv re-sampler, one of all_modules; 'input_skip': parameter-free,
+            # held outside all_modules by the reference (self.pyramid_downsample).
+            m = layerspp.Downsample(fir=self.fir, fir_kernel=fir_kernel,
+                                    with_conv=progressive_input == "residual", dtype=dtype, **kw)
+            return listed(m) if progressive_input == "residual" else m
 
         def pyramid_upsample(**kw):
-            return layerspp.Upsample(fir=self.fir, fir_kernel=fir_kernel,
-                                     with_conv=progressive == "residual", dtype=dtype, **kw)
+            m = layerspp.Upsample(fir=self.fir, fir_kernel=fir_kernel,
+                                  with_conv=progressive == "residual", dtype=dtype, **kw)
+            return listed(m) if progressive == "residual" else m
+
+        def norm(channels):
+            return listed(layerspp.group_norm(channels, dtype))
+
+        def conv3x3(out_ch, **kw):
+            return listed(layers.ddpm_conv(out_ch, 3, dtype=dtype, **kw))
 
         if not self.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
@@ -177,7 +191,7 @@ class NCSNpp(nn.Module):
         input_pyramid = x if progressive_input != "none" else None
 
         # Down-sampling path.
-        hs = [layers.ddpm_conv3x3(x, nf, dtype=dtype)]
+        hs = [conv3x3(nf)(x)]
         for i_level in range(num_resolutions):
             for _ in range(self.num_res_blocks):
                 h = resnet_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
@@ -186,13 +200,15 @@ class NCSNpp(nn.Module):
                 hs.append(h)
             if i_level != num_resolutions - 1:
                 if resblock_type == "ddpm":
-                    h = layerspp.Downsample(with_conv=self.resamp_with_conv, fir=self.fir,
-                                            fir_kernel=fir_kernel, dtype=dtype)(hs[-1])
+                    h = listed(layerspp.Downsample(with_conv=self.resamp_with_conv,
+                                                   fir=self.fir, fir_kernel=fir_kernel,
+                                                   dtype=dtype))(hs[-1])
                 else:
                     h = resnet_block(down=True)(hs[-1], temb, train)
                 if progressive_input == "input_skip":
                     input_pyramid = pyramid_downsample()(input_pyramid)
-                    h = layerspp.Combine(method=combine_method, dtype=dtype)(input_pyramid, h)
+                    h = listed(layerspp.Combine(method=combine_method, dtype=dtype))(
+                        input_pyramid, h)
                 elif progressive_input == "residual":
                     input_pyramid = pyramid_downsample(out_ch=h.shape[-1])(input_pyramid)
                     input_pyramid = input_pyramid + h
@@ -217,18 +233,16 @@ class NCSNpp(nn.Module):
             if progressive != "none":
                 if i_level == num_resolutions - 1:
                     if progressive == "output_skip":
-                        pyramid = layers.ddpm_conv3x3(
-                            act(layerspp.group_norm(h.shape[-1], dtype)(h)), x.shape[-1],
-                            init_scale=self.init_scale, dtype=dtype)
+                        pyramid = act(norm(h.shape[-1])(h))
+                        pyramid = conv3x3(x.shape[-1], init_scale=self.init_scale)(pyramid)
                     else:
-                        pyramid = layers.ddpm_conv3x3(
-                            act(layerspp.group_norm(h.shape[-1], dtype)(h)), h.shape[-1],
-                            dtype=dtype)
+                        pyramid = act(norm(h.shape[-1])(h))
+                        pyramid = conv3x3(h.shape[-1])(pyramid)
                 elif progressive == "output_skip":
                     pyramid = pyramid_upsample()(pyramid)
-                    pyramid = pyramid + layers.ddpm_conv3x3(
-                        act(layerspp.group_norm(h.shape[-1], dtype)(h)), x.shape[-1],
-                        init_scale=self.init_scale, dtype=dtype)
+                    pyramid_h = act(norm(h.shape[-1])(h))
+                    pyramid = pyramid + conv3x3(x.shape[-1], init_scale=self.init_scale)(
+                        pyramid_h)
                 else:
                     pyramid = pyramid_upsample(out_ch=h.shape[-1])(pyramid)
                     pyramid = pyramid + h
@@ -237,8 +251,9 @@ class NCSNpp(nn.Module):
                     h = pyramid
             if i_level != 0:
                 if resblock_type == "ddpm":
-                    h = layerspp.Upsample(with_conv=self.resamp_with_conv, fir=self.fir,
-                                          fir_kernel=fir_kernel, dtype=dtype)(h)
+                    h = listed(layerspp.Upsample(with_conv=self.resamp_with_conv,
+                                                 fir=self.fir, fir_kernel=fir_kernel,
+                                                 dtype=dtype))(h)
                 else:
                     h = resnet_block(up=True)(h, temb, train)
         assert not hs
@@ -246,8 +261,8 @@ class NCSNpp(nn.Module):
         if progressive == "output_skip":
             h = pyramid
         else:
-            h = act(layerspp.group_norm(h.shape[-1], dtype)(h))
-            h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=self.init_scale, dtype=dtype)
+            h = act(norm(h.shape[-1])(h))
+            h = conv3x3(x.shape[-1], init_scale=self.init_scale)(h)
 
         if self.scale_by_sigma:
             h = h.astype(emb_dtype) / used_sigmas.reshape((-1, 1, 1, 1))

@@ -2,14 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 Array = jnp.ndarray
+M = TypeVar("M", bound=nn.Module)
+
+# Set only inside `record_module_order`; None otherwise, so marking costs nothing in normal use.
+_MODULE_ORDER: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "score_jax_module_order", default=None)
+
+
+@contextlib.contextmanager
+def record_module_order() -> Iterator[list[str]]:
+    """Collect the names of the modules a network marks with `listed`, in marking order.
+
+    The score_sde_pytorch networks keep their modules in one flat ``all_modules`` list, in the
+    order ``forward`` uses them; its state_dict keys are ``all_modules.<i>.<sub>.<param>``. Our
+    networks mark each module that the reference keeps in that list, at the point where they
+    create it, so the list recorded here (index i -> flax module name) is produced by the same
+    code path that builds the network and cannot drift from it. Modules the reference keeps
+    outside the list (NCSN++'s parameter-free pyramid re-samplers) are not marked.
+
+    Usage: ``with record_module_order() as order: jax.eval_shape(model.init, ...)``.
+    """
+    order: list[str] = []
+    token = _MODULE_ORDER.set(order)
+    try:
+        yield order
+    finally:
+        _MODULE_ORDER.reset(token)
+
+
+def listed(module: M) -> M:
+    """Mark ``module`` (just created in a compact method) as the next entry of the reference's
+    ``all_modules`` list; returns it unchanged. A no-op outside `record_module_order`."""
+    order = _MODULE_ORDER.get()
+    if order is not None:
+        if module.name is None:
+            raise ValueError("listed() needs a module created inside a compact method")
+        if module.name in order:
+            raise ValueError(f"module {module.name!r} listed twice")
+        order.append(module.name)
+    return module
 
 
 def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
