@@ -25,6 +25,14 @@ Command line (output: flax msgpack of ``{'params': ...}``, read back with `load_
     python -m score_jax.convert checkpoint_26.pth cifar10_ncsnpp.msgpack \
         --config configs/ve/cifar10_ncsnpp_continuous.py
     python -m score_jax.convert checkpoint_26 out.msgpack --config ... --source flax --no-ema
+
+Other architectures have their own converters, re-exported here and reached from the same command
+by a first word: `convert_dit` (official DiT checkpoints, `score_jax.convert_dit`) and
+`convert_autoencoder_kl` (Stable Diffusion / LDM VAE, diffusers or CompVis layout,
+`score_jax.convert_autoencoder`)::
+
+    python -m score_jax.convert dit DiT-XL-2-256x256.pt dit_xl2.msgpack --preset DiT-XL/2
+    python -m score_jax.convert autoencoder_kl vae.safetensors sd_vae.msgpack
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import importlib.util
 import re
 import sys
@@ -45,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from score_jax.convert_autoencoder import convert_autoencoder_kl  # noqa: F401  (re-exported)
+from score_jax.convert_dit import convert_dit  # noqa: F401  (re-exported)
 from score_jax.models import DDPM, NCSNpp, get_model, get_sigmas
 from score_jax.models.utils import record_module_order
 
@@ -367,7 +378,14 @@ def _load_config(path: str, arg: str | None = None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m score_jax.convert IN OUT --config FILE [--source pytorch|flax] [--no-ema]``."""
+    """``python -m score_jax.convert IN OUT --config FILE [--source pytorch|flax] [--no-ema]``;
+    ``python -m score_jax.convert dit ...`` / ``... autoencoder_kl ...`` hand the rest of the
+    command line to `score_jax.convert_dit.main` / `score_jax.convert_autoencoder.main`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    others = {"dit": "score_jax.convert_dit", "autoencoder_kl": "score_jax.convert_autoencoder"}
+    if argv and argv[0] in others:
+        importlib.import_module(others[argv[0]]).main(argv[1:])
+        return
     ap = argparse.ArgumentParser(prog="python -m score_jax.convert",
                                  description="Convert a released Score SDE checkpoint.")
     ap.add_argument("input", help="score_sde_pytorch .pth or score_sde checkpoint_<n> file")
