@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_train_helpers import ROOT
 
-from score_jax import train_lib
+from score_jax import config as config_lib
+from score_jax import train_step
 
 CONFIG_FILES = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"),
@@ -55,12 +56,12 @@ _WITH_GET_CONFIG = [p for p in CONFIG_FILES if "get_config" in open(os.path.join
 
 
 def _build_shape_only(cfg):
-    model = train_lib.model_from_config(cfg)
+    model = config_lib.model_from_config(cfg)
     shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.num_channels)
     key = (repr(model), shape)
     if key not in _SEEN:  # many configs share a network: trace each one once
-        tx, _ = train_lib.optimizer_from_config(cfg)
-        state = jax.eval_shape(lambda k: train_lib.init_state(k, model, tx, shape),
+        tx, _ = config_lib.optimizer_from_config(cfg)
+        state = jax.eval_shape(lambda k: train_step.init_state(k, model, tx, shape),
                                jax.random.key(0))
         out = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2,) + shape),
                                                    jnp.ones((2,)), train=False), state.params)
@@ -76,9 +77,9 @@ def _build_shape_only(cfg):
 def test_config_loads_validates_and_smoke_builds(path):
     """Full and smoke variants load and validate; the smoke network builds shape-only."""
     config = load(path)
-    train_lib.validate_config(config, num_devices=8)
+    config_lib.validate_config(config, num_devices=8)
     smoke = load(path, "smoke")
-    train_lib.validate_config(smoke, num_devices=8)
+    config_lib.validate_config(smoke, num_devices=8)
     assert smoke.training.n_iters <= 10 and smoke.data.dataset == "DIGITS"
     assert smoke.model.name == config.model.name and smoke.training.sde == config.training.sde
     _build_shape_only(smoke)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_jax import config as config_lib
 from score_jax import data as data_lib
-from score_jax import parallel, train_lib
+from score_jax import parallel, train_lib, train_step
 from score_jax.checkpoint import TrainCheckpointer
 from score_jax.evaluation import metrics_report, read_report
 from score_jax.evaluation import workdir as wd_lib
@@ -135,13 +136,13 @@ def test_reports_per_checkpoint(trained, full, reference):
     # the two checkpoints differ (common random numbers: only the parameters changed)
     assert full["reports"][2]["eval_loss"] != full["reports"][4]["eval_loss"]
     # the test loss is the mean of train_lib's eval step over the test split
-    b = train_lib.build(config, model=TinyNet())
+    b = config_lib.build(config, model=TinyNet())
     ck = TrainCheckpointer(wd, read_only=True)
-    state, _ = ck.restore(b["abstract_state"], 4)
+    state, _ = ck.restore(b.abstract_state, 4)
     ck.close()
     ds = data_lib.get_dataset("DIGITS", split="test", batch_size=8, image_size=8, training=False,
                               num_channels=1)
-    p_eval = train_lib.jit_eval_step(train_lib.loss_fn_from_config(config, b["sde"], b["model"],
+    p_eval = train_step.jit_eval_step(config_lib.loss_fn_from_config(config, b.sde, b.model,
                                                                    train=False), b["mesh"])
     k_loss = jax.random.split(jax.random.fold_in(jax.random.key(config.seed),
                                                  wd_lib._EVAL_STREAM), 3)[0]

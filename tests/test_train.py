@@ -12,8 +12,9 @@ import pytest
 from test_train_helpers import TinyNet, tiny_config
 
 from score_jax import checkpoint as ckpt_lib
+from score_jax import config as config_lib
 from score_jax import data as data_lib
-from score_jax import parallel, train_lib
+from score_jax import parallel, preemption, sample_lib, train_lib, train_step
 
 
 def _leaves(tree):
@@ -42,7 +43,7 @@ def test_smoke_training_then_sampling(tmp_path):
     assert ckpt_lib.TrainCheckpointer(wd, read_only=True).all_steps() == [4]
 
     # sample.py's path: the config's PC sampler (compiled once, shared with the snapshot)
-    out = train_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8,
+    out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8,
                                            output_dir=str(tmp_path / "s"))
     assert out["images"].shape == (8, 16, 16, 1)
     assert out["nfe"] == 3  # 3 Euler-Maruyama steps, no corrector
@@ -53,13 +54,13 @@ def test_smoke_training_then_sampling(tmp_path):
     # the same EMA weights as a converted-checkpoint file give the same samples
     from score_jax.checkpoint import save_variables
 
-    params, _ = train_lib.load_params(config, workdir=wd)
+    params, _ = sample_lib.load_params(config, workdir=wd)
     save_variables({"params": jax.device_get(params)}, str(tmp_path / "conv.msgpack"))
-    out2 = train_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "conv.msgpack"),
+    out2 = sample_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "conv.msgpack"),
                                             num_samples=8, output_dir=str(tmp_path / "s2"))
     np.testing.assert_allclose(out2["images"], out["images"], atol=1e-6)
     with pytest.raises(ValueError, match=r"give exactly one of --workdir"):
-        train_lib.load_params(config, workdir=wd, checkpoint=str(tmp_path / "conv.msgpack"))
+        sample_lib.load_params(config, workdir=wd, checkpoint=str(tmp_path / "conv.msgpack"))
 
 
 def _run(config, wd, stop_at=None):
@@ -67,7 +68,9 @@ def _run(config, wd, stop_at=None):
         if stop_at is not None and step == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)  # the real preemption signal
 
-    return train_lib.train_and_evaluate(config, wd, model=TinyNet(), callbacks=[cb])
+    with preemption.sigterm() as stop:  # what train.py does
+        return train_lib.train_and_evaluate(config, wd, model=TinyNet(), callbacks=[cb],
+                                            should_stop=stop.is_set)
 
 
 def test_kill_and_resume_is_bit_exact(tmp_path):
@@ -107,8 +110,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
         train_lib.train_and_evaluate(config, wd, model=TinyNet(), train_ds=_NaNAt(ds, 2))
     ck = ckpt_lib.TrainCheckpointer(wd, read_only=True)
     assert ck.latest_step() == 2
-    b = train_lib.build(config, model=TinyNet())
-    state, meta = ck.restore(b["abstract_state"])
+    b = config_lib.build(config, model=TinyNet())
+    state, meta = ck.restore(b.abstract_state)
     assert int(state.step) == 2 and meta["step"] == 2
     assert all(np.isfinite(x).all() for x in _leaves(state.params))
 
@@ -122,10 +125,10 @@ def test_train_step_8_devices_equals_1_device():
     results = []
     for n in (1, 8):
         mesh = parallel.make_mesh(n)
-        b = train_lib.build(config, mesh=mesh, model=model)
-        state = b["init"](jax.random.key(0))
-        loss_fn = train_lib.loss_fn_from_config(config, b["sde"], model, train=True)
-        step = train_lib.jit_train_step(loss_fn, b["tx"], b["schedule"], 0.9, mesh)
+        b = config_lib.build(config, mesh=mesh, model=model)
+        state = b.init(jax.random.key(0))
+        loss_fn = config_lib.loss_fn_from_config(config, b.sde, model, train=True)
+        step = train_step.jit_train_step(loss_fn, b.tx, b.schedule, 0.9, mesh)
         key = jax.random.key(1)
         for _ in range(2):
             state, metrics = step(state, parallel.to_global(host_batch, mesh), key)
@@ -157,36 +160,36 @@ def test_unknown_key_and_missing_checkpoint(tmp_path):
     with config.unlocked():
         config.training.continuouse = False
     with pytest.raises(ValueError, match=r"config.training.continuouse is not a known key"):
-        train_lib.validate_config(config)
+        config_lib.validate_config(config)
     with pytest.raises(ckpt_lib.CheckpointError, match=r"has no checkpoint"):
-        train_lib.load_params(tiny_config(), workdir=str(tmp_path / "empty"))
+        sample_lib.load_params(tiny_config(), workdir=str(tmp_path / "empty"))
 
 
 def test_incompatible_checkpoint_is_reported(tmp_path):
     wd = str(tmp_path / "c")
     config = tiny_config()
     _run(config, wd, stop_at=2)
-    b = train_lib.build(config, model=TinyNet(features=4))
+    b = config_lib.build(config, model=TinyNet(features=4))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"cannot be restored"):
-        ckpt_lib.TrainCheckpointer(wd, read_only=True).restore(b["abstract_state"])
+        ckpt_lib.TrainCheckpointer(wd, read_only=True).restore(b.abstract_state)
 
 
 def test_sampling_options_from_config():
     from configs.vp.cifar10_ddpmpp_continuous import get_config
 
     c = get_config()
-    assert train_lib.sampling_options_from_config(c.sampling) == (
+    assert config_lib.sampling_options_from_config(c.sampling) == (
         "pc", {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16, "n_steps": 1,
                "denoise": True, "probability_flow": False})
     c.sampling.method = "ode"
     c.sampling.num_steps = 50
-    method, opts = train_lib.sampling_options_from_config(c.sampling)
+    method, opts = config_lib.sampling_options_from_config(c.sampling)
     assert method == "ode" and opts == {"num_steps": 50, "denoise": True, "rtol": 1e-5,
                                         "atol": 1e-5}
 
 
 def test_optimizer_warmup_and_clip():
-    tx, schedule = train_lib.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
+    tx, schedule = train_step.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
     assert float(schedule(0)) == 0.0
     assert float(schedule(2500)) == pytest.approx(1e-4)
     assert float(schedule(10000)) == pytest.approx(2e-4)
@@ -239,9 +242,9 @@ def test_loss_sees_data_in_the_model_range():
         return jnp.mean(batch["image"]), {}
 
     x = {"image": jnp.array([[0.0, 0.5, 1.0]])}
-    train_lib.scaled_loss_fn(fake_loss, True)(None, x, None)
+    config_lib.scaled_loss_fn(fake_loss, True)(None, x, None)
     np.testing.assert_allclose(seen["image"], [[-1.0, 0.0, 1.0]])
-    train_lib.scaled_loss_fn(fake_loss, False)(None, x, None)
+    config_lib.scaled_loss_fn(fake_loss, False)(None, x, None)
     np.testing.assert_allclose(seen["image"], [[0.0, 0.5, 1.0]])
 
 
@@ -253,7 +256,7 @@ def test_bits_per_dim_mode(tmp_path):
     wd = str(tmp_path / "bpd")
     train_lib.train_and_evaluate(config, wd)
     config.sampling.rtol = config.sampling.atol = 1e-3
-    out = train_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "o"))
+    out = sample_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "o"))
     assert out["num_examples"] == 8 and out["split"] == "test" and out["step"] == 4
     assert 0.0 < out["bpd"] < 30.0 and out["mean_nfe"] > 0
     assert os.path.isfile(str(tmp_path / "o" / "bpd.json"))
