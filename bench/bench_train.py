@@ -38,7 +38,7 @@ def bench(name: str, batch_size: int, steps: int) -> dict:
     loss_fn = config_lib.loss_fn_from_config(config, b.sde, b.model, train=True)
     step = train_step.jit_train_step(loss_fn, b.tx, b.schedule, config.model.ema_rate, mesh)
     rng = np.random.default_rng(0)
-    shape = (batch_size,) + b["shape"]
+    shape = (batch_size,) + b.image_shape
     batches = [parallel.to_global({"image": rng.random(shape, np.float32),
                                    "label": np.zeros(batch_size, np.int32)}, mesh)
                for _ in range(2)]

@@ -226,6 +226,28 @@ def scaled_loss_fn(loss_fn: Callable, centered: bool) -> Callable:
     return fn
 
 
+def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
+                        uniform_dequantization: bool | None = None):
+    """The pipeline of ``split`` of ``config.data`` with this process's share
+    (``batch_size // process_count``) of the global ``batch_size``; random flips only when
+    ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
+    d = config.data
+    deq = d.uniform_dequantization if uniform_dequantization is None else uniform_dequantization
+    return data_lib.get_dataset(d.dataset, split=split,
+                                batch_size=int(batch_size) // jax.process_count(),
+                                image_size=d.image_size, training=training,
+                                random_flip=bool(d.random_flip) and training,
+                                uniform_dequantization=bool(deq), seed=int(config.seed),
+                                category=d.get("category"), data_dir=d.get("data_dir"),
+                                tfrecords_path=d.get("tfrecords_path"),
+                                num_channels=d.num_channels)
+
+
+def eval_split(config) -> str:
+    """The evaluation split of ``config.data.dataset``: "validation" for CelebA, else "test"."""
+    return "validation" if config.data.dataset.upper() == "CELEBA" else "test"
+
+
 def objective_from_config(config) -> str:
     """``config.training.objective`` ("score" if absent); unknown names raise ValueError."""
     objective = config.training.get("objective", "score")
@@ -568,7 +590,7 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
 
 __all__ = ["LIKELIHOOD_EPS", "FLOW_METHOD", "OBJECTIVES", "OPTION_ALIASES", "DATASET_NUM_CLASSES",
            "base_config", "known_keys", "sde_from_config", "model_from_config",
-           "optimizer_from_config", "scaled_loss_fn", "objective_from_config",
+           "optimizer_from_config", "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
            "flow_path_from_config", "loss_fn_from_config", "method_options", "config_methods",
            "sampling_methods", "sampling_options_from_config", "validate_config", "Built",
            "build"]

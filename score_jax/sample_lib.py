@@ -29,6 +29,9 @@ from score_jax.score import get_score_fn
 Array = jax.Array
 
 
+_LABEL_STREAM = 0x1ABE1  # labels use their own keys: the draws of unconditional models keep theirs
+
+
 class NonFiniteSamplesError(FloatingPointError):
     """Some samples are NaN / inf (the sampler diverged)."""
 
@@ -81,7 +84,7 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     nd = 1 if mesh is None else mesh.devices.size
     bs = padded_batch_size(n, batch_size, nd)
     sharding = None if mesh is None else parallel.data_sharding(mesh)
-    k_draw, k_label = jax.random.split(key)
+    k_draw, k_label = key, jax.random.fold_in(key, _LABEL_STREAM)
 
     def kwargs(i):
         y = class_labels(jax.random.fold_in(k_label, i), bs, num_classes, class_label)

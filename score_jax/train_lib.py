@@ -20,7 +20,6 @@ import numpy as np
 
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
-from score_jax import data as data_lib
 from score_jax import parallel, preemption, sample_lib
 from score_jax.train_step import TrainState
 
@@ -29,27 +28,6 @@ log = logging.getLogger("score_jax.train")
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a non-finite loss or gradient."""
-
-
-def datasets_from_config(config, *, train: bool = True, eval_: bool = True):
-    """The training and evaluation pipelines of ``config.data`` (each process reads its share of
-    the global ``training.batch_size`` / ``eval.batch_size``); ``(train_ds, eval_ds)``, None for
-    the ones not asked for."""
-    d = config.data
-    kw = dict(image_size=d.image_size, seed=int(config.seed), category=d.get("category"),
-              data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
-              num_channels=d.num_channels, uniform_dequantization=d.uniform_dequantization)
-    train_ds = eval_ds = None
-    if train:
-        train_ds = data_lib.get_dataset(
-            d.dataset, split="train", batch_size=config.training.batch_size // jax.process_count(),
-            training=True, random_flip=d.random_flip, **kw)
-    if eval_:
-        eval_split = "validation" if d.dataset.upper() == "CELEBA" else "test"
-        eval_ds = data_lib.get_dataset(
-            d.dataset, split=eval_split, batch_size=config.eval.batch_size // jax.process_count(),
-            training=False, random_flip=False, **kw)
-    return train_ds, eval_ds
 
 
 def check_labels(batch, num_classes: int | None) -> None:
@@ -130,10 +108,13 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     t = config.training
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    if train_ds is None or eval_ds is None:
-        built_train, built_eval = datasets_from_config(config, train=train_ds is None,
-                                                       eval_=eval_ds is None)
-        train_ds, eval_ds = train_ds or built_train, eval_ds or built_eval
+    if train_ds is None:
+        train_ds = config_lib.dataset_from_config(config, "train", training=True,
+                                                  batch_size=t.batch_size)
+    if eval_ds is None:
+        eval_ds = config_lib.dataset_from_config(config, config_lib.eval_split(config),
+                                                 training=False,
+                                                 batch_size=config.eval.batch_size)
 
     checkpointer = ckpt_lib.TrainCheckpointer(workdir, keep_period=int(t.snapshot_freq))
     key = jax.random.key(int(config.seed))
@@ -242,4 +223,4 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     return state
 
 
-__all__ = ["NonFiniteLossError", "datasets_from_config", "check_labels", "train_and_evaluate"]
+__all__ = ["NonFiniteLossError", "check_labels", "train_and_evaluate"]

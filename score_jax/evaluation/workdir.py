@@ -2,11 +2,12 @@
 
 For each saved checkpoint of ``<workdir>/checkpoints`` in step order, with the EMA parameters:
 
-1. ``eval.enable_loss``: the test loss, the mean of the evaluation loss (train_lib's jitted
-   ``eval_step``) over one in-order pass of the evaluation split (``test``; ``validation`` for
-   CelebA), as the reference ``eval_step`` loop;
+1. ``eval.enable_loss``: the test loss, the mean of the evaluation loss (the jitted
+   ``train_step.eval_step`` of ``config.build``) over one in-order pass of the evaluation split
+   (``test``; ``validation`` for CelebA), as the reference ``eval_step`` loop;
 2. ``eval.enable_bpd``: bits/dim of ``eval.bpd_dataset`` through the probability-flow ODE
-   (``likelihood.log_likelihood``, Hutchinson trace) with ``eval.bpd_num_repeats`` uniform
+   from t = ``config.LIKELIHOOD_EPS`` (score models) or the flow's ODE (flow-matching models),
+   ``sample_lib.make_logp_fn`` with a Hutchinson trace, with ``eval.bpd_num_repeats`` uniform
    dequantisation draws (reference: 5), in resumable rounds (``run.evaluate_bpd``);
 3. ``eval.enable_sampling``: ``eval.num_samples`` samples with ``config.sampling`` in rounds of
    ``eval.batch_size``, and FID / IS / KID of their Inception-v3 features against reference
@@ -25,19 +26,16 @@ named by its training step, the only identifier that a rolling checkpoint also h
 Preemption: every part is written as soon as it is finished (a round file, or a report key), so
 a rerun skips finished checkpoints, finished parts and finished rounds and produces the numbers of
 an uninterrupted run: the keys depend only on ``seed`` (the same for every checkpoint, so that
-checkpoints are compared on common random numbers), never on what was evaluated before. SIGTERM
-(or `request_preemption`) lets the current round finish, then `evaluate_workdir` returns with
-``preempted=True``.
+checkpoints are compared on common random numbers), never on what was evaluated before. When
+``should_stop()`` becomes true (evaluate.py passes ``preemption.sigterm()``'s event, so SIGTERM)
+the current round finishes, then `evaluate_workdir` returns with ``preempted=True``.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -58,34 +56,14 @@ SCALARS = {"eval_loss": "eval/loss", "bpd": "eval/bpd", "fid": "eval/fid", "is":
 _EVAL_STREAM = 0x5E7A1  # folded into the seed: evaluation keys differ from training keys
 
 
-# ----------------------------------------------------------------------------------------------
-# Preemption
-# ----------------------------------------------------------------------------------------------
-_PREEMPT = threading.Event()
-
-
 class Preempted(Exception):
-    """Raised at a round boundary after SIGTERM / `request_preemption`; caught by
-    `evaluate_workdir`."""
+    """Raised at a round boundary once ``should_stop()`` is true; caught by `evaluate_workdir`."""
 
 
-def request_preemption(*_args: Any) -> None:
-    """Ask `evaluate_workdir` to stop after the current round (the SIGTERM handler)."""
-    _PREEMPT.set()
-
-
-def _preemption_requested(sync: bool = False) -> bool:
-    flag = _PREEMPT.is_set()
-    if sync and jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-    return flag
-
-
-def _check_preemption() -> None:
+def _round_check(should_stop: Callable[[], bool]) -> None:
     # Round-level checks are local: on several processes they would let one process stop while
     # the others wait in a collective, so there only checkpoint boundaries (synchronised) count.
-    if jax.process_count() == 1 and _PREEMPT.is_set():
+    if jax.process_count() == 1 and should_stop():
         raise Preempted
 
 
@@ -138,16 +116,6 @@ def _is_kept(step: int, config) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("rtol", "atol", "eps"))
-def _log_likelihood(key, sde, score_fn, y, *, rtol, atol, eps):
-    # sde and score_fn (which holds the parameters) are traced pytrees: one compilation serves
-    # every checkpoint.
-    from score_jax.likelihood import log_likelihood
-
-    logp, _, nfe = log_likelihood(key, sde, score_fn, y, rtol=rtol, atol=atol, eps=eps)
-    return logp, nfe
-
-
 def _local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array."""
     if x.is_fully_addressable:
@@ -204,7 +172,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                      num_samples: int | None = None, bpd_repeats: int | None = None,
                      seed: int | None = None, save_samples: bool = True,
                      model=None, eval_ds=None, bpd_ds=None, mesh=None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True,
+                     should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Evaluate the checkpoints of ``workdir`` in step order, resuming where a run stopped.
 
     What is computed follows ``config.eval`` (``enable_loss``, ``enable_bpd``,
@@ -235,6 +204,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       save_samples: keep the uint8 samples of every round (``samples_{r}.npz``).
       model / eval_ds / bpd_ds / mesh: override the config-built ones (tests, notebooks).
       progress: tqdm progress bars (process 0).
+      should_stop: polled at round and checkpoint boundaries (e.g. the event of
+        ``preemption.sigterm()``); true -> stop after the current round, ``preempted=True``.
 
     Returns:
       ``{"eval_dir", "reports": {step: report}, "evaluated": [steps worked on],
@@ -244,14 +215,14 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       ValueError: invalid config or options (before anything is computed).
       CheckpointError: a kept checkpoint cannot be restored.
     """
-    from score_jax import data as data_lib
-    from score_jax import parallel, train_lib
+    from score_jax import config as config_lib
+    from score_jax import parallel, preemption, sample_lib
     from score_jax.checkpoint import CheckpointError, TrainCheckpointer, checkpoint_dir
-    from score_jax.score import get_score_fn
 
-    e, d, t = config.eval, config.data, config.training
-    b = train_lib.build(config, mesh=mesh, model=model)  # validates the config
-    mesh, sde, model = b["mesh"], b["sde"], b["model"]
+    should_stop = preemption.never if should_stop is None else should_stop
+    e, t = config.eval, config.training
+    b = config_lib.build(config, mesh=mesh, model=model)  # validates the config
+    mesh = b.mesh
     lo, hi = step_range(config, begin_step, end_step)
     num_samples = int(e.num_samples if num_samples is None else num_samples)
     bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
@@ -262,10 +233,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
         raise ValueError(f"eval.bpd_num_repeats={bpd_repeats} must be >= 1")
-    if enable_bpd and train_lib.objective_from_config(config) == "flow_matching":
-        raise ValueError("eval.enable_bpd=True is not supported for training.objective="
-                         "'flow_matching' yet in evaluate_workdir; use sample.py's bits/dim mode "
-                         "(train_lib.bpd_from_checkpoint), or set eval.enable_bpd=False")
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder; train first "
                                 f"with python train.py --workdir={workdir}")
@@ -302,34 +269,16 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
                     "eval.enable_sampling are all False")
 
-    # Data (built once; only for the enabled parts).
-    kw = dict(image_size=d.image_size, seed=int(config.seed), category=d.get("category"),
-              data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
-              num_channels=d.num_channels)
+    # Data and compiled functions, built once for all checkpoints (only the enabled parts).
     if enable_loss and eval_ds is None:
-        split = "validation" if d.dataset.upper() == "CELEBA" else "test"
-        eval_ds = data_lib.get_dataset(d.dataset, split=split, batch_size=per_process,
-                                       training=False, random_flip=False,
-                                       uniform_dequantization=d.uniform_dequantization, **kw)
+        eval_ds = config_lib.dataset_from_config(config, config_lib.eval_split(config),
+                                                 batch_size=e.batch_size, training=False)
     if enable_bpd and bpd_ds is None:
-        bpd_ds = data_lib.get_dataset(d.dataset, split=e.bpd_dataset, batch_size=per_process,
-                                      training=False, random_flip=False,
-                                      uniform_dequantization=False, **kw)
-
-    # Compiled once for all checkpoints.
-    loss_eval = train_lib.loss_fn_from_config(config, sde, model, train=False)
-    p_eval = train_lib.jit_eval_step(loss_eval, mesh, cache_key=(
-        "evaluate_workdir", model, sde, bool(t.continuous), bool(t.reduce_mean),
-        bool(t.likelihood_weighting), config.model.get("num_classes"),
-        t.get("objective", "score"), t.get("flow_path", "condot"),
-        float(t.get("flow_t_max", 1.0))))
-    method, options = train_lib.sampling_options_from_config(config.sampling)
-    flow_path = (train_lib.flow_path_from_config(config, sde)
-                 if method == train_lib.FLOW_METHOD else None)
-    continuous, centered = bool(t.continuous), bool(d.centered)
-    s = config.sampling
-    ll_opts = dict(rtol=float(s.rtol), atol=float(s.atol),
-                   eps=1e-5 if s.get("eps") is None else float(s.eps))
+        bpd_ds = config_lib.dataset_from_config(config, e.bpd_dataset, batch_size=e.batch_size,
+                                                training=False, uniform_dequantization=False)
+    logp_fn = sample_lib.make_logp_fn(b, rtol=float(config.sampling.rtol),
+                                      atol=float(config.sampling.atol))
+    centered = b.centered
     if jax.process_count() == 1:
         sample_mesh = mesh
     else:  # every process samples its own rounds (own keys) on its own devices
@@ -362,9 +311,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
 
     # ------------------------------------------------------------------ one checkpoint
     def evaluate_one(step: int, todo: list[str]) -> dict[str, Any]:
-        state, _ = checkpointer.restore(b["abstract_state"], step)
+        state, _ = checkpointer.restore(b.abstract_state, step)
         params = state.ema_params
-        score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
         out_dir = run_lib.host_dir(eval_dir, step)
         run_lib.update_report(eval_dir, step, {"step": step})
 
@@ -372,9 +320,9 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
             losses = []
             bar = _tqdm(progress, desc=f"step {step}: test loss", unit="batch", leave=False)
             for i, batch in enumerate(eval_ds.epoch()):
-                _check_preemption()
+                _round_check(should_stop)
                 batch = parallel.to_global(batch, mesh)
-                losses.append(p_eval(state, batch, jax.random.fold_in(k_loss, i)))
+                losses.append(b.eval_step(state, batch, jax.random.fold_in(k_loss, i)))
                 bar.update(1)
             bar.close()
             if not losses:
@@ -395,14 +343,14 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                         total=n_rounds,
                         initial=0 if n_rounds is None else _count(out_dir, "bpd", n_rounds))
 
-            def logp_fn(key, y):
-                _check_preemption()
+            def round_logp(key, y):
+                _round_check(should_stop)
                 y = parallel.to_global(np.asarray(y), mesh)
-                logp, _ = _log_likelihood(key, sde, score_fn, y, **ll_opts)
+                logp, _ = logp_fn(key, params, y)
                 bar.update(1)
                 return _local_rows(logp)
 
-            report = run_lib.evaluate_bpd(logp_fn, images, eval_dir=eval_dir, ckpt=step,
+            report = run_lib.evaluate_bpd(round_logp, images, eval_dir=eval_dir, ckpt=step,
                                           key=k_bpd, num_repeats=bpd_repeats,
                                           centered=centered, log=log.debug)
             bar.close()
@@ -412,7 +360,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                      bpd_repeats, report["bpd_num"] // bpd_repeats)
 
         if sample_key in todo:
-            shape = (per_process, d.image_size, d.image_size, d.num_channels)
             if jax.process_count() == 1:
                 sample_params = params
             else:
@@ -424,17 +371,15 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                         total=num_rounds, initial=done)
 
             def draw(key):
-                _check_preemption()
+                _round_check(should_stop)
                 r = round_of.get(_key_bytes(key))
                 saved = None if r is None else os.path.join(out_dir, f"samples_{r}.npz")
                 if saved is not None and os.path.exists(saved):  # drawn by an earlier run
                     with np.load(saved, allow_pickle=False) as f:
                         images = f["samples"]
                 else:
-                    images, _ = train_lib.sample_images(
-                        key, sde, model, sample_params, continuous=continuous, shape=shape,
-                        method=method, options=options, centered=centered, mesh=sample_mesh,
-                        batch_size=per_process, path=flow_path)
+                    images, _ = sample_lib.sample_built(key, b, sample_params, per_process,
+                                                        batch_size=per_process, mesh=sample_mesh)
                 bar.update(1)
                 return images
 
@@ -485,10 +430,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
             raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
                              f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
     checkpointer = TrainCheckpointer(workdir, read_only=True)
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, request_preemption)
-    _PREEMPT.clear()
     reports: dict[int, dict] = {}
     evaluated, skipped, seen = [], [], set()
     preempted = False
@@ -508,7 +449,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
             outer.total = (outer.total or 0) + len(steps)
             outer.refresh()
             for step in steps:
-                if _preemption_requested(sync=True):
+                if preemption.agree(should_stop, sync=True):
                     raise Preempted
                 seen.add(step)
                 todo = missing(step)
@@ -539,7 +480,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                 waiting_logged = True
             deadline = time.monotonic() + poll_seconds
             while time.monotonic() < deadline:
-                if _preemption_requested():
+                if should_stop():
                     raise Preempted
                 time.sleep(min(1.0, poll_seconds))
     except Preempted:
@@ -550,8 +491,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     finally:
         outer.close()
         checkpointer.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
         if writer is not None:
             writer.close()
     summary_path = write_summary(eval_dir) if is_main else None
