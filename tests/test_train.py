@@ -14,7 +14,7 @@ from test_train_helpers import TinyNet, tiny_config
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
 from score_jax import data as data_lib
-from score_jax import parallel, preemption, sample_lib, train_lib, train_step
+from score_jax import parallel, preemption, sample_lib, train_lib, train_step  # noqa: F401
 
 
 def _leaves(tree):
@@ -260,3 +260,142 @@ def test_bits_per_dim_mode(tmp_path):
     assert out["num_examples"] == 8 and out["split"] == "test" and out["step"] == 4
     assert 0.0 < out["bpd"] < 30.0 and out["mean_nfe"] > 0
     assert os.path.isfile(str(tmp_path / "o" / "bpd.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Regression tests of issues #9, #11, #12
+# ----------------------------------------------------------------------------------------------
+class _Relabel:
+    """Wrap a pipeline so that every label is ``label``."""
+
+    def __init__(self, ds, label):
+        self.ds, self.label = ds, label
+
+    def iterate(self, start_step=0):
+        for b in self.ds.iterate(start_step):
+            yield dict(b, label=np.full_like(b["label"], self.label))
+
+
+def test_labels_outside_num_classes_refused_before_the_first_step(tmp_path):
+    """Issue #11.2: out-of-range labels stopped with a NaN loss or trained the null row."""
+    config = tiny_config(model__num_classes=10)
+    ds = data_lib.get_dataset("DIGITS", split="train", batch_size=8, image_size=8, training=True)
+    wd = str(tmp_path / "lab")
+    with pytest.raises(ValueError, match=r"labels \[12\] outside \[0, 10\) for "
+                                         r"config.model.num_classes=10"):
+        train_lib.train_and_evaluate(config, wd, model=TinyNet(), train_ds=_Relabel(ds, 12))
+    assert ckpt_lib.TrainCheckpointer(wd, read_only=True).latest_step() is None
+
+
+def test_conditional_sampling_never_draws_the_null_label():
+    """Issue #11.2: sampling a conditional model used the never-trained null row."""
+    y = sample_lib.class_labels(jax.random.key(0), 4096, 10)
+    y = np.asarray(y)
+    assert y.min() == 0 and y.max() == 9 and len(np.unique(y)) == 10
+    np.testing.assert_array_equal(sample_lib.class_labels(jax.random.key(0), 3, 10, 10), [10] * 3)
+    assert sample_lib.class_labels(jax.random.key(0), 3, None) is None
+
+
+def test_any_sample_count_on_any_device_count(tmp_path):
+    """Issue #11.3: 12 samples on 8 devices died with IndivisibleError after training."""
+    assert sample_lib.padded_batch_size(12, None, 8) == 16
+    assert sample_lib.padded_batch_size(12, 5, 8) == 8
+    assert sample_lib.padded_batch_size(3, None, 1) == 3
+    config = tiny_config()
+    b = config_lib.build(config, model=TinyNet())
+    state = b.init(jax.random.key(0))
+    for n in (12, 5):
+        images, _ = sample_lib.sample_built(jax.random.key(1), b, state.ema_params, n)
+        assert images.shape == (n, 8, 8, 1) and np.isfinite(images).all()
+
+
+def test_nonfinite_samples_are_counted_and_not_hidden(tmp_path):
+    """Issue #11.4: non-finite samples were saved silently (sample.py exits 2 on a count > 0)."""
+    x = np.full((4, 2, 2, 1), 0.5, np.float32)
+    x[1, 0, 0, 0] = np.nan
+    x[3] = np.inf
+    assert sample_lib.count_nonfinite(x) == 2
+    sample_lib.save_samples(x, str(tmp_path))
+    saved = np.load(str(tmp_path / "samples.npz"))["samples"]
+    assert saved.dtype == np.uint8 and saved[1, 0, 0, 0] == 0
+
+
+def test_bits_per_dim_eps_is_one_definition(monkeypatch):
+    """Issue #11.6: evaluate.py integrated from sampling.eps, sample.py --mode=bpd from 1e-5;
+    both now use sample_lib.make_logp_fn with config.LIKELIHOOD_EPS, whatever sampling.eps."""
+    from score_jax import likelihood
+
+    seen = []
+
+    def fake(key, sde, score_fn, y, *, eps, **kw):
+        seen.append(eps)
+        return jnp.zeros(y.shape[:1]), y, jnp.zeros((), jnp.int32)
+
+    monkeypatch.setattr(likelihood, "log_likelihood", fake)
+    config = tiny_config(sampling__eps=1e-3)
+    b = config_lib.build(config, model=TinyNet())
+    params = b.init(jax.random.key(0)).params
+    bpd_fn = sample_lib.make_bpd_fn(b, rtol=1e-3, atol=1e-3)
+    bpd, _ = bpd_fn(jax.random.key(0), params, jnp.full((8, 8, 8, 1), 0.5))
+    assert seen == [config_lib.LIKELIHOOD_EPS] == [1e-5]
+    np.testing.assert_allclose(np.asarray(bpd), 7.0)  # log p = 0 -> the centred offset
+
+
+def test_library_installs_no_signal_handler(tmp_path):
+    """Issue #9: train_and_evaluate installed a SIGTERM handler from library code."""
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+    stop = {"now": False}
+
+    def cb(step, m):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        stop["now"] = step == 2
+
+    state = train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "h"), model=TinyNet(),
+                                         callbacks=[cb], should_stop=lambda: stop["now"])
+    assert int(state.step) == 2  # should_stop saved and returned
+    assert all(h is before for h in seen)
+
+
+def test_progress_rates_are_measured_between_synchronised_points(monkeypatch):
+    """Issue #12.4: steps/s and images/s over the interval between two synchronised points."""
+    clock = iter([100.0, 102.0, 103.0])
+    monkeypatch.setattr(train_lib.time, "perf_counter", lambda: next(clock))
+    bar = train_lib._Progress(total=100, start=0, batch_size=64, enabled=False)
+    assert bar.synced(10, 1.0) == pytest.approx(5.0)  # 10 steps in 2 s
+    assert bar.synced(20, 1.0) == pytest.approx(10.0)  # 10 steps in 1 s
+    bar.close()
+
+
+def test_compilation_cache_folder(monkeypatch):
+    """Issue #12.3: --compilation_cache resolution (default, env override, off)."""
+    monkeypatch.delenv("SCORE_JAX_CACHE", raising=False)
+    assert parallel.compilation_cache_dir(None) == os.path.expanduser("~/.cache/score_jax/xla")
+    monkeypatch.setenv("SCORE_JAX_CACHE", "/tmp/sj")
+    assert parallel.compilation_cache_dir(None) == "/tmp/sj"
+    assert parallel.compilation_cache_dir("none") is None
+    assert parallel.compilation_cache_dir("") is None
+
+
+@pytest.mark.slow
+def test_compilation_cache_is_reused_by_a_resumed_run(tmp_path):
+    """Issue #12.3: the second (resumed) train.py run hits the persistent cache: it adds no new
+    train-step entry and logs cache hits."""
+    from test_train_helpers import ROOT
+
+    cache, wd = str(tmp_path / "xla"), str(tmp_path / "wd")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",
+           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:smoke",
+           f"--compilation_cache={cache}", "--config.training.snapshot_sampling=False",
+           "--config.data.image_size=8", "--config.model.ch_mult=(1,2)",
+           "--config.model.attn_resolutions=(4,)", "--config.training.n_iters=2"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = set(os.listdir(cache))
+    assert first
+    cmd[-1] = "--config.training.n_iters=4"
+    env["JAX_DEBUG_LOG_MODULES"] = "jax._src.compiler,jax._src.compilation_cache"
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cache hit" in (r.stderr + r.stdout).lower()
