@@ -103,6 +103,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
       CheckpointError: the workdir's checkpoint cannot be restored.
       NonFiniteLossError: the loss became NaN / inf; the last checkpoint is left untouched.
     """
+    t_enter = time.perf_counter()
     b = config_lib.build(config, mesh=mesh, model=model)
     mesh = b.mesh
     t = config.training
@@ -171,6 +172,10 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                             f"{checkpointer.latest_step()} in {checkpointer.directory}). Lower "
                             f"optim.lr, keep optim.grad_clip >= 0, or check the data.")
                 m = host[-1]
+                if pending[0][0] == start + 1:
+                    log.info("first step done %.1f s after train_and_evaluate started "
+                             "(build, restore and compilation included)",
+                             time.perf_counter() - t_enter)
                 rate = bar.synced(done, float(m["loss"]))
                 if is_main:
                     writer.add_scalar("training_loss", float(m["loss"]), done)
