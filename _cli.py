@@ -13,6 +13,7 @@ def setup_process(compilation_cache):
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("score_jax").setLevel(logging.INFO)  # resume / first-step / results lines
     import jax
 
     from score_jax import parallel
