@@ -32,10 +32,6 @@ Array = jax.Array
 _LABEL_STREAM = 0x1ABE1  # labels use their own keys: the draws of unconditional models keep theirs
 
 
-class NonFiniteSamplesError(FloatingPointError):
-    """Some samples are NaN / inf (the sampler diverged)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Sampling
 # ----------------------------------------------------------------------------------------------
@@ -348,6 +344,6 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
     return out
 
 
-__all__ = ["NonFiniteSamplesError", "padded_batch_size", "class_labels", "sample_images",
+__all__ = ["padded_batch_size", "class_labels", "sample_images",
            "count_nonfinite", "image_grid", "save_samples", "sample_built", "load_params",
            "sample_from_checkpoint", "make_logp_fn", "make_bpd_fn", "bpd_from_checkpoint"]
