@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)  # configs/ is importable wherever evaluate.py is run from
+import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default_digits.py"),
@@ -44,31 +45,31 @@ flags.DEFINE_integer("seed", None, "Evaluation seed (default config.seed).")
 flags.DEFINE_bool("save_samples", True, "Keep the uint8 samples of every round.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
     del argv
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it reads at INFO
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _cli.setup_process(FLAGS.compilation_cache)
     logging.getLogger("score_jax").setLevel(logging.INFO)  # per-checkpoint results
     from score_jax import parallel
 
     if FLAGS.distributed:
         parallel.initialize_distributed()
+    from score_jax import preemption
     from score_jax.checkpoint import CheckpointError
     from score_jax.data import DatasetNotAvailableError
     from score_jax.evaluation.workdir import evaluate_workdir
 
     try:
-        out = evaluate_workdir(
-            FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,
-            inception_path=FLAGS.inception, reference_stats=FLAGS.ref_stats,
-            begin_step=FLAGS.begin_step, end_step=FLAGS.end_step, wait=FLAGS.wait,
-            poll_seconds=FLAGS.poll_seconds, seed=FLAGS.seed, save_samples=FLAGS.save_samples,
-            progress=FLAGS.progress)
+        with preemption.sigterm() as stop:
+            out = evaluate_workdir(
+                FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,
+                inception_path=FLAGS.inception, reference_stats=FLAGS.ref_stats,
+                begin_step=FLAGS.begin_step, end_step=FLAGS.end_step, wait=FLAGS.wait,
+                poll_seconds=FLAGS.poll_seconds, seed=FLAGS.seed, save_samples=FLAGS.save_samples,
+                progress=FLAGS.progress, should_stop=stop.is_set)
     except (ValueError, FileNotFoundError, CheckpointError, DatasetNotAvailableError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         sys.exit(1)

@@ -8,7 +8,11 @@
 
 The checkpoint is a training workdir (orbax, ``--step`` or the latest; EMA weights unless
 ``--noema``) or a file written by ``python -m score_jax.convert``. Writes ``samples.png`` (grid)
-and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``.
+and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. Any ``--num_samples`` works
+on any number of devices. A class-conditional model draws labels uniformly from its classes
+(``--config.sampling.class_label=K`` for one class). If any sample is not finite the command
+says how many and exits with status 2. Bits/dim integrate from ``score_jax.config.LIKELIHOOD_EPS``
+(1e-5), as evaluate.py does.
 """
 import json
 import logging
@@ -20,6 +24,7 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
+import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The training config file (default: "
@@ -34,19 +39,17 @@ flags.DEFINE_integer("num_samples", None,
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default <workdir>/samples/<name>).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
 
 
 def main(argv):
     del argv
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _cli.setup_process(FLAGS.compilation_cache)
     from score_jax import parallel
 
     if FLAGS.distributed:
         parallel.initialize_distributed()
-    from score_jax import train_lib as sample_lib
+    from score_jax import sample_lib
 
     config = FLAGS.config
     if config is None:
@@ -60,6 +63,11 @@ def main(argv):
                 output_dir=FLAGS.output_dir)
             print(f"samples: {out['png']} ({out['num_samples']} samples, nfe {out['nfe']}, "
                   f"{out['seconds']:.1f} s)")
+            if out["num_nonfinite"]:
+                logging.error("%d of %d samples are not finite (NaN / inf; written as 0 in %s): "
+                              "the sampler diverged; try more steps or another sampler",
+                              out["num_nonfinite"], out["num_samples"], out["npz"])
+                sys.exit(2)
         else:
             out = sample_lib.bpd_from_checkpoint(
                 config, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, step=FLAGS.step,

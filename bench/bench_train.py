@@ -25,19 +25,20 @@ def bench(name: str, batch_size: int, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from score_jax import parallel, train_lib
+    from score_jax import config as config_lib
+    from score_jax import parallel, train_step
 
     config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
     nd = jax.device_count()
     config.training.batch_size = batch_size
     mesh = parallel.make_mesh()
-    b = train_lib.build(config, mesh=mesh)
-    state = b["init"](jax.random.key(0))
+    b = config_lib.build(config, mesh=mesh)
+    state = b.init(jax.random.key(0))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-    loss_fn = train_lib.loss_fn_from_config(config, b["sde"], b["model"], train=True)
-    step = train_lib.jit_train_step(loss_fn, b["tx"], b["schedule"], config.model.ema_rate, mesh)
+    loss_fn = config_lib.loss_fn_from_config(config, b.sde, b.model, train=True)
+    step = train_step.jit_train_step(loss_fn, b.tx, b.schedule, config.model.ema_rate, mesh)
     rng = np.random.default_rng(0)
-    shape = (batch_size,) + b["shape"]
+    shape = (batch_size,) + b.image_shape
     batches = [parallel.to_global({"image": rng.random(shape, np.float32),
                                    "label": np.zeros(batch_size, np.int32)}, mesh)
                for _ in range(2)]

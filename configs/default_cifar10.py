@@ -1,4 +1,5 @@
 """Defaults for CIFAR-10 (reference ``configs/default_cifar10_configs.py``)."""
+from configs import models
 from configs.common import apply_variant, base_config
 
 
@@ -12,9 +13,9 @@ def get_default_configs():
 
 
 def get_config(arg=None):
-    """The CIFAR-10 defaults with a DDPM++ (continuous VP) network, as a runnable config."""
-    from configs.vp.cifar10_ddpmpp_continuous import get_config as _get
-    return _get(arg)
+    """The CIFAR-10 defaults with a DDPM++ (continuous VP) network, as a runnable config (the
+    values of ``configs/vp/cifar10_ddpmpp_continuous.py``, which imports this module)."""
+    return apply_variant(models.ddpmpp_continuous_vp(get_default_configs()), arg)
 
 
 __all__ = ["get_default_configs", "get_config", "apply_variant"]

@@ -38,3 +38,13 @@ def ncsn_recipe(config, *, n_steps_each: int, snr: float, **model):
     config.optim.update(NCSN_OPTIM)
     config.model.update(model)
     return config
+
+
+def ddpmpp_continuous_vp(config):
+    """The DDPM++ (continuous VP SDE) recipe: reduce-mean DSM, Euler-Maruyama PC sampling,
+    centred data (score_sde ``configs/vp/cifar10_ddpmpp_continuous.py``)."""
+    config.training.update(dict(sde="vpsde", continuous=True, reduce_mean=True))
+    config.sampling.update(dict(method="pc", predictor="euler_maruyama", corrector="none"))
+    config.model.update(DDPMPP)
+    config.data.centered = True
+    return config

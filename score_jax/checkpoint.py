@@ -1,6 +1,7 @@
-"""Checkpoints: converters for the released Score SDE checkpoints (and, later, the orbax manager).
-
-Sections are kept apart so that each can grow independently.
+"""Checkpoints: the orbax ``TrainCheckpointer`` of training workdirs (periodic and preemption
+checkpoints, exact resume, a clear ``CheckpointError`` for a missing / corrupt / mismatched one),
+and a re-export of the converters of released Score SDE checkpoints (``score_jax.convert``:
+``load_variables``, ``save_variables``, ``check_tree``, ...).
 """
 import os
 from typing import Any

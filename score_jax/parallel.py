@@ -8,6 +8,7 @@ process holds ``global_batch / process_count`` examples and assembles the global
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -36,6 +37,20 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         kwargs.update(coordinator_address=coordinator_address, num_processes=num_processes,
                       process_id=process_id)
     jax.distributed.initialize(**kwargs)
+
+
+DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "score_jax", "xla")
+
+
+def compilation_cache_dir(value: str | None) -> str | None:
+    """The persistent XLA compilation cache folder of the CLIs' ``--compilation_cache`` flag:
+    None -> ``$SCORE_JAX_CACHE`` or ``~/.cache/score_jax/xla``; "" / "none" -> None (off); any
+    other value is the folder (user-expanded). Does not touch jax.config: the entry points do."""
+    if value is None:
+        value = os.environ.get("SCORE_JAX_CACHE", DEFAULT_COMPILATION_CACHE)
+    if value.strip().lower() in ("", "none", "off"):
+        return None
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_train_helpers import ROOT
 
-from score_jax import train_lib
+from score_jax import config as config_lib
+from score_jax import train_step
 
 CONFIG_FILES = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"),
@@ -55,12 +56,12 @@ _WITH_GET_CONFIG = [p for p in CONFIG_FILES if "get_config" in open(os.path.join
 
 
 def _build_shape_only(cfg):
-    model = train_lib.model_from_config(cfg)
+    model = config_lib.model_from_config(cfg)
     shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.num_channels)
     key = (repr(model), shape)
     if key not in _SEEN:  # many configs share a network: trace each one once
-        tx, _ = train_lib.optimizer_from_config(cfg)
-        state = jax.eval_shape(lambda k: train_lib.init_state(k, model, tx, shape),
+        tx, _ = config_lib.optimizer_from_config(cfg)
+        state = jax.eval_shape(lambda k: train_step.init_state(k, model, tx, shape),
                                jax.random.key(0))
         out = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2,) + shape),
                                                    jnp.ones((2,)), train=False), state.params)
@@ -76,9 +77,9 @@ def _build_shape_only(cfg):
 def test_config_loads_validates_and_smoke_builds(path):
     """Full and smoke variants load and validate; the smoke network builds shape-only."""
     config = load(path)
-    train_lib.validate_config(config, num_devices=8)
+    config_lib.validate_config(config, num_devices=8)
     smoke = load(path, "smoke")
-    train_lib.validate_config(smoke, num_devices=8)
+    config_lib.validate_config(smoke, num_devices=8)
     assert smoke.training.n_iters <= 10 and smoke.data.dataset == "DIGITS"
     assert smoke.model.name == config.model.name and smoke.training.sde == config.training.sde
     _build_shape_only(smoke)
@@ -115,3 +116,98 @@ def test_reference_hyperparameters():
 def test_unknown_variant():
     with pytest.raises(ValueError, match=r"unknown config variant 'tiny'; valid choices"):
         load("configs/vp/cifar10_ddpmpp_continuous.py", "tiny")
+
+
+# ----------------------------------------------------------------------------------------------
+# The config boundary (issues #9 and #11)
+# ----------------------------------------------------------------------------------------------
+def test_unknown_key_rejected_without_the_repo_configs_folder(tmp_path):
+    """Issue #9: installed (no configs/ importable) validation accepted unknown keys."""
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "site"  # the package alone, as installed: no configs/ beside it
+    pkg.mkdir()
+    os.symlink(os.path.join(ROOT, "score_jax"), pkg / "score_jax")
+    code = ("import sys; assert 'configs' not in sys.modules\n"
+            "import score_jax.config as c, score_jax.train_step, score_jax.preemption\n"
+            "import score_jax.sample_lib, score_jax.train_lib\n"
+            f"assert c.__file__.startswith({str(pkg)!r}), c.__file__\n"
+            "try:\n    import configs.common\nexcept ImportError:\n    pass\n"
+            "else:\n    raise SystemExit('configs/ is importable')\n"
+            "cfg = c.base_config(); cfg.model.name = 'ddpm'; cfg.model.ema_rate = 0.999\n"
+            "cfg.training.batch_size = 8; cfg.eval.batch_size = 8\n"
+            "c.validate_config(cfg, num_devices=1)\n"
+            "cfg.training.continuouse = False\n"
+            "try:\n    c.validate_config(cfg, num_devices=1)\n"
+            "except ValueError as e:\n    print('REJECTED', e)\n")
+    env = dict(os.environ, PYTHONPATH=str(pkg), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "REJECTED config.training.continuouse is not a known key" in r.stdout
+
+
+def test_inpaint_method_fails_validation():
+    """Issue #9: sampling.method='inpaint' passed validation and failed at the first snapshot."""
+    config = load("configs/default_digits.py", "smoke")
+    config.sampling.method = "inpaint"
+    with pytest.raises(ValueError, match=r"sampling.method='inpaint' unknown; valid choices: "
+                                         r"\['pc', 'ode', 'sde'.*need data and a mask"):
+        config_lib.validate_config(config, num_devices=8)
+    assert "inpaint" not in config_lib.config_methods()
+    assert "colorize" not in config_lib.config_methods()
+
+
+def test_sampler_options_are_the_samplers_keyword_parameters():
+    """Options come from the signature: an option of another method is refused by name."""
+    import inspect
+
+    from score_jax import sampling
+
+    for method in config_lib.config_methods()[:-1]:
+        params = inspect.signature(sampling.METHODS[method]).parameters
+        assert set(config_lib.method_options(method)) <= set(params)
+    config = load("configs/default_digits.py", "smoke")
+    config.sampling.eta = 0.5  # a DDIM option, with method "pc"
+    with pytest.raises(ValueError, match=r"sampling.eta=0.5 is not an option of method 'pc'"):
+        config_lib.validate_config(config, num_devices=8)
+
+
+def test_num_classes_and_label_dropout_settable_from_the_command_line():
+    """Issue #11.2: --config.model.num_classes=10 works on a locked config (schema
+    placeholders), and too few classes for the dataset are refused before compiling."""
+    from ml_collections import config_flags  # noqa: F401  (the CLI's override mechanism)
+
+    config = load("configs/default_digits.py", "smoke")
+    config.lock()
+    config.model.num_classes = 10
+    config.training.label_dropout = 0.1
+    config.sampling.class_label = 3
+    config_lib.validate_config(config, num_devices=8)
+    for bad in (5, 9):  # 5: NaN loss before; 9: digit 9 trained into the null row
+        config.model.num_classes = bad
+        with pytest.raises(ValueError, match=rf"num_classes={bad} is smaller than the 10 classes"):
+            config_lib.validate_config(config, num_devices=8)
+    config.model.num_classes = 10
+    config.sampling.class_label = 11
+    with pytest.raises(ValueError, match=r"class_label=11 invalid; valid: 0..9, or 10"):
+        config_lib.validate_config(config, num_devices=8)
+
+
+def test_no_dead_code_and_no_global_jit_cache():
+    """Issue #9: EXTRA_CONFIG_KEYS (dead) and the hand-keyed module-level jit cache are gone."""
+    from score_jax import train_lib
+
+    for mod in (train_lib, config_lib, train_step):
+        assert not hasattr(mod, "EXTRA_CONFIG_KEYS") and not hasattr(mod, "_JIT_CACHE")
+
+
+def test_default_cifar10_does_not_import_the_vp_config():
+    """Issue #9: configs/default_cifar10.py and vp/cifar10_ddpmpp_continuous.py imported each
+    other; the runnable default equals the vp config."""
+    src = open(os.path.join(ROOT, "configs", "default_cifar10.py")).read()
+    assert "configs.vp" not in src
+    a = load("configs/default_cifar10.py")
+    b = load("configs/vp/cifar10_ddpmpp_continuous.py")
+    assert a.to_dict() == b.to_dict()

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_jax import config as config_lib
 from score_jax import data as data_lib
-from score_jax import parallel, train_lib
+from score_jax import parallel, preemption, sample_lib, train_lib, train_step
 from score_jax.checkpoint import TrainCheckpointer
 from score_jax.evaluation import metrics_report, read_report
 from score_jax.evaluation import workdir as wd_lib
@@ -134,18 +135,18 @@ def test_reports_per_checkpoint(trained, full, reference):
         assert len([f for f in os.listdir(host) if f.startswith("bpd_")]) == 2
     # the two checkpoints differ (common random numbers: only the parameters changed)
     assert full["reports"][2]["eval_loss"] != full["reports"][4]["eval_loss"]
-    # the test loss is the mean of train_lib's eval step over the test split
-    b = train_lib.build(config, model=TinyNet())
+    # the test loss is the mean of train_step.eval_step over the test split
+    b = config_lib.build(config, model=TinyNet())
     ck = TrainCheckpointer(wd, read_only=True)
-    state, _ = ck.restore(b["abstract_state"], 4)
+    state, _ = ck.restore(b.abstract_state, 4)
     ck.close()
     ds = data_lib.get_dataset("DIGITS", split="test", batch_size=8, image_size=8, training=False,
                               num_channels=1)
-    p_eval = train_lib.jit_eval_step(train_lib.loss_fn_from_config(config, b["sde"], b["model"],
-                                                                   train=False), b["mesh"])
+    p_eval = train_step.jit_eval_step(config_lib.loss_fn_from_config(config, b.sde, b.model,
+                                                                   train=False), b.mesh)
     k_loss = jax.random.split(jax.random.fold_in(jax.random.key(config.seed),
                                                  wd_lib._EVAL_STREAM), 3)[0]
-    losses = [float(p_eval(state, parallel.to_global(x, b["mesh"]), jax.random.fold_in(k_loss, i)))
+    losses = [float(p_eval(state, parallel.to_global(x, b.mesh), jax.random.fold_in(k_loss, i)))
               for i, x in enumerate(ds.epoch())]
     assert len(losses) == 180 // 8 == full["reports"][4]["eval_loss_num_batches"]
     assert full["reports"][4]["eval_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
@@ -161,7 +162,7 @@ def test_reports_per_checkpoint(trained, full, reference):
 def test_rerun_skips_finished_checkpoints(trained, full, reference, monkeypatch):
     config, wd = trained
     calls = []
-    monkeypatch.setattr(train_lib, "sample_images",
+    monkeypatch.setattr(sample_lib, "sample_images",
                         lambda *a, **k: calls.append(1) or pytest.fail("sampled again"))
     inception = CountingInception()
     again = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_full", model=TinyNet(),
@@ -180,9 +181,12 @@ def test_rerun_skips_finished_checkpoints(trained, full, reference, monkeypatch)
 def test_sigterm_then_resume_gives_uninterrupted_numbers(trained, full, reference):
     config, wd = trained
     # SIGTERM during the first sampling round of step 2: that round is saved, then it stops.
-    first = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_kill", model=TinyNet(),
-                                    inception_fn=CountingInception(term_at=1),
-                                    reference_stats=reference, progress=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.sigterm() as stop:  # what evaluate.py does
+        first = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_kill", model=TinyNet(),
+                                        inception_fn=CountingInception(term_at=1),
+                                        reference_stats=reference, progress=False,
+                                        should_stop=stop.is_set)
     assert first["preempted"] and first["evaluated"] == []
     eval_dir = os.path.join(wd, "eval_kill")
     partial = read_report(eval_dir, 2)
@@ -190,7 +194,7 @@ def test_sigterm_then_resume_gives_uninterrupted_numbers(trained, full, referenc
     assert os.path.exists(os.path.join(eval_dir, "ckpt_2_host_0", "statistics_0.npz"))
     assert not os.path.exists(os.path.join(eval_dir, "ckpt_2_host_0", "statistics_1.npz"))
     assert read_report(eval_dir, 4) is None
-    assert signal.getsignal(signal.SIGTERM) is not wd_lib.request_preemption  # restored
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
     # Resumed: only the missing round of step 2 and all of step 4 are computed.
     inception = CountingInception()
     resumed = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_kill", model=TinyNet(),
@@ -216,7 +220,7 @@ def test_without_inception_samples_are_saved_then_reused(trained, full, referenc
     np.testing.assert_array_equal(
         saved, np.load(os.path.join(wd, "eval_full", "ckpt_2_host_0", "samples_1.npz"))["samples"])
     # With an Inception network later: the saved samples are used, not drawn again.
-    monkeypatch.setattr(train_lib, "sample_images", lambda *a, **k: pytest.fail("sampled again"))
+    monkeypatch.setattr(sample_lib, "sample_images", lambda *a, **k: pytest.fail("sampled again"))
     out = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_noinc", model=TinyNet(),
                                   end_step=2, inception_fn=fake_inception,
                                   reference_stats=reference, progress=False)

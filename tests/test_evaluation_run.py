@@ -120,3 +120,15 @@ def test_evaluate_bpd_resumes_and_matches_dataset_bits_per_dim(tmp_path):
     assert report["bpd_num"] == 60
     exact = -np.mean(np.log2(p[data]))  # per-example bits/dim, exact for this density
     assert report["bpd"] == pytest.approx(exact, rel=1e-5)
+
+
+def test_sample_statistics_does_not_wait_forever_for_other_hosts(tmp_path, monkeypatch):
+    """Issue #9: process 0 waited forever for another process's statistics files; now it
+    raises TimeoutError naming the missing file."""
+    from score_jax.evaluation import run as run_lib
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)  # host 1 never writes its files
+    with pytest.raises(TimeoutError, match=r"ckpt_3_host_1.statistics_0.npz did not appear"):
+        run_lib.sample_statistics(Sampler(4), fake_inception, eval_dir=str(tmp_path), ckpt=3,
+                                  num_samples=8, batch_size=4, key=jax.random.key(0),
+                                  log=None, timeout_s=0.2, poll_s=0.05)

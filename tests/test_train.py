@@ -12,8 +12,9 @@ import pytest
 from test_train_helpers import TinyNet, tiny_config
 
 from score_jax import checkpoint as ckpt_lib
+from score_jax import config as config_lib
 from score_jax import data as data_lib
-from score_jax import parallel, train_lib
+from score_jax import parallel, preemption, sample_lib, train_lib, train_step  # noqa: F401
 
 
 def _leaves(tree):
@@ -42,7 +43,7 @@ def test_smoke_training_then_sampling(tmp_path):
     assert ckpt_lib.TrainCheckpointer(wd, read_only=True).all_steps() == [4]
 
     # sample.py's path: the config's PC sampler (compiled once, shared with the snapshot)
-    out = train_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8,
+    out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8,
                                            output_dir=str(tmp_path / "s"))
     assert out["images"].shape == (8, 16, 16, 1)
     assert out["nfe"] == 3  # 3 Euler-Maruyama steps, no corrector
@@ -53,13 +54,13 @@ def test_smoke_training_then_sampling(tmp_path):
     # the same EMA weights as a converted-checkpoint file give the same samples
     from score_jax.checkpoint import save_variables
 
-    params, _ = train_lib.load_params(config, workdir=wd)
+    params, _ = sample_lib.load_params(config, workdir=wd)
     save_variables({"params": jax.device_get(params)}, str(tmp_path / "conv.msgpack"))
-    out2 = train_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "conv.msgpack"),
+    out2 = sample_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "conv.msgpack"),
                                             num_samples=8, output_dir=str(tmp_path / "s2"))
     np.testing.assert_allclose(out2["images"], out["images"], atol=1e-6)
     with pytest.raises(ValueError, match=r"give exactly one of --workdir"):
-        train_lib.load_params(config, workdir=wd, checkpoint=str(tmp_path / "conv.msgpack"))
+        sample_lib.load_params(config, workdir=wd, checkpoint=str(tmp_path / "conv.msgpack"))
 
 
 def _run(config, wd, stop_at=None):
@@ -67,7 +68,9 @@ def _run(config, wd, stop_at=None):
         if stop_at is not None and step == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)  # the real preemption signal
 
-    return train_lib.train_and_evaluate(config, wd, model=TinyNet(), callbacks=[cb])
+    with preemption.sigterm() as stop:  # what train.py does
+        return train_lib.train_and_evaluate(config, wd, model=TinyNet(), callbacks=[cb],
+                                            should_stop=stop.is_set)
 
 
 def test_kill_and_resume_is_bit_exact(tmp_path):
@@ -107,8 +110,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
         train_lib.train_and_evaluate(config, wd, model=TinyNet(), train_ds=_NaNAt(ds, 2))
     ck = ckpt_lib.TrainCheckpointer(wd, read_only=True)
     assert ck.latest_step() == 2
-    b = train_lib.build(config, model=TinyNet())
-    state, meta = ck.restore(b["abstract_state"])
+    b = config_lib.build(config, model=TinyNet())
+    state, meta = ck.restore(b.abstract_state)
     assert int(state.step) == 2 and meta["step"] == 2
     assert all(np.isfinite(x).all() for x in _leaves(state.params))
 
@@ -122,10 +125,10 @@ def test_train_step_8_devices_equals_1_device():
     results = []
     for n in (1, 8):
         mesh = parallel.make_mesh(n)
-        b = train_lib.build(config, mesh=mesh, model=model)
-        state = b["init"](jax.random.key(0))
-        loss_fn = train_lib.loss_fn_from_config(config, b["sde"], model, train=True)
-        step = train_lib.jit_train_step(loss_fn, b["tx"], b["schedule"], 0.9, mesh)
+        b = config_lib.build(config, mesh=mesh, model=model)
+        state = b.init(jax.random.key(0))
+        loss_fn = config_lib.loss_fn_from_config(config, b.sde, model, train=True)
+        step = train_step.jit_train_step(loss_fn, b.tx, b.schedule, 0.9, mesh)
         key = jax.random.key(1)
         for _ in range(2):
             state, metrics = step(state, parallel.to_global(host_batch, mesh), key)
@@ -157,36 +160,36 @@ def test_unknown_key_and_missing_checkpoint(tmp_path):
     with config.unlocked():
         config.training.continuouse = False
     with pytest.raises(ValueError, match=r"config.training.continuouse is not a known key"):
-        train_lib.validate_config(config)
+        config_lib.validate_config(config)
     with pytest.raises(ckpt_lib.CheckpointError, match=r"has no checkpoint"):
-        train_lib.load_params(tiny_config(), workdir=str(tmp_path / "empty"))
+        sample_lib.load_params(tiny_config(), workdir=str(tmp_path / "empty"))
 
 
 def test_incompatible_checkpoint_is_reported(tmp_path):
     wd = str(tmp_path / "c")
     config = tiny_config()
     _run(config, wd, stop_at=2)
-    b = train_lib.build(config, model=TinyNet(features=4))
+    b = config_lib.build(config, model=TinyNet(features=4))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"cannot be restored"):
-        ckpt_lib.TrainCheckpointer(wd, read_only=True).restore(b["abstract_state"])
+        ckpt_lib.TrainCheckpointer(wd, read_only=True).restore(b.abstract_state)
 
 
 def test_sampling_options_from_config():
     from configs.vp.cifar10_ddpmpp_continuous import get_config
 
     c = get_config()
-    assert train_lib.sampling_options_from_config(c.sampling) == (
+    assert config_lib.sampling_options_from_config(c.sampling) == (
         "pc", {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16, "n_steps": 1,
                "denoise": True, "probability_flow": False})
     c.sampling.method = "ode"
     c.sampling.num_steps = 50
-    method, opts = train_lib.sampling_options_from_config(c.sampling)
+    method, opts = config_lib.sampling_options_from_config(c.sampling)
     assert method == "ode" and opts == {"num_steps": 50, "denoise": True, "rtol": 1e-5,
                                         "atol": 1e-5}
 
 
 def test_optimizer_warmup_and_clip():
-    tx, schedule = train_lib.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
+    tx, schedule = train_step.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
     assert float(schedule(0)) == 0.0
     assert float(schedule(2500)) == pytest.approx(1e-4)
     assert float(schedule(10000)) == pytest.approx(2e-4)
@@ -239,9 +242,9 @@ def test_loss_sees_data_in_the_model_range():
         return jnp.mean(batch["image"]), {}
 
     x = {"image": jnp.array([[0.0, 0.5, 1.0]])}
-    train_lib.scaled_loss_fn(fake_loss, True)(None, x, None)
+    config_lib.scaled_loss_fn(fake_loss, True)(None, x, None)
     np.testing.assert_allclose(seen["image"], [[-1.0, 0.0, 1.0]])
-    train_lib.scaled_loss_fn(fake_loss, False)(None, x, None)
+    config_lib.scaled_loss_fn(fake_loss, False)(None, x, None)
     np.testing.assert_allclose(seen["image"], [[0.0, 0.5, 1.0]])
 
 
@@ -253,7 +256,146 @@ def test_bits_per_dim_mode(tmp_path):
     wd = str(tmp_path / "bpd")
     train_lib.train_and_evaluate(config, wd)
     config.sampling.rtol = config.sampling.atol = 1e-3
-    out = train_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "o"))
+    out = sample_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "o"))
     assert out["num_examples"] == 8 and out["split"] == "test" and out["step"] == 4
     assert 0.0 < out["bpd"] < 30.0 and out["mean_nfe"] > 0
     assert os.path.isfile(str(tmp_path / "o" / "bpd.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Regression tests of issues #9, #11, #12
+# ----------------------------------------------------------------------------------------------
+class _Relabel:
+    """Wrap a pipeline so that every label is ``label``."""
+
+    def __init__(self, ds, label):
+        self.ds, self.label = ds, label
+
+    def iterate(self, start_step=0):
+        for b in self.ds.iterate(start_step):
+            yield dict(b, label=np.full_like(b["label"], self.label))
+
+
+def test_labels_outside_num_classes_refused_before_the_first_step(tmp_path):
+    """Issue #11.2: out-of-range labels stopped with a NaN loss or trained the null row."""
+    config = tiny_config(model__num_classes=10)
+    ds = data_lib.get_dataset("DIGITS", split="train", batch_size=8, image_size=8, training=True)
+    wd = str(tmp_path / "lab")
+    with pytest.raises(ValueError, match=r"labels \[12\] outside \[0, 10\) for "
+                                         r"config.model.num_classes=10"):
+        train_lib.train_and_evaluate(config, wd, model=TinyNet(), train_ds=_Relabel(ds, 12))
+    assert ckpt_lib.TrainCheckpointer(wd, read_only=True).latest_step() is None
+
+
+def test_conditional_sampling_never_draws_the_null_label():
+    """Issue #11.2: sampling a conditional model used the never-trained null row."""
+    y = sample_lib.class_labels(jax.random.key(0), 4096, 10)
+    y = np.asarray(y)
+    assert y.min() == 0 and y.max() == 9 and len(np.unique(y)) == 10
+    np.testing.assert_array_equal(sample_lib.class_labels(jax.random.key(0), 3, 10, 10), [10] * 3)
+    assert sample_lib.class_labels(jax.random.key(0), 3, None) is None
+
+
+def test_any_sample_count_on_any_device_count(tmp_path):
+    """Issue #11.3: 12 samples on 8 devices died with IndivisibleError after training."""
+    assert sample_lib.padded_batch_size(12, None, 8) == 16
+    assert sample_lib.padded_batch_size(12, 5, 8) == 8
+    assert sample_lib.padded_batch_size(3, None, 1) == 3
+    config = tiny_config()
+    b = config_lib.build(config, model=TinyNet())
+    state = b.init(jax.random.key(0))
+    for n in (12, 5):
+        images, _ = sample_lib.sample_built(jax.random.key(1), b, state.ema_params, n)
+        assert images.shape == (n, 8, 8, 1) and np.isfinite(images).all()
+
+
+def test_nonfinite_samples_are_counted_and_not_hidden(tmp_path):
+    """Issue #11.4: non-finite samples were saved silently (sample.py exits 2 on a count > 0)."""
+    x = np.full((4, 2, 2, 1), 0.5, np.float32)
+    x[1, 0, 0, 0] = np.nan
+    x[3] = np.inf
+    assert sample_lib.count_nonfinite(x) == 2
+    sample_lib.save_samples(x, str(tmp_path))
+    saved = np.load(str(tmp_path / "samples.npz"))["samples"]
+    assert saved.dtype == np.uint8 and saved[1, 0, 0, 0] == 0
+
+
+def test_bits_per_dim_eps_is_one_definition(monkeypatch):
+    """Issue #11.6: evaluate.py integrated from sampling.eps, sample.py --mode=bpd from 1e-5;
+    both now use sample_lib.make_logp_fn with config.LIKELIHOOD_EPS, whatever sampling.eps."""
+    from score_jax import likelihood
+
+    seen = []
+
+    def fake(key, sde, score_fn, y, *, eps, **kw):
+        seen.append(eps)
+        return jnp.zeros(y.shape[:1]), y, jnp.zeros((), jnp.int32)
+
+    monkeypatch.setattr(likelihood, "log_likelihood", fake)
+    config = tiny_config(sampling__eps=1e-3)
+    b = config_lib.build(config, model=TinyNet())
+    params = b.init(jax.random.key(0)).params
+    bpd_fn = sample_lib.make_bpd_fn(b, rtol=1e-3, atol=1e-3)
+    bpd, _ = bpd_fn(jax.random.key(0), params, jnp.full((8, 8, 8, 1), 0.5))
+    assert seen == [config_lib.LIKELIHOOD_EPS] == [1e-5]
+    np.testing.assert_allclose(np.asarray(bpd), 7.0)  # log p = 0 -> the centred offset
+
+
+def test_library_installs_no_signal_handler(tmp_path):
+    """Issue #9: train_and_evaluate installed a SIGTERM handler from library code."""
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+    stop = {"now": False}
+
+    def cb(step, m):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        stop["now"] = step == 2
+
+    state = train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "h"), model=TinyNet(),
+                                         callbacks=[cb], should_stop=lambda: stop["now"])
+    assert int(state.step) == 2  # should_stop saved and returned
+    assert all(h is before for h in seen)
+
+
+def test_progress_rates_are_measured_between_synchronised_points(monkeypatch):
+    """Issue #12.4: steps/s and images/s over the interval between two synchronised points."""
+    clock = iter([100.0, 102.0, 103.0])
+    monkeypatch.setattr(train_lib.time, "perf_counter", lambda: next(clock))
+    bar = train_lib._Progress(total=100, start=0, batch_size=64, enabled=False)
+    assert bar.synced(10, 1.0) == pytest.approx(5.0)  # 10 steps in 2 s
+    assert bar.synced(20, 1.0) == pytest.approx(10.0)  # 10 steps in 1 s
+    bar.close()
+
+
+def test_compilation_cache_folder(monkeypatch):
+    """Issue #12.3: --compilation_cache resolution (default, env override, off)."""
+    monkeypatch.delenv("SCORE_JAX_CACHE", raising=False)
+    assert parallel.compilation_cache_dir(None) == os.path.expanduser("~/.cache/score_jax/xla")
+    monkeypatch.setenv("SCORE_JAX_CACHE", "/tmp/sj")
+    assert parallel.compilation_cache_dir(None) == "/tmp/sj"
+    assert parallel.compilation_cache_dir("none") is None
+    assert parallel.compilation_cache_dir("") is None
+
+
+@pytest.mark.slow
+def test_compilation_cache_is_reused_by_a_resumed_run(tmp_path):
+    """Issue #12.3: the second (resumed) train.py run hits the persistent cache: it adds no new
+    train-step entry and logs cache hits."""
+    from test_train_helpers import ROOT
+
+    cache, wd = str(tmp_path / "xla"), str(tmp_path / "wd")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",
+           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:smoke",
+           f"--compilation_cache={cache}", "--config.training.snapshot_sampling=False",
+           "--config.data.image_size=8", "--config.model.ch_mult=(1,2)",
+           "--config.model.attn_resolutions=(4,)", "--config.training.n_iters=2"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = set(os.listdir(cache))
+    assert first
+    cmd[-1] = "--config.training.n_iters=4"
+    env["JAX_DEBUG_LOG_MODULES"] = "jax._src.compiler,jax._src.compilation_cache"
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cache hit" in (r.stderr + r.stdout).lower()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_train_helpers import ROOT, TinyNet
 
-from score_jax import flow, sampling, toy, train_lib
+from score_jax import config as config_lib
+from score_jax import flow, sample_lib, sampling, toy, train_lib
 from score_jax import sde as sde_lib
 
 FLOW_CONFIG = os.path.join("configs", "flow", "digits_flow.py")
@@ -40,10 +41,10 @@ def _tiny_flow_config():
 def test_flow_config_and_smoke_variant_load_and_validate():
     full, smoke = _load(), _load("smoke")
     for c in (full, smoke):
-        train_lib.validate_config(c, num_devices=8)
+        config_lib.validate_config(c, num_devices=8)
         assert c.training.objective == "flow_matching" and c.training.flow_path == "condot"
         assert c.sampling.method == "flow" and c.sampling.solver == "heun"
-        assert train_lib.sampling_options_from_config(c.sampling)[0] == "flow"
+        assert config_lib.sampling_options_from_config(c.sampling)[0] == "flow"
     assert full.sampling.num_steps == 25
     assert smoke.data.dataset == "DIGITS" and smoke.training.n_iters < full.training.n_iters
     # the base default is the score objective
@@ -64,7 +65,7 @@ def test_bad_flow_config_raises_before_compilation(monkeypatch, tmp_path, sectio
     config[section][key] = value
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before validation"))
     with pytest.raises(ValueError, match=match):
-        train_lib.validate_config(config, num_devices=8)
+        config_lib.validate_config(config, num_devices=8)
     with pytest.raises(ValueError, match=match):
         train_lib.train_and_evaluate(config, str(tmp_path / "wd"))
     assert not os.path.exists(tmp_path / "wd")
@@ -76,35 +77,35 @@ def test_flow_sampler_needs_flow_objective():
     config = get_config("smoke")
     config.sampling.method = "flow"
     with pytest.raises(ValueError, match=r"needs training.objective='flow_matching'"):
-        train_lib.validate_config(config, num_devices=8)
+        config_lib.validate_config(config, num_devices=8)
     with pytest.raises(ValueError, match=r"'score', 'flow_matching'"):
         config.training.objective = "velocity"
-        train_lib.loss_fn_from_config(config, train_lib.sde_from_config(config), None, train=True)
+        config_lib.loss_fn_from_config(config, config_lib.sde_from_config(config), None, train=True)
 
 
 def test_loss_fn_from_config_is_flow_matching_on_scaled_data():
     """The flow objective of the config equals flow.get_flow_loss_fn on 2x - 1 scaled data."""
     config = _tiny_flow_config()
     model = TinyNet()
-    sde = train_lib.sde_from_config(config)
+    sde = config_lib.sde_from_config(config)
     x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
     variables = jax.jit(lambda k: model.init(k, x, jnp.ones((4,)), train=False))(
         jax.random.key(0))
     key = jax.random.key(2)
-    got, _ = jax.jit(train_lib.loss_fn_from_config(config, sde, model, train=False))(
+    got, _ = jax.jit(config_lib.loss_fn_from_config(config, sde, model, train=False))(
         variables, x, key)
     want, _ = jax.jit(flow.get_flow_loss_fn(model, flow.CondOTPath(), train=False,
                                             reduce_mean=True))(variables, 2 * x - 1, key)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     config.training.flow_path = "sde"
-    assert isinstance(train_lib.flow_path_from_config(config, sde), flow.SDEPath)
+    assert isinstance(config_lib.flow_path_from_config(config, sde), flow.SDEPath)
 
 
 def test_flow_train_sample_and_bpd_from_checkpoint(tmp_path, monkeypatch):
     """train_and_evaluate (with snapshot sampling), then sample.py's sample and bits/dim paths,
     on the smoke flow config; the tiny network stands in for DDPM++ to keep this in seconds."""
     config = _tiny_flow_config()
-    monkeypatch.setattr(train_lib, "model_from_config", lambda c: TinyNet())
+    monkeypatch.setattr(config_lib, "model_from_config", lambda c: TinyNet())
     wd = str(tmp_path / "flow")
     losses = []
     state = train_lib.train_and_evaluate(config, wd,
@@ -114,15 +115,25 @@ def test_flow_train_sample_and_bpd_from_checkpoint(tmp_path, monkeypatch):
     snap = np.load(os.path.join(wd, "samples", "iter_2", "samples.npz"))["samples"]
     assert snap.shape == (8, 8, 8, 1)
 
-    out = train_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8)
+    out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8)
     images = out["images"]
     assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all()
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert int(out["nfe"]) == 2 * config.sampling.num_steps  # heun: 2 evaluations a step
     assert os.path.exists(out["png"])
 
-    bpd = train_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "bpd"))
+    bpd = sample_lib.bpd_from_checkpoint(config, workdir=wd, output_dir=str(tmp_path / "bpd"))
     assert np.isfinite(bpd["bpd"]) and bpd["bpd"] > 0 and bpd["num_examples"] > 0
+
+    # evaluate.py's bits/dim of a flow model (issue #9: raised "not supported yet")
+    from score_jax.evaluation import workdir as wd_lib
+
+    config.eval.enable_loss = config.eval.enable_sampling = False
+    config.eval.enable_bpd = True
+    out = wd_lib.evaluate_workdir(config, wd, model=TinyNet(), begin_step=2, end_step=2,
+                                  progress=False)
+    got = out["reports"][2]["bpd"]
+    assert np.isfinite(got) and got > 0
 
 
 def _digits_sampling(method, **kw):
@@ -139,7 +150,7 @@ def test_fast_sampler_defaults_left_to_the_sampler():
     """Unset (None) options are not passed: the sampler's own defaults apply."""
     for method in ("ddim", "dpm_solver", "heun"):
         s = _digits_sampling(method, num_steps=20)
-        assert train_lib.sampling_options_from_config(s) == (
+        assert config_lib.sampling_options_from_config(s) == (
             method, {"num_steps": 20, "denoise": True})
 
 
@@ -155,7 +166,7 @@ def test_fast_sampler_defaults_left_to_the_sampler():
 ])
 def test_fast_sampler_options_from_config_are_accepted(method, overrides, want):
     s = _digits_sampling(method, **overrides)
-    got_method, opts = train_lib.sampling_options_from_config(s)
+    got_method, opts = config_lib.sampling_options_from_config(s)
     assert got_method == method and opts == want
     accepted = set(inspect.signature(sampling.METHODS[method]).parameters)
     assert set(opts) <= accepted
@@ -180,4 +191,4 @@ def test_bad_fast_sampler_config_raises(key, value, match):
     config.sampling.method = "dpm_solver"
     config.sampling[key] = value
     with pytest.raises(ValueError, match=match):
-        train_lib.validate_config(config, num_devices=8)
+        config_lib.validate_config(config, num_devices=8)

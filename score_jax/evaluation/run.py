@@ -88,18 +88,24 @@ def sample_statistics(sample_fn: Callable[[jax.Array], Any],
                       inception_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], *,
                       eval_dir: str, ckpt: int, num_samples: int, batch_size: int,
                       key: jax.Array, save_samples: bool = True,
-                      log: Callable[[str], None] | None = print) -> tuple[np.ndarray, np.ndarray]:
+                      log: Callable[[str], None] | None = print,
+                      timeout_s: float = 3600.0,
+                      poll_s: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
     """Draws samples round by round and stores their Inception features, resuming after a kill.
 
     Each process runs ``ceil(num_samples / (batch_size * process_count))`` rounds; round r calls
     ``sample_fn(fold_in(fold_in(key, process_index), r))``, which must return ``batch_size``
     images (float in [0, 1] or uint8), quantises them like score_sde and writes
     ``statistics_{r}.npz`` (and ``samples_{r}.npz``). Rounds whose statistics file exists are
-    skipped. Process 0 then waits for every process's files.
+    skipped. Process 0 then waits for every process's files, at most ``timeout_s`` seconds
+    (polling every ``poll_s``).
 
     Returns:
       ``(pool_3 (num_samples, 2048), logits (num_samples, 1008))`` of all processes, in
       (process, round) order, cut to ``num_samples``.
+
+    Raises:
+      TimeoutError: another process's statistics file did not appear within ``timeout_s``.
     """
     if num_samples < 2 or batch_size < 1:
         raise ValueError(f"need num_samples >= 2 and batch_size >= 1, got {num_samples}, "
@@ -122,12 +128,17 @@ def sample_statistics(sample_fn: Callable[[jax.Array], Any],
         if log:
             log(f"ckpt {ckpt}: sampling round {r + 1}/{num_rounds} done")
     pools, logits = [], []
+    deadline = time.monotonic() + timeout_s
     for host in range(jax.process_count()):
         d = host_dir(eval_dir, ckpt, host)
         for r in range(num_rounds):
             path = os.path.join(d, f"statistics_{r}.npz")
             while not os.path.exists(path):  # another process is still sampling
-                time.sleep(5.0)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{path} did not appear within {timeout_s:.0f} s: process {host} has not "
+                        f"finished sampling round {r} (is it running with the same eval_dir?)")
+                time.sleep(poll_s)
             with np.load(path, allow_pickle=False) as f:
                 pools.append(f["pool_3"])
                 logits.append(f["logits"])

@@ -1,12 +1,15 @@
 """Evaluate the checkpoints of a training workdir, preemption-safe (score_sde `run_lib.evaluate`).
 
-For each saved checkpoint of ``<workdir>/checkpoints`` in step order, with the EMA parameters:
+`evaluate_workdir` builds the enabled evaluators (``evaluation.evaluators``: loss, bits/dim,
+samples) once, then walks the checkpoints. For each saved checkpoint of ``<workdir>/checkpoints``
+in step order, with the EMA parameters:
 
-1. ``eval.enable_loss``: the test loss, the mean of the evaluation loss (train_lib's jitted
-   ``eval_step``) over one in-order pass of the evaluation split (``test``; ``validation`` for
-   CelebA), as the reference ``eval_step`` loop;
+1. ``eval.enable_loss``: the test loss, the mean of the evaluation loss (the jitted
+   ``train_step.eval_step`` of ``config.build``) over one in-order pass of the evaluation split
+   (``test``; ``validation`` for CelebA), as the reference ``eval_step`` loop;
 2. ``eval.enable_bpd``: bits/dim of ``eval.bpd_dataset`` through the probability-flow ODE
-   (``likelihood.log_likelihood``, Hutchinson trace) with ``eval.bpd_num_repeats`` uniform
+   from t = ``config.LIKELIHOOD_EPS`` (score models) or the flow's ODE (flow-matching models),
+   ``sample_lib.make_logp_fn`` with a Hutchinson trace, with ``eval.bpd_num_repeats`` uniform
    dequantisation draws (reference: 5), in resumable rounds (``run.evaluate_bpd``);
 3. ``eval.enable_sampling``: ``eval.num_samples`` samples with ``config.sampling`` in rounds of
    ``eval.batch_size``, and FID / IS / KID of their Inception-v3 features against reference
@@ -25,68 +28,35 @@ named by its training step, the only identifier that a rolling checkpoint also h
 Preemption: every part is written as soon as it is finished (a round file, or a report key), so
 a rerun skips finished checkpoints, finished parts and finished rounds and produces the numbers of
 an uninterrupted run: the keys depend only on ``seed`` (the same for every checkpoint, so that
-checkpoints are compared on common random numbers), never on what was evaluated before. SIGTERM
-(or `request_preemption`) lets the current round finish, then `evaluate_workdir` returns with
-``preempted=True``.
+checkpoints are compared on common random numbers), never on what was evaluated before. When
+``should_stop()`` becomes true (evaluate.py passes ``preemption.sigterm()``'s event, so SIGTERM)
+the current round finishes, then `evaluate_workdir` returns with ``preempted=True``.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from score_jax.evaluation import evaluators as ev
 from score_jax.evaluation import run as run_lib
-from score_jax.evaluation.metrics import inception_score, load_stats
+from score_jax.evaluation.metrics import load_stats
 
 log = logging.getLogger("score_jax.evaluate")
 
 # report keys that mark a finished part
-LOSS_KEY, BPD_KEY = "eval_loss", "bpd"
-DRAWN_KEY = "num_samples_drawn"  # samples drawn and saved, no Inception weights given
+LOSS_KEY, BPD_KEY, DRAWN_KEY = ev.LOSS_KEY, ev.BPD_KEY, ev.DRAWN_KEY
+Preempted = ev.Preempted
 SCALARS = {"eval_loss": "eval/loss", "bpd": "eval/bpd", "fid": "eval/fid", "is": "eval/is",
            "kid": "eval/kid"}
 _EVAL_STREAM = 0x5E7A1  # folded into the seed: evaluation keys differ from training keys
-
-
-# ----------------------------------------------------------------------------------------------
-# Preemption
-# ----------------------------------------------------------------------------------------------
-_PREEMPT = threading.Event()
-
-
-class Preempted(Exception):
-    """Raised at a round boundary after SIGTERM / `request_preemption`; caught by
-    `evaluate_workdir`."""
-
-
-def request_preemption(*_args: Any) -> None:
-    """Ask `evaluate_workdir` to stop after the current round (the SIGTERM handler)."""
-    _PREEMPT.set()
-
-
-def _preemption_requested(sync: bool = False) -> bool:
-    flag = _PREEMPT.is_set()
-    if sync and jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-    return flag
-
-
-def _check_preemption() -> None:
-    # Round-level checks are local: on several processes they would let one process stop while
-    # the others wait in a collective, so there only checkpoint boundaries (synchronised) count.
-    if jax.process_count() == 1 and _PREEMPT.is_set():
-        raise Preempted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,57 +108,8 @@ def _is_kept(step: int, config) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("rtol", "atol", "eps"))
-def _log_likelihood(key, sde, score_fn, y, *, rtol, atol, eps):
-    # sde and score_fn (which holds the parameters) are traced pytrees: one compilation serves
-    # every checkpoint.
-    from score_jax.likelihood import log_likelihood
-
-    logp, _, nfe = log_likelihood(key, sde, score_fn, y, rtol=rtol, atol=atol, eps=eps)
-    return logp, nfe
-
-
-def _local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
-    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)], axis=0)
-
-
-class _Images:
-    """Re-iterable images of one in-order pass of a pipeline, at most ``max_batches`` batches."""
-
-    def __init__(self, ds, max_batches: int | None = None):
-        self.ds, self.max_batches = ds, max_batches
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i, batch in enumerate(self.ds.epoch()):
-            if self.max_batches is not None and i >= self.max_batches:
-                return
-            yield batch["image"]
-
-
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _key_bytes(key: jax.Array) -> bytes:
-    return np.asarray(jax.random.key_data(key)).tobytes()
-
-
-def _count(directory: str, prefix: str, n: int) -> int:
-    return sum(os.path.exists(os.path.join(directory, f"{prefix}_{r}.npz")) for r in range(n))
-
-
 def _tqdm(progress: bool, **kwargs):
-    from tqdm.auto import tqdm
-
-    return tqdm(disable=not (progress and jax.process_index() == 0), dynamic_ncols=True,
-                **kwargs)
+    return ev.tqdm_bar(progress, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +125,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                      num_samples: int | None = None, bpd_repeats: int | None = None,
                      seed: int | None = None, save_samples: bool = True,
                      model=None, eval_ds=None, bpd_ds=None, mesh=None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True,
+                     should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Evaluate the checkpoints of ``workdir`` in step order, resuming where a run stopped.
 
     What is computed follows ``config.eval`` (``enable_loss``, ``enable_bpd``,
@@ -235,6 +157,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       save_samples: keep the uint8 samples of every round (``samples_{r}.npz``).
       model / eval_ds / bpd_ds / mesh: override the config-built ones (tests, notebooks).
       progress: tqdm progress bars (process 0).
+      should_stop: polled at round and checkpoint boundaries (e.g. the event of
+        ``preemption.sigterm()``); true -> stop after the current round, ``preempted=True``.
 
     Returns:
       ``{"eval_dir", "reports": {step: report}, "evaluated": [steps worked on],
@@ -244,14 +168,14 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       ValueError: invalid config or options (before anything is computed).
       CheckpointError: a kept checkpoint cannot be restored.
     """
-    from score_jax import data as data_lib
-    from score_jax import parallel, train_lib
+    from score_jax import config as config_lib
+    from score_jax import parallel, preemption, sample_lib
     from score_jax.checkpoint import CheckpointError, TrainCheckpointer, checkpoint_dir
-    from score_jax.score import get_score_fn
 
-    e, d, t = config.eval, config.data, config.training
-    b = train_lib.build(config, mesh=mesh, model=model)  # validates the config
-    mesh, sde, model = b["mesh"], b["sde"], b["model"]
+    should_stop = preemption.never if should_stop is None else should_stop
+    e, t = config.eval, config.training
+    b = config_lib.build(config, mesh=mesh, model=model)  # validates the config
+    mesh = b.mesh
     lo, hi = step_range(config, begin_step, end_step)
     num_samples = int(e.num_samples if num_samples is None else num_samples)
     bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
@@ -262,10 +186,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
         raise ValueError(f"eval.bpd_num_repeats={bpd_repeats} must be >= 1")
-    if enable_bpd and train_lib.objective_from_config(config) == "flow_matching":
-        raise ValueError("eval.enable_bpd=True is not supported for training.objective="
-                         "'flow_matching' yet in evaluate_workdir; use sample.py's bits/dim mode "
-                         "(train_lib.bpd_from_checkpoint), or set eval.enable_bpd=False")
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder; train first "
                                 f"with python train.py --workdir={workdir}")
@@ -294,53 +214,51 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         elif reference is None:
             log.warning("FID and KID skipped: no reference statistics (--ref_stats=PATH, written "
                         "by python -m score_jax.evaluation.stats); computing IS only.")
-    sample_key = ("fid" if reference is not None else "is") if inception_fn is not None else (
-        DRAWN_KEY)
-    needed = [k for k, on in ((LOSS_KEY, enable_loss), (BPD_KEY, enable_bpd),
-                              (sample_key, enable_sampling)) if on]
-    if not needed:
-        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
-                    "eval.enable_sampling are all False")
 
-    # Data (built once; only for the enabled parts).
-    kw = dict(image_size=d.image_size, seed=int(config.seed), category=d.get("category"),
-              data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
-              num_channels=d.num_channels)
-    if enable_loss and eval_ds is None:
-        split = "validation" if d.dataset.upper() == "CELEBA" else "test"
-        eval_ds = data_lib.get_dataset(d.dataset, split=split, batch_size=per_process,
-                                       training=False, random_flip=False,
-                                       uniform_dequantization=d.uniform_dequantization, **kw)
-    if enable_bpd and bpd_ds is None:
-        bpd_ds = data_lib.get_dataset(d.dataset, split=e.bpd_dataset, batch_size=per_process,
-                                      training=False, random_flip=False,
-                                      uniform_dequantization=False, **kw)
-
-    # Compiled once for all checkpoints.
-    loss_eval = train_lib.loss_fn_from_config(config, sde, model, train=False)
-    p_eval = train_lib.jit_eval_step(loss_eval, mesh, cache_key=(
-        "evaluate_workdir", model, sde, bool(t.continuous), bool(t.reduce_mean),
-        bool(t.likelihood_weighting), config.model.get("num_classes"),
-        t.get("objective", "score"), t.get("flow_path", "condot"),
-        float(t.get("flow_t_max", 1.0))))
-    method, options = train_lib.sampling_options_from_config(config.sampling)
-    flow_path = (train_lib.flow_path_from_config(config, sde)
-                 if method == train_lib.FLOW_METHOD else None)
-    continuous, centered = bool(t.continuous), bool(d.centered)
-    s = config.sampling
-    ll_opts = dict(rtol=float(s.rtol), atol=float(s.atol),
-                   eps=1e-5 if s.get("eps") is None else float(s.eps))
-    if jax.process_count() == 1:
-        sample_mesh = mesh
-    else:  # every process samples its own rounds (own keys) on its own devices
-        sample_mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (parallel.DATA_AXIS,))
-
+    # Evaluators, built once for all checkpoints (only the enabled parts).
     seed = int(config.seed if seed is None else seed)
     k_loss, k_bpd, k_sample = jax.random.split(
         jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3)
-    num_rounds = math.ceil(num_samples / (per_process * jax.process_count()))
-    round_of = {_key_bytes(jax.random.fold_in(jax.random.fold_in(k_sample, jax.process_index()),
-                                              r)): r for r in range(num_rounds)}
+    common = dict(progress=progress, should_stop=should_stop)
+    evaluators = []
+    if enable_loss:
+        if eval_ds is None:
+            eval_ds = config_lib.dataset_from_config(config, config_lib.eval_split(config),
+                                                     batch_size=e.batch_size, training=False)
+        evaluators.append(ev.LossEvaluator(b.eval_step, eval_ds, mesh, k_loss, **common))
+    if enable_bpd:
+        if bpd_ds is None:
+            bpd_ds = config_lib.dataset_from_config(config, e.bpd_dataset,
+                                                    batch_size=e.batch_size, training=False,
+                                                    uniform_dequantization=False)
+        logp_fn = sample_lib.make_logp_fn(b, rtol=float(config.sampling.rtol),
+                                          atol=float(config.sampling.atol))
+        evaluators.append(ev.BpdEvaluator(
+            logp_fn, bpd_ds, mesh, k_bpd, num_repeats=bpd_repeats, centered=b.centered,
+            max_batches=e.get("bpd_max_batches"), dataset_name=e.bpd_dataset, **common))
+    if enable_sampling:
+        if jax.process_count() == 1:
+            sample_mesh = mesh
+        else:  # every process samples its own rounds (own keys) on its own devices
+            sample_mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()),
+                                            (parallel.DATA_AXIS,))
+
+        def sample_fn(key, params, n):
+            if jax.process_count() > 1:
+                params = parallel.replicate(jax.tree_util.tree_map(
+                    lambda a: np.asarray(a.addressable_data(0)), params), sample_mesh)
+            images, _ = sample_lib.sample_built(key, b, params, n, batch_size=n,
+                                                mesh=sample_mesh)
+            return images
+
+        evaluators.append(ev.SampleEvaluator(
+            sample_fn, k_sample, num_samples=num_samples, batch_size=per_process,
+            inception_fn=inception_fn, reference=reference, save_samples=save_samples,
+            **common))
+    if not evaluators:
+        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
+                    "eval.enable_sampling are all False")
+    needed = [x.key_name for x in evaluators]
 
     writer = None
     if is_main:
@@ -360,115 +278,13 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         return [k for k in needed
                 if k not in report and not any(h in report for h in stronger.get(k, ()))]
 
-    # ------------------------------------------------------------------ one checkpoint
     def evaluate_one(step: int, todo: list[str]) -> dict[str, Any]:
-        state, _ = checkpointer.restore(b["abstract_state"], step)
-        params = state.ema_params
-        score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
-        out_dir = run_lib.host_dir(eval_dir, step)
+        state, _ = checkpointer.restore(b.abstract_state, step)
         run_lib.update_report(eval_dir, step, {"step": step})
-
-        if LOSS_KEY in todo:
-            losses = []
-            bar = _tqdm(progress, desc=f"step {step}: test loss", unit="batch", leave=False)
-            for i, batch in enumerate(eval_ds.epoch()):
-                _check_preemption()
-                batch = parallel.to_global(batch, mesh)
-                losses.append(p_eval(state, batch, jax.random.fold_in(k_loss, i)))
-                bar.update(1)
-            bar.close()
-            if not losses:
-                raise ValueError("the evaluation split has no full batch of eval.batch_size")
-            loss = float(np.mean(jax.device_get(losses)))
-            run_lib.update_report(eval_dir, step, {LOSS_KEY: loss,
-                                                   "eval_loss_num_batches": len(losses)})
-            log.info("step %d: test loss %.5f (%d batches)", step, loss, len(losses))
-
-        if BPD_KEY in todo:
-            max_batches = e.get("bpd_max_batches")
-            images = _Images(bpd_ds, max_batches)
-            n_batches = getattr(bpd_ds, "steps_per_epoch", None)
-            if n_batches is not None and max_batches is not None:
-                n_batches = min(n_batches, int(max_batches))
-            n_rounds = None if n_batches is None else bpd_repeats * n_batches
-            bar = _tqdm(progress, desc=f"step {step}: bits/dim", unit="round", leave=False,
-                        total=n_rounds,
-                        initial=0 if n_rounds is None else _count(out_dir, "bpd", n_rounds))
-
-            def logp_fn(key, y):
-                _check_preemption()
-                y = parallel.to_global(np.asarray(y), mesh)
-                logp, _ = _log_likelihood(key, sde, score_fn, y, **ll_opts)
-                bar.update(1)
-                return _local_rows(logp)
-
-            report = run_lib.evaluate_bpd(logp_fn, images, eval_dir=eval_dir, ckpt=step,
-                                          key=k_bpd, num_repeats=bpd_repeats,
-                                          centered=centered, log=log.debug)
-            bar.close()
-            run_lib.update_report(eval_dir, step, {"bpd_num_repeats": bpd_repeats,
-                                                   "bpd_dataset": e.bpd_dataset})
-            log.info("step %d: bits/dim %.5f (%d x %d examples)", step, report[BPD_KEY],
-                     bpd_repeats, report["bpd_num"] // bpd_repeats)
-
-        if sample_key in todo:
-            shape = (per_process, d.image_size, d.image_size, d.num_channels)
-            if jax.process_count() == 1:
-                sample_params = params
-            else:
-                sample_params = parallel.replicate(jax.tree_util.tree_map(
-                    lambda a: np.asarray(a.addressable_data(0)), params), sample_mesh)
-            done = _count(out_dir, "samples" if inception_fn is None else "statistics",
-                          num_rounds)
-            bar = _tqdm(progress, desc=f"step {step}: samples", unit="round", leave=False,
-                        total=num_rounds, initial=done)
-
-            def draw(key):
-                _check_preemption()
-                r = round_of.get(_key_bytes(key))
-                saved = None if r is None else os.path.join(out_dir, f"samples_{r}.npz")
-                if saved is not None and os.path.exists(saved):  # drawn by an earlier run
-                    with np.load(saved, allow_pickle=False) as f:
-                        images = f["samples"]
-                else:
-                    images, _ = train_lib.sample_images(
-                        key, sde, model, sample_params, continuous=continuous, shape=shape,
-                        method=method, options=options, centered=centered, mesh=sample_mesh,
-                        batch_size=per_process, path=flow_path)
-                bar.update(1)
-                return images
-
-            if sample_key == "fid":
-                report = run_lib.evaluate_samples(
-                    draw, inception_fn, reference=reference, eval_dir=eval_dir, ckpt=step,
-                    num_samples=num_samples, batch_size=per_process, key=k_sample,
-                    save_samples=save_samples, log=log.debug)
-                log.info("step %d: FID %.4f  IS %.4f%s", step, report["fid"], report["is"],
-                         f"  KID {report['kid']:.6f}" if "kid" in report else "")
-            elif sample_key == "is":
-                _, logits = run_lib.sample_statistics(
-                    draw, inception_fn, eval_dir=eval_dir, ckpt=step, num_samples=num_samples,
-                    batch_size=per_process, key=k_sample, save_samples=save_samples,
-                    log=log.debug)
-                value = inception_score(logits)
-                run_lib.update_report(eval_dir, step, {"is": value,
-                                                       "num_samples": float(len(logits))})
-                log.info("step %d: IS %.4f (FID / KID skipped: no reference statistics)",
-                         step, value)
-            else:
-                key_p = jax.random.fold_in(k_sample, jax.process_index())
-                for r in range(num_rounds):
-                    path = os.path.join(out_dir, f"samples_{r}.npz")
-                    if os.path.exists(path):
-                        continue
-                    images = run_lib.quantize_samples(draw(jax.random.fold_in(key_p, r)))
-                    _atomic_savez(path, samples=images)
-                run_lib.update_report(eval_dir, step, {
-                    DRAWN_KEY: num_rounds * per_process * jax.process_count()})
-                log.info("step %d: %d samples saved in %s (FID / IS / KID skipped: no "
-                         "Inception weights)", step, num_rounds * per_process, out_dir)
-            bar.close()
-
+        for x in evaluators:
+            if x.key_name in todo:
+                x.run(step, state if isinstance(x, ev.LossEvaluator) else state.ema_params,
+                      eval_dir)
         report = run_lib.read_report(eval_dir, step) or {}
         if writer is not None:
             for k, tag in SCALARS.items():
@@ -485,10 +301,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
             raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
                              f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
     checkpointer = TrainCheckpointer(workdir, read_only=True)
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, request_preemption)
-    _PREEMPT.clear()
     reports: dict[int, dict] = {}
     evaluated, skipped, seen = [], [], set()
     preempted = False
@@ -508,7 +320,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
             outer.total = (outer.total or 0) + len(steps)
             outer.refresh()
             for step in steps:
-                if _preemption_requested(sync=True):
+                if preemption.agree(should_stop, sync=True):
                     raise Preempted
                 seen.add(step)
                 todo = missing(step)
@@ -539,7 +351,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                 waiting_logged = True
             deadline = time.monotonic() + poll_seconds
             while time.monotonic() < deadline:
-                if _preemption_requested():
+                if should_stop():
                     raise Preempted
                 time.sleep(min(1.0, poll_seconds))
     except Preempted:
@@ -550,8 +362,6 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     finally:
         outer.close()
         checkpointer.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
         if writer is not None:
             writer.close()
     summary_path = write_summary(eval_dir) if is_main else None

@@ -1,0 +1,31 @@
+"""Process-wide setup shared by the entry points train.py, sample.py and evaluate.py (library
+code never flips jax.config or installs handlers; the CLIs do, here)."""
+import logging
+import os
+
+
+def setup_process(compilation_cache):
+    """Logging, and the persistent XLA compilation cache in
+    ``parallel.compilation_cache_dir(compilation_cache)`` (None: off). Every compiled function
+    is cached (no minimum compile time or size), so a resumed run, sample.py and evaluate.py
+    reuse the train step / sampler compiled by an earlier process. Returns the folder."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("score_jax").setLevel(logging.INFO)  # resume / first-step / results lines
+    import jax
+
+    from score_jax import parallel
+
+    cache = parallel.compilation_cache_dir(compilation_cache)
+    if cache is not None:
+        os.makedirs(cache, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return cache
+
+
+COMPILATION_CACHE_HELP = ("Persistent XLA compilation cache folder (default $SCORE_JAX_CACHE or "
+                          "~/.cache/score_jax/xla; '' or 'none': off).")

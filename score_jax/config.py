@@ -1,0 +1,596 @@
+"""The config boundary: the schema, validation, every ``*_from_config`` and ``build``.
+
+An ``ml_collections.ConfigDict`` is read here and nowhere below: ``build(config)`` returns a
+typed `Built` of plain objects (SDE, network, optimiser, loss functions, jitted steps, sampler
+method and options) that ``train_lib``, ``sample_lib`` and ``evaluation`` use. The schema
+(`base_config`) lives inside the package, so validation is the same whether score_jax is used
+from the repository (whose ``configs/common.py`` builds on it) or installed.
+
+Sampler options are read generically: the options of ``config.sampling.method`` M are the
+keyword-only parameters of ``sampling.METHODS[M]`` (``flow.flow_sample`` for "flow"); the
+reference's names are aliases (``n_steps_each`` -> ``n_steps``, ``noise_removal`` ->
+``denoise``) and None values are left to the sampler's defaults. Adding a sampler to
+``sampling.METHODS`` (and, if it has new option names, a placeholder to `base_config`) is all
+the config side needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from score_jax import data as data_lib
+from score_jax import flow, losses, parallel, sampling
+from score_jax import sde as sde_lib
+from score_jax import train_step as ts
+
+placeholder = ml_collections.config_dict.placeholder
+
+# The likelihood integration starts at t = eps (score_sde ``likelihood.get_likelihood_fn``:
+# eps=1e-5), for every bits/dim in the project (sample.py --mode=bpd, evaluate.py), independent of
+# the sampler's ``sampling.eps``. TODO(core-sampling): becomes ``likelihood.DEFAULT_EPS``.
+LIKELIHOOD_EPS = 1e-5
+
+FLOW_METHOD = "flow"
+OBJECTIVES = ("score", "flow_matching")
+SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
+# config.sampling names of the reference -> sampler option names
+OPTION_ALIASES = {"n_steps_each": "n_steps", "noise_removal": "denoise"}
+# config.sampling keys that are not sampler options
+_SAMPLING_NON_OPTIONS = {"method", "num_samples", "batch_size", "class_label"}
+# keyword-only parameters of a sampler that the config never sets (traced inputs, layout)
+_NOT_CONFIG_OPTIONS = {"project", "inputs", "path", "x_init", "dtype", "sharding"}
+# model keys read by get_model / the builders beyond the networks' dataclass fields
+_MODEL_EXTRA_KEYS = {"name", "ema_rate", "normalization", "interpolation", "attention_type",
+                     "conv_size", "beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales",
+                     "fourier_scale", "embedding_type", "dropout", "num_classes", "dtype", "remat",
+                     "normalization_type"}
+_OPTIM_EXTRA_KEYS = {"amsgrad"}
+# Classes of the datasets with labels (labels outside [0, num_classes) are refused).
+DATASET_NUM_CLASSES = {"DIGITS": 10, "CIFAR10": 10, "SVHN": 10, "MNIST": 10}
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema
+# ----------------------------------------------------------------------------------------------
+def base_config() -> ml_collections.ConfigDict:
+    """The fields every config has, with the reference defaults (score_sde
+    ``configs/default_cifar10_configs.py``); absent values are None placeholders, so every key
+    can be set from the command line (``--config.model.num_classes=10``)."""
+    config = ml_collections.ConfigDict()
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128
+    training.n_iters = 1300001
+    training.snapshot_freq = 50000
+    training.log_freq = 50
+    training.eval_freq = 100
+    # additional checkpoints for preemption in cloud computing environments
+    training.snapshot_freq_for_preemption = 10000
+    # produce samples at each snapshot
+    training.snapshot_sampling = True
+    training.likelihood_weighting = False
+    training.continuous = True
+    training.reduce_mean = False
+    training.sde = "vpsde"
+    training.num_devices = placeholder(int)  # None: all devices
+    # score_jax additions: the objective ("score": denoising score matching; "flow_matching":
+    # velocity regression on flow_path "condot" or "sde" (the SDE's own Gaussian path), with
+    # t ~ U(0, flow_t_max))
+    training.objective = "score"
+    training.flow_path = "condot"
+    training.flow_t_max = 1.0
+    # classifier-free guidance training: labels dropped to the null label with this probability
+    training.label_dropout = 0.0
+
+    config.sampling = s = ml_collections.ConfigDict()
+    s.method = "pc"  # a key of sampling.METHODS that needs no inputs, or "flow"
+    s.predictor = "euler_maruyama"
+    s.corrector = "none"
+    s.n_steps_each = 1
+    s.noise_removal = True
+    s.probability_flow = False
+    s.snr = 0.16
+    # score_jax additions
+    s.num_steps = placeholder(int)  # None: the sampler's default (model.num_scales for pc)
+    s.solver = placeholder(str)  # ode / sde / flow: None = default
+    s.rtol = 1e-5
+    s.atol = 1e-5
+    s.eps = placeholder(float)  # None: the SDE's default
+    s.num_samples = 64  # snapshot / sample.py grid size (any number: padded to the devices)
+    s.batch_size = placeholder(int)  # None: num_samples
+    # class-conditional models: None draws labels uniformly from [0, num_classes); an int in
+    # [0, num_classes] samples that class (num_classes: the null label, unconditional)
+    s.class_label = placeholder(int)
+    # fast samplers (score_jax.sampling.fast): None = the sampler's default
+    s.eta = placeholder(float)  # ddim
+    s.schedule = placeholder(str)  # ddim, dpm_solver, heun
+    s.order = placeholder(int)  # dpm_solver
+    s.solver_type = placeholder(str)  # dpm_solver
+    s.lower_order_final = placeholder(bool)  # dpm_solver
+    s.rho = placeholder(float)  # heun
+    s.s_churn = placeholder(float)  # heun
+    s.s_tmin = placeholder(float)  # heun
+    s.s_tmax = placeholder(float)  # heun
+    s.s_noise = placeholder(float)  # heun
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.begin_ckpt = 9
+    evaluate.end_ckpt = 26
+    evaluate.batch_size = 1024
+    evaluate.enable_sampling = False
+    evaluate.num_samples = 50000
+    evaluate.enable_loss = True
+    evaluate.enable_bpd = False
+    evaluate.bpd_dataset = "test"
+    evaluate.bpd_num_repeats = 5
+    evaluate.bpd_max_batches = placeholder(int)  # None: whole split
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "CIFAR10"
+    data.image_size = 32
+    data.random_flip = True
+    data.centered = False
+    data.uniform_dequantization = False
+    data.num_channels = 3
+    data.category = placeholder(str)  # LSUN category
+    data.tfrecords_path = placeholder(str)  # FFHQ / CelebA-HQ
+    data.data_dir = placeholder(str)  # TFDS data_dir
+
+    config.model = model = ml_collections.ConfigDict()
+    model.sigma_min = 0.01
+    model.sigma_max = 50.0
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.0
+    model.dropout = 0.1
+    model.embedding_type = "fourier"
+    model.num_classes = placeholder(int)  # class-conditional network; label num_classes = null
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.weight_decay = 0.0
+    optim.optimizer = "Adam"
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.warmup = 5000
+    optim.grad_clip = 1.0
+
+    config.seed = 42
+    return config
+
+
+def known_keys() -> dict[str, set[str]]:
+    """The valid keys of each section: the schema's, plus every network field for ``model``."""
+    from score_jax import models
+
+    base = base_config()
+    keys = {sec: set(base[sec].keys()) for sec in SECTIONS}
+    for cls in models.MODELS.values():
+        keys["model"] |= {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    keys["model"] |= _MODEL_EXTRA_KEYS
+    keys["optim"] |= _OPTIM_EXTRA_KEYS
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------
+# Config -> objects
+# ----------------------------------------------------------------------------------------------
+def sde_from_config(config):
+    """The forward SDE of ``config.training.sde`` with the model's noise parameters."""
+    m = config.model
+    name = config.training.sde.lower()
+    if name in ("vpsde", "subvpsde"):
+        return sde_lib.get_sde(name, beta_min=float(m.beta_min), beta_max=float(m.beta_max),
+                               N=int(m.num_scales))
+    if name == "vesde":
+        return sde_lib.get_sde(name, sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max),
+                               N=int(m.num_scales))
+    raise ValueError(f"training.sde={config.training.sde!r} unknown; valid: {sorted(sde_lib.SDES)}")
+
+
+def model_from_config(config) -> nn.Module:
+    """``models.get_model(config.model, image_size, num_channels, centered)``."""
+    from score_jax import models
+
+    return models.get_model(config.model, image_size=config.data.image_size,
+                            num_channels=config.data.num_channels,
+                            centered=config.data.centered)
+
+
+def optimizer_from_config(config) -> tuple[optax.GradientTransformation, Callable]:
+    """``train_step.make_optimizer`` with ``config.optim``; returns ``(tx, schedule)``."""
+    o = config.optim
+    return ts.make_optimizer(lr=float(o.lr), beta1=float(o.beta1), eps=float(o.eps),
+                             warmup=int(o.warmup), grad_clip=float(o.grad_clip),
+                             weight_decay=float(o.weight_decay), optimizer=o.optimizer)
+
+
+def scaled_loss_fn(loss_fn: Callable, centered: bool) -> Callable:
+    """``loss_fn`` on batches in [0, 1], scaled to the model's range first (2x - 1 if
+    ``centered``; reference ``scaler`` in ``train_step``)."""
+    scaler = data_lib.get_data_scaler(centered)
+
+    def fn(variables, batch, key):
+        if isinstance(batch, dict):
+            batch = dict(batch, image=scaler(batch["image"]))
+        else:
+            batch = scaler(batch)
+        return loss_fn(variables, batch, key)
+
+    return fn
+
+
+def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
+                        uniform_dequantization: bool | None = None):
+    """The pipeline of ``split`` of ``config.data`` with this process's share
+    (``batch_size // process_count``) of the global ``batch_size``; random flips only when
+    ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
+    d = config.data
+    deq = d.uniform_dequantization if uniform_dequantization is None else uniform_dequantization
+    return data_lib.get_dataset(d.dataset, split=split,
+                                batch_size=int(batch_size) // jax.process_count(),
+                                image_size=d.image_size, training=training,
+                                random_flip=bool(d.random_flip) and training,
+                                uniform_dequantization=bool(deq), seed=int(config.seed),
+                                category=d.get("category"), data_dir=d.get("data_dir"),
+                                tfrecords_path=d.get("tfrecords_path"),
+                                num_channels=d.num_channels)
+
+
+def eval_split(config) -> str:
+    """The evaluation split of ``config.data.dataset``: "validation" for CelebA, else "test"."""
+    return "validation" if config.data.dataset.upper() == "CELEBA" else "test"
+
+
+def objective_from_config(config) -> str:
+    """``config.training.objective`` ("score" if absent); unknown names raise ValueError."""
+    objective = config.training.get("objective", "score")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"config.training.objective={objective!r} unknown; valid choices: "
+                         f"{list(OBJECTIVES)}")
+    return objective
+
+
+def flow_path_from_config(config, sde):
+    """The probability path of a flow-matching config: ``flow.CondOTPath()`` for
+    ``training.flow_path="condot"``, ``flow.SDEPath(sde)`` (the SDE's Gaussian path in flow
+    time) for "sde"; unknown names raise ValueError listing ``flow.PATHS``."""
+    name = config.training.get("flow_path", "condot")
+    if name not in flow.PATHS:
+        raise ValueError(f"config.training.flow_path={name!r} unknown; valid choices: "
+                         f"{sorted(flow.PATHS)}")
+    return flow.get_path(name, sde=sde) if name == "sde" else flow.get_path(name)
+
+
+def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
+    """The training objective of ``config`` on data batches in [0, 1] (scaled inside).
+
+    ``training.objective="score"``: denoising score matching (``losses.get_loss_fn``);
+    "flow_matching": conditional flow matching (``flow.get_flow_loss_fn``, Lipman et al. 2023
+    eq. 9) on ``flow_path_from_config`` with t ~ U(0, ``training.flow_t_max``). With
+    ``model.num_classes`` set, labels are dropped to the null label with probability
+    ``training.label_dropout`` (training only).
+    """
+    t = config.training
+    num_classes = config.model.get("num_classes")
+    dropout = float(t.get("label_dropout") or 0.0) if train else 0.0
+    if objective_from_config(config) == "flow_matching":
+        fn = flow.get_flow_loss_fn(model, flow_path_from_config(config, sde), train=train,
+                                   reduce_mean=bool(t.reduce_mean),
+                                   t_max=float(t.get("flow_t_max", 1.0)),
+                                   num_classes=num_classes, label_dropout=dropout)
+    else:
+        fn = losses.get_loss_fn(sde, model, train=train, continuous=bool(t.continuous),
+                                reduce_mean=bool(t.reduce_mean),
+                                likelihood_weighting=bool(t.likelihood_weighting),
+                                num_classes=num_classes, label_dropout=dropout)
+    return scaled_loss_fn(fn, bool(config.data.centered))
+
+
+def _sampler_fn(method: str) -> Callable:
+    return flow.flow_sample if method == FLOW_METHOD else sampling.METHODS[method]
+
+
+def method_options(method: str) -> dict[str, inspect.Parameter]:
+    """The options a config may set for ``method``: the keyword-only parameters of its sampler
+    (``sampling.METHODS[method]``, or ``flow.flow_sample`` for "flow").
+    TODO(core-sampling): becomes ``sampling.method_options(method)``."""
+    params = inspect.signature(_sampler_fn(method)).parameters
+    return {k: p for k, p in params.items()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and k not in _NOT_CONFIG_OPTIONS}
+
+
+def config_methods() -> list[str]:
+    """The valid ``config.sampling.method`` names: every ``sampling.METHODS`` entry that needs no
+    traced ``inputs`` (so not inpaint / colorize, which need data and masks), and "flow"."""
+    out = []
+    for name, fn in sampling.METHODS.items():
+        p = inspect.signature(fn).parameters.get("inputs")
+        if p is None or p.default is not inspect.Parameter.empty:
+            out.append(name)
+    return out + [FLOW_METHOD]
+
+
+def sampling_methods() -> list[str]:
+    """Alias of `config_methods` (the valid ``config.sampling.method`` names)."""
+    return config_methods()
+
+
+def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
+    """Map ``config.sampling`` to ``(method, options)`` for ``sampling.sample(method=...,
+    **options)`` (or ``flow.flow_sample(**options)`` for "flow"): the ONE place.
+
+    The options are the keys of ``config.sampling`` (through ``OPTION_ALIASES``) that are
+    keyword-only parameters of the method's sampler; None values are left to the sampler's
+    defaults. String options of pc (predictor, corrector) are lower-cased.
+
+    Raises:
+      ValueError: unknown method (valid choices listed), or a set (non-None) key that is an
+        option of no sampler, or an option the chosen method does not take while its schema
+        default is None (e.g. ``sampling.eta`` with method "pc").
+    """
+    s = sampling_config
+    method = s.method.lower()
+    valid = config_methods()
+    if method not in valid:
+        raise ValueError(f"config.sampling.method={s.method!r} unknown; valid choices: {valid}")
+    accepted = method_options(method)
+    schema = base_config().sampling
+    opts = {}
+    for key, value in s.items():
+        if key in _SAMPLING_NON_OPTIONS or value is None:
+            continue
+        name = OPTION_ALIASES.get(key, key)
+        if name not in accepted:
+            if key in schema and schema[key] is None:
+                raise ValueError(f"config.sampling.{key}={value!r} is not an option of method "
+                                 f"{method!r}; its options: {sorted(accepted)}")
+            continue
+        if isinstance(value, str) and name in ("predictor", "corrector"):
+            value = value.lower()
+        opts[name] = value
+    return method, opts
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: fails before any compilation, naming the value and the valid choices
+# ----------------------------------------------------------------------------------------------
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _pos_int(path: str, v: Any, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    _need(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0,
+          f"config.{path}={v!r} must be a positive integer")
+
+
+def _validate_keys(config) -> None:
+    top = set(SECTIONS) | {"seed"}
+    for k in config.keys():
+        _need(k in top, f"config.{k} is not a known config section; valid: {sorted(top)}")
+    for sec, valid in known_keys().items():
+        for k in config[sec].keys():
+            _need(k in valid, f"config.{sec}.{k} is not a known key; valid keys of "
+                              f"config.{sec}: {sorted(valid)}")
+
+
+def _validate_sampler(method: str, sde, options: dict) -> None:
+    """Option values of the chosen sampler. TODO(core-sampling): becomes
+    ``sampling.validate_options(method, sde, options)``."""
+    from score_jax.sampling import fast
+
+    if method == FLOW_METHOD:
+        solver = options.get("solver", "heun")
+        _need(solver in flow.FLOW_SOLVERS, f"config.sampling.solver={solver!r} unknown for "
+                                           f"method 'flow'; valid choices: {list(flow.FLOW_SOLVERS)}")
+        _need(solver != "euler" or options.get("num_steps") is not None,
+              "config.sampling.solver='euler' with method 'flow' needs sampling.num_steps (it "
+              "has no error estimate for adaptive steps)")
+        return
+    if method in ("ddim", "dpm_solver", "heun"):
+        _need(options.get("num_steps") is not None,
+              f"config.sampling.num_steps must be set for method {method!r} (no default)")
+        _need(options.get("schedule") is None or options["schedule"] in fast.SCHEDULES,
+              f"config.sampling.schedule={options.get('schedule')!r} unknown; valid choices: "
+              f"{list(fast.SCHEDULES)}")
+        if method == "dpm_solver":
+            _need(options.get("order") in (None, 1, 2, 3),
+                  f"config.sampling.order={options.get('order')!r} invalid; valid choices: "
+                  f"[1, 2, 3]")
+            _need(options.get("solver_type") in (None, *fast.DPM_SOLVER_TYPES),
+                  f"config.sampling.solver_type={options.get('solver_type')!r} unknown; valid "
+                  f"choices: {list(fast.DPM_SOLVER_TYPES)}")
+    if method == "pc":
+        _need(options.get("predictor", "none") in sampling.PREDICTORS,
+              f"config.sampling.predictor={options.get('predictor')!r} unknown; valid choices: "
+              f"{list(sampling.PREDICTORS)}")
+        _need(options.get("corrector", "none") in sampling.CORRECTORS,
+              f"config.sampling.corrector={options.get('corrector')!r} unknown; valid choices: "
+              f"{list(sampling.CORRECTORS)}")
+    solvers = {"ode": sampling.ODE_SOLVERS, "sde": sampling.SDE_SOLVERS}.get(method)
+    if solvers is not None and options.get("solver") is not None:
+        _need(options["solver"] in solvers, f"config.sampling.solver={options['solver']!r} "
+                                            f"unknown for method {method!r}; valid choices: "
+                                            f"{list(solvers)}")
+
+
+def _validate_labels(config) -> None:
+    nc = config.model.get("num_classes")
+    s = config.sampling
+    if nc is None:
+        _need(s.get("class_label") is None,
+              f"config.sampling.class_label={s.class_label!r} needs a class-conditional model "
+              f"(config.model.num_classes)")
+        return
+    _pos_int("model.num_classes", nc)
+    dataset = config.data.dataset.upper()
+    have = DATASET_NUM_CLASSES.get(dataset)
+    _need(have is None or nc >= have,
+          f"config.model.num_classes={nc} is smaller than the {have} classes of "
+          f"data.dataset={config.data.dataset!r} (labels 0..{have - 1 if have else 0}); label "
+          f"{nc} would be the null (unconditional) row. Valid: num_classes >= {have}")
+    drop = float(config.training.get("label_dropout") or 0.0)
+    _need(0.0 <= drop < 1.0, f"config.training.label_dropout={drop!r} must be in [0, 1)")
+    label = s.get("class_label")
+    _need(label is None or 0 <= label <= nc,
+          f"config.sampling.class_label={label!r} invalid; valid: 0..{nc - 1}, or {nc} (the "
+          f"null label, unconditional), or None (uniform over the classes)")
+
+
+def validate_config(config, *, num_devices: int | None = None) -> None:
+    """Check keys and values of a training / sampling config; raise ValueError naming the bad
+    key or value and the valid choices. Runs before anything is built or compiled, and needs no
+    ``configs/`` folder (the schema is `base_config`)."""
+    from score_jax import models
+
+    _validate_keys(config)
+    t, s, d, m, o = config.training, config.sampling, config.data, config.model, config.optim
+    for k in ("batch_size", "n_iters", "snapshot_freq", "log_freq", "eval_freq",
+              "snapshot_freq_for_preemption"):
+        _pos_int(f"training.{k}", t[k])
+    _need(t.sde.lower() in sde_lib.SDES,
+          f"config.training.sde={t.sde!r} unknown; valid choices: {sorted(sde_lib.SDES)}")
+    _need(t.continuous or t.sde.lower() != "subvpsde",
+          "config.training.continuous=False is invalid with sde='subvpsde' (sub-VP has no "
+          "discrete objective); valid: continuous=True, or sde in ['vesde', 'vpsde']")
+    ndev = jax.device_count() if num_devices is None else num_devices
+    if t.get("num_devices") is not None:
+        _need(1 <= t.num_devices <= jax.device_count(),
+              f"config.training.num_devices={t.num_devices} is invalid; valid: "
+              f"1..{jax.device_count()}")
+        ndev = t.num_devices
+    _need(t.batch_size % ndev == 0,
+          f"config.training.batch_size={t.batch_size} is not divisible by the number of devices "
+          f"{ndev}; valid choices are multiples of {ndev}")
+    _pos_int("eval.batch_size", config.eval.batch_size)
+    _need(config.eval.batch_size % ndev == 0,
+          f"config.eval.batch_size={config.eval.batch_size} is not divisible by the number of "
+          f"devices {ndev}; valid choices are multiples of {ndev}")
+    _pos_int("sampling.num_samples", s.num_samples)
+    _pos_int("sampling.batch_size", s.get("batch_size"), allow_none=True)
+    _pos_int("sampling.num_steps", s.get("num_steps"), allow_none=True)
+    objective = t.get("objective", "score")
+    _need(objective in OBJECTIVES, f"config.training.objective={objective!r} unknown; valid "
+                                   f"choices: {list(OBJECTIVES)}")
+    flow_model = objective == "flow_matching"
+    if flow_model:
+        _need(t.get("flow_path", "condot") in flow.PATHS,
+              f"config.training.flow_path={t.get('flow_path')!r} unknown; valid choices: "
+              f"{sorted(flow.PATHS)}")
+        t_max = t.get("flow_t_max", 1.0)
+        _need(isinstance(t_max, int | float) and 0.0 < t_max <= 1.0,
+              f"config.training.flow_t_max={t_max!r} must be in (0, 1]")
+    method = s.method.lower()
+    _need(method in config_methods(),
+          f"config.sampling.method={s.method!r} unknown; valid choices: {config_methods()}"
+          + (" (inpaint / colorize need data and a mask: call sampling.sample or "
+             "score_jax.guidance directly)" if method in sampling.METHODS else ""))
+    if flow_model:
+        _need(method == FLOW_METHOD,
+              f"config.sampling.method={s.method!r} cannot sample a flow-matching model (the "
+              f"network predicts a velocity, not a score); valid choices: ['flow']")
+    else:
+        _need(method != FLOW_METHOD,
+              "config.sampling.method='flow' needs training.objective='flow_matching' (the "
+              f"network of objective {objective!r} predicts a score); valid choices: "
+              f"{config_methods()[:-1]}")
+    _, options = sampling_options_from_config(s)
+    _validate_sampler(method, None, options)
+    _need(d.dataset.upper() in data_lib.DATASETS,
+          f"config.data.dataset={d.dataset!r} unknown; valid choices: {list(data_lib.DATASETS)}")
+    _pos_int("data.image_size", d.image_size)
+    _need(d.num_channels in (1, 3), f"config.data.num_channels={d.num_channels!r} invalid; "
+                                    "valid choices: [1, 3]")
+    _need(m.get("name") in models.MODELS,
+          f"config.model.name={m.get('name')!r} unknown; valid choices: {sorted(models.MODELS)}")
+    _need(0.0 <= float(m.ema_rate) < 1.0 if m.get("ema_rate") is not None else False,
+          f"config.model.ema_rate={m.get('ema_rate')!r} must be in [0, 1)")
+    _pos_int("model.num_scales", m.num_scales)
+    _validate_labels(config)
+    _need(o.optimizer in ts.OPTIMIZERS,
+          f"config.optim.optimizer={o.optimizer!r} unknown; valid choices: {list(ts.OPTIMIZERS)}")
+    _need(not o.get("amsgrad", False), "config.optim.amsgrad=True is not supported; valid: False")
+    _need(float(o.lr) > 0, f"config.optim.lr={o.lr!r} must be > 0")
+    _need(int(o.warmup) >= 0, f"config.optim.warmup={o.warmup!r} must be >= 0")
+
+
+# ----------------------------------------------------------------------------------------------
+# build
+# ----------------------------------------------------------------------------------------------
+class Built(NamedTuple):
+    """Everything a run needs, built once from a config (`build`); no config below this."""
+
+    mesh: jax.sharding.Mesh
+    sde: Any
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: Callable
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    init: Callable  # jitted key -> TrainState (replicated)
+    abstract_state: Any  # shape-only TrainState that orbax restores into
+    train_loss: Callable  # (variables, batch, key) -> (loss, aux), batches in [0, 1]
+    eval_loss: Callable
+    train_step: Callable  # jitted (state, global batch, key) -> (state, metrics)
+    eval_step: Callable  # jitted (state, global batch, key) -> loss
+    ema_rate: float
+    objective: str  # "score" or "flow_matching"
+    method: str  # sampling method ("flow" for flow models)
+    options: dict  # sampler options
+    flow_path: Any  # the flow's probability path, None for score models
+    continuous: bool
+    centered: bool
+    num_classes: int | None
+    class_label: int | None
+
+
+def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
+    """Validate ``config`` (before any compilation), then build every object of a run.
+
+    Args:
+      mesh: the device mesh (default ``parallel.make_mesh(training.num_devices)``).
+      model: replaces the config's network (tests, notebooks).
+
+    Raises:
+      ValueError: invalid config, naming the value and the valid choices.
+    """
+    mesh = mesh or parallel.make_mesh(config.training.get("num_devices"))
+    validate_config(config, num_devices=mesh.devices.size)
+    parallel.check_batch_size(config.training.batch_size, mesh)
+    parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+    sde = sde_from_config(config)
+    model = model or model_from_config(config)
+    tx, schedule = optimizer_from_config(config)
+    d, t = config.data, config.training
+    shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
+    num_classes = config.model.get("num_classes")
+    init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes)
+    train_loss = loss_fn_from_config(config, sde, model, train=True)
+    eval_loss = loss_fn_from_config(config, sde, model, train=False)
+    ema_rate = float(config.model.ema_rate)
+    method, options = sampling_options_from_config(config.sampling)
+    objective = objective_from_config(config)
+    path = flow_path_from_config(config, sde) if objective == "flow_matching" else None
+    return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
+                 init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
+                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh),
+                 eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
+                 objective=objective, method=method, options=options, flow_path=path,
+                 continuous=bool(t.continuous), centered=bool(d.centered),
+                 num_classes=num_classes, class_label=config.sampling.get("class_label"))
+
+
+__all__ = ["LIKELIHOOD_EPS", "FLOW_METHOD", "OBJECTIVES", "OPTION_ALIASES", "DATASET_NUM_CLASSES",
+           "base_config", "known_keys", "sde_from_config", "model_from_config",
+           "optimizer_from_config", "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
+           "flow_path_from_config", "loss_fn_from_config", "method_options", "config_methods",
+           "sampling_methods", "sampling_options_from_config", "validate_config", "Built",
+           "build"]

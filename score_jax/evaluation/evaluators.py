@@ -1,0 +1,233 @@
+"""Evaluators of one checkpoint, each built once and run per checkpoint (big_vision's evaluator
+pattern): the test loss, bits/dim, and samples (+ FID / IS / KID).
+
+An evaluator holds what it needs, built once for all checkpoints (dataset, compiled function,
+keys); ``run(step, state, out)`` evaluates one checkpoint and merges its numbers into the
+report ``report_{step}.json`` of ``eval_dir`` (``run.update_report``), in resumable rounds.
+``should_stop`` is polled at round boundaries (one process only: several processes stop at
+checkpoint boundaries, see ``workdir.evaluate_workdir``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from score_jax.evaluation import run as run_lib
+from score_jax.evaluation.metrics import inception_score
+
+log = logging.getLogger("score_jax.evaluate")
+
+LOSS_KEY, BPD_KEY = "eval_loss", "bpd"
+DRAWN_KEY = "num_samples_drawn"  # samples drawn and saved, no Inception weights given
+
+
+class Preempted(Exception):
+    """Raised at a round boundary once ``should_stop()`` is true."""
+
+
+def round_check(should_stop: Callable[[], bool]) -> None:
+    # Round-level checks are local: on several processes they would let one process stop while
+    # the others wait in a collective, so there only checkpoint boundaries (synchronised) count.
+    if jax.process_count() == 1 and should_stop():
+        raise Preempted
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)], axis=0)
+
+
+class _Images:
+    """Re-iterable images of one in-order pass of a pipeline, at most ``max_batches`` batches."""
+
+    def __init__(self, ds, max_batches: int | None = None):
+        self.ds, self.max_batches = ds, max_batches
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i, batch in enumerate(self.ds.epoch()):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            yield batch["image"]
+
+
+def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _key_bytes(key: jax.Array) -> bytes:
+    return np.asarray(jax.random.key_data(key)).tobytes()
+
+
+def count_rounds(directory: str, prefix: str, n: int) -> int:
+    """How many of ``{prefix}_{r}.npz``, r < n, exist in ``directory``."""
+    return sum(os.path.exists(os.path.join(directory, f"{prefix}_{r}.npz")) for r in range(n))
+
+
+def tqdm_bar(progress: bool, **kwargs):
+    """A tqdm bar on process 0 when ``progress``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not (progress and jax.process_index() == 0), dynamic_ncols=True,
+                **kwargs)
+
+
+class LossEvaluator:
+    """The test loss: the mean of the jitted ``eval_step`` over one in-order pass of ``ds``
+    (reference ``eval_step`` loop), batch i with key ``fold_in(key, i)``."""
+
+    key_name = LOSS_KEY
+
+    def __init__(self, eval_step: Callable, ds, mesh, key: jax.Array, *, progress: bool,
+                 should_stop: Callable[[], bool]):
+        self.eval_step, self.ds, self.mesh, self.key = eval_step, ds, mesh, key
+        self.progress, self.should_stop = progress, should_stop
+
+    def run(self, step: int, state: Any, eval_dir: str) -> None:
+        from score_jax import parallel
+
+        losses = []
+        bar = tqdm_bar(self.progress, desc=f"step {step}: test loss", unit="batch", leave=False)
+        for i, batch in enumerate(self.ds.epoch()):
+            round_check(self.should_stop)
+            batch = parallel.to_global(batch, self.mesh)
+            losses.append(self.eval_step(state, batch, jax.random.fold_in(self.key, i)))
+            bar.update(1)
+        bar.close()
+        if not losses:
+            raise ValueError("the evaluation split has no full batch of eval.batch_size")
+        loss = float(np.mean(jax.device_get(losses)))
+        run_lib.update_report(eval_dir, step, {LOSS_KEY: loss,
+                                               "eval_loss_num_batches": len(losses)})
+        log.info("step %d: test loss %.5f (%d batches)", step, loss, len(losses))
+
+
+class BpdEvaluator:
+    """Bits/dim of a dataset with ``num_repeats`` uniform dequantisations, in resumable rounds
+    (``run.evaluate_bpd``); ``logp_fn(key, params, y)`` is ``sample_lib.make_logp_fn``'s."""
+
+    key_name = BPD_KEY
+
+    def __init__(self, logp_fn: Callable, ds, mesh, key: jax.Array, *, num_repeats: int,
+                 centered: bool, max_batches: int | None, dataset_name: str, progress: bool,
+                 should_stop: Callable[[], bool]):
+        self.logp_fn, self.ds, self.mesh, self.key = logp_fn, ds, mesh, key
+        self.num_repeats, self.centered, self.max_batches = num_repeats, centered, max_batches
+        self.dataset_name, self.progress, self.should_stop = dataset_name, progress, should_stop
+
+    def run(self, step: int, params: Any, eval_dir: str) -> None:
+        from score_jax import parallel
+
+        out_dir = run_lib.host_dir(eval_dir, step)
+        n_batches = getattr(self.ds, "steps_per_epoch", None)
+        if n_batches is not None and self.max_batches is not None:
+            n_batches = min(n_batches, int(self.max_batches))
+        n_rounds = None if n_batches is None else self.num_repeats * n_batches
+        bar = tqdm_bar(self.progress, desc=f"step {step}: bits/dim", unit="round", leave=False,
+                       total=n_rounds,
+                       initial=0 if n_rounds is None else count_rounds(out_dir, "bpd", n_rounds))
+
+        def round_logp(key, y):
+            round_check(self.should_stop)
+            y = parallel.to_global(np.asarray(y), self.mesh)
+            logp, _ = self.logp_fn(key, params, y)
+            bar.update(1)
+            return _local_rows(logp)
+
+        report = run_lib.evaluate_bpd(round_logp, _Images(self.ds, self.max_batches),
+                                      eval_dir=eval_dir, ckpt=step, key=self.key,
+                                      num_repeats=self.num_repeats, centered=self.centered,
+                                      log=log.debug)
+        bar.close()
+        run_lib.update_report(eval_dir, step, {"bpd_num_repeats": self.num_repeats,
+                                               "bpd_dataset": self.dataset_name})
+        log.info("step %d: bits/dim %.5f (%d x %d examples)", step, report[BPD_KEY],
+                 self.num_repeats, report["bpd_num"] // self.num_repeats)
+
+
+class SampleEvaluator:
+    """``num_samples`` samples in rounds of ``batch_size`` per process and, with an Inception
+    network, FID / IS / KID (``run.evaluate_samples`` / ``run.sample_statistics``); without one
+    the samples are saved and a later run with weights scores them instead of sampling again.
+
+    ``sample_fn(key, params, n)`` draws ``n`` images in [0, 1] (``sample_lib.sample_built``).
+    """
+
+    def __init__(self, sample_fn: Callable, key: jax.Array, *, num_samples: int, batch_size: int,
+                 inception_fn: Callable | None, reference: Any, save_samples: bool,
+                 progress: bool, should_stop: Callable[[], bool]):
+        self.sample_fn, self.key = sample_fn, key
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.inception_fn, self.reference, self.save_samples = inception_fn, reference, save_samples
+        self.progress, self.should_stop = progress, should_stop
+        self.num_rounds = math.ceil(num_samples / (batch_size * jax.process_count()))
+        key_p = jax.random.fold_in(key, jax.process_index())
+        self.round_of = {_key_bytes(jax.random.fold_in(key_p, r)): r
+                         for r in range(self.num_rounds)}
+        if inception_fn is None:
+            self.key_name = DRAWN_KEY
+        else:
+            self.key_name = "fid" if reference is not None else "is"
+
+    def run(self, step: int, params: Any, eval_dir: str) -> None:
+        out_dir = run_lib.host_dir(eval_dir, step)
+        done = count_rounds(out_dir, "samples" if self.inception_fn is None else "statistics",
+                            self.num_rounds)
+        bar = tqdm_bar(self.progress, desc=f"step {step}: samples", unit="round", leave=False,
+                       total=self.num_rounds, initial=done)
+
+        def draw(key):
+            round_check(self.should_stop)
+            r = self.round_of.get(_key_bytes(key))
+            saved = None if r is None else os.path.join(out_dir, f"samples_{r}.npz")
+            if saved is not None and os.path.exists(saved):  # drawn by an earlier run
+                with np.load(saved, allow_pickle=False) as f:
+                    images = f["samples"]
+            else:
+                images = self.sample_fn(key, params, self.batch_size)
+            bar.update(1)
+            return images
+
+        kw = dict(eval_dir=eval_dir, ckpt=step, num_samples=self.num_samples,
+                  batch_size=self.batch_size, key=self.key, save_samples=self.save_samples,
+                  log=log.debug)
+        if self.key_name == "fid":
+            report = run_lib.evaluate_samples(draw, self.inception_fn, reference=self.reference,
+                                              **kw)
+            log.info("step %d: FID %.4f  IS %.4f%s", step, report["fid"], report["is"],
+                     f"  KID {report['kid']:.6f}" if "kid" in report else "")
+        elif self.key_name == "is":
+            _, logits = run_lib.sample_statistics(draw, self.inception_fn, **kw)
+            value = inception_score(logits)
+            run_lib.update_report(eval_dir, step, {"is": value,
+                                                   "num_samples": float(len(logits))})
+            log.info("step %d: IS %.4f (FID / KID skipped: no reference statistics)", step,
+                     value)
+        else:
+            key_p = jax.random.fold_in(self.key, jax.process_index())
+            for r in range(self.num_rounds):
+                path = os.path.join(out_dir, f"samples_{r}.npz")
+                if os.path.exists(path):
+                    continue
+                images = run_lib.quantize_samples(draw(jax.random.fold_in(key_p, r)))
+                _atomic_savez(path, samples=images)
+            drawn = self.num_rounds * self.batch_size * jax.process_count()
+            run_lib.update_report(eval_dir, step, {DRAWN_KEY: drawn})
+            log.info("step %d: %d samples saved in %s (FID / IS / KID skipped: no Inception "
+                     "weights)", step, self.num_rounds * self.batch_size, out_dir)
+        bar.close()
+
+
+__all__ = ["Preempted", "round_check", "LossEvaluator", "BpdEvaluator", "SampleEvaluator",
+           "LOSS_KEY", "BPD_KEY", "DRAWN_KEY", "count_rounds", "tqdm_bar"]

@@ -1,0 +1,349 @@
+"""Sampling and bits/dim from a checkpoint (used by sample.py, evaluate.py and the training loop).
+
+Load parameters (a training workdir or a converted checkpoint file), draw any number of samples
+on any number of devices (padded to the device multiple and cut), save a PNG grid and the uint8
+``samples.npz``, and compute bits/dim through the probability-flow ODE (score models) or the
+flow's ODE (flow-matching models) from ``config.LIKELIHOOD_EPS``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score_jax import checkpoint as ckpt_lib
+from score_jax import config as config_lib
+from score_jax import data as data_lib
+from score_jax import flow, likelihood, parallel, sampling
+from score_jax import train_step as ts
+from score_jax.score import get_score_fn
+
+Array = jax.Array
+
+
+_LABEL_STREAM = 0x1ABE1  # labels use their own keys: the draws of unconditional models keep theirs
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+def padded_batch_size(num_samples: int, batch_size: int | None, num_devices: int) -> int:
+    """The per-call batch: ``min(batch_size or num_samples, num_samples)`` rounded up to a
+    multiple of ``num_devices`` (the extra samples are drawn and cut)."""
+    if num_samples <= 0:
+        raise ValueError(f"num_samples={num_samples} must be positive")
+    bs = min(int(batch_size or num_samples), int(num_samples))
+    return int(math.ceil(bs / num_devices) * num_devices)
+
+
+def class_labels(key: Array, n: int, num_classes: int | None,
+                 class_label: int | None = None) -> Array | None:
+    """Labels for sampling a class-conditional model: None for an unconditional model;
+    ``class_label`` repeated if given (``num_classes`` is the null label); otherwise drawn
+    uniformly from [0, num_classes) (never the null label). Shape (n,) int32."""
+    if num_classes is None:
+        return None
+    if class_label is not None:
+        if not 0 <= int(class_label) <= int(num_classes):
+            raise ValueError(f"class_label={class_label} invalid; valid: 0..{num_classes - 1} "
+                             f"or {num_classes} (the null label)")
+        return jnp.full((n,), int(class_label), jnp.int32)
+    return jax.random.randint(key, (n,), 0, int(num_classes), jnp.int32)
+
+
+def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous: bool,
+                  shape: tuple[int, ...], method: str, options: dict, centered: bool,
+                  mesh=None, batch_size: int | None = None, path=None,
+                  num_classes: int | None = None,
+                  class_label: int | None = None) -> tuple[np.ndarray, int]:
+    """Draw ``shape[0]`` samples (any number) in batches of ``batch_size`` rounded up to the
+    device multiple, sharded over ``mesh``, and cut to ``shape[0]``.
+
+    ``method="flow"`` (a flow-matching model: the network predicts a velocity) integrates the
+    flow with ``flow.flow_sample(**options)`` on ``path`` (default ``flow.CondOTPath()``); any
+    other method runs ``sampling.sample`` on the network's score. A class-conditional model
+    (``num_classes``) gets labels from `class_labels`.
+
+    Returns:
+      ``(images, nfe)``: numpy (N, H, W, C) in [0, 1] (non-finite values are kept as NaN so
+      that `count_nonfinite` sees them), nfe per batch.
+    """
+    n = int(shape[0])
+    nd = 1 if mesh is None else mesh.devices.size
+    bs = padded_batch_size(n, batch_size, nd)
+    sharding = None if mesh is None else parallel.data_sharding(mesh)
+    k_draw, k_label = key, jax.random.fold_in(key, _LABEL_STREAM)
+
+    def kwargs(i):
+        y = class_labels(jax.random.fold_in(k_label, i), bs, num_classes, class_label)
+        if y is not None and sharding is not None:
+            y = jax.device_put(y, sharding)
+        return None if y is None else {"y": y}
+
+    if method == config_lib.FLOW_METHOD:
+        sharding = sampling.auto_sharding(sharding)
+
+        def draw(k, i):
+            velocity_fn = flow.get_velocity_fn(model, {"params": params}, model_kwargs=kwargs(i))
+            return flow.flow_sample(k, velocity_fn, (bs,) + tuple(shape[1:]), path=path,
+                                    sharding=sharding, **options)
+    else:
+        def draw(k, i):
+            score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous,
+                                    model_kwargs=kwargs(i))
+            return sampling.sample(k, sde, score_fn, (bs,) + tuple(shape[1:]), method=method,
+                                   sharding=sharding, **options)
+    out, nfe = [], 0
+    for i in range(math.ceil(n / bs)):
+        x, nfe = draw(jax.random.fold_in(k_draw, i), i)
+        out.append(parallel.to_host(x))
+    x = np.concatenate(out)[:n]
+    x = np.asarray(data_lib.get_data_inverse_scaler(centered)(x))
+    finite = np.isfinite(x)
+    x = np.where(finite, np.clip(x, 0.0, 1.0), np.nan)
+    return x, int(nfe)
+
+
+def count_nonfinite(images: np.ndarray) -> int:
+    """The number of images (first axis) holding any NaN / inf."""
+    x = np.asarray(images)
+    return int((~np.isfinite(x.reshape(x.shape[0], -1))).any(axis=1).sum())
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tile (N, H, W, C) images in [0, 1] into one uint8 (rows x cols) grid image."""
+    n, h, w, c = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    grid = np.ones((ncol * (h + padding) + padding, nrow * (w + padding) + padding, c), np.float32)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        y0, x0 = padding + r * (h + padding), padding + q * (w + padding)
+        grid[y0:y0 + h, x0:x0 + w] = images[i]
+    return np.round(np.clip(np.nan_to_num(grid), 0, 1) * 255).astype(np.uint8)
+
+
+def save_samples(images: np.ndarray, directory: str, *, scale: int = 1) -> str:
+    """Write ``samples.png`` (a grid, nearest-upscaled by ``scale``) and ``samples.npz`` (uint8
+    images, as the reference's sample files) into ``directory``; returns the PNG path.
+    Non-finite pixels are written as 0 (count them first with `count_nonfinite`)."""
+    from PIL import Image
+
+    os.makedirs(directory, exist_ok=True)
+    grid = image_grid(images)
+    pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    path = os.path.join(directory, "samples.png")
+    pil.save(path)
+    np.savez_compressed(os.path.join(directory, "samples.npz"),
+                        samples=np.round(np.nan_to_num(images) * 255).astype(np.uint8))
+    return path
+
+
+def sample_built(key: Array, built: config_lib.Built, params: Any, num_samples: int, *,
+                 batch_size: int | None = None, mesh=None) -> tuple[np.ndarray, int]:
+    """`sample_images` with everything taken from a `config.Built`."""
+    return sample_images(key, built.sde, built.model, params, continuous=built.continuous,
+                         shape=(int(num_samples),) + built.image_shape, method=built.method,
+                         options=built.options, centered=built.centered,
+                         mesh=built.mesh if mesh is None else mesh, batch_size=batch_size,
+                         path=built.flow_path, num_classes=built.num_classes,
+                         class_label=built.class_label)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading parameters
+# ----------------------------------------------------------------------------------------------
+def load_params(config, *, workdir: str | None = None, checkpoint: str | None = None,
+                step: int | None = None, use_ema: bool = True, mesh=None,
+                model: nn.Module | None = None) -> tuple[Any, dict]:
+    """Parameters from a training workdir (orbax; EMA by default) or a converted checkpoint file.
+
+    Everything is checked before any compilation: the config (`config.build` validates), that
+    exactly one source is given, and that the checkpoint exists.
+
+    Returns:
+      ``(params replicated over the mesh, info)`` with info = {"source", "step", "mesh",
+      "model", "built"}.
+
+    Raises:
+      ValueError: invalid config, or not exactly one of ``workdir`` / ``checkpoint``.
+      FileNotFoundError: ``checkpoint`` does not exist.
+      CheckpointError: the workdir has no checkpoint, or not ``step``.
+    """
+    built = config_lib.build(config, mesh=mesh, model=model)
+    mesh = built.mesh
+    if (workdir is None) == (checkpoint is None):
+        raise ValueError(f"give exactly one of --workdir (got {workdir!r}) and --checkpoint "
+                         f"(got {checkpoint!r})")
+    info = {"mesh": mesh, "model": built.model, "built": built}
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"--checkpoint={checkpoint!r} does not exist")
+        variables = ckpt_lib.load_variables(checkpoint)
+        expected = jax.eval_shape(
+            lambda k: ts.init_state(k, built.model, optax.identity(), built.image_shape,
+                                    num_classes=built.num_classes).params, jax.random.key(0))
+        params = variables.get("params", variables)
+        ckpt_lib.check_tree(params, expected, f"checkpoint {checkpoint}")
+        return parallel.replicate(params, mesh), dict(info, source=checkpoint, step=None)
+    checkpointer = ckpt_lib.TrainCheckpointer(workdir, read_only=True)
+    try:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise ckpt_lib.CheckpointError(
+                f"--workdir={workdir!r} has no checkpoint (looked in {checkpointer.directory}); "
+                f"train first with python train.py --workdir={workdir}")
+        if step is not None and step not in steps:
+            raise ckpt_lib.CheckpointError(f"--step={step} is not in {checkpointer.directory}; "
+                                           f"valid choices: {steps}")
+        state, _ = checkpointer.restore(built.abstract_state, step)
+    finally:
+        checkpointer.close()
+    params = state.ema_params if use_ema else state.params
+    return params, dict(info, source=workdir, step=int(state.step))
+
+
+def _output_dir(output_dir, workdir, name):
+    if output_dir:
+        return output_dir
+    if workdir:
+        return os.path.join(workdir, "samples", name)
+    raise ValueError("--output_dir is required with --checkpoint")
+
+
+def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
+                           num_samples=None, seed=0, output_dir=None, model=None) -> dict:
+    """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz.
+
+    ``num_samples`` (default ``sampling.num_samples``) may be any positive number on any number
+    of devices. Returns {"png", "npz", "nfe", "seconds", "num_samples", "num_nonfinite",
+    "images"}; the caller decides what non-finite samples mean (sample.py exits non-zero).
+    """
+    n = int(num_samples or config.sampling.num_samples)
+    if n <= 0:
+        raise ValueError(f"num_samples={n} must be positive")
+    params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
+                               use_ema=use_ema, model=model)
+    built = info["built"]
+    t0 = time.perf_counter()
+    images, nfe = sample_built(jax.random.key(seed), built, params, n,
+                               batch_size=config.sampling.get("batch_size"))
+    seconds = time.perf_counter() - t0
+    name = f"{built.method}_step{info['step']}" if info["step"] is not None else built.method
+    out_dir = _output_dir(output_dir, workdir, name)
+    png = None
+    if jax.process_index() == 0:
+        png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size))
+    return {"png": png, "npz": os.path.join(out_dir, "samples.npz"), "nfe": nfe,
+            "seconds": seconds, "num_samples": n, "num_nonfinite": count_nonfinite(images),
+            "images": images}
+
+
+# ----------------------------------------------------------------------------------------------
+# bits/dim
+# ----------------------------------------------------------------------------------------------
+def make_logp_fn(built: config_lib.Built, *, rtol: float, atol: float,
+                 eps: float = config_lib.LIKELIHOOD_EPS) -> Callable:
+    """A jitted ``logp_fn(key, params, y) -> (logp (B,), nfe)``: log-density in nats of
+    dequantised data ``y`` in the model's range (2x - 1 if centred), Hutchinson trace.
+
+    Score models: the probability-flow ODE of the SDE from t = ``eps`` (score_sde
+    ``likelihood.get_likelihood_fn``); flow-matching models: the flow's ODE from data (t = 1)
+    to the prior (``flow.flow_log_likelihood``). Parameters are traced: one compilation serves
+    every checkpoint.
+    """
+    sde, model, continuous = built.sde, built.model, built.continuous
+
+    if built.objective == "flow_matching":
+        path = built.flow_path
+
+        @jax.jit
+        def logp_fn(key, params, y):
+            velocity_fn = flow.get_velocity_fn(model, {"params": params})
+            logp, _, nfe = flow.flow_log_likelihood(key, velocity_fn, y, path=path, rtol=rtol,
+                                                    atol=atol)
+            return logp, nfe
+    else:
+        @jax.jit
+        def logp_fn(key, params, y):
+            score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
+            logp, _, nfe = likelihood.log_likelihood(key, sde, score_fn, y, rtol=rtol,
+                                                     atol=atol, eps=eps)
+            return logp, nfe
+    return logp_fn
+
+
+def make_bpd_fn(built: config_lib.Built, *, rtol: float, atol: float,
+                eps: float = config_lib.LIKELIHOOD_EPS) -> Callable:
+    """A jitted ``bpd_fn(key, params, x) -> (bpd (B,), nfe)`` of 8-bit images ``x`` in [0, 1]:
+    ``likelihood.dequantize``, scale to the model's range, then
+    bpd = -log p(y) / (D ln 2) + ``likelihood.bpd_offset(centered)`` (score_sde
+    ``likelihood.get_likelihood_fn``), for score and flow-matching models alike."""
+    logp_fn = make_logp_fn(built, rtol=rtol, atol=atol, eps=eps)
+    centered = built.centered
+
+    @jax.jit
+    def bpd_fn(key, params, x):
+        kd, kl = jax.random.split(key)
+        x = likelihood.dequantize(kd, x)
+        y = 2.0 * x - 1.0 if centered else x
+        logp, nfe = logp_fn(kl, params, y)
+        D = math.prod(x.shape[1:])
+        return -logp / (D * math.log(2.0)) + likelihood.bpd_offset(centered), nfe
+
+    return bpd_fn
+
+
+def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
+                        seed=0, output_dir=None, model=None) -> dict:
+    """bits/dim of ``config.eval.bpd_dataset`` (reference ``run_lib.evaluate``: uniform
+    dequantisation, ``eval.bpd_num_repeats`` passes, probability-flow ODE with Hutchinson from
+    t = ``config.LIKELIHOOD_EPS``, the same definition as evaluate.py). Writes ``bpd.json``."""
+    params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
+                               use_ema=use_ema, model=model)
+    built, mesh = info["built"], info["mesh"]
+    d, e, s = config.data, config.eval, config.sampling
+    ds = data_lib.get_dataset(d.dataset, split=e.bpd_dataset,
+                              batch_size=e.batch_size // jax.process_count(),
+                              image_size=d.image_size,
+                              training=False, seed=int(config.seed), category=d.get("category"),
+                              data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
+                              num_channels=d.num_channels)
+    bpd_fn = make_bpd_fn(built, rtol=float(s.rtol), atol=float(s.atol))
+    values, nfes = [], []
+    key = jax.random.key(seed)
+    max_batches = e.get("bpd_max_batches")
+    for r in range(int(e.bpd_num_repeats)):
+        for i, batch in enumerate(ds.epoch()):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = parallel.to_global(batch["image"], mesh)
+            bpd, nfe = bpd_fn(jax.random.fold_in(jax.random.fold_in(key, r), i), params, x)
+            values.append(parallel.to_host(bpd))
+            nfes.append(int(nfe))
+    v = np.concatenate(values)
+    out = {"bpd": float(v.mean()), "bpd_std_error": float(v.std() / math.sqrt(len(v))),
+           "num_examples": int(len(v)), "mean_nfe": float(np.mean(nfes)),
+           "eps": config_lib.LIKELIHOOD_EPS, "dataset": d.dataset, "split": e.bpd_dataset,
+           "step": info["step"]}
+    if jax.process_index() == 0:
+        out_dir = _output_dir(output_dir, workdir, f"bpd_step{info['step']}")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "bpd.json"), "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+__all__ = ["padded_batch_size", "class_labels", "sample_images",
+           "count_nonfinite", "image_grid", "save_samples", "sample_built", "load_params",
+           "sample_from_checkpoint", "make_logp_fn", "make_bpd_fn", "bpd_from_checkpoint"]
