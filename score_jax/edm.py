@@ -159,6 +159,30 @@ def get_precond(name: str, **kwargs):
     return PRECONDS[name](**kwargs)
 
 
+def precond_for_sde(name: str, sde, *, sigma_data: float = 0.5):
+    """The preconditioning ``name`` matched to the sampling SDE (the trainer's one-line boundary):
+    "edm" -> EDMPrecond(sigma_data, sigma range of a VESDE, else EDM's 0.002 / 80);
+    "vp" -> VPPrecond(beta_d = beta_max - beta_min, beta_min) of a VPSDE;
+    "ve" -> VEPrecond(sigma_min, sigma_max) of a VESDE.
+
+    Raises ValueError for an unknown name or an SDE of the wrong family for "vp" / "ve".
+    """
+    if name not in PRECONDS:
+        raise ValueError(f"Unknown EDM preconditioning {name!r}; valid choices: {list(PRECONDS)}")
+    if name == "edm":
+        if isinstance(sde, VESDE):
+            return EDMPrecond(sigma_data=sigma_data, sigma_min=sde.sigma_min,
+                              sigma_max=sde.sigma_max)
+        return EDMPrecond(sigma_data=sigma_data)
+    if name == "vp":
+        if not isinstance(sde, VPSDE) or type(sde).__name__ != "VPSDE":
+            raise ValueError(f"precond 'vp' needs a VPSDE; got {type(sde).__name__}")
+        return VPPrecond(beta_d=sde.beta_max - sde.beta_min, beta_min=sde.beta_min)
+    if not isinstance(sde, VESDE):
+        raise ValueError(f"precond 've' needs a VESDE; got {type(sde).__name__}")
+    return VEPrecond(sigma_min=sde.sigma_min, sigma_max=sde.sigma_max)
+
+
 # ----------------------------------------------------------------------------------------------
 # The denoiser and its score
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +251,14 @@ def edm_score_fn(denoiser: Callable[[Array, Array], Array], sde) -> DenoiserScor
     wrapped as a static ``jax.tree_util.Partial``; a pytree denoiser (``EDMDenoiser``) stays traced.
     """
     return DenoiserScoreFn(sde, _as_pytree(denoiser))
+
+
+def get_edm_score_fn(sde, model: nn.Module, variables: Any, precond: Any, *,
+                     log_label: bool = False, model_kwargs: dict | None = None) -> DenoiserScoreFn:
+    """``score_fn(x, t)`` of a trained EDM backbone on ``sde``'s path: ``edm_score_fn`` of
+    ``EDMDenoiser(precond, variables, model)`` (the counterpart of ``score.get_score_fn``)."""
+    den = EDMDenoiser(precond, variables, model, False, log_label, None, model_kwargs)
+    return edm_score_fn(den, sde)
 
 
 def denoiser_from_score(score_fn: Callable[[Array, Array], Array], sde) -> Callable:
@@ -394,7 +426,8 @@ def gaussian_denoiser(mean: Array, data_std: float) -> Callable[[Array, Array], 
 
 
 __all__ = [
-    "EDMPrecond", "VPPrecond", "VEPrecond", "PRECONDS", "get_precond", "EDMDenoiser",
+    "EDMPrecond", "VPPrecond", "VEPrecond", "PRECONDS", "get_precond", "precond_for_sde",
+    "EDMDenoiser", "get_edm_score_fn",
     "DenoiserScoreFn", "edm_score_fn", "denoiser_from_score", "weighted_denoising_loss",
     "edm_loss", "vp_loss", "ve_loss", "precond_loss", "get_edm_loss_fn", "gaussian_denoiser",
     "gaussian_optimal_loss",

@@ -137,7 +137,7 @@ def test_vp_precond_is_score_sde_vp_parameterisation(x64):
     vp = edm.VPPrecond()
     sde = vp.sampling_sde()
     t = jnp.linspace(0.05, 1.0, 5)
-    ours = edm.edm_score_fn(edm.EDMDenoiser(vp, variables, net), sde)(x, t)
+    ours = edm.get_edm_score_fn(sde, net, variables, vp)(x, t)
     ref = get_score_fn(sde, net, variables, continuous=True)(x, t)
     np.testing.assert_allclose(ours, ref, rtol=1e-7, atol=1e-9)
 
@@ -186,6 +186,20 @@ def test_loss_fn_8_devices_equals_1(precond):
     np.testing.assert_allclose(aux8["losses"], aux1["losses"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g8, g1)
     assert np.isfinite(float(l1))
+
+
+def test_precond_for_sde_matches_the_path(x64):
+    p = edm.precond_for_sde("edm", VESDE(sigma_min=0.002, sigma_max=80.0), sigma_data=0.3)
+    assert (p.sigma_data, p.sigma_min, p.sigma_max) == (0.3, 0.002, 80.0)
+    vp = edm.precond_for_sde("vp", VPSDE(beta_min=0.2, beta_max=10.0))
+    sde = vp.sampling_sde()
+    assert (sde.beta_min, sde.beta_max) == (0.2, 10.0)
+    ve = edm.precond_for_sde("ve", VESDE())
+    assert (ve.sigma_min, ve.sigma_max) == (0.01, 50.0)
+    with pytest.raises(ValueError, match="VPSDE"):
+        edm.precond_for_sde("vp", subVPSDE())
+    with pytest.raises(ValueError, match="VESDE"):
+        edm.precond_for_sde("ve", VPSDE())
 
 
 def test_errors_name_bad_values():
