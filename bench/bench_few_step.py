@@ -59,6 +59,16 @@ SOLVERS = [  # (family, method, options)
     ("unipc3", "unipc", {"order": 3}),
     ("heun", "heun", {}),
 ]
+# Variants measured on the logSNR grid (``--families``): B(h) = h, and no lower-order final steps.
+EXTRA_SOLVERS = [
+    ("unipc2_bh1", "unipc", {"order": 2, "variant": "bh1"}),
+    ("unipc3_bh1", "unipc", {"order": 3, "variant": "bh1"}),
+    ("unipc2_nolof", "unipc", {"order": 2, "lower_order_final": False}),
+    ("unipc3_nolof", "unipc", {"order": 3, "lower_order_final": False}),
+    ("unipc2_bh1_nolof", "unipc", {"order": 2, "variant": "bh1", "lower_order_final": False}),
+    ("dpm_solver2_nolof", "dpm_solver", {"order": 2, "lower_order_final": False}),
+    ("dpm_solver3_nolof", "dpm_solver", {"order": 3, "lower_order_final": False}),
+]
 
 
 def problems(names):
@@ -95,10 +105,16 @@ def exact_std_ratio(sde, sd, eps):
     return sd / math.sqrt(sd**2 + sig**2)
 
 
-def settings(nfes, grids):
+def settings(nfes, grids, families=None):
     out = [("pc", "pc rd+langevin N=1000", "pc", None, dict(num_steps=1000)),
            ("ode", "ode tsit5 tol=1e-5", "ode", None, dict(rtol=1e-5, atol=1e-5))]
-    for fam, method, opts in SOLVERS:
+    solvers = SOLVERS + EXTRA_SOLVERS
+    if families is None:
+        solvers = SOLVERS
+    else:
+        out = [o for o in out if o[0] in families]
+        solvers = [sv for sv in solvers if sv[0] in families]
+    for fam, method, opts in solvers:
         for grid in grids:
             for nfe in nfes:
                 n = (nfe + 1) // 2 if method == "heun" else nfe
@@ -107,13 +123,13 @@ def settings(nfes, grids):
     return out
 
 
-def run(names, nfes, grids):
+def run(names, nfes, grids, families=None):
     sde = VPSDE()
     rows = []
     for pkey, _pname, m, n in problems(names):
         shape = (n,) + m.event_shape
         target = exact_std_ratio(sde, float(m.stds[0]), EPS) if pkey == "narrow" else 1.0
-        for family, label, method, grid, opts in settings(nfes, grids):
+        for family, label, method, grid, opts in settings(nfes, grids, families):
             t0 = time.perf_counter()
             x, nfe = draw(sde, m.score_fn(sde), shape, method, **opts)
             x = jax.block_until_ready(x)
@@ -170,7 +186,8 @@ def plot(rows):
 
     probs = list(dict.fromkeys(r["problem"] for r in rows))
     colors = {"ddim": "tab:blue", "dpm_solver2": "tab:orange", "dpm_solver3": "tab:red",
-              "unipc2": "tab:cyan", "unipc3": "tab:brown", "heun": "tab:green"}
+              "unipc2": "tab:cyan", "unipc3": "tab:brown", "heun": "tab:green",
+              "unipc2_nolof": "tab:purple", "unipc2_bh1": "tab:pink"}
     styles = {"logSNR": "-", "time_uniform": ":", "time_quadratic": "--", "edm": "-."}
     fig, axes = plt.subplots(1, len(probs), figsize=(6.5 * len(probs), 5), squeeze=False)
     for j, p in enumerate(probs):
@@ -202,13 +219,18 @@ def plot(rows):
 
 
 def main():
+    global CSV
     ap = argparse.ArgumentParser()
     ap.add_argument("--problems", default="narrow,ring,mix3072")
     ap.add_argument("--nfes", default=",".join(map(str, NFES)))
     ap.add_argument("--grids", default=",".join(SCHEDULES))
+    ap.add_argument("--families", default=None,
+                    help="comma-separated solver families (default: the main SOLVERS + pc, ode)")
+    ap.add_argument("--csv", default=None, help="output CSV (default bench/few_step.csv)")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--append", action="store_true", help="add the rows to an existing CSV")
     args = ap.parse_args()
+    CSV = args.csv or CSV
     if args.plot_only:
         plot(read_csv())
         return
@@ -217,8 +239,9 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     print("| problem | sampler | NFE | dlogp/dim | std ratio | err | mode err | SW2/floor | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
+    families = None if args.families is None else args.families.split(",")
     rows = run(args.problems.split(","), [int(v) for v in args.nfes.split(",")],
-               args.grids.split(","))
+               args.grids.split(","), families)
     if args.append and os.path.exists(CSV):
         rows = read_csv() + rows
     write_csv(rows)
