@@ -50,7 +50,8 @@ def _errors(sde, Ns, **opts):
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order,expected", [(1, 2), (2, 3)])
 def test_convergence_order_vp(order, expected, variant, x64):
-    slope, errs = _errors(VPSDE(), [16, 32, 64], order=order, variant=variant)
+    slope, errs = _errors(VPSDE(), [16, 32, 64], order=order, variant=variant,
+                          lower_order_final=True)
     assert errs[-1] < errs[0]
     assert -expected - 0.5 < slope < -expected + 0.3, (slope, errs)
 
@@ -64,7 +65,14 @@ def test_convergence_order3(name, x64):
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("name", ["subvp", "ve"])
 def test_convergence_order_subvp_ve(name, variant, x64):
-    slope, errs = _errors(SDES[name], [32, 64, 128], order=2, variant=variant)
+    slope, errs = _errors(SDES[name], [32, 64, 128], order=2, variant=variant,
+                          lower_order_final=True)
+    assert -3.5 < slope < -2.7, (slope, errs)
+
+
+def test_default_without_lower_order_final_order_3(x64):
+    """The default (all steps at full order, the last uncorrected) is third order for p = 2."""
+    slope, errs = _errors(VPSDE(), [16, 32, 64], order=2)
     assert -3.5 < slope < -2.7, (slope, errs)
 
 
@@ -84,7 +92,8 @@ def test_unip_bh2_equals_dpm_solver_pp(order, name, x64):
     score = _gaussian(jnp.float64).score_fn(sde)
     x_T = sde.prior_sampling(jax.random.key(3), (8, 2), jnp.float64)
     N = 8  # < 10: DPM-Solver's lower-order final steps are on, as UniPC's always are
-    x_u, _ = _run(sde, score, x_T, num_steps=N, order=order, corrector=False)
+    x_u, _ = _run(sde, score, x_T, num_steps=N, order=order, corrector=False,
+                  lower_order_final=True)
     x_d, _ = sampling.sample(jax.random.key(0), sde, score, (8, 2), "dpm_solver", x_init=x_T,
                              dtype=jnp.float64, num_steps=N, order=order)
     np.testing.assert_allclose(x_u, x_d, rtol=1e-10, atol=1e-12)
@@ -121,8 +130,10 @@ def test_quality_on_gaussian_with_denoise():
     x_T = sde.prior_sampling(jax.random.key(3), (20000, 2))
     x, nfe = _run(sde, _gaussian(jnp.float32).score_fn(sde), x_T, num_steps=10, order=2)
     np.testing.assert_allclose(jnp.mean(x, 0), [MU, -MU], atol=0.02)
-    # 4 % at 10 NFE (DPM-Solver++ 2M: 2 %; both well inside the 1.10 / 0.85 of the narrow cases)
-    np.testing.assert_allclose(jnp.std(x, 0), SD, rtol=0.06)
+    # 10 NFE on this wide (std 0.3) Gaussian: 4-7 % too wide (the default without lower-order
+    # final steps: 1.07; with them: 1.04; DPM-Solver++ 2M: 1.02). On narrow modes the order flips
+    # (bench/RESULTS.md, "Few-step solvers").
+    np.testing.assert_allclose(jnp.std(x, 0), SD, rtol=0.08)
 
 
 def test_edm_model_on_ve_pairing(x64):
