@@ -125,7 +125,7 @@ def ode_log_likelihood(
         if v is None:
             dy, div = exact_divergence(fn, y)
         else:
-            dy, div = hutchinson_divergence(fn, y, v)
+            dy, div = hutchinson_divergence(fn, y, v.astype(y.dtype))
         return dy, div
 
     state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
@@ -169,7 +169,7 @@ def check_8bit(x: Array) -> Array:
     """
     x = jnp.asarray(x) if not isinstance(x, jax.core.Tracer) else x
     if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 255.0
+        return x.astype(jnp.result_type(float)) / 255.0  # jax's default float dtype
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"8-bit images must be uint8 levels in [0, 255] or floats in [0, 1]; got "
                          f"dtype {x.dtype}")
@@ -186,7 +186,7 @@ def dequantize(key: Array, x: Array) -> Array:
     """Uniform dequantisation of 8-bit data: y = (k + u) / 256, u ~ U[0, 1), k the level.
 
     x: uint8 levels (B, ...) in [0, 255], or floats k / 255 in [0, 1] (``check_8bit``). Returns
-    floats in [0, 1) (float32 for uint8 input, else x's dtype).
+    floats in [0, 1) (jax's default float dtype for uint8 input, else x's dtype).
     """
     x = check_8bit(x)
     return (x * 255.0 + jax.random.uniform(key, x.shape, x.dtype)) / 256.0
