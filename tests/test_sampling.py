@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -234,3 +235,33 @@ def test_num_steps_rediscretises_the_sde():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
         _, within = _mixture_stats(m, a)
         assert abs(within / 0.1 - 1) < 0.1
+
+
+TRACES = []
+
+
+@struct.dataclass
+class _TracedScore:
+    """A pytree score function that records every Python execution of ``__call__`` (a trace)."""
+
+    mean: jax.Array
+
+    def __call__(self, x, t):  # exact score of N(mean, I) diffused by a VP SDE
+        TRACES.append(1)
+        a = VPSDE().marginal_coeffs(t)[0][:, None]
+        return -(x - a * self.mean)
+
+
+@pytest.mark.parametrize("method,opts", [("pc", {"corrector": "none", "num_steps": 50}),
+                                         ("ode", {"rtol": 1e-3, "atol": 1e-3}),
+                                         ("dpm_solver", {"num_steps": 4})])
+def test_second_call_with_new_weights_does_not_trace_the_network(method, opts):
+    """A cache hit does no tracing: the shape check runs while compiling, not on every call."""
+    sde = VPSDE()
+    sampling.sample(jax.random.key(0), sde, _TracedScore(jnp.zeros(2)), (64, 2), method, **opts)
+    n = len(TRACES)
+    assert n > 0
+    x, _ = sampling.sample(jax.random.key(1), sde, _TracedScore(jnp.ones(2)), (64, 2), method,
+                           **opts)
+    assert len(TRACES) == n
+    assert float(jnp.mean(x)) > 0.5  # the new weights are used
