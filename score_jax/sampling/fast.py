@@ -313,8 +313,8 @@ def heun_sample(
     step optionally adds churn: gamma_i = min(s_churn / num_steps, sqrt 2 - 1) for
     s_tmin <= sigma_i <= s_tmax, sigma_hat = (1 + gamma_i) sigma_i,
     y_hat = y + sqrt(sigma_hat^2 - sigma_i^2) s_noise z; then an Euler step to sigma_{i+1} and
-    Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step,
-    y = D(y; sigma_min)), so NFE = 2 num_steps - 1 (EDM's count); without, all ``num_steps`` steps
+    Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step
+    after the churn, y = D(y_hat; sigma_hat_min), as EDM's last step), so NFE = 2 num_steps - 1 (EDM's count); without, all ``num_steps`` steps
     are corrected: NFE = 2 num_steps. ``project``: see ``_apply_project`` (applied to x = a_t y).
     Returns ``(x, nfe)``.
     Deterministic when ``s_churn = 0``.
@@ -361,7 +361,12 @@ def heun_sample(
     # The prior sample x_T = a_T y_T.
     y, _ = jax.lax.scan(body, x_init / a[0], jnp.arange(K))
     if denoise:
-        return denoised(y, t[K]), 2 * K + 1
+        # EDM generate.py churns before its last (Euler) step to sigma = 0 too; that step lands
+        # on D(y_hat; sigma_hat).
+        if churn:
+            z = jax.random.normal(jax.random.fold_in(key, K), y.shape, y.dtype)
+            y = y + jnp.sqrt(jnp.maximum(sigma_hat[K] ** 2 - sigma[K] ** 2, 0.0)) * s_noise * z
+        return denoised(y, t_hat[K]), 2 * K + 1
     return a[K] * y, 2 * K
 
 
