@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from score_jax import data as data_lib
-from score_jax import flow, losses, parallel, sampling
+from score_jax import edm, flow, likelihood, losses, parallel, sampling
+from score_jax import score as score_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
 
@@ -34,11 +35,11 @@ placeholder = ml_collections.config_dict.placeholder
 
 # The likelihood integration starts at t = eps (score_sde ``likelihood.get_likelihood_fn``:
 # eps=1e-5), for every bits/dim in the project (sample.py --mode=bpd, evaluate.py), independent of
-# the sampler's ``sampling.eps``. TODO(core-sampling): becomes ``likelihood.DEFAULT_EPS``.
-LIKELIHOOD_EPS = 1e-5
+# the sampler's ``sampling.eps``: ``likelihood.DEFAULT_EPS``, its one definition.
+LIKELIHOOD_EPS = likelihood.DEFAULT_EPS
 
 FLOW_METHOD = "flow"
-OBJECTIVES = ("score", "flow_matching")
+OBJECTIVES = ("score", "flow_matching", "edm")
 SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
 # config.sampling names of the reference -> sampler option names
 OPTION_ALIASES = {"n_steps_each": "n_steps", "noise_removal": "denoise"}
@@ -59,6 +60,30 @@ DATASET_NUM_CLASSES = {"DIGITS": 10, "CIFAR10": 10, "SVHN": 10, "MNIST": 10}
 # ----------------------------------------------------------------------------------------------
 # The schema
 # ----------------------------------------------------------------------------------------------
+def _option_type(default: Any, annotation: Any) -> type:
+    if isinstance(default, bool | int | float | str):
+        return type(default)
+    text = str(annotation)
+    for typ in (bool, int, float, str):
+        if text.split("|")[0].strip() == typ.__name__:
+            return typ
+    return str
+
+
+def _add_sampler_placeholders(s) -> None:
+    """A None placeholder in ``config.sampling`` for every option of every sampler in
+    ``sampling.METHODS`` not declared above (so ``--config.sampling.<option>=...`` works for a
+    newly added sampler without editing this schema)."""
+    declared = set(s.keys()) | set(OPTION_ALIASES.values())
+    for method in sampling.METHODS:
+        params = inspect.signature(sampling.METHODS[method]).parameters
+        for name, default in sampling.method_options(method).items():
+            if name in declared:
+                continue
+            s[name] = placeholder(_option_type(default, params[name].annotation))
+            declared.add(name)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The fields every config has, with the reference defaults (score_sde
     ``configs/default_cifar10_configs.py``); absent values are None placeholders, so every key
@@ -87,6 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
     training.flow_t_max = 1.0
     # classifier-free guidance training: labels dropped to the null label with this probability
     training.label_dropout = 0.0
+    # objective "edm" (Karras et al. 2022, score_jax.edm): preconditioning "edm" | "vp" | "ve",
+    # sigma_data, and the log-normal training noise levels ln sigma ~ N(p_mean, p_std^2)
+    training.precond = "edm"
+    training.sigma_data = 0.5
+    training.p_mean = -1.2
+    training.p_std = 1.2
 
     config.sampling = s = ml_collections.ConfigDict()
     s.method = "pc"  # a key of sampling.METHODS that needs no inputs, or "flow"
@@ -118,6 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
     s.s_tmin = placeholder(float)  # heun
     s.s_tmax = placeholder(float)  # heun
     s.s_noise = placeholder(float)  # heun
+    _add_sampler_placeholders(s)
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9
@@ -268,6 +300,43 @@ def flow_path_from_config(config, sde):
     return flow.get_path(name, sde=sde) if name == "sde" else flow.get_path(name)
 
 
+def precond_from_config(config, sde):
+    """The EDM preconditioning of objective "edm" (``edm.precond_for_sde(training.precond, sde,
+    sigma_data=training.sigma_data)``); None for the other objectives."""
+    if objective_from_config(config) != "edm":
+        return None
+    t = config.training
+    return edm.precond_for_sde(t.precond, sde, sigma_data=float(t.sigma_data))
+
+
+def _edm_log_label(config) -> bool:
+    # NCSN++ with Fourier features takes log(label) itself; EDM feeds c_noise = ln(sigma) / 4
+    return config.model.get("embedding_type") == "fourier"
+
+
+def score_fn_factory(config, sde, model) -> Callable:
+    """``make(params, model_kwargs=None) -> score_fn(x, t)`` of the trained network on ``sde``:
+    the reference wiring ``score.get_score_fn`` (objective "score"), or the EDM denoiser's score
+    (a D(x / a; s / a) - x) / s^2 (objective "edm", ``edm.get_edm_score_fn``). Usable inside jit
+    (params traced). Flow-matching models have a velocity, not a score: None."""
+    objective = objective_from_config(config)
+    if objective == "flow_matching":
+        return None
+    if objective == "edm":
+        precond, log_label = precond_from_config(config, sde), _edm_log_label(config)
+
+        def make(params, model_kwargs=None):
+            return edm.get_edm_score_fn(sde, model, {"params": params}, precond,
+                                        log_label=log_label, model_kwargs=model_kwargs)
+        return make
+    continuous = bool(config.training.continuous)
+
+    def make(params, model_kwargs=None):
+        return score_lib.get_score_fn(sde, model, {"params": params}, continuous=continuous,
+                                      model_kwargs=model_kwargs)
+    return make
+
+
 def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
     """The training objective of ``config`` on data batches in [0, 1] (scaled inside).
 
@@ -280,7 +349,13 @@ def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
     t = config.training
     num_classes = config.model.get("num_classes")
     dropout = float(t.get("label_dropout") or 0.0) if train else 0.0
-    if objective_from_config(config) == "flow_matching":
+    objective = objective_from_config(config)
+    if objective == "edm":
+        fn = edm.get_edm_loss_fn(model, precond_from_config(config, sde), train=train,
+                                 reduce_mean=bool(t.reduce_mean), p_mean=float(t.p_mean),
+                                 p_std=float(t.p_std), log_label=_edm_log_label(config),
+                                 num_classes=num_classes, label_dropout=dropout)
+    elif objective == "flow_matching":
         fn = flow.get_flow_loss_fn(model, flow_path_from_config(config, sde), train=train,
                                    reduce_mean=bool(t.reduce_mean),
                                    t_max=float(t.get("flow_t_max", 1.0)),
@@ -299,8 +374,9 @@ def _sampler_fn(method: str) -> Callable:
 
 def method_options(method: str) -> dict[str, inspect.Parameter]:
     """The options a config may set for ``method``: the keyword-only parameters of its sampler
-    (``sampling.METHODS[method]``, or ``flow.flow_sample`` for "flow").
-    TODO(core-sampling): becomes ``sampling.method_options(method)``."""
+    (``sampling.method_options(method)``, or those of ``flow.flow_sample`` for "flow")."""
+    if method != FLOW_METHOD:
+        return sampling.method_options(method)
     params = inspect.signature(_sampler_fn(method)).parameters
     return {k: p for k, p in params.items()
             if p.kind == inspect.Parameter.KEYWORD_ONLY and k not in _NOT_CONFIG_OPTIONS}
@@ -383,44 +459,15 @@ def _validate_keys(config) -> None:
                               f"config.{sec}: {sorted(valid)}")
 
 
-def _validate_sampler(method: str, sde, options: dict) -> None:
-    """Option values of the chosen sampler. TODO(core-sampling): becomes
-    ``sampling.validate_options(method, sde, options)``."""
-    from score_jax.sampling import fast
-
-    if method == FLOW_METHOD:
-        solver = options.get("solver", "heun")
-        _need(solver in flow.FLOW_SOLVERS, f"config.sampling.solver={solver!r} unknown for "
-                                           f"method 'flow'; valid choices: {list(flow.FLOW_SOLVERS)}")
-        _need(solver != "euler" or options.get("num_steps") is not None,
-              "config.sampling.solver='euler' with method 'flow' needs sampling.num_steps (it "
-              "has no error estimate for adaptive steps)")
-        return
-    if method in ("ddim", "dpm_solver", "heun"):
-        _need(options.get("num_steps") is not None,
-              f"config.sampling.num_steps must be set for method {method!r} (no default)")
-        _need(options.get("schedule") is None or options["schedule"] in fast.SCHEDULES,
-              f"config.sampling.schedule={options.get('schedule')!r} unknown; valid choices: "
-              f"{list(fast.SCHEDULES)}")
-        if method == "dpm_solver":
-            _need(options.get("order") in (None, 1, 2, 3),
-                  f"config.sampling.order={options.get('order')!r} invalid; valid choices: "
-                  f"[1, 2, 3]")
-            _need(options.get("solver_type") in (None, *fast.DPM_SOLVER_TYPES),
-                  f"config.sampling.solver_type={options.get('solver_type')!r} unknown; valid "
-                  f"choices: {list(fast.DPM_SOLVER_TYPES)}")
-    if method == "pc":
-        _need(options.get("predictor", "none") in sampling.PREDICTORS,
-              f"config.sampling.predictor={options.get('predictor')!r} unknown; valid choices: "
-              f"{list(sampling.PREDICTORS)}")
-        _need(options.get("corrector", "none") in sampling.CORRECTORS,
-              f"config.sampling.corrector={options.get('corrector')!r} unknown; valid choices: "
-              f"{list(sampling.CORRECTORS)}")
-    solvers = {"ode": sampling.ODE_SOLVERS, "sde": sampling.SDE_SOLVERS}.get(method)
-    if solvers is not None and options.get("solver") is not None:
-        _need(options["solver"] in solvers, f"config.sampling.solver={options['solver']!r} "
-                                            f"unknown for method {method!r}; valid choices: "
-                                            f"{list(solvers)}")
+def _validate_flow_sampler(options: dict) -> None:
+    """Option values of the flow sampler (the score samplers are checked by
+    ``sampling.validate_options``)."""
+    solver = options.get("solver", "heun")
+    _need(solver in flow.FLOW_SOLVERS, f"config.sampling.solver={solver!r} unknown for "
+                                       f"method 'flow'; valid choices: {list(flow.FLOW_SOLVERS)}")
+    _need(solver != "euler" or options.get("num_steps") is not None,
+          "config.sampling.solver='euler' with method 'flow' needs sampling.num_steps (it "
+          "has no error estimate for adaptive steps)")
 
 
 def _validate_labels(config) -> None:
@@ -504,7 +551,10 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
               f"network of objective {objective!r} predicts a score); valid choices: "
               f"{config_methods()[:-1]}")
     _, options = sampling_options_from_config(s)
-    _validate_sampler(method, None, options)
+    if method == FLOW_METHOD:
+        _validate_flow_sampler(options)
+    else:
+        sampling.validate_options(method, sde_from_config(config), options)
     _need(d.dataset.upper() in data_lib.DATASETS,
           f"config.data.dataset={d.dataset!r} unknown; valid choices: {list(data_lib.DATASETS)}")
     _pos_int("data.image_size", d.image_size)
@@ -542,7 +592,7 @@ class Built(NamedTuple):
     train_step: Callable  # jitted (state, global batch, key) -> (state, metrics)
     eval_step: Callable  # jitted (state, global batch, key) -> loss
     ema_rate: float
-    objective: str  # "score" or "flow_matching"
+    objective: str  # "score", "flow_matching" or "edm"
     method: str  # sampling method ("flow" for flow models)
     options: dict  # sampler options
     flow_path: Any  # the flow's probability path, None for score models
@@ -550,6 +600,7 @@ class Built(NamedTuple):
     centered: bool
     num_classes: int | None
     class_label: int | None
+    make_score_fn: Callable | None  # (params, model_kwargs=None) -> score_fn; None for flows
 
 
 def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
@@ -585,12 +636,15 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
                  eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous), centered=bool(d.centered),
-                 num_classes=num_classes, class_label=config.sampling.get("class_label"))
+                 num_classes=num_classes, class_label=config.sampling.get("class_label"),
+                 make_score_fn=score_fn_factory(config, sde, model))
 
 
-__all__ = ["LIKELIHOOD_EPS", "FLOW_METHOD", "OBJECTIVES", "OPTION_ALIASES", "DATASET_NUM_CLASSES",
-           "base_config", "known_keys", "sde_from_config", "model_from_config",
-           "optimizer_from_config", "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
-           "flow_path_from_config", "loss_fn_from_config", "method_options", "config_methods",
-           "sampling_methods", "sampling_options_from_config", "validate_config", "Built",
-           "build"]
+__all__ = [
+    "LIKELIHOOD_EPS", "FLOW_METHOD", "OBJECTIVES", "OPTION_ALIASES", "DATASET_NUM_CLASSES",
+    "base_config", "known_keys", "sde_from_config", "model_from_config", "optimizer_from_config",
+    "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
+    "flow_path_from_config", "precond_from_config", "score_fn_factory", "loss_fn_from_config",
+    "method_options", "config_methods", "sampling_methods", "sampling_options_from_config",
+    "validate_config", "Built", "build",
+]

@@ -37,7 +37,8 @@ from flax import struct
 from score_jax import score as score_lib
 from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import drop_labels, split_batch
-from score_jax.sampling.diffeq import ODE_SOLVERS, solve_ode
+from score_jax.ode import ODE_SOLVERS, check_solve_options, solve_ode
+from score_jax.runner import run_sampler
 from score_jax.sde import GaussianPrior, gaussian_perturb
 
 Array = jax.Array
@@ -301,13 +302,10 @@ FLOW_SOLVERS = tuple(ODE_SOLVERS)
 def flow_ode_solve(velocity_fn: VelocityFn, x_init: Array, *, solver: str = "heun",
                    num_steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
                    t0: float = 0.0, t1: float = 1.0) -> tuple[Array, Array]:
-    """Integrate dx/dt = v(x, t) from t0 to t1 with diffrax (``diffeq.solve_ode``): fixed steps
+    """Integrate dx/dt = v(x, t) from t0 to t1 with diffrax (``ode.solve_ode``): fixed steps
     when ``num_steps`` is given (euler: NFE = num_steps, heun / midpoint: 2 num_steps, ...), else
     adaptive with rtol / atol (tsit5, dopri5, bosh3, heun, ...). Returns ``(x, nfe)``."""
-    if solver not in ODE_SOLVERS:
-        raise ValueError(f"Unknown ODE solver {solver!r}; valid choices: {list(ODE_SOLVERS)}")
-    if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
-        raise ValueError(f"num_steps must be a positive int or None (adaptive); got {num_steps!r}")
+    check_solve_options(solver, rtol, atol, num_steps)
 
     def vf(t, x):
         return velocity_fn(x, jnp.full((x.shape[0],), t, x.dtype))
@@ -315,14 +313,14 @@ def flow_ode_solve(velocity_fn: VelocityFn, x_init: Array, *, solver: str = "heu
     return solve_ode(vf, x_init, t0, t1, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)
 
 
-_CACHE: dict[Any, Callable] = {}
-
-
-def _as_pytree_fn(fn: Callable) -> Any:
-    leaves, _ = jax.tree_util.tree_flatten(fn)
-    if len(leaves) == 1 and leaves[0] is fn:
-        return jax.tree_util.Partial(fn)
-    return fn
+def flow_ode_sampler(key: Array, path, velocity_fn: VelocityFn, x_init: Array, *,
+                     solver: str = "heun", num_steps: int | None = None, rtol: float = 1e-5,
+                     atol: float = 1e-5) -> tuple[Array, Array]:
+    """The flow sampler in the sampler contract ``fn(key, sde, score_fn, x_init, **options)`` of
+    ``runner.run_sampler`` (``path`` in the SDE's place, the velocity in the score's): the ODE from
+    t = 0 (prior) to 1 (data). Deterministic: ``key`` is unused."""
+    return flow_ode_solve(velocity_fn, x_init, solver=solver, num_steps=num_steps, rtol=rtol,
+                          atol=atol)
 
 
 def flow_sample(
@@ -338,36 +336,19 @@ def flow_sample(
     x_init: Array | None = None,
     dtype=jnp.float32,
     sharding: jax.sharding.Sharding | None = None,
-) -> tuple[Array, Array]:
+) -> tuple[Array, int]:
     """Draw samples by integrating the flow from the prior of ``path`` (default ``CondOTPath()``)
-    at t = 0 to the data at t = 1, in one jit; returns ``(x, nfe)`` with the true number of
-    velocity evaluations. ``solver``: "euler", "heun", "midpoint" with ``num_steps``, or an adaptive
-    solver ("tsit5", "dopri5", ...) with ``num_steps=None``. ``sharding`` lays the batch out over a
-    device mesh (the result does not depend on it)."""
+    at t = 0 to the data at t = 1, in the one jitted runner (``runner.run_sampler``); returns
+    ``(x, nfe)`` with the true number of velocity evaluations (a Python int). ``solver``: "euler",
+    "heun", "midpoint" with ``num_steps``, or an adaptive solver ("tsit5", "dopri5", ...) with
+    ``num_steps=None``. ``sharding`` lays the batch out over a device mesh (the result does not
+    depend on it). Raises ValueError for an unknown solver, tolerances <= 0, num_steps < 1, or
+    an adaptive "euler", before compiling."""
     path = CondOTPath() if path is None else path
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, ...) with at least 2 dims; got {shape}")
-    if solver not in ODE_SOLVERS:
-        raise ValueError(f"Unknown ODE solver {solver!r}; valid choices: {list(ODE_SOLVERS)}")
-    if num_steps is None and solver == "euler":
-        raise ValueError("solver 'euler' has no error estimate: give num_steps")
-    dtype = jnp.dtype(dtype)
-    velocity_fn = _as_pytree_fn(velocity_fn)
-    cache_key = (shape, dtype, solver, num_steps, rtol, atol, sharding, x_init is None)
-    fn = _CACHE.get(cache_key)
-    if fn is None:
-        def run(key, path, velocity_fn, x_init):
-            if x_init is None:
-                x_init = path.prior_sampling(key, shape, dtype)
-            if sharding is not None:
-                x_init = jax.lax.with_sharding_constraint(x_init, sharding)
-            return flow_ode_solve(velocity_fn, x_init, solver=solver, num_steps=num_steps,
-                                  rtol=rtol, atol=atol)
-
-        fn = jax.jit(run, out_shardings=None if sharding is None else (sharding, None))
-        _CACHE[cache_key] = fn
-    return fn(key, path, velocity_fn, x_init)
+    check_solve_options(solver, rtol, atol, num_steps)
+    return run_sampler(flow_ode_sampler, key, path, velocity_fn, shape, x_init=x_init,
+                       dtype=dtype, sharding=sharding,
+                       options=dict(solver=solver, num_steps=num_steps, rtol=rtol, atol=atol))
 
 
 def flow_log_likelihood(
@@ -399,6 +380,6 @@ __all__ = [
     "CondOTPath", "SDEPath", "PATHS", "get_path", "interpolate", "flow_matching_loss",
     "ModelVelocityFn", "get_velocity_fn", "get_flow_loss_fn", "velocity_to_score",
     "score_to_velocity", "velocity_to_eps", "eps_to_velocity", "velocity_to_x1",
-    "MixtureVelocity", "FLOW_SOLVERS", "flow_ode_solve", "flow_sample",
+    "MixtureVelocity", "FLOW_SOLVERS", "flow_ode_solve", "flow_ode_sampler", "flow_sample",
     "flow_log_likelihood",
 ]

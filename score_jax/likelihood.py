@@ -11,7 +11,17 @@ Rademacher or Gaussian probe v per solve (one JVP per evaluation). Everything ru
 
 bits/dim (reference ``likelihood.py`` / ``run_lib.evaluate``): for 8-bit data dequantised as
 x = (k + u) / 256, u ~ U[0, 1), bpd = -log p(x) / (D ln 2) + offset, offset = 8 for data in [0, 1]
-and 7 when the model sees centred data 2x - 1 (the Jacobian of the affine maps).
+and 7 when the model sees centred data 2x - 1 (the Jacobian of the affine maps). This module is the
+one home of dequantisation and bits/dim.
+
+Input convention for ``dequantize`` / ``bits_per_dim``: 8-bit images either as uint8 levels
+k in {0, ..., 255} or as floats k / 255 in [0, 1]. uint8 is converted; floats outside [0, 1]
+(e.g. [0, 255], or data already centred to [-1, 1]) are refused with the range found.
+
+``DEFAULT_EPS`` (1e-5, the reference's likelihood eps) is where the likelihood ODE starts: the one
+definition used by every caller.
+
+Layer: imports ``score_jax.ode`` (never the sampler package).
 """
 from __future__ import annotations
 
@@ -21,12 +31,29 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from score_jax.sampling.diffeq import probability_flow_velocity, solve_ode
+from score_jax.ode import check_solve_options, probability_flow_drift, solve_ode
 
 Array = jax.Array
 
 HUTCHINSON = ("rademacher", "gaussian", "exact")
+DEFAULT_EPS = 1e-5
+"""Start time of the likelihood ODE (score_sde ``likelihood.py``: eps=1e-5)."""
+
+
+def check_options(sde, eps: float, hutchinson: str, solver: str, rtol: float, atol: float,
+                  num_steps: int | None) -> None:
+    """ValueError naming the bad value and the valid range: eps in (0, T), hutchinson in
+    ``HUTCHINSON``, solver in ``ode.ODE_SOLVERS``, rtol / atol > 0, num_steps None or >= 1."""
+    T = float(sde.T)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+            math.isfinite(eps) and 0.0 < eps < T):
+        raise ValueError(f"likelihood eps must be a number in (0, T={T}); got eps={eps!r}")
+    if hutchinson not in HUTCHINSON:
+        raise ValueError(f"Unknown hutchinson estimator {hutchinson!r}; valid choices: "
+                         f"{list(HUTCHINSON)}")
+    check_solve_options(solver, rtol, atol, num_steps)
 
 
 def _per_example_sum(x: Array) -> Array:
@@ -98,7 +125,7 @@ def ode_log_likelihood(
         if v is None:
             dy, div = exact_divergence(fn, y)
         else:
-            dy, div = hutchinson_divergence(fn, y, v)
+            dy, div = hutchinson_divergence(fn, y, v.astype(y.dtype))
         return dy, div
 
     state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
@@ -116,28 +143,74 @@ def log_likelihood(
     hutchinson: str = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    eps: float = DEFAULT_EPS,
     solver: str = "tsit5",
     num_steps: int | None = None,
 ) -> tuple[Array, Array, Array]:
     """log p_eps(x) in nats per example through the probability-flow ODE of ``sde``.
 
-    Returns ``(logp, z, nfe)``: z = x(T) is the latent (the encoding of x), nfe the number of
-    probability-flow evaluations. Jit-able; the ODE is solved for the whole batch at once.
+    x (B, ...) in the model's data space. Returns ``(logp, z, nfe)``: logp (B,), z = x(T) the latent
+    (the encoding of x), nfe the number of probability-flow evaluations (int32 array). Jit-able; the
+    ODE is solved for the whole batch at once. Raises ValueError for options out of range
+    (``check_options``).
     """
-    vf = probability_flow_velocity(sde, score_fn)
+    check_options(sde, eps, hutchinson, solver, rtol, atol, num_steps)
+    vf = probability_flow_drift(sde, score_fn)
     return ode_log_likelihood(key, vf, x, eps, sde.T, sde.prior_logp, hutchinson=hutchinson,
                               solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)
 
 
+def check_8bit(x: Array) -> Array:
+    """8-bit images in the documented convention as floats k / 255 in [0, 1].
+
+    uint8 levels are divided by 255; a float array outside [0, 1] raises ValueError with the range
+    found (checked when x is concrete; traced values pass unchecked). Other integer dtypes and
+    non-numeric arrays are refused.
+    """
+    x = jnp.asarray(x) if not isinstance(x, jax.core.Tracer) else x
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.result_type(float)) / 255.0  # jax's default float dtype
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"8-bit images must be uint8 levels in [0, 255] or floats in [0, 1]; got "
+                         f"dtype {x.dtype}")
+    if not isinstance(x, jax.core.Tracer) and x.size:
+        lo, hi = float(np.min(np.asarray(x))), float(np.max(np.asarray(x)))
+        if lo < 0.0 or hi > 1.0 or not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"8-bit images as floats must lie in [0, 1] (uint8 levels are "
+                             f"converted); got values in [{lo}, {hi}] (centred [-1, 1] data: pass "
+                             f"(x + 1) / 2 and centered=True to bits_per_dim)")
+    return x
+
+
 def dequantize(key: Array, x: Array) -> Array:
-    """Uniform dequantisation of 8-bit data given in [0, 1]: (255 x + u) / 256, u ~ U[0, 1)."""
+    """Uniform dequantisation of 8-bit data: y = (k + u) / 256, u ~ U[0, 1), k the level.
+
+    x: uint8 levels (B, ...) in [0, 255], or floats k / 255 in [0, 1] (``check_8bit``). Returns
+    floats in [0, 1) (jax's default float dtype for uint8 input, else x's dtype).
+    """
+    x = check_8bit(x)
     return (x * 255.0 + jax.random.uniform(key, x.shape, x.dtype)) / 256.0
 
 
 def bpd_offset(centered: bool) -> float:
     """8 for data in [0, 1] (the 1/256 bin width), 7 for centred data in [-1, 1] (scale 2)."""
     return 7.0 if centered else 8.0
+
+
+def bpd_from_logp(logp: Array, num_dims: int, centered: bool = False) -> Array:
+    """bits/dim of 8-bit data from the log-density (nats) of its dequantised, model-space version:
+
+        bpd = -log p / (D ln 2) + offset(centered)
+
+    (score_sde ``likelihood.py``; offset 8 for [0, 1] data, 7 for centred [-1, 1] data)."""
+    if num_dims <= 0:
+        raise ValueError(f"num_dims must be positive; got {num_dims}")
+    return -logp / (num_dims * math.log(2.0)) + bpd_offset(centered)
+
+
+def to_model_space(x: Array, centered: bool) -> Array:
+    """Data in [0, 1] as the model sees it: 2x - 1 when ``centered``, else x."""
+    return 2.0 * x - 1.0 if centered else x
 
 
 def bits_per_dim(
@@ -148,31 +221,41 @@ def bits_per_dim(
     *,
     centered: bool = False,
     dequantize_data: bool = True,
-    **kwargs,
+    hutchinson: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = DEFAULT_EPS,
+    solver: str = "tsit5",
+    num_steps: int | None = None,
 ) -> tuple[Array, Array, Array]:
-    """bits/dim of 8-bit image data ``x`` in [0, 1] (B, H, W, C) as the reference computes it.
+    """bits/dim of 8-bit images ``x`` (B, H, W, C), as the reference computes it.
 
-    x is dequantised (unless ``dequantize_data=False``: then x must already be dequantised),
-    scaled to the model's range (2x - 1 if ``centered``), and
-        bpd = -log p(x_model) / (D ln 2) + offset(centered).
-    Returns ``(bpd, z, nfe)``; ``kwargs`` go to ``log_likelihood``.
+    x: uint8 levels in [0, 255] or floats k / 255 in [0, 1] (module docstring); with
+    ``dequantize_data=False`` floats in [0, 1] already dequantised. x is dequantised, mapped to the
+    model's range (2x - 1 if ``centered``), and bpd = -log p_eps(x_model) / (D ln 2) + offset
+    (``bpd_from_logp``), log p_eps by ``log_likelihood`` from t = ``eps`` (default
+    ``DEFAULT_EPS``) with the other options. Returns ``(bpd (B,), z, nfe)``.
+    Raises ValueError for data outside the convention or options out of range.
     """
+    check_options(sde, eps, hutchinson, solver, rtol, atol, num_steps)
     kd, kl = jax.random.split(key)
-    if dequantize_data:
-        x = dequantize(kd, x)
-    xm = 2.0 * x - 1.0 if centered else x
-    logp, z, nfe = log_likelihood(kl, sde, score_fn, xm, **kwargs)
-    D = math.prod(x.shape[1:])
-    return -logp / (D * math.log(2.0)) + bpd_offset(centered), z, nfe
+    x = dequantize(kd, x) if dequantize_data else check_8bit(x)
+    logp, z, nfe = log_likelihood(kl, sde, score_fn, to_model_space(x, centered),
+                                  hutchinson=hutchinson, rtol=rtol, atol=atol, eps=eps,
+                                  solver=solver, num_steps=num_steps)
+    return bpd_from_logp(logp, math.prod(x.shape[1:]), centered), z, nfe
 
 
-def encode(sde, score_fn, x: Array, *, eps: float = 1e-5, **kwargs) -> tuple[Array, Array]:
-    """Deterministic encoding x -> z = x(T) by the probability-flow ODE; returns (z, nfe)."""
-    vf = probability_flow_velocity(sde, score_fn)
+def encode(sde, score_fn, x: Array, *, eps: float = DEFAULT_EPS,
+           **kwargs) -> tuple[Array, Array]:
+    """Deterministic encoding x -> z = x(T) by the probability-flow ODE from t = eps; returns
+    (z, nfe). ``kwargs``: solver, rtol, atol, num_steps of ``ode.solve_ode``."""
+    vf = probability_flow_drift(sde, score_fn)
     return solve_ode(vf, x, eps, sde.T, **kwargs)
 
 
-def decode(sde, score_fn, z: Array, *, eps: float = 1e-5, **kwargs) -> tuple[Array, Array]:
+def decode(sde, score_fn, z: Array, *, eps: float = DEFAULT_EPS,
+           **kwargs) -> tuple[Array, Array]:
     """Decoding z -> x(eps) by the same ODE run backwards (no final denoising step); (x, nfe)."""
-    vf = probability_flow_velocity(sde, score_fn)
+    vf = probability_flow_drift(sde, score_fn)
     return solve_ode(vf, z, sde.T, eps, **kwargs)

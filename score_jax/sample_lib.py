@@ -63,13 +63,16 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
                   shape: tuple[int, ...], method: str, options: dict, centered: bool,
                   mesh=None, batch_size: int | None = None, path=None,
                   num_classes: int | None = None,
-                  class_label: int | None = None) -> tuple[np.ndarray, int]:
+                  class_label: int | None = None,
+                  make_score_fn: Callable | None = None) -> tuple[np.ndarray, int]:
     """Draw ``shape[0]`` samples (any number) in batches of ``batch_size`` rounded up to the
     device multiple, sharded over ``mesh``, and cut to ``shape[0]``.
 
     ``method="flow"`` (a flow-matching model: the network predicts a velocity) integrates the
     flow with ``flow.flow_sample(**options)`` on ``path`` (default ``flow.CondOTPath()``); any
-    other method runs ``sampling.sample`` on the network's score. A class-conditional model
+    other method runs ``sampling.sample`` on the network's score (``make_score_fn(params,
+    model_kwargs)``, e.g. ``Built.make_score_fn``; default: the reference wiring
+    ``score.get_score_fn`` with ``continuous``). A class-conditional model
     (``num_classes``) gets labels from `class_labels`.
 
     Returns:
@@ -96,9 +99,13 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
             return flow.flow_sample(k, velocity_fn, (bs,) + tuple(shape[1:]), path=path,
                                     sharding=sharding, **options)
     else:
+        if make_score_fn is None:
+            def make_score_fn(params, model_kwargs=None):
+                return get_score_fn(sde, model, {"params": params}, continuous=continuous,
+                                    model_kwargs=model_kwargs)
+
         def draw(k, i):
-            score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous,
-                                    model_kwargs=kwargs(i))
+            score_fn = make_score_fn(params, kwargs(i))
             return sampling.sample(k, sde, score_fn, (bs,) + tuple(shape[1:]), method=method,
                                    sharding=sharding, **options)
     out, nfe = [], 0
@@ -157,7 +164,8 @@ def sample_built(key: Array, built: config_lib.Built, params: Any, num_samples: 
                          options=built.options, centered=built.centered,
                          mesh=built.mesh if mesh is None else mesh, batch_size=batch_size,
                          path=built.flow_path, num_classes=built.num_classes,
-                         class_label=built.class_label)
+                         class_label=built.class_label,
+                         make_score_fn=built.make_score_fn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +270,7 @@ def make_logp_fn(built: config_lib.Built, *, rtol: float, atol: float,
     to the prior (``flow.flow_log_likelihood``). Parameters are traced: one compilation serves
     every checkpoint.
     """
-    sde, model, continuous = built.sde, built.model, built.continuous
+    sde, model = built.sde, built.model
 
     if built.objective == "flow_matching":
         path = built.flow_path
@@ -276,7 +284,7 @@ def make_logp_fn(built: config_lib.Built, *, rtol: float, atol: float,
     else:
         @jax.jit
         def logp_fn(key, params, y):
-            score_fn = get_score_fn(sde, model, {"params": params}, continuous=continuous)
+            score_fn = built.make_score_fn(params)
             logp, _, nfe = likelihood.log_likelihood(key, sde, score_fn, y, rtol=rtol,
                                                      atol=atol, eps=eps)
             return logp, nfe

@@ -62,8 +62,8 @@ def test_inpainting_exact_known_and_conditional_of_gaussian(sampler, opts):
     n = 6000
     data = jnp.tile(jnp.asarray([1.2, -0.9, 0.0, 0.0]), (n, 1))
     mask = jnp.asarray([1.0, 1.0, 0.0, 0.0])
-    x, nfe = sampling.sample(jax.random.key(0), sde, score, (n, 4), "inpaint",
-                             inputs={"data": data, "mask": mask}, sampler=sampler, **opts)
+    x, nfe = inpainting.inpaint(jax.random.key(0), sde, score, data, mask, sampler=sampler,
+                                **opts)
     np.testing.assert_array_equal(np.asarray(x[:, :2]), np.asarray(data[:, :2]))
     xu = np.asarray(x[:, 2:], np.float64)
     se = np.sqrt(np.diag(cov_u) / n)
@@ -104,8 +104,8 @@ def test_colorization_matrix_and_exact_gray():
     g = toy.gaussian(mean, 0.3)
     n = 3000
     gray = jnp.full((n, 2, 2, 1), 0.25)
-    x, _ = sampling.sample(jax.random.key(0), sde, g.score_fn(sde), (n, 2, 2, 3), "colorize",
-                           inputs={"gray": gray}, sampler="dpm_solver", num_steps=20)
+    x, _ = colorization.colorize(jax.random.key(0), sde, g.score_fn(sde), gray,
+                                 sampler="dpm_solver", num_steps=20)
     np.testing.assert_allclose(np.asarray(x.mean(-1, keepdims=True)), np.asarray(gray), atol=2e-6)
     chroma = np.asarray(colorization.decouple(x)[..., 1:]).reshape(-1, 2)
     np.testing.assert_allclose(chroma.mean(0), np.asarray(mu_rgb @ M[:, 1:]),

@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_jax import sampling
+from score_jax import runner, sampling
 from score_jax.sampling import pc
 from score_jax.sde import SDES, VESDE, VPSDE, get_sde, subVPSDE
 from score_jax.toy import gaussian, ring_mixture
@@ -151,7 +152,6 @@ def test_nfe_is_true_number_of_score_evaluations(method, opts):
     sde = VPSDE()
     g = gaussian(jnp.zeros(2), 0.5)
     fn, count = _counting(g.score_fn(sde))
-    sampling._CACHE.clear()
     x, nfe = sampling.sample(jax.random.key(0), sde, fn, (8, 2), method, **opts)
     jax.block_until_ready(x)
     jax.effects_barrier()
@@ -175,14 +175,16 @@ def test_sharded_sampling_equals_one_device():
 
 def test_pytree_score_fn_does_not_recompile():
     sde = VPSDE(N=20)
-    sampling._CACHE.clear()
+    runner.clear_cache()
     out = []
     for mu in (0.0, 1.0):
         g = gaussian(jnp.full((2,), mu), 0.3)
         x, _ = sampling.sample(jax.random.key(0), sde, g.score_fn(sde), (500, 2), "pc", corrector="none")
         out.append(float(x.mean()))
-    assert len(sampling._CACHE) == 1
-    fn = next(iter(sampling._CACHE.values()))
+    info = runner.cache_info()
+    assert info.currsize == 1 and info.hits == 1
+    fn = runner._compiled(sampling.METHODS["pc"], (500, 2), jnp.dtype(jnp.float32), None,
+                          (("corrector", "none"),), False, False)
     assert fn._cache_size() == 1
     assert abs(out[0]) < 0.05 and abs(out[1] - 1.0) < 0.05
 
@@ -233,3 +235,33 @@ def test_num_steps_rediscretises_the_sde():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
         _, within = _mixture_stats(m, a)
         assert abs(within / 0.1 - 1) < 0.1
+
+
+TRACES = []
+
+
+@struct.dataclass
+class _TracedScore:
+    """A pytree score function that records every Python execution of ``__call__`` (a trace)."""
+
+    mean: jax.Array
+
+    def __call__(self, x, t):  # exact score of N(mean, I) diffused by a VP SDE
+        TRACES.append(1)
+        a = VPSDE().marginal_coeffs(t)[0][:, None]
+        return -(x - a * self.mean)
+
+
+@pytest.mark.parametrize("method,opts", [("pc", {"corrector": "none", "num_steps": 50}),
+                                         ("ode", {"rtol": 1e-3, "atol": 1e-3}),
+                                         ("dpm_solver", {"num_steps": 4})])
+def test_second_call_with_new_weights_does_not_trace_the_network(method, opts):
+    """A cache hit does no tracing: the shape check runs while compiling, not on every call."""
+    sde = VPSDE()
+    sampling.sample(jax.random.key(0), sde, _TracedScore(jnp.zeros(2)), (64, 2), method, **opts)
+    n = len(TRACES)
+    assert n > 0
+    x, _ = sampling.sample(jax.random.key(1), sde, _TracedScore(jnp.ones(2)), (64, 2), method,
+                           **opts)
+    assert len(TRACES) == n
+    assert float(jnp.mean(x)) > 0.5  # the new weights are used

@@ -79,7 +79,7 @@ def test_default_without_lower_order_final_order_3(x64):
 def test_predictor_alone_order_p(x64):
     """UniP-p without the corrector converges at order p."""
     for order in (1, 2):
-        slope, errs = _errors(VPSDE(), [16, 32, 64], order=order, corrector=False)
+        slope, errs = _errors(VPSDE(), [16, 32, 64], order=order, use_corrector=False)
         assert -order - 0.5 < slope < -order + 0.3, (order, slope, errs)
 
 
@@ -92,7 +92,7 @@ def test_unip_bh2_equals_dpm_solver_pp(order, name, x64):
     score = _gaussian(jnp.float64).score_fn(sde)
     x_T = sde.prior_sampling(jax.random.key(3), (8, 2), jnp.float64)
     N = 8  # < 10: DPM-Solver's lower-order final steps are on, as UniPC's always are
-    x_u, _ = _run(sde, score, x_T, num_steps=N, order=order, corrector=False,
+    x_u, _ = _run(sde, score, x_T, num_steps=N, order=order, use_corrector=False,
                   lower_order_final=True)
     x_d, _ = sampling.sample(jax.random.key(0), sde, score, (8, 2), "dpm_solver", x_init=x_T,
                              dtype=jnp.float64, num_steps=N, order=order)

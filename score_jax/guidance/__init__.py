@@ -1,8 +1,10 @@
 """Controllable generation: inpainting, colorization, classifier guidance, classifier-free guidance.
 
 - ``inpainting`` / ``colorization``: replacement of the known part after every sampler update
-  (PC, fixed-step ODE, DDIM, DPM-Solver++, Heun), registered as ``sampling.sample`` methods
-  ``"inpaint"`` and ``"colorize"``; the output's known part is exact and its unknown part denoised.
+  (PC, fixed-step ODE, DDIM, DPM-Solver++, Heun), entry points ``inpaint`` and ``colorize`` (the
+  one sampler runner of ``score_jax.runner``); the known part is exact, the unknown part denoised.
+
+Layer: above ``sampling`` (imports it; ``sampling`` never imports guidance).
 - ``cfg``: classifier-free guidance, conditional and unconditional predictions in one batched call.
 - ``classifier``: a noise-conditional classifier, its training loss, and the guided score
   score + w grad_x log p(y | x, t).

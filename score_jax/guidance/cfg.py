@@ -23,20 +23,27 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from score_jax.runner import as_pytree_fn
 from score_jax.score import ModelScoreFn
 
 Array = jax.Array
 
 
-def as_pytree_callable(fn: Callable) -> Any:
-    """Plain functions become ``jax.tree_util.Partial`` (a pytree with no leaves), so that a guided
-    wrapper holding them can be passed through ``jax.jit``; pytree callables pass through."""
-    leaves, _ = jax.tree_util.tree_flatten(fn)
-    if len(leaves) == 1 and leaves[0] is fn:
-        return jax.tree_util.Partial(fn)
-    return fn
+# One home for the plain-function -> pytree wrapping: the sampler runner's.
+as_pytree_callable = as_pytree_fn
+
+
+def check_guidance_scale(w) -> None:
+    """ValueError unless the guidance scale ``w`` is a finite number (traced values pass)."""
+    if isinstance(w, jax.core.Tracer):
+        return
+    arr = np.asarray(w)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"guidance scale w must be a finite number (w = 0: unconditional, 1: "
+                         f"conditional, > 1: guided); got w={w!r}")
 
 
 @struct.dataclass
@@ -65,15 +72,24 @@ class ClassifierFreeGuidance:
 
 def classifier_free_guidance(conditional: Callable[[Array, Array, Array], Array], labels: Array,
                              w: float, null_label: int) -> ClassifierFreeGuidance:
-    """Guide any conditional prediction ``conditional(x, t, y)`` (score, eps, velocity, ...)."""
+    """Guide any conditional prediction ``conditional(x, t, y)`` (score, eps, velocity, ...).
+    Raises ValueError for a non-finite ``w``."""
+    check_guidance_scale(w)
     return ClassifierFreeGuidance(as_pytree_callable(conditional), jnp.asarray(labels),
                                   jnp.asarray(w), int(null_label))
 
 
 def _check_labels(labels, num_classes: int) -> None:
+    """ValueError unless the integer labels lie in [0, num_classes) (traced values pass)."""
     if isinstance(labels, jax.core.Tracer):
         return
-    lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+    arr = np.asarray(labels)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"labels must be integers in [0, num_classes={num_classes}); got dtype "
+                         f"{arr.dtype}")
+    if arr.size == 0:
+        return
+    lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range [{lo}, {hi}]")
 
@@ -98,8 +114,10 @@ def cfg_score_fn(sde, model: nn.Module, variables: Any, labels: Array, *, w: flo
                  num_classes: int, continuous: bool = True,
                  prediction: str = "auto") -> ClassifierFreeGuidance:
     """Guided ``score_fn(x, t)`` of a network trained with label dropout; the null label is
-    ``num_classes`` (the convention of ``losses.get_loss_fn`` and the models' label embedding)."""
+    ``num_classes`` (the convention of ``losses.get_loss_fn`` and the models' label embedding).
+    Raises ValueError for labels outside [0, num_classes) or a non-finite ``w``."""
     _check_labels(labels, num_classes)
+    check_guidance_scale(w)
     cond = ConditionalModelScore(sde, variables, model, continuous, prediction)
     return ClassifierFreeGuidance(cond, jnp.asarray(labels), jnp.asarray(w), int(num_classes))
 
@@ -118,7 +136,9 @@ class ConditionalModelVelocity:
 
 def cfg_velocity_fn(model: nn.Module, variables: Any, labels: Array, *, w: float,
                     num_classes: int, time_scale: float = 999.0) -> ClassifierFreeGuidance:
-    """Guided ``velocity_fn(x, t)`` for ``flow.flow_sample`` (null label ``num_classes``)."""
+    """Guided ``velocity_fn(x, t)`` for ``flow.flow_sample`` (null label ``num_classes``).
+    Raises ValueError for labels outside [0, num_classes) or a non-finite ``w``."""
     _check_labels(labels, num_classes)
+    check_guidance_scale(w)
     cond = ConditionalModelVelocity(variables, model, time_scale)
     return ClassifierFreeGuidance(cond, jnp.asarray(labels), jnp.asarray(w), int(num_classes))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from score_jax.guidance.cfg import as_pytree_callable
+from score_jax.guidance.cfg import as_pytree_callable, check_guidance_scale
 from score_jax.losses import split_batch
 from score_jax.sde import batch_mul
 
@@ -149,6 +149,8 @@ class ClassifierGuidedScore:
 def classifier_guided_score(score_fn: Callable, logits_fn: Callable, labels: Array, *,
                             w: float = 1.0) -> ClassifierGuidedScore:
     """Guide ``score_fn(x, t)`` towards ``labels`` with ``logits_fn(x, t)`` (a
-    ``ClassifierLogitsFn`` or any function of (x, t) returning (B, num_classes) logits)."""
+    ``ClassifierLogitsFn`` or any function of (x, t) returning (B, num_classes) logits).
+    Raises ValueError for a non-finite ``w``."""
+    check_guidance_scale(w)
     return ClassifierGuidedScore(as_pytree_callable(score_fn), as_pytree_callable(logits_fn),
                                  jnp.asarray(labels), jnp.asarray(w))

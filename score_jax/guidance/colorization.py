@@ -6,8 +6,7 @@ The RGB channels are rotated by the orthonormal matrix M whose first column is t
 coordinates are generated. With x -> x @ M this is inpainting (``inpainting.py``) with the mask
 (1, 0, 0) in the decoupled basis: same samplers, same exact known part, denoised chroma.
 
-    x, nfe = sampling.sample(key, sde, score_fn, (B, H, W, 3), "colorize",
-                             inputs={"gray": gray}, sampler="pc")
+    x, nfe = guidance.colorize(key, sde, score_fn, gray, sampler="pc")
 
 ``gray`` is (B, H, W, 1), or (B, H, W, 3) with equal channels. The output's channel mean equals
 ``gray`` exactly.
@@ -20,7 +19,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from score_jax.guidance.inpainting import run_with_replacement
+from score_jax.guidance.inpainting import check_sampler, run_with_replacement
+from score_jax.runner import run_sampler
 
 Array = jax.Array
 
@@ -53,13 +53,8 @@ def _gray3(gray: Array, shape: tuple[int, ...]) -> Array:
 
 def colorize_method(key: Array, sde, score_fn: Callable, x_init: Array, *, inputs: dict,
                     sampler: str = "pc", **options) -> tuple[Array, Any]:
-    """``sampling.sample`` method ``"colorize"``: ``inputs = {"gray": (B, H, W, 1 or 3)}``; the
-    sampler and its options as in ``inpainting.run_with_replacement``."""
-    if x_init.shape[-1] != 3:
-        raise ValueError(f"colorization needs RGB samples (last axis 3); got shape {x_init.shape}")
-    if not isinstance(inputs, dict) or "gray" not in inputs:
-        raise ValueError("colorization needs inputs={'gray': ...}; got "
-                         f"{sorted(inputs) if isinstance(inputs, dict) else type(inputs)}")
+    """The colorization sampler (contract of ``runner.run_sampler``): ``inputs = {"gray":
+    (B, H, W, 1 or 3)}``; the sampler and its options as in ``inpainting.run_with_replacement``."""
     gray = _gray3(jnp.asarray(inputs["gray"], x_init.dtype), x_init.shape)
     mask = jnp.asarray([1.0, 0.0, 0.0], x_init.dtype)
     known = decouple(gray)  # (sqrt3 grey, 0, 0)
@@ -68,10 +63,16 @@ def colorize_method(key: Array, sde, score_fn: Callable, x_init: Array, *, input
 
 
 def colorize(key: Array, sde, score_fn: Callable, gray: Array, *, sampler: str = "pc",
-             sharding=None, **options) -> tuple[Array, Array]:
-    """Colorize ``gray`` (B, H, W, 1 or 3); returns ``(rgb, nfe)`` through ``sampling.sample``."""
-    from score_jax import sampling
-
+             sharding=None, **options) -> tuple[Array, int]:
+    """Colorize ``gray`` (B, H, W, 1 or 3); returns ``(rgb, nfe)``, rgb (B, H, W, 3) whose channel
+    mean equals gray exactly, nfe a Python int. ``sampler`` and options as in
+    ``inpainting.inpaint``; raises ValueError for a bad sampler / option or gray shape."""
+    gray = jnp.asarray(gray)
+    if gray.ndim < 2 or gray.shape[-1] not in (1, 3):
+        raise ValueError(f"gray must have shape (B, H, W, 1) or (B, H, W, 3); got {gray.shape}")
     shape = tuple(gray.shape[:-1]) + (3,)
-    return sampling.sample(key, sde, score_fn, shape, "colorize", dtype=gray.dtype,
-                           sharding=sharding, inputs={"gray": gray}, sampler=sampler, **options)
+    _gray3(gray, shape)
+    check_sampler(sde, sampler, options)
+    return run_sampler(colorize_method, key, sde, score_fn, shape, dtype=gray.dtype,
+                       sharding=sharding, inputs={"gray": gray},
+                       options=dict(options, sampler=sampler))

@@ -22,30 +22,33 @@ conditionals need resampling (RePaint) or a reconstruction-guidance term; neithe
 The replacement acts in any orthonormal basis (``basis``: ``x -> x @ M``, back with ``M^T``):
 the identity for inpainting, a grey/chroma basis for colorization (``colorization.py``).
 
-Samplers (``sampler=``): ``"pc"`` (``pc_sample``'s ``project`` hook, reference-style), ``"ode"``
-(the probability-flow ODE on a fixed grid, solved by multistep DPM-Solver++ with the same hook — an
-adaptive solver cannot be interrupted between steps, so the ODE sampler here is the fixed-step one),
-and the fast samplers ``"ddim"``, ``"dpm_solver"``, ``"heun"``. Known data and mask are traced
-``inputs`` of ``sampling.sample`` (new images do not recompile):
+Samplers (``sampler=``): every ``sampling.METHODS`` entry with a ``project`` hook (``SAMPLERS``):
+``"pc"`` (the reference's), ``"ode"`` (the probability-flow ODE with ``num_steps`` fixed steps of
+its diffrax ``solver``: an adaptive solve cannot be interrupted between steps), ``"ddim"``,
+``"dpm_solver"``, ``"heun"``. The hook is called after every update with the time the state has
+reached. Known data and mask are traced inputs of the one sampler runner (new images do not
+recompile):
 
-    x, nfe = sampling.sample(key, sde, score_fn, shape, "inpaint",
-                             inputs={"data": data, "mask": mask}, sampler="pc", snr=0.16)
+    x, nfe = guidance.inpaint(key, sde, score_fn, data, mask, sampler="pc", snr=0.16)
 """
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling.fast import ddim_sample, dpm_solver_sample, heun_sample
-from score_jax.sampling.pc import get_corrector, get_predictor, pc_sample
+from score_jax import sampling
+from score_jax.runner import run_sampler
 from score_jax.sde import batch_mul
 
 Array = jax.Array
 
-SAMPLERS = ("pc", "ode", "ddim", "dpm_solver", "heun")
+# The samplers that accept the replacement hook.
+SAMPLERS = tuple(m for m, fn in sampling.METHODS.items()
+                 if "project" in inspect.signature(fn).parameters)
 
 
 def _to_basis(x: Array, M: Array | None) -> Array:
@@ -89,20 +92,22 @@ def _check_inputs(x_init: Array, known: Array, mask: Array, what: str):
                          f"{x_init.shape}") from None
 
 
-def run_with_replacement(key: Array, sde, score_fn: Callable, x_init: Array, known: Array,
-                         mask: Array, *, basis: Array | None = None, sampler: str = "pc",
-                         **options) -> tuple[Array, Any]:
-    """Run ``sampler`` with known-part replacement after every update; returns ``(x, nfe)`` with
-    the known coordinates exact and the unknown ones the sampler's denoised output.
-
-    ``options`` are the sampler's: for "pc" predictor [reverse_diffusion], corrector [langevin],
-    snr [0.16], n_steps [1], num_steps [sde.N], eps, denoise [True]; for "ode" num_steps [100],
-    order [2], schedule [time_uniform], eps; for ddim / dpm_solver / heun their options
-    (``sampling/fast.py``).
-    """
+def check_sampler(sde, sampler: str, options: dict) -> None:
+    """ValueError for a sampler without the replacement hook, or options it does not take / out of
+    range (``sampling.validate_options``)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r} for controllable generation; valid choices: "
                          f"{list(SAMPLERS)}")
+    sampling.validate_options(sampler, sde, options)
+
+
+def run_with_replacement(key: Array, sde, score_fn: Callable, x_init: Array, known: Array,
+                         mask: Array, *, basis: Array | None = None, sampler: str = "pc",
+                         **options) -> tuple[Array, Any]:
+    """Run ``sampling.METHODS[sampler]`` with known-part replacement after every update; returns
+    ``(x, nfe)`` with the known coordinates exact and the unknown ones the sampler's denoised
+    output. ``options`` are the sampler's (``sampling.method_options(sampler)``)."""
+    check_sampler(sde, sampler, options)
     mask = jnp.asarray(mask, x_init.dtype)
     known = jnp.asarray(known, x_init.dtype) * mask
     project = functools.partial(_project, sde=sde, known=known, mask=mask, basis=basis)
@@ -110,22 +115,7 @@ def run_with_replacement(key: Array, sde, score_fn: Callable, x_init: Array, kno
     # The prior draw's known part is already a sample of p_0T(known data).
     t_T = jnp.full((x_init.shape[0],), sde.T, x_init.dtype)
     x_init, _ = replace_known(k_init, sde, x_init, x_init, t_T, known, mask, basis)
-    if sampler == "pc":
-        opts = dict(options)
-        pred = get_predictor(opts.pop("predictor", "reverse_diffusion"),
-                             opts.pop("probability_flow", False))
-        corr = get_corrector(opts.pop("corrector", "langevin"), opts.pop("snr", 0.16),
-                             opts.pop("n_steps", 1))
-        eps = opts.pop("eps", None)
-        eps = sde.sampling_eps if eps is None else eps
-        x, nfe = pc_sample(k_run, sde, score_fn, x_init, predictor=pred, corrector=corr, eps=eps,
-                           project=project, **opts)
-    elif sampler == "ode":
-        opts = {"num_steps": 100, "order": 2, "schedule": "time_uniform", **options}
-        x, nfe = dpm_solver_sample(k_run, sde, score_fn, x_init, project=project, **opts)
-    else:
-        fn = {"ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample}[sampler]
-        x, nfe = fn(k_run, sde, score_fn, x_init, project=project, **options)
+    x, nfe = sampling.METHODS[sampler](k_run, sde, score_fn, x_init, project=project, **options)
     return impose_known(x, known, mask, basis), nfe
 
 
@@ -135,22 +125,25 @@ def _project(key, x, x_mean, t, i, *, sde, known, mask, basis):
 
 def inpaint_method(key: Array, sde, score_fn: Callable, x_init: Array, *, inputs: dict,
                    sampler: str = "pc", **options) -> tuple[Array, Any]:
-    """``sampling.sample`` method ``"inpaint"``: ``inputs = {"data": (B, ...), "mask": broadcastable
-    to (B, ...), 1 = known}``; see ``run_with_replacement`` for ``sampler`` and its options."""
-    if not isinstance(inputs, dict) or not {"data", "mask"} <= set(inputs):
-        raise ValueError("inpainting needs inputs={'data': ..., 'mask': ...}; got "
-                         f"{sorted(inputs) if isinstance(inputs, dict) else type(inputs)}")
+    """The inpainting sampler (contract of ``runner.run_sampler``): ``inputs = {"data": (B, ...),
+    "mask": broadcastable to (B, ...), 1 = known}``; see ``run_with_replacement``."""
     data, mask = jnp.asarray(inputs["data"]), jnp.asarray(inputs["mask"])
-    _check_inputs(x_init, data, mask, "data")
     return run_with_replacement(key, sde, score_fn, x_init, data, mask, sampler=sampler, **options)
 
 
 def inpaint(key: Array, sde, score_fn: Callable, data: Array, mask: Array, *, sampler: str = "pc",
-            sharding=None, **options) -> tuple[Array, Array]:
-    """Inpaint ``data`` (B, ...) where ``mask`` is 0; returns ``(x, nfe)``. A thin wrapper over
-    ``sampling.sample(..., "inpaint", inputs={"data": data, "mask": mask}, sampler=..., ...)``."""
-    from score_jax import sampling  # the sampling package registers this module's method
+            sharding=None, **options) -> tuple[Array, int]:
+    """Inpaint ``data`` (B, ...) where ``mask`` (broadcastable to data, 1 = known) is 0.
 
-    return sampling.sample(key, sde, score_fn, data.shape, "inpaint", dtype=data.dtype,
-                           sharding=sharding, inputs={"data": data, "mask": mask},
-                           sampler=sampler, **options)
+    ``sampler`` in ``SAMPLERS`` with its options (``sampling.method_options``), validated before
+    compiling; the sampler runs in ``runner.run_sampler`` with data and mask traced. Returns
+    ``(x, nfe)``: x's known part equals data exactly; nfe a Python int.
+    Raises ValueError for a sampler without the hook, a bad option, or a mask that does not
+    broadcast to data.
+    """
+    data, mask = jnp.asarray(data), jnp.asarray(mask)
+    _check_inputs(data, data, mask, "data")
+    check_sampler(sde, sampler, options)
+    return run_sampler(inpaint_method, key, sde, score_fn, data.shape, dtype=data.dtype,
+                       sharding=sharding, inputs={"data": data, "mask": mask},
+                       options=dict(options, sampler=sampler))

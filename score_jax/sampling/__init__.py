@@ -8,48 +8,55 @@ by ``score.get_score_fn``, an analytic score, any callable. The whole sampler ru
 A pytree ``score_fn`` (``ModelScoreFn``, ``jax.tree_util.Partial``, an equinox module) is traced, so
 new weights do not recompile; a plain function is static (compiled once per function object).
 
-Methods and their options (defaults in brackets):
+Methods (``METHODS``: name -> sampler function) and their options (defaults in brackets; the
+function's keyword-only signature is the list, ``method_options(method)`` returns it):
 - ``"pc"``: predictor [reverse_diffusion] in PREDICTORS, corrector [langevin] in CORRECTORS,
-  snr [0.16], n_steps [1], num_steps [sde.N], eps [sde.sampling_eps], denoise [True],
-  probability_flow [False].
-- ``"ode"``: probability-flow ODE; solver [tsit5] in ODE_SOLVERS, rtol/atol [1e-5], num_steps
-  [None: adaptive], eps, denoise [True].
+  snr [0.16], n_steps [1], probability_flow [False], num_steps [sde.N], eps, denoise.
+- ``"ode"``: probability-flow ODE; solver [tsit5] in ODE_SOLVERS, rtol / atol [1e-5], num_steps
+  [None: adaptive], eps, denoise.
 - ``"sde"``: reverse SDE through diffrax; solver [euler] in SDE_SOLVERS, num_steps [sde.N], eps,
-  denoise [True].
-- ``"ddim"``: DDIM; num_steps (required), eta [0.0], schedule [time_uniform] in SCHEDULES, eps,
-  denoise [True]. NFE = num_steps.
+  denoise.
+- ``"ddim"``: num_steps (required), eta [0.0], schedule [time_uniform] in SCHEDULES, eps, denoise.
 - ``"dpm_solver"``: multistep DPM-Solver++; num_steps (required), order [2] in 1..3, schedule
-  [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise [True]. NFE = num_steps.
+  [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise.
 - ``"heun"``: EDM's Heun sampler; num_steps (required), schedule [edm], rho [7], s_churn [0],
-  s_tmin, s_tmax, s_noise [1], eps, denoise [True]. NFE = 2 num_steps - 1 (2 num_steps without
-  denoise).
-  (see ``sampling/fast.py``)
-- ``"inpaint"``: inputs={"data", "mask" (1 = known)}; ``"colorize"``: inputs={"gray"}; option
-  sampler [pc] in (pc, ode, ddim, dpm_solver, heun) plus that sampler's options (see
-  ``guidance/inpainting.py``, ``guidance/colorization.py``).
-Further methods register in ``METHODS`` (name -> function(key, sde, score_fn, x_init, **options)).
+  s_tmin, s_tmax, s_noise [1], eps, denoise.
+
+Every sampler has the contract ``fn(key, sde, score_fn, x_init, **options) -> (x, nfe)`` and the
+same meaning of the shared options:
+- ``eps`` [None: ``sde.sampling_eps``]: the last time of the grid, in (0, T);
+- ``denoise`` [True]: the last step is the Tweedie jump from eps to t = 0,
+  x0_hat = (x + s_eps^2 score(x, eps)) / a_eps (``sampling/common.py``);
+- ``num_steps``: grid steps, the jump included;
+- ``project`` (inpainting / colorization, not a user option): called after every update with the
+  time the state has reached;
+- ``nfe``: the true number of score evaluations, a Python int from ``sample``.
+Inpainting and colorization are ``guidance.inpaint`` / ``guidance.colorize`` (the guidance layer
+sits above this package).
 
 Multi-device: pass ``sharding=NamedSharding(mesh, P("data"))``; the batch is laid out over the mesh
 and the result is identical to one device (the random draws do not depend on the layout).
+
+How to add a sampler: write ``fn(key, sde, score_fn, x_init, *, <options with defaults>)`` in one
+file of this package (the keyword-only signature is its option list; check numeric options with the
+helpers of ``common.py`` and ``validate_options``' rules by name), and add ``"name": fn`` to
+``METHODS``. ``sample``, ``method_options``, ``validate_options`` and the training config pick it up.
 """
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from score_jax.guidance.colorization import colorize_method
-from score_jax.guidance.inpainting import inpaint_method
-from score_jax.sampling.diffeq import (
-    ODE_SOLVERS,
-    SDE_SOLVERS,
-    ode_sample,
-    probability_flow_velocity,
-    sde_sample,
-    solve_ode,
-)
+from score_jax.ode import ODE_SOLVERS, probability_flow_drift, probability_flow_velocity, solve_ode
+from score_jax.runner import auto_sharding, run_sampler
+from score_jax.sampling.common import check_eps, tweedie_denoise
+from score_jax.sampling.diffeq import SDE_SOLVERS, ode_sample, sde_sample
 from score_jax.sampling.fast import (
+    DPM_SOLVER_TYPES,
     SCHEDULES,
     ddim_sample,
     dpm_solver_sample,
@@ -60,8 +67,8 @@ from score_jax.sampling.fast import (
 from score_jax.sampling.pc import (
     CORRECTORS,
     PREDICTORS,
-    AnnealedLangevinDynamics,
     AncestralSamplingPredictor,
+    AnnealedLangevinDynamics,
     EulerMaruyamaPredictor,
     LangevinCorrector,
     NoneCorrector,
@@ -71,87 +78,131 @@ from score_jax.sampling.pc import (
     get_predictor,
     pc_sample,
 )
+from score_jax.sampling.unipc import unipc_sample
 
 Array = jax.Array
 
-
-def _pc_method(key, sde, score_fn, x_init, *, predictor="reverse_diffusion", corrector="langevin",
-               snr=0.16, n_steps=1, num_steps=None, eps=None, denoise=True, probability_flow=False,
-               project=None):
-    pred = get_predictor(predictor, probability_flow)
-    corr = get_corrector(corrector, snr, n_steps)
-    eps = sde.sampling_eps if eps is None else eps
-    return pc_sample(key, sde, score_fn, x_init, predictor=pred, corrector=corr, eps=eps,
-                     denoise=denoise, num_steps=num_steps, project=project)
-
-
-def _ode_method(key, sde, score_fn, x_init, *, solver="tsit5", rtol=1e-5, atol=1e-5, num_steps=None,
-                eps=None, denoise=True):
-    eps = sde.sampling_eps if eps is None else eps
-    return ode_sample(sde, score_fn, x_init, eps=eps, solver=solver, rtol=rtol, atol=atol,
-                      num_steps=num_steps, denoise=denoise)
-
-
-def _sde_method(key, sde, score_fn, x_init, *, solver="euler", num_steps=None, eps=None, denoise=True):
-    eps = sde.sampling_eps if eps is None else eps
-    num_steps = sde.N if num_steps is None else num_steps
-    return sde_sample(key, sde, score_fn, x_init, eps=eps, num_steps=num_steps, solver=solver,
-                      denoise=denoise)
-
-
 METHODS: dict[str, Callable] = {
-    "pc": _pc_method, "ode": _ode_method, "sde": _sde_method,
+    "pc": pc_sample, "ode": ode_sample, "sde": sde_sample,
     "ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
-    "inpaint": inpaint_method, "colorize": colorize_method,
+    "unipc": unipc_sample,
 }
-
-_CACHE: dict[Any, Callable] = {}
-
-
-def _as_pytree_fn(fn: Callable) -> Any:
-    """Plain functions become static ``Partial`` wrappers; pytrees are passed through (traced)."""
-    leaves, treedef = jax.tree_util.tree_flatten(fn)
-    if len(leaves) == 1 and leaves[0] is fn:  # not a pytree node: a plain callable
-        return jax.tree_util.Partial(fn)
-    return fn
+# Methods that moved to the guidance layer (it imports this package, not the other way round).
+MOVED = {"inpaint": "score_jax.guidance.inpaint", "colorize": "score_jax.guidance.colorize"}
 
 
-def auto_sharding(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding | None:
-    """The same layout on a mesh with Auto axes.
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
 
-    ``jax.make_mesh`` defaults to Explicit axes, under which every op must be sharding-annotated
-    (diffrax's norms are not); samplers only need the batch laid out over devices and let the
-    compiler propagate the rest, so Explicit meshes are converted to Auto ones.
+
+REQUIRED = _Required()
+"""``method_options`` value of an option without a default (e.g. ``num_steps`` of "ddim")."""
+
+# Keyword-only parameters of a sampler that are hooks for other layers, not user options.
+HOOKS = ("project",)
+
+
+def _method(method: str) -> Callable:
+    if method in MOVED:
+        raise ValueError(f"sampling method {method!r} moved to the guidance layer: call "
+                         f"{MOVED[method]}(...); valid sampling methods: {list(METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"Unknown sampling method {method!r}; valid choices: {list(METHODS)}")
+    return METHODS[method]
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """The options of ``method``: name -> default (``REQUIRED`` when it has none), read from the
+    keyword-only signature of ``METHODS[method]`` (hooks such as ``project`` excluded).
+    Raises ValueError for an unknown method."""
+    sig = inspect.signature(_method(method))
+    return {n: (REQUIRED if p.default is inspect.Parameter.empty else p.default)
+            for n, p in sig.parameters.items()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and n not in HOOKS}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_choice(label, v, valid):
+    if isinstance(v, str) and v not in valid:
+        raise ValueError(f"Unknown {label} {v!r}; valid choices: {list(valid)}")
+
+
+def _check_option(method: str, name: str, v, sde, options: dict) -> None:
+    """Range checks by option name, shared by every sampler (a new sampler reusing a name gets
+    its check for free)."""
+    def bad(rng):
+        raise ValueError(f"{name} must be {rng}; got {v!r} (option of sampling method "
+                         f"{method!r})")
+
+    if v is None:
+        return
+    if name == "eps":
+        check_eps(sde, v)
+    elif name in ("rtol", "atol"):
+        if not (_finite(v) and v > 0):
+            bad("> 0 and finite")
+    elif name == "num_steps":
+        lo = 2 if options.get("denoise", method_options(method).get("denoise", False)) else 1
+        if method == "pc":  # the jump replaces the last predictor step: one grid point suffices
+            lo = 1
+        if not (_is_int(v) and v >= lo):
+            bad(f"an int >= {lo} (with denoise the last step is the jump to t = 0)")
+    elif name == "n_steps":
+        if not (_is_int(v) and v >= 1):
+            bad("an int >= 1")
+    elif name == "order":
+        if v not in (1, 2, 3):
+            bad("1, 2 or 3")
+    elif name in ("snr", "eta", "s_churn", "s_noise", "s_tmin"):
+        if not (_finite(v) and v >= 0):
+            bad(">= 0 and finite")
+    elif name == "s_tmax":
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+            bad(">= 0 (inf allowed)")
+    elif name == "rho":
+        if not (_finite(v) and v > 0):
+            bad("> 0 and finite")
+    elif name == "predictor":
+        _check_choice("predictor", v, PREDICTORS)
+    elif name == "corrector":
+        _check_choice("corrector", v, CORRECTORS)
+    elif name == "schedule":
+        _check_choice("time schedule", v, SCHEDULES)
+    elif name == "solver_type":
+        _check_choice("DPM-Solver solver_type", v, DPM_SOLVER_TYPES)
+    elif name == "solver" and method in ("ode", "sde"):
+        _check_choice(f"{method.upper()} solver", v, ODE_SOLVERS if method == "ode" else SDE_SOLVERS)
+
+
+def validate_options(method: str, sde, options: dict) -> None:
+    """Check ``options`` for ``METHODS[method]`` before anything is traced or compiled.
+
+    Raises ValueError naming the bad value and the valid choices / range: an unknown method, an
+    option the sampler does not take (listing the valid ones), a required option missing, eps
+    outside (0, T), tolerances <= 0, step counts below 1 (2 with ``denoise``), unknown
+    predictor / corrector / solver / schedule names, negative eta / snr / churn.
     """
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return sharding
-    mesh = sharding.mesh
-    if all(a == jax.sharding.AxisType.Auto for a in mesh.axis_types):
-        return sharding
-    auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
-                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-    return jax.sharding.NamedSharding(auto, sharding.spec)
-
-
-def _freeze(v):
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    return v
-
-
-def _check_score_shape(score_fn, sde, shape, dtype):
-    x = jax.ShapeDtypeStruct(shape, dtype)
-    t = jax.ShapeDtypeStruct(shape[:1], dtype)
-    out = jax.eval_shape(score_fn, x, t)
-    if not hasattr(out, "shape") or out.shape != tuple(shape):
-        raise ValueError(
-            f"score_fn(x, t) must return an array of x's shape {tuple(shape)}; got "
-            f"{getattr(out, 'shape', type(out))} for x {tuple(shape)} and t {shape[:1]}"
-        )
-    if out.dtype != dtype:
-        raise ValueError(f"score_fn returned dtype {out.dtype} for x of dtype {jnp.dtype(dtype)}")
+    valid = method_options(method)
+    for name in options:
+        if name not in valid:
+            raise ValueError(f"Unknown option {name!r} for sampling method {method!r}; valid "
+                             f"options: {sorted(valid)}")
+    for name, default in valid.items():
+        if default is REQUIRED and options.get(name) is None:
+            raise ValueError(f"sampling method {method!r} needs option {name!r} (no default)")
+    for name, v in options.items():
+        _check_option(method, name, v, sde, options)
+    if method == "ode" and options.get("num_steps") is None and options.get("solver") == "euler":
+        raise ValueError("solver 'euler' has no error estimate: give num_steps for a fixed-step "
+                         "solve, or an adaptive solver")
 
 
 def sample(
@@ -164,50 +215,30 @@ def sample(
     x_init: Array | None = None,
     dtype=jnp.float32,
     sharding: jax.sharding.Sharding | None = None,
-    inputs: Any = None,
     **options,
-) -> tuple[Array, Array]:
-    """Draw samples by ``method``; returns ``(samples, nfe)``, nfe the true number of score
-    evaluations (per sample batch). ``x_init`` replaces the prior draw (e.g. to decode latents).
-    ``options`` are static (hashable) method options; ``inputs`` is a pytree of arrays passed traced
-    to the method as ``inputs=`` (e.g. known pixels and mask for inpainting).
+) -> tuple[Array, int]:
+    """Draw samples of ``shape`` (B, ...) by ``method`` (a name in ``METHODS``).
 
-    Raises ValueError for an unknown method / predictor / corrector / solver, or a ``score_fn`` whose
-    output shape or dtype does not match ``x``.
+    ``options`` are the method's (``method_options``), validated by ``validate_options`` before
+    compiling and static under jit; ``x_init`` replaces the prior draw (e.g. to decode latents);
+    ``sharding`` lays the batch out over a mesh. The sampler runs in the one cached jit of
+    ``runner.run_sampler``: a pytree ``score_fn`` with new weights of the same shapes is neither
+    re-traced nor recompiled.
+
+    Returns ``(samples, nfe)``, nfe the true number of score evaluations per batch (a Python int).
+    Raises ValueError for an unknown method or option, an option out of range, or a ``score_fn``
+    whose output shape / dtype does not match x.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown sampling method {method!r}; valid choices: {list(METHODS)}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, ...) with at least 2 dims; got {shape}")
-    dtype = jnp.dtype(dtype)
-    score_fn = _as_pytree_fn(score_fn)
-    sharding = auto_sharding(sharding)
-    _check_score_shape(score_fn, sde, shape, dtype)
-    cache_key = (method, shape, dtype, sharding, x_init is None, inputs is None, _freeze(options))
-    fn = _CACHE.get(cache_key)
-    if fn is None:
-        impl = METHODS[method]
-        opts = dict(options)
-
-        def run(key, sde, score_fn, x_init, inputs):
-            k_prior, k_run = jax.random.split(key)
-            if x_init is None:
-                x_init = sde.prior_sampling(k_prior, shape, dtype)
-            if sharding is not None:
-                x_init = jax.lax.with_sharding_constraint(x_init, sharding)
-            kw = {} if inputs is None else {"inputs": inputs}
-            x, nfe = impl(k_run, sde, score_fn, x_init, **kw, **opts)
-            return x, jnp.asarray(nfe, jnp.int32)
-
-        out_shardings = None if sharding is None else (sharding, None)
-        fn = jax.jit(run, out_shardings=out_shardings)
-        _CACHE[cache_key] = fn
-    return fn(key, sde, score_fn, x_init, inputs)
+    fn = _method(method)
+    validate_options(method, sde, options)
+    return run_sampler(fn, key, sde, score_fn, shape, x_init=x_init, dtype=dtype,
+                       sharding=sharding, options=options)
 
 
 __all__ = [
-    "sample", "METHODS", "PREDICTORS", "CORRECTORS", "ODE_SOLVERS", "SDE_SOLVERS",
+    "sample", "unipc_sample", "METHODS", "method_options", "validate_options", "REQUIRED", "run_sampler",
+    "auto_sharding", "tweedie_denoise", "probability_flow_drift", "DPM_SOLVER_TYPES", "MOVED",
+    "PREDICTORS", "CORRECTORS", "ODE_SOLVERS", "SDE_SOLVERS",
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_sample", "ode_sample", "sde_sample", "solve_ode",

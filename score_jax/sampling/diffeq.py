@@ -1,11 +1,12 @@
-"""Diffrax solvers for the probability-flow ODE and the reverse SDE.
+"""Samplers through diffrax: the probability-flow ODE and the reverse SDE.
 
 Time convention for the reverse SDE: diffrax integrates forward in s = T - t (s from 0 to T - eps),
 so the Brownian path runs forward; the ODE is integrated directly from t = T down to eps.
 
-NFE accounting (true score evaluations): an explicit Runge-Kutta step costs ``num_stages``
-evaluations, or ``num_stages - 1`` for FSAL tableaus after one initial evaluation; rejected steps
-count too. ``dt0`` is always given, so diffrax makes no extra evaluations to pick the first step.
+Both follow the sampler contract ``fn(key, sde, score_fn, x_init, **options) -> (x, nfe)`` with
+``eps`` (None: ``sde.sampling_eps``) and ``denoise`` (the Tweedie jump from eps to 0, see
+``sampling/common.py``) as in every sampler. The ODE solve and its NFE counting live in
+``score_jax.ode``.
 """
 from __future__ import annotations
 
@@ -16,21 +17,17 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from score_jax.score import ode_velocity_from_score
+from score_jax.ode import (
+    ODE_SOLVERS,
+    fixed_step_solve,
+    probability_flow_drift,
+    solve_ode,
+)
+from score_jax.sampling.common import check_num_steps, resolve_eps, tweedie_denoise
 from score_jax.sde import batch_mul
 
 Array = jax.Array
 
-ODE_SOLVERS = {
-    "euler": dfx.Euler,
-    "heun": dfx.Heun,
-    "midpoint": dfx.Midpoint,
-    "ralston": dfx.Ralston,
-    "bosh3": dfx.Bosh3,
-    "tsit5": dfx.Tsit5,
-    "dopri5": dfx.Dopri5,
-    "dopri8": dfx.Dopri8,
-}
 # Reverse-SDE solvers. The reverse-time noise g(t) does not depend on x (additive noise), so Ito and
 # Stratonovich agree and the additive-noise schemes (SEA, SRA1, ShARK) apply.
 SDE_SOLVERS = {
@@ -42,105 +39,94 @@ SDE_SOLVERS = {
 }
 
 
-def get_ode_solver(name: str):
-    if name not in ODE_SOLVERS:
-        raise ValueError(f"Unknown ODE solver {name!r}; valid choices: {list(ODE_SOLVERS)}")
-    return ODE_SOLVERS[name]()
-
-
-def _evals_per_step(solver) -> tuple[int, int]:
-    """(evaluations per step, initial evaluations) of an explicit RK solver."""
-    if isinstance(solver, (dfx.Euler,)):
-        return 1, 0
-    tableau = getattr(solver, "tableau", None)
-    if tableau is None:
-        raise ValueError(f"cannot count evaluations of solver {type(solver).__name__}")
-    stages = len(tableau.c) + 1
-    return (stages - 1, 1) if tableau.fsal else (stages, 0)
-
-
-def ode_nfe(solver, num_steps: Array) -> Array:
-    """True number of vector-field evaluations of ``num_steps`` (accepted + rejected) RK steps."""
-    per_step, init = _evals_per_step(solver)
-    return per_step * num_steps + init
-
-
-def solve_ode(
-    vector_field: Callable[[Array, Array], Array],
-    y0,
-    t0: float,
-    t1: float,
+def ode_sample(
+    key: Array,
+    sde,
+    score_fn: Callable[[Array, Array], Array],
+    x_init: Array,
     *,
     solver: str = "tsit5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     num_steps: int | None = None,
-    max_steps: int = 16384,
-):
-    """Solve dy/dt = vector_field(t, y) from t0 to t1 with diffrax.
-
-    Adaptive (PID controller, ``rtol``/``atol``; initial step (t1 - t0)/100) unless ``num_steps`` is
-    given, in which case the step is fixed. Returns ``(y1, nfe)``; nfe is an int32 scalar array.
-    """
-    slv = get_ode_solver(solver)
-    term = dfx.ODETerm(lambda t, y, args: vector_field(t, y))
-    if num_steps is not None:
-        controller = dfx.ConstantStepSize()
-        dt0 = (t1 - t0) / num_steps
-        max_steps = num_steps
-    else:
-        if solver == "euler":
-            raise ValueError("solver 'euler' has no error estimate: give num_steps for a fixed-step solve")
-        controller = dfx.PIDController(rtol=rtol, atol=atol)
-        dt0 = (t1 - t0) / 100.0
-    sol = dfx.diffeqsolve(
-        term, slv, t0=t0, t1=t1, dt0=dt0, y0=y0, stepsize_controller=controller,
-        saveat=dfx.SaveAt(t1=True), max_steps=max_steps, throw=True,
-    )
-    y1 = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
-    return y1, ode_nfe(slv, sol.stats["num_steps"])
-
-
-def probability_flow_velocity(sde, score_fn: Callable) -> Callable[[Array, Array], Array]:
-    """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 as ``v(t, x)`` with scalar t."""
-
-    def v(t, x):
-        tb = jnp.full((x.shape[0],), t, x.dtype)
-        return ode_velocity_from_score(sde, x, tb, score_fn(x, tb))
-
-    return v
-
-
-def ode_sample(
-    sde, score_fn: Callable, x_init: Array, *, eps: float, solver: str = "tsit5", rtol: float = 1e-5,
-    atol: float = 1e-5, num_steps: int | None = None, denoise: bool = True, key: Array | None = None,
+    eps: float | None = None,
+    denoise: bool = True,
+    project: Callable | None = None,
 ) -> tuple[Array, Array]:
-    """Probability-flow ODE sampler (Song et al. Sec. 4.3): integrate from T to eps, then (with
-    ``denoise``) one reverse-diffusion step at eps returning its mean, as the reference does."""
-    v = probability_flow_velocity(sde, score_fn)
-    x, nfe = solve_ode(v, x_init, sde.T, eps, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)
+    """Probability-flow ODE sampler (Song et al. 2021, Sec. 4.3 and eq. 13): integrate
+    dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 from T to eps with the diffrax ``solver`` in
+    ``ODE_SOLVERS``, then (``denoise``) the Tweedie jump to t = 0.
+
+    Adaptive (``rtol`` / ``atol``) when ``num_steps`` is None; else ``num_steps`` fixed steps on a
+    uniform grid, the last of which is the jump with ``denoise`` (num_steps - 1 solver steps).
+    ``project`` (inpainting) needs fixed steps: it is applied after every solver step, at the time
+    reached. ``key`` is used by ``project`` only. Returns ``(x, nfe)``, nfe the true number of score
+    evaluations (an int32 array for adaptive solves).
+    """
+    eps = resolve_eps(sde, eps)
+    v = probability_flow_drift(sde, score_fn)
+    if num_steps is not None:
+        check_num_steps(num_steps, denoise)
+    K = None if num_steps is None else num_steps - (1 if denoise else 0)
+    if project is None:
+        x, nfe = solve_ode(v, x_init, sde.T, eps, solver=solver, rtol=rtol, atol=atol,
+                           num_steps=K)
+    else:
+        if K is None:
+            raise ValueError("ode_sample with a project hook needs fixed steps: give num_steps "
+                             "(an adaptive solve cannot be interrupted between steps)")
+        times = jnp.linspace(sde.T, eps, K + 1).astype(x_init.dtype)
+
+        def after_step(i, x, t_next):
+            tb = jnp.full((x.shape[0],), t_next, x.dtype)
+            return project(jax.random.fold_in(key, i), x, x, tb, i)[0]
+
+        x, nfe = fixed_step_solve(v, x_init, times, solver=solver, after_step=after_step)
     if denoise:
-        t = jnp.full((x.shape[0],), eps, x.dtype)
-        f, _ = sde.reverse(score_fn, False).discretize(x, t)
-        x = x - f
+        x = tweedie_denoise(sde, score_fn, x, eps)
         nfe = nfe + 1
     return x, nfe
 
 
+def sde_evals_per_step(solver) -> int:
+    """Score evaluations per step of a reverse-SDE solver (the diffusion g(t) needs none)."""
+    if isinstance(solver, dfx.Euler):
+        return 1
+    if isinstance(solver, dfx.Heun):
+        return 2
+    # Stochastic RK (SRK) solvers: one drift (score) evaluation per stage not flagged
+    # ignore_stage_f.
+    tab = solver.tableau
+    n = len(tab.c) + 1
+    if getattr(tab, "ignore_stage_f", None) is not None:
+        n -= int(sum(bool(v) for v in tab.ignore_stage_f))
+    return n
+
+
 def sde_sample(
-    key: Array, sde, score_fn: Callable, x_init: Array, *, eps: float, num_steps: int,
-    solver: str = "euler", denoise: bool = True,
+    key: Array,
+    sde,
+    score_fn: Callable[[Array, Array], Array],
+    x_init: Array,
+    *,
+    solver: str = "euler",
+    num_steps: int | None = None,
+    eps: float | None = None,
+    denoise: bool = True,
 ) -> tuple[Array, int]:
-    """Reverse-SDE sampler through diffrax with ``num_steps`` fixed steps from T to eps.
+    """Reverse-SDE sampler through diffrax with fixed steps from T to eps (``num_steps`` [sde.N]
+    grid steps, the last of which is the Tweedie jump to 0 with ``denoise``).
 
     In s = T - t the reverse SDE reads dx = -[f - g^2 score](x, T - s) ds + g(T - s) dW_s.
     The noise is diagonal (lineax.DiagonalLinearOperator) and drawn from diffrax's
     ``UnsafeBrownianPath`` (fixed steps, no reversible adjoint needed: ForwardMode adjoint).
-    ``denoise`` returns the drift-only mean of the last step (Tweedie-style final denoising as in the
-    reference's PC samplers). Returns ``(x, nfe)``.
+    Returns ``(x, nfe)``.
     """
     if solver not in SDE_SOLVERS:
         raise ValueError(f"Unknown SDE solver {solver!r}; valid choices: {list(SDE_SOLVERS)}")
+    eps = resolve_eps(sde, eps)
+    num_steps = sde.N if num_steps is None else num_steps
+    check_num_steps(num_steps, denoise)
     solver_cls, levy = SDE_SOLVERS[solver]
     slv = solver_cls()
     T = sde.T
@@ -155,37 +141,21 @@ def sde_sample(
         g = sde.diffusion_coeff(t).astype(x.dtype)
         return lx.DiagonalLinearOperator(batch_mul(g, jnp.ones_like(x)))
 
-    s1 = T - eps
-    dt = s1 / num_steps
-    steps_main = num_steps - 1 if denoise else num_steps
-    x = x_init
-    nfe = 0
-    if steps_main > 0:
-        bm = dfx.UnsafeBrownianPath(shape=x_init.shape, key=key, levy_area=levy)
-        terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, bm))
-        sol = dfx.diffeqsolve(
-            terms, slv, t0=0.0, t1=steps_main * dt, dt0=dt, y0=x_init,
-            saveat=dfx.SaveAt(t1=True), adjoint=dfx.ForwardMode(), max_steps=steps_main,
-            stepsize_controller=dfx.ConstantStepSize(),
-        )
-        x = sol.ys[-1]
-        per_step, init = _sde_evals(slv)
-        nfe = per_step * steps_main + init
+    K = num_steps - 1 if denoise else num_steps
+    dt = (T - eps) / K
+    bm = dfx.UnsafeBrownianPath(shape=x_init.shape, key=key, levy_area=levy)
+    terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, bm))
+    sol = dfx.diffeqsolve(
+        terms, slv, t0=0.0, t1=T - eps, dt0=dt, y0=x_init,
+        saveat=dfx.SaveAt(t1=True), adjoint=dfx.ForwardMode(), max_steps=K,
+        stepsize_controller=dfx.ConstantStepSize(),
+    )
+    x = sol.ys[-1]
+    nfe = sde_evals_per_step(slv) * K
     if denoise:
-        x = x + dt * drift(steps_main * dt, x, None)
+        x = tweedie_denoise(sde, score_fn, x, eps)
         nfe += 1
     return x, nfe
 
 
-def _sde_evals(solver) -> tuple[int, int]:
-    if isinstance(solver, dfx.Euler):
-        return 1, 0
-    if isinstance(solver, dfx.Heun):
-        return 2, 0
-    # Stochastic RK (SRK) solvers: one drift (score) evaluation per stage not flagged ignore_stage_f;
-    # the diffusion g(t) needs no score.
-    tab = solver.tableau
-    n = len(tab.c) + 1
-    if getattr(tab, "ignore_stage_f", None) is not None:
-        n -= int(sum(bool(v) for v in tab.ignore_stage_f))
-    return n, 0
+__all__ = ["ODE_SOLVERS", "SDE_SOLVERS", "ode_sample", "sde_sample", "sde_evals_per_step"]

@@ -38,6 +38,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from score_jax.sampling.common import (
+    apply_project,
+    check_num_steps,
+    resolve_eps,
+    x0_prediction,
+)
+
 Array = jax.Array
 
 SCHEDULES = ("logSNR", "time_uniform", "time_quadratic", "edm")
@@ -101,42 +108,22 @@ def get_timesteps(sde, num_points: int, eps: float, schedule: str = "logSNR", *,
     return t.at[0].set(T).at[-1].set(eps)
 
 
-def _check_common(num_steps, denoise, eps):
-    if not isinstance(num_steps, int) or num_steps < (2 if denoise else 1):
-        raise ValueError(
-            f"num_steps must be an int >= {2 if denoise else 1} (denoise={denoise}); "
-            f"got {num_steps!r}"
-        )
-    if eps is not None and eps <= 0:
-        raise ValueError(f"eps must be > 0; got {eps}")
+def _check_common(num_steps, denoise, eps, sde):
+    check_num_steps(num_steps, denoise)
+    return resolve_eps(sde, eps)
 
 
 def _grid(sde, x, num_steps, eps, schedule, denoise, rho=7.0):
     """Times t_0 = T > ... > t_K = eps with K = num_steps - 1 (denoise) or num_steps, and their
     (a, s, lambda)."""
-    eps = sde.sampling_eps if eps is None else eps
     K = num_steps - 1 if denoise else num_steps
     t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=x.dtype)
     a, s = sde.marginal_coeffs(t)
     return t, a, s, jnp.log(a) - jnp.log(s)
 
 
-def _apply_project(project, key, x, t_scalar, i):
-    """Controllable-generation hook, the ``project`` of ``pc_sample``:
-    ``project(key, x, x_mean, t, step_index) -> (x, x_mean)`` applied after every step, with t
-    (shape (B,)) the time x has reached (inpainting replaces the known part by a sample of
-    p_0t(known data) there). None leaves x unchanged."""
-    if project is None:
-        return x
-    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
-    return project(key, x, x, tb, i)[0]
-
-
-def _x0_pred(score_fn, x, t_scalar, a, s):
-    """Tweedie data prediction x0_hat = (x + s^2 score) / a at the scalar time t."""
-    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
-    score = score_fn(x, tb)
-    return (x + (s * s) * score) / a
+_x0_pred = x0_prediction
+_apply_project = apply_project
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +154,7 @@ def ddim_sample(
     eta = 1 samples that posterior with x_0 = x0_hat (DDPM's ancestral sampling on this grid).
     ``project`` is the hook of ``pc_sample`` (see ``_apply_project``). Returns ``(x, num_steps)``.
     """
-    _check_common(num_steps, denoise, eps)
+    eps = _check_common(num_steps, denoise, eps, sde)
     if not eta >= 0.0:
         raise ValueError(f"eta must be >= 0; got {eta}")
     t, a, s, _ = _grid(sde, x_init, num_steps, eps, schedule, denoise)
@@ -264,7 +251,7 @@ def dpm_solver_sample(
     number of steps left, which stabilises very few steps. One evaluation per step: NFE =
     ``num_steps``. ``project``: see ``_apply_project``. Returns ``(x, num_steps)``.
     """
-    _check_common(num_steps, denoise, eps)
+    eps = _check_common(num_steps, denoise, eps, sde)
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3; got {order!r}")
     if solver_type not in DPM_SOLVER_TYPES:
@@ -323,16 +310,17 @@ def heun_sample(
         dy / dsigma = (y - D(y; sigma)) / sigma,    D(y; sigma) = x0_hat(a_t y, t(sigma)),
 
     with t(sigma) = lambda^{-1}(-log sigma). On the sigma grid (``schedule="edm"``: rho = 7) each
-    step optionally adds churn: gamma_i = min(s_churn / n, sqrt 2 - 1) for
+    step optionally adds churn: gamma_i = min(s_churn / num_steps, sqrt 2 - 1) for
     s_tmin <= sigma_i <= s_tmax, sigma_hat = (1 + gamma_i) sigma_i,
     y_hat = y + sqrt(sigma_hat^2 - sigma_i^2) s_noise z; then an Euler step to sigma_{i+1} and
-    Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step,
-    y = D(y; sigma_min)), so NFE = 2 num_steps - 1 (EDM's count); without, all ``num_steps`` steps
-    are corrected: NFE = 2 num_steps. ``project``: see ``_apply_project`` (applied to x = a_t y).
+    Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step
+    after the churn, y = D(y_hat; sigma_hat_min), as EDM's last step), so NFE = 2 num_steps - 1
+    (EDM's count); without, all ``num_steps`` steps are corrected: NFE = 2 num_steps.
+    ``project``: see ``_apply_project`` (applied to x = a_t y).
     Returns ``(x, nfe)``.
     Deterministic when ``s_churn = 0``.
     """
-    _check_common(num_steps, denoise, eps)
+    eps = _check_common(num_steps, denoise, eps, sde)
     if s_churn < 0 or s_noise < 0:
         raise ValueError(f"s_churn and s_noise must be >= 0; got s_churn={s_churn}, "
                          f"s_noise={s_noise}")
@@ -341,7 +329,9 @@ def heun_sample(
     sigma = s / a
     # Churn: the raised noise levels sigma_hat_i and their times are fixed by the grid.
     in_range = (sigma >= s_tmin) & (sigma <= s_tmax)
-    gamma = jnp.where(in_range, min(s_churn / K, math.sqrt(2.0) - 1.0), 0.0)
+    # EDM generate.py: gamma = min(S_churn / num_steps, sqrt 2 - 1), num_steps the number of
+    # sigma points (ours: num_steps with or without the final jump).
+    gamma = jnp.where(in_range, min(s_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
     sigma_hat = sigma * (1.0 + gamma)
     churn = s_churn > 0
     if churn:
@@ -372,13 +362,16 @@ def heun_sample(
     # The prior sample x_T = a_T y_T.
     y, _ = jax.lax.scan(body, x_init / a[0], jnp.arange(K))
     if denoise:
-        return denoised(y, t[K]), 2 * K + 1
+        # EDM generate.py churns before its last (Euler) step to sigma = 0 too; that step lands
+        # on D(y_hat; sigma_hat).
+        if churn:
+            z = jax.random.normal(jax.random.fold_in(key, K), y.shape, y.dtype)
+            y = y + jnp.sqrt(jnp.maximum(sigma_hat[K] ** 2 - sigma[K] ** 2, 0.0)) * s_noise * z
+        return denoised(y, t_hat[K]), 2 * K + 1
     return a[K] * y, 2 * K
 
 
-FAST_METHODS = {"ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample}
-
 __all__ = [
     "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps", "inverse_log_snr",
-    "SCHEDULES", "DPM_SOLVER_TYPES", "FAST_METHODS",
+    "SCHEDULES", "DPM_SOLVER_TYPES",
 ]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from score_jax.sampling.common import resolve_eps, tweedie_denoise
 from score_jax.sde import batch_mul
 
 Array = jax.Array
@@ -192,43 +193,80 @@ def pc_sample(
     score_fn: Callable[[Array, Array], Array],
     x_init: Array,
     *,
-    predictor,
-    corrector,
-    eps: float,
-    denoise: bool = True,
+    predictor="reverse_diffusion",
+    corrector="langevin",
+    snr: float = 0.16,
+    n_steps: int = 1,
+    probability_flow: bool = False,
     num_steps: int | None = None,
+    eps: float | None = None,
+    denoise: bool = True,
     project: Callable[[Array, Array, Array, Array, Array], tuple[Array, Array]] | None = None,
 ) -> tuple[Array, int]:
-    """Run the PC loop from ``x_init`` (a prior sample) over ``linspace(T, eps, N)``.
+    """Predictor-corrector sampling (Song et al. 2021, Algorithm 1) from ``x_init`` (a prior
+    sample) over ``linspace(T, eps, num_steps)``: at each time t_i a corrector then a predictor.
 
-    ``num_steps`` defaults to ``sde.N`` (the reference ties the grid to the SDE's N); another value
-    runs the same SDE discretised with N = num_steps.
-    ``project(key, x, x_mean, t_next_or_t, step_index) -> (x, x_mean)`` is applied after every
-    update (inpainting / colorization hook); None leaves x unchanged.
-    Returns ``(x_mean if denoise else x, nfe)`` with the true number of score evaluations.
+    Args:
+      predictor: a name in ``PREDICTORS`` (built with ``probability_flow``) or a predictor object.
+      corrector: a name in ``CORRECTORS`` (built with ``snr``, ``n_steps``) or a corrector object.
+      num_steps: grid size, default ``sde.N`` (the reference ties the grid to the SDE's N); another
+        value runs the same SDE discretised with N = num_steps (the discrete predictors and the
+        Langevin alpha_i index the chain of N steps).
+      eps: last time of the grid (None: ``sde.sampling_eps``), in (0, T).
+      denoise: the last predictor step (at t = eps) is replaced by the Tweedie jump to t = 0,
+        x0_hat = (x + s_eps^2 score(x, eps)) / a_eps (``sampling/common.py``): exact for any
+        num_steps. Without, the last predictor step runs and its noisy x is returned.
+      project: ``project(key, x, x_mean, t, step_index) -> (x, x_mean)`` applied after every
+        corrector (t = t_i) and predictor (t = t_{i+1}, the time reached; 0 after the last step)
+        update (inpainting / colorization); None leaves x unchanged.
+
+    Returns:
+      ``(x, nfe)`` with the true number of score evaluations, a Python int:
+      num_steps (p + c) with p, c the predictor's / corrector's evaluations per step, except with
+      ``denoise`` and no predictor (p = 0), where the jump adds 1.
+
+    Raises:
+      ValueError: unknown predictor / corrector, eps outside (0, T), num_steps < 1 (< 2 with
+        ``denoise`` and a predictor), corrector n_steps < 1.
     """
-    if num_steps is not None and num_steps != sde.N:
-        # The discrete predictors (reverse diffusion, ancestral) and the Langevin alpha_i index the
-        # SDE's N-step chain: a grid of num_steps steps needs the chain with N = num_steps.
-        sde = sde.replace(N=num_steps)
-    N = sde.N
+    if isinstance(predictor, str):
+        predictor = get_predictor(predictor, probability_flow)
+    if isinstance(corrector, str):
+        corrector = get_corrector(corrector, snr, n_steps)
+    eps = resolve_eps(sde, eps)
+    N = sde.N if num_steps is None else num_steps
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}")
+    if N != sde.N:
+        sde = sde.replace(N=N)
     timesteps = jnp.linspace(sde.T, eps, N).astype(x_init.dtype)
+    # The time each predictor update reaches: the next grid point, 0 after the last one.
+    t_next = jnp.concatenate([timesteps[1:], jnp.zeros((1,), x_init.dtype)])
     B = x_init.shape[0]
+    n_scan = N - 1 if denoise else N
 
-    def body(carry, inp):
-        x, _ = carry
-        i, t_scalar = inp
+    def corrector_step(k, x, t_scalar, i):
         t = jnp.full((B,), t_scalar, x.dtype)
-        k = jax.random.fold_in(key, i)
-        kc, kp, kproj_c, kproj_p = jax.random.split(k, 4)
+        kc, kproj = jax.random.split(k)
         x, x_mean = corrector.update(kc, sde, score_fn, x, t)
         if project is not None:
-            x, x_mean = project(kproj_c, x, x_mean, t, i)
-        x, x_mean = predictor.update(kp, sde, score_fn, x, t)
-        if project is not None:
-            x, x_mean = project(kproj_p, x, x_mean, t, i)
-        return (x, x_mean), None
+            x, x_mean = project(kproj, x, x_mean, t, i)
+        return x, x_mean
 
-    (x, x_mean), _ = jax.lax.scan(body, (x_init, x_init), (jnp.arange(N), timesteps))
-    nfe = N * (predictor.nfe + corrector.nfe)
-    return (x_mean if denoise else x), nfe
+    def body(x, i):
+        k_c, k_p, k_proj = jax.random.split(jax.random.fold_in(key, i), 3)
+        x, _ = corrector_step(k_c, x, timesteps[i], i)
+        t = jnp.full((B,), timesteps[i], x.dtype)
+        x, x_mean = predictor.update(k_p, sde, score_fn, x, t)
+        if project is not None:
+            x, x_mean = project(k_proj, x, x_mean, jnp.full((B,), t_next[i], x.dtype), i)
+        return x, None
+
+    x, _ = jax.lax.scan(body, x_init, jnp.arange(n_scan))
+    nfe = n_scan * (predictor.nfe + corrector.nfe)
+    if denoise:
+        k_c = jax.random.split(jax.random.fold_in(key, N - 1), 3)[0]
+        x, _ = corrector_step(k_c, x, timesteps[N - 1], N - 1)
+        x = tweedie_denoise(sde, score_fn, x, eps)
+        nfe += corrector.nfe + 1
+    return x, nfe

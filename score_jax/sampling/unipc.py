@@ -21,7 +21,7 @@ step (to eps) is not corrected (reference: "do not run corrector at the last ste
 steps use the orders their history allows; with ``lower_order_final`` (the reference default,
 off here by measurement) step i's order is min(order, K - i), K steps in all.
 
-Exactness: UniP alone (``corrector=False``) with "bh2" is DPM-Solver++ multistep for orders 1 and
+Exactness: UniP alone (``use_corrector=False``) with "bh2" is DPM-Solver++ multistep for orders 1 and
 2 (tested). With the corrector, UniC-p raises the order by one (paper Theorem 3.1; observed global
 orders 2 and 3 for p = 1, 2, and >= 3 for p = 3: tests/test_unipc.py).
 
@@ -106,7 +106,7 @@ def unipc_sample(
     eps: float | None = None,
     denoise: bool = True,
     lower_order_final: bool = False,
-    corrector: bool = True,
+    use_corrector: bool = True,
     rho: float = 7.0,
     project: Callable | None = None,
 ) -> tuple[Array, int]:
@@ -131,7 +131,7 @@ def unipc_sample(
         (bench/bench_few_step.py, bench/RESULTS.md "Few-step solvers") the first-order last step
         costs most of the accuracy at 8-10 NFE on narrow modes (256-D Gaussian of std 0.05 at 10
         NFE: std ratio 0.879 with it, 0.982 without; exact 0.981).
-      corrector: False runs the predictor UniP alone (for checks).
+      use_corrector: False runs the predictor UniP alone (for checks).
       project: hook ``project(key, x, x_mean, t, step_index) -> (x, x_mean)`` after every step (as
         in ``pc_sample``).
 
@@ -175,7 +175,7 @@ def unipc_sample(
         ops = (x, ms, lams, lam[i + 1], a[i + 1], s[i + 1], s[i])
         x_pred, x_lin, B_h, corr, rho_c = jax.lax.switch(order_at(i) - 1, branches, ops)
         m_new = _x0(score_fn, x_pred, t[i + 1], a[i + 1], s[i + 1])
-        if corrector:
+        if use_corrector:
             x_new = x_lin - (a[i + 1] * B_h) * (corr + rho_c * (m_new - ms[0]))
         else:
             x_new = x_pred

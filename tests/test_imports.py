@@ -1,0 +1,150 @@
+"""The package is layered: its import graph has no cycle, and every module imports on its own in a
+fresh interpreter (whatever the order of the lines in ``score_jax/__init__.py``)."""
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "score_jax")
+
+
+def _modules() -> dict[str, str]:
+    """module name -> file, for every .py file of the package."""
+    out = {}
+    for d, _, files in os.walk(ROOT):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(d, f)
+                rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].split(os.sep)
+                if rel[-1] == "__init__":
+                    rel = rel[:-1]
+                out[".".join(rel)] = path
+    return out
+
+
+def _targets(node, name: str, is_pkg: bool, modules) -> list[str]:
+    """The package modules an import statement in module ``name`` loads (all of them, including
+    the parent packages Python initialises first, but not the root package, whose __init__ only
+    re-exports, nor ``name``'s own ancestors)."""
+    found = []
+    if isinstance(node, ast.Import):
+        found = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            parts = name.split(".")
+            pkg = parts if is_pkg else parts[:-1]
+            pkg = pkg[:len(pkg) - node.level + 1]
+            base = ".".join(pkg + ([base] if base else []))
+        found = [base] + [f"{base}.{a.name}" for a in node.names]
+    out = set()
+    for mod in found:
+        parts = mod.split(".")
+        for i in range(2, len(parts) + 1):  # the module and its parent packages below the root
+            m = ".".join(parts[:i])
+            # A module's own ancestor packages are initialised before it: no dependency.
+            if m in modules and m != name and not name.startswith(m + "."):
+                out.add(m)
+    return sorted(out)
+
+
+def import_graph() -> dict[str, list[str]]:
+    """module -> modules of the package it imports, from the source (every import statement,
+    also those inside functions: a deferred import hides a cycle, it does not remove it)."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        is_pkg = path.endswith("__init__.py")
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps.update(_targets(node, name, is_pkg, modules))
+        graph[name] = sorted(deps)
+    return graph
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state = {}
+    stack = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in graph.get(n, ()):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                c = visit(m)
+                if c:
+                    return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            c = visit(n)
+            if c:
+                return c
+    return None
+
+
+def test_cycle_finder_finds_cycles():
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) is None
+
+
+def test_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert "score_jax.sampling" in graph["score_jax.guidance.inpainting"]
+    assert find_cycle(graph) is None, find_cycle(graph)
+
+
+def test_layers_point_one_way():
+    """ode below sampling; likelihood and flow use ode and never the sampler package; sampling
+    never imports guidance; __init__ of the root only re-exports."""
+    graph = import_graph()
+
+    def reach(n, seen=None):
+        seen = set() if seen is None else seen
+        for m in graph.get(n, ()):
+            if m not in seen:
+                seen.add(m)
+                reach(m, seen)
+        return seen
+
+    sampler_pkg = {m for m in graph if m.startswith("score_jax.sampling")}
+    for low in ("score_jax.ode", "score_jax.runner", "score_jax.likelihood", "score_jax.flow"):
+        assert not (reach(low) & sampler_pkg), (low, reach(low) & sampler_pkg)
+    for m in sampler_pkg:
+        assert not any(d.startswith("score_jax.guidance") for d in reach(m)), m
+    assert "score_jax.ode" in graph["score_jax.likelihood"]
+    assert "score_jax.ode" in graph["score_jax.flow"]
+
+
+def _fresh_import(mods):
+    code = "; ".join(f"import {m}" for m in mods)
+    cwd = os.path.dirname(ROOT)
+    r = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+    assert r.returncode == 0, (mods, r.stderr[-2000:])
+
+
+LAYERED = ["score_jax.guidance.colorization", "score_jax.guidance", "score_jax.sampling.fast",
+           "score_jax.flow", "score_jax.likelihood", "score_jax.ode"]
+
+
+@pytest.mark.parametrize("mod", LAYERED)
+def test_fresh_interpreter_imports_layered_modules(mod):
+    _fresh_import([mod])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mod", sorted(_modules()))
+def test_fresh_interpreter_imports_every_module(mod):
+    _fresh_import([mod])
