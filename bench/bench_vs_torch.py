@@ -313,7 +313,7 @@ def summary(results: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Flag sweep (ours only)
 # ---------------------------------------------------------------------------------------------
-def sweep_worker(repeats: int, batch: int, workdir: str, index: int) -> None:
+def sweep_worker(repeats: int, batch: int, workdir: str, index: int, train: bool = False) -> None:
     """Compile our DDPM++ forward under this process's XLA_FLAGS, save its output, then run it
     whenever the coordinator drops ``go_<index>_<round>`` into ``workdir`` (turn taking, so
     that all flag sets see the same load)."""
@@ -338,9 +338,35 @@ def sweep_worker(repeats: int, batch: int, workdir: str, index: int) -> None:
     variables = jax.device_put(jax.tree_util.tree_map_with_path(noise, abstract))
     x, labels = jax.device_put(x), jax.device_put(labels)
     fwd = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
-    t0 = time.perf_counter()
-    y = np.asarray(fwd(variables, x, labels))
-    compile_s = time.perf_counter() - t0
+    if train:  # the full train step instead (loss + grad + clip + Adam + EMA); output: new params
+        from score_jax import parallel
+
+        config = _load_our_config("ddpmpp")
+        config.training.batch_size = batch
+        mesh = parallel.make_mesh(1)
+        b = train_lib.build(config, mesh=mesh, model=model)
+        loss_fn = train_lib.loss_fn_from_config(config, b["sde"], model, train=True)
+        jstep = train_lib.jit_train_step(loss_fn, b["tx"], b["schedule"], config.model.ema_rate,
+                                         mesh)
+        p = variables["params"]
+        state = b["init"](jax.random.key(0)).replace(params=p, opt_state=b["tx"].init(p))
+        img = parallel.to_global({"image": (rng.random((batch, 32, 32, 3)) * 1).astype(
+            np.float32), "label": np.zeros(batch, np.int32)}, mesh)
+        key = jax.random.key(1)
+        holder = {"state": state}
+
+        def fwd(v, x, l):  # noqa: F811 -- same call shape as the forward
+            holder["state"], m = jstep(holder["state"], img, key)
+            return m["loss"]
+
+        t0 = time.perf_counter()
+        y = np.asarray(fwd(variables, x, labels))[None]  # the loss of the first step
+        compile_s = time.perf_counter() - t0
+        jax.block_until_ready(fwd(variables, x, labels))  # 2nd call compiles once more
+    else:
+        t0 = time.perf_counter()
+        y = np.asarray(fwd(variables, x, labels))
+        compile_s = time.perf_counter() - t0
     np.save(os.path.join(workdir, f"y_{index}.npy"), y)
     _write(os.path.join(workdir, f"ready_{index}"), json.dumps({"compile_s": compile_s}))
     for r in range(repeats):
@@ -367,7 +393,7 @@ def _wait(path: str, procs) -> str:
         return f.read()
 
 
-def flag_sweep(repeats: int, batch: int, names: list[str]) -> list[dict]:
+def flag_sweep(repeats: int, batch: int, names: list[str], train: bool = False) -> list[dict]:
     """All flag sets compiled in parallel worker processes, then timed in turns: round r runs
     set 0, 1, ..., n-1 one after the other (the order rotates each round)."""
     import tempfile
@@ -381,7 +407,8 @@ def flag_sweep(repeats: int, batch: int, names: list[str]) -> list[dict]:
             env = dict(os.environ, XLA_FLAGS=(base_flags + " " + SWEEP[label]).strip())
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--_sweep_worker", tmp, str(i),
-                 "--repeats", str(repeats), "--batch_size", str(batch)],
+                 "--repeats", str(repeats), "--batch_size", str(batch)]
+                + (["--sweep_train"] if train else []),
                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
             # compile one at a time: parallel compiles would only fight over the two cores
             _wait(os.path.join(tmp, f"ready_{i}"), procs)
@@ -425,12 +452,15 @@ def main():
                          'with and without them, interleaved')
     ap.add_argument("--flag_sweep", nargs="*", default=None, metavar="NAME",
                     help=f"time our DDPM++ forward under XLA flag sets (default all): {list(SWEEP)}")
+    ap.add_argument("--sweep_train", action="store_true",
+                    help="--flag_sweep times the DDPM++ train step instead of the forward "
+                         "(deviation: of the first step's loss)")
     ap.add_argument("--_sweep_worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args._sweep_worker:
         sweep_worker(args.repeats, args.batch_size, args._sweep_worker[0],
-                     int(args._sweep_worker[1]))
+                     int(args._sweep_worker[1]), args.sweep_train)
         return
     if args.flag_sweep is not None:
         names = args.flag_sweep or list(SWEEP)
@@ -439,7 +469,7 @@ def main():
             raise ValueError(f"--flag_sweep {bad} unknown; valid choices: {list(SWEEP)}")
         if names[0] != "default":
             names = ["default"] + names
-        flag_sweep(args.repeats, args.batch_size, names)
+        flag_sweep(args.repeats, args.batch_size, names, args.sweep_train)
         return
     if not args.reference_path:
         ap.error("--reference_path is required (or use --flag_sweep)")
