@@ -3,8 +3,8 @@
 jaxlib 0.10.x hands convolutions, dots and reductions to YNNPACK by default (``__ynn_fusion`` in
 the compiled HLO). For the CIFAR-10 DDPM++ network (batch 8, 32x32, 2 cores) XLA's own Eigen
 convolutions are faster: with ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
-(the default YNNPACK set minus stand-alone convolutions) the forward took 0.88x the default's time
-in an interleaved comparison (``python bench/bench_vs_torch.py --flag_sweep``; see
+(the default YNNPACK set minus stand-alone convolutions) the forward took 0.88-0.96x and the train
+step 0.92x the default's time in interleaved comparisons (``python bench/bench_vs_torch.py --flag_sweep``; see
 ``bench/RESULTS.md``, section "CPU speed against PyTorch"). The flag changes which library does
 the float32 arithmetic, not the arithmetic: the output moves by float32 round-off only (about
 1e-6 of max |y|, the size of the difference to the PyTorch reference).
