@@ -5,10 +5,13 @@ import os
 
 
 def setup_process(compilation_cache):
-    """Logging, and the persistent XLA compilation cache in
+    """The measured XLA CPU flags (`score_jax.xla_flags`), logging, and the persistent XLA compilation cache in
     ``parallel.compilation_cache_dir(compilation_cache)`` (None: off). Every compiled function
     is cached (no minimum compile time or size), so a resumed run, sample.py and evaluate.py
     reuse the train step / sampler compiled by an earlier process. Returns the folder."""
+    from score_jax.xla_flags import apply_default_cpu_flags
+
+    apply_default_cpu_flags()  # before the first computation (XLA reads XLA_FLAGS once)
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
