@@ -10,7 +10,9 @@ from score_jax import flow, ode, sampling, toy
 from score_jax.guidance import inpainting
 from score_jax.sde import VESDE, VPSDE, subVPSDE
 
-SDES = {"vp": VPSDE(N=6), "subvp": subVPSDE(N=6), "ve": VESDE(N=6)}
+# beta_max = 4: PC's chain re-discretised with 5 steps stays valid (beta_i <= 0.8; VP's default
+# beta_max = 20 needs >= 21 steps, refused by validation)
+SDES = {"vp": VPSDE(beta_max=4.0, N=6), "subvp": subVPSDE(beta_max=4.0, N=6), "ve": VESDE(N=6)}
 MIX = toy.ring_mixture(4, radius=1.0, std=0.3)
 
 
@@ -109,7 +111,7 @@ def test_reported_nfe_equals_counted_sweep(case):
 ])
 def test_inpainting_nfe_equals_counted(sampler, opts):
     """With the replacement hook the ODE re-evaluates FSAL stages after every step."""
-    sde = VPSDE()
+    sde = VPSDE(beta_max=4.0)
     data = jnp.ones((4, 2))
     _check(lambda w: inpainting.inpaint(jax.random.key(0), sde, w(MIX.score_fn(sde)), data,
                                         jnp.asarray([1.0, 0.0]), sampler=sampler, **opts))

@@ -13,7 +13,7 @@ SF = toy.gaussian(jnp.zeros(2), 1.0)
 
 # The required options of each method, to isolate the one under test.
 BASE = {"pc": {"num_steps": 4}, "ode": {}, "sde": {"num_steps": 4}, "ddim": {"num_steps": 4},
-        "dpm_solver": {"num_steps": 4}, "heun": {"num_steps": 4}}
+        "dpm_solver": {"num_steps": 4}, "heun": {"num_steps": 4}, "unipc": {"num_steps": 4}}
 
 
 def _sample(method, sde=None, **opts):
@@ -167,3 +167,18 @@ def test_pc_final_denoising_is_right_for_any_step_count():
     ref = max(rms(1000), np.sqrt(2) * 1e-3)
     for n in (100, 250, 500):
         assert rms(n) < 3 * ref, (n, rms(n), ref)
+
+
+def test_pc_refuses_too_few_steps_for_the_discrete_chain():
+    """VP's DDPM chain re-discretised with N <= beta_max steps has beta_i = beta_max / N >= 1:
+    sqrt(1 - beta_i) of a negative number gave NaN samples; now refused before compiling, naming
+    the smallest valid N (21 for beta_max = 20). Euler-Maruyama without Langevin needs no chain."""
+    with pytest.raises(ValueError, match=r"num_steps=10 is too few for PC on VPSDE.*num_steps >= 21"):
+        sampling.validate_options("pc", VPSDE(), {"num_steps": 10})
+    sampling.validate_options("pc", VPSDE(), {"num_steps": 21})
+    sampling.validate_options("pc", VPSDE(), {"num_steps": 10, "predictor": "euler_maruyama",
+                                              "corrector": "none"})
+    sampling.validate_options("pc", VESDE(), {"num_steps": 10})
+    x, _ = sampling.sample(jax.random.key(0), VPSDE(), lambda x, t: -x, (4, 2), "pc",
+                           num_steps=21, corrector="none")
+    assert bool(jnp.all(jnp.isfinite(x)))

@@ -44,6 +44,7 @@ helpers of ``common.py`` and ``validate_options``' rules by name), and add ``"na
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Callable
@@ -182,6 +183,55 @@ def _check_option(method: str, name: str, v, sde, options: dict) -> None:
         _check_choice(f"{method.upper()} solver", v, ODE_SOLVERS if method == "ode" else SDE_SOLVERS)
 
 
+def _chain_finite(sde, N: int, discrete: bool, langevin: bool) -> bool:
+    """The discrete chain of ``sde`` with N steps is usable: its step at t = T (the largest beta_i
+    of VP: beta_max / N) is finite with G^2 < 1 for VP-like chains (``discrete``: the
+    reverse-diffusion / ancestral predictors use it), and the Langevin step factor alpha there
+    is positive (``langevin``)."""
+    s = sde.replace(N=N)
+    x = jnp.ones((1, 1), jnp.float32)
+    t = jnp.full((1,), s.T, jnp.float32)
+    ok = True
+    if discrete:
+        f, G = s.discretize(x, t)
+        _, std = s.marginal_coeffs(t)
+        ok &= bool(jnp.all(jnp.isfinite(f)) & jnp.all(jnp.isfinite(G)))
+        ok &= bool(jnp.all((1.0 + f[0, 0]) > 0))  # VP: sqrt(1 - beta_i) > 0
+    if langevin:
+        ok &= bool(jnp.all(s.langevin_alpha(t) > 0))
+    return ok
+
+
+def _check_pc_chain(sde, options: dict) -> None:
+    """PC with ``num_steps`` != sde.N re-discretises the SDE with N = num_steps; VP's DDPM chain
+    has beta_i up to beta_max / N, so N <= beta_max gives sqrt(1 - beta_i) of a negative number
+    (NaN samples). Refuse such N before compiling, naming the smallest valid one."""
+    N = options.get("num_steps")
+    if N is None or N == sde.N or not _is_int(N) or N < 1:
+        return
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(sde)):
+        return  # called while tracing (the SDE's parameters are not concrete): checked outside
+    defaults = method_options("pc")
+    predictor = options.get("predictor", defaults["predictor"])
+    corrector = options.get("corrector", defaults["corrector"])
+    check = functools.partial(_chain_finite, sde,
+                              discrete=predictor in ("reverse_diffusion", "ancestral_sampling"),
+                              langevin=corrector == "langevin")
+    with jax.ensure_compile_time_eval():
+        if check(N):
+            return
+        lo, hi = N, max(sde.N, N + 1)
+        while not check(hi) and hi < 1 << 20:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:  # smallest valid N by bisection (the chain is valid for all larger N)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if check(mid) else (mid, hi)
+    raise ValueError(f"num_steps={N} is too few for PC on {type(sde).__name__}: its discrete "
+                     f"chain with N = {N} steps is not a valid Markov chain (e.g. VP's beta_i "
+                     f"reaches beta_max / N > 1); valid: num_steps >= {hi}, or a sampler without a "
+                     f"discrete chain (ode, sde, ddim, dpm_solver, unipc, heun)")
+
+
 def validate_options(method: str, sde, options: dict) -> None:
     """Check ``options`` for ``METHODS[method]`` before anything is traced or compiled.
 
@@ -200,6 +250,8 @@ def validate_options(method: str, sde, options: dict) -> None:
             raise ValueError(f"sampling method {method!r} needs option {name!r} (no default)")
     for name, v in options.items():
         _check_option(method, name, v, sde, options)
+    if method == "pc" and sde is not None:
+        _check_pc_chain(sde, options)
     if method == "ode" and options.get("num_steps") is None and options.get("solver") == "euler":
         raise ValueError("solver 'euler' has no error estimate: give num_steps for a fixed-step "
                          "solve, or an adaptive solver")
