@@ -539,8 +539,8 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     method = s.method.lower()
     _need(method in config_methods(),
           f"config.sampling.method={s.method!r} unknown; valid choices: {config_methods()}"
-          + (" (inpaint / colorize need data and a mask: call sampling.sample or "
-             "score_jax.guidance directly)" if method in sampling.METHODS else ""))
+          + (f" (inpaint / colorize need data and a mask: call {sampling.MOVED[method]} from "
+             "Python)" if method in sampling.MOVED else ""))
     if flow_model:
         _need(method == FLOW_METHOD,
               f"config.sampling.method={s.method!r} cannot sample a flow-matching model (the "
