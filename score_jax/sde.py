@@ -578,6 +578,61 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
+@struct.dataclass
+class OUProcess:
+    """Ornstein-Uhlenbeck process dX_t = -theta (X_t - mu) dt + sigma dW_t on t >= 0
+    (theta >= 0; theta = 0 is scaled Brownian motion). Closed-form marginals:
+
+        X_t | X_0 = x0  ~  N(mu + (x0 - mu) e^{-theta t}, v_t I),
+        v_t = sigma^2 (1 - e^{-2 theta t}) / (2 theta)   (sigma^2 t for theta = 0),
+
+    stationary law N(mu, sigma^2 / (2 theta) I) for theta > 0 (Gardiner, Handbook of Stochastic
+    Methods, Sec. 3.8.4; MIT 6.S184 lab 1).
+
+    A plain pytree, not an ``AbstractSDE``: it has no fixed horizon T, no prior at T, no discrete
+    training chain and no network wiring, which the diffusion-model interface declares; it exposes
+    what simulation needs: ``drift(x, t)`` and ``diffusion(x, t)`` for
+    ``sampling.simulate_sde``, and ``marginal(x0, t)`` / ``stationary_std`` for checks.
+    (A VP SDE with constant beta is the special case theta = beta / 2, sigma = sqrt(beta).)
+    Float parameters are pytree leaves (traced). Negative theta or sigma raise ValueError.
+    """
+
+    theta: float = 1.0
+    sigma: float = 1.0
+    mu: float = 0.0
+
+    def __post_init__(self):
+        for name in ("theta", "sigma"):
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and not v >= 0:
+                raise ValueError(f"OUProcess {name} must be >= 0; got {name}={v!r}")
+
+    def drift(self, x: Array, t: Array) -> Array:
+        """-theta (x - mu), x's shape (t unused: time-homogeneous)."""
+        return -self.theta * (x - self.mu)
+
+    def diffusion(self, x: Array, t: Array) -> Array:
+        """sigma, per example: shape (B,)."""
+        return jnp.full(x.shape[:1], self.sigma, x.dtype)
+
+    def marginal(self, x0: Array, t: Array) -> tuple[Array, Array]:
+        """(mean, std) of X_t given X_0 = x0: mean of x0's shape, std of t's shape (scalar t or
+        per-example (B,)); see the class docstring."""
+        t = jnp.asarray(t)
+        decay = jnp.exp(-self.theta * t)
+        mean = self.mu + batch_mul(decay, x0 - self.mu) if t.ndim else self.mu + decay * (x0 - self.mu)
+        th = jnp.asarray(self.theta)
+        safe = jnp.where(th > 0, th, 1.0)
+        var = jnp.where(th > 0, -jnp.square(self.sigma) * jnp.expm1(-2 * safe * t) / (2 * safe),
+                        jnp.square(self.sigma) * t)
+        return mean, jnp.sqrt(var)
+
+    @property
+    def stationary_std(self):
+        """sigma / sqrt(2 theta) (infinite for theta = 0)."""
+        return self.sigma / jnp.sqrt(2.0 * jnp.asarray(self.theta))
+
+
 SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
 
 
