@@ -40,7 +40,7 @@ from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import drop_labels, split_batch
 from score_jax.ode import ODE_SOLVERS, check_solve_options, solve_ode
 from score_jax.runner import run_sampler
-from score_jax.sde import GaussianPrior, batch_mul, gaussian_perturb
+from score_jax.sde import GaussianPrior, batch_mul, gaussian_perturb, sde_solve
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]
@@ -181,7 +181,7 @@ class SDEPath(GaussianPathMethods):
 GaussianPath.register(CondOTPath)
 GaussianPath.register(SDEPath)
 
-PATHS = {"condot": CondOTPath, "sde": SDEPath, "gaussian": GaussianPath}
+PATHS = {"condot": CondOTPath, "sde": SDEPath}
 
 
 def get_path(name: str, **kwargs):
@@ -552,8 +552,6 @@ def flow_sde_sampler(key: Array, path, velocity_fn: VelocityFn, x_init: Array, *
     evaluates the drift at t1, reaches t1 = 1 on CondOT; solvers evaluating at t1 need t1 < 1).
     ``sigma``: a float or a callable of t (shape (B,) -> (B,)). One velocity evaluation per
     drift evaluation. Returns ``(x, nfe)``."""
-    from score_jax.sampling.simulate import sde_solve
-
     def drift(x, t):
         u = velocity_fn(x, t)
         g2 = jnp.square(_sigma_t(sigma, t))
@@ -615,7 +613,8 @@ def flow_sample(
                            options=dict(solver=solver, num_steps=num_steps, sigma=sigma,
                                         t0=float(t0), t1=float(t1)))
     if solver not in ODE_SOLVERS:
-        raise ValueError(f"Unknown flow solver {solver!r}; valid choices: ODE {list(ODE_SOLVERS)}, "
+        raise ValueError(f"Unknown ODE solver {solver!r} (flow_sample); valid choices: ODE "
+                         f"{list(ODE_SOLVERS)}, "
                          f"SDE {list(FLOW_SDE_SOLVERS)}")
     if sigma is not None:
         raise ValueError(f"sigma={sigma!r} is an option of the stochastic solvers "
