@@ -6,7 +6,10 @@ Gaussian path interpolates data x1 and noise eps ~ N(0, I),
     x_t = alpha_t x1 + sigma_t eps,      u_t(x_t | x1, eps) = alpha'_t x1 + sigma'_t eps.
 
 Paths (``marginal_coeffs(t) -> (alpha_t, sigma_t)``, the interface of the SDEs, so that
-``score.convert`` turns velocities into scores, eps or x1 on any of them):
+``score.convert`` turns velocities into scores, eps or x1 on any of them; all are
+``GaussianPath``s with conditional velocity / score and score <-> velocity methods):
+- ``GaussianPath(alpha, beta)``: any path from two callables of t (MIT 6.S184 notation
+  alpha_t = data coefficient, beta_t = noise coefficient; e.g. beta_t = sqrt(1 - t));
 - ``CondOTPath``: alpha_t = t, sigma_t = 1 - (1 - sigma_min) t (conditional optimal transport;
   sigma_min = 0 gives the rectified-flow line x_t = t x1 + (1 - t) eps with target u = x1 - eps);
 - ``SDEPath(sde)``: the Gaussian path of a VP / sub-VP / VE SDE run backwards,
@@ -22,7 +25,10 @@ On a Gaussian path, u is an affine function of x and the score (``score.py``):
     score  = -eps_hat / sigma_t.
 
 Samples are drawn by integrating dx/dt = v(x, t) from the prior at t = 0 to t = 1 (``flow_sample``:
-Euler, Heun, or adaptive diffrax solvers), and log-likelihoods by the instantaneous change of
+Euler, Heun, or adaptive diffrax solvers; or the SDE extension dX = [v + sigma_t^2 / 2 score] dt +
+sigma_t dW with Euler-Maruyama / diffrax SDE solvers), conditional score matching is
+``score_matching_loss``, a flow model's score for the SDE samplers is ``score_fn_from_velocity``
+(SDE time on ``SDEPath``), and log-likelihoods by the instantaneous change of
 variables run from data to noise (``flow_log_likelihood``, the machinery of ``likelihood.py``).
 """
 from __future__ import annotations

@@ -17,6 +17,10 @@ and output -> score wiring, the discrete training chain, prior, default eps) as 
 a subclass that misses one raises ``TypeError`` when instantiated. ``VPSDE``, ``subVPSDE`` and
 ``VESDE`` are final siblings, and no other module tests the SDE type: adding an SDE is one class
 in this file (plus its entry in ``SDES``).
+
+``OUProcess`` (Ornstein-Uhlenbeck, closed-form marginals) and the generic integrator of
+dX = drift(X, t) dt + diffusion(X, t) dW (``sde_solve``; public API ``sampling.simulate_sde``) are
+for simulation (MIT 6.S184 lab 1), outside the diffusion-model interface.
 """
 from __future__ import annotations
 
