@@ -6,7 +6,10 @@ Gaussian path interpolates data x1 and noise eps ~ N(0, I),
     x_t = alpha_t x1 + sigma_t eps,      u_t(x_t | x1, eps) = alpha'_t x1 + sigma'_t eps.
 
 Paths (``marginal_coeffs(t) -> (alpha_t, sigma_t)``, the interface of the SDEs, so that
-``score.convert`` turns velocities into scores, eps or x1 on any of them):
+``score.convert`` turns velocities into scores, eps or x1 on any of them; all are
+``GaussianPath``s with conditional velocity / score and score <-> velocity methods):
+- ``GaussianPath(alpha, beta)``: any path from two callables of t (MIT 6.S184 notation
+  alpha_t = data coefficient, beta_t = noise coefficient; e.g. beta_t = sqrt(1 - t));
 - ``CondOTPath``: alpha_t = t, sigma_t = 1 - (1 - sigma_min) t (conditional optimal transport;
   sigma_min = 0 gives the rectified-flow line x_t = t x1 + (1 - t) eps with target u = x1 - eps);
 - ``SDEPath(sde)``: the Gaussian path of a VP / sub-VP / VE SDE run backwards,
@@ -22,11 +25,15 @@ On a Gaussian path, u is an affine function of x and the score (``score.py``):
     score  = -eps_hat / sigma_t.
 
 Samples are drawn by integrating dx/dt = v(x, t) from the prior at t = 0 to t = 1 (``flow_sample``:
-Euler, Heun, or adaptive diffrax solvers), and log-likelihoods by the instantaneous change of
+Euler, Heun, or adaptive diffrax solvers; or the SDE extension dX = [v + sigma_t^2 / 2 score] dt +
+sigma_t dW with Euler-Maruyama / diffrax SDE solvers), conditional score matching is
+``score_matching_loss``, a flow model's score for the SDE samplers is ``score_fn_from_velocity``
+(SDE time on ``SDEPath``), and log-likelihoods by the instantaneous change of
 variables run from data to noise (``flow_log_likelihood``, the machinery of ``likelihood.py``).
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -39,19 +46,100 @@ from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import drop_labels, split_batch
 from score_jax.ode import ODE_SOLVERS, check_solve_options, solve_ode
 from score_jax.runner import run_sampler
-from score_jax.sde import GaussianPrior, gaussian_perturb
+from score_jax.sde import GaussianPrior, batch_mul, gaussian_perturb, sde_solve
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]
 
 
+class GaussianPathMethods(GaussianPrior, abc.ABC):
+    """The formulas shared by every Gaussian path (``GaussianPath``, ``CondOTPath``, ``SDEPath``),
+    written in terms of ``marginal_coeffs(t) -> (alpha_t, beta_t)``; see ``GaussianPath``."""
+
+    @abc.abstractmethod
+    def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+        """(alpha_t, beta_t) at flow time t (any shape)."""
+
+    def coeffs_and_derivs(self, t: Array) -> tuple[Array, Array, Array, Array]:
+        """(alpha_t, beta_t, alpha'_t, beta'_t) at flow time t, derivatives by forward-mode AD."""
+        return score_lib.marginal_coeffs_and_derivs(self, jnp.asarray(t))
+
+    def sample_conditional(self, key: Array, z: Array, t: Array) -> Array:
+        """x ~ p_t(. | z) = N(alpha_t z, beta_t^2 I), z of shape (B, ...), t of shape (B,)."""
+        a, b = self.marginal_coeffs(t)
+        return gaussian_perturb(a, b, z, jax.random.normal(key, z.shape, z.dtype))
+
+    def conditional_velocity(self, x: Array, z: Array, t: Array) -> Array:
+        """u_t(x | z) = (alpha'_t - beta'_t / beta_t alpha_t) z + beta'_t / beta_t x; x, z of
+        shape (B, ...), t (B,). Singular where beta_t = 0."""
+        a, b, da, db = self.coeffs_and_derivs(t)
+        return batch_mul(da - db / b * a, z) + batch_mul(db / b, x)
+
+    def conditional_score(self, x: Array, z: Array, t: Array) -> Array:
+        """grad_x log N(x; alpha_t z, beta_t^2 I) = -(x - alpha_t z) / beta_t^2."""
+        a, b = self.marginal_coeffs(t)
+        return batch_mul(-1.0 / jnp.square(b), x - batch_mul(a, z))
+
+    def velocity_from_score(self, score: Array, x: Array, t: Array) -> Array:
+        """u = (alpha'_t / alpha_t) x + (beta_t^2 alpha'_t / alpha_t - beta'_t beta_t) score
+        (singular at alpha_t = 0)."""
+        a, b, da, db = self.coeffs_and_derivs(t)
+        return batch_mul(da / a, x) + batch_mul(b**2 * da / a - db * b, score)
+
+    def score_from_velocity(self, u: Array, x: Array, t: Array) -> Array:
+        """The inverse: score = (u - (alpha'_t / alpha_t) x) / (beta_t^2 alpha'_t / alpha_t -
+        beta'_t beta_t) = (alpha_t u - alpha'_t x) / (beta_t (alpha'_t beta_t - alpha_t beta'_t))
+        (finite at alpha_t = 0, singular at beta_t = 0)."""
+        a, b, da, db = self.coeffs_and_derivs(t)
+        return batch_mul(1.0 / (b * (da * b - a * db)), batch_mul(a, u) - batch_mul(da, x))
+
+
 @struct.dataclass
-class CondOTPath(GaussianPrior):
+class GaussianPath(GaussianPathMethods):
+    """A Gaussian probability path from two callables of flow time t (MIT 6.S184 lecture 2):
+
+        x_t = alpha_t z + beta_t eps,   z ~ data, eps ~ N(0, I),   alpha_0 = 0, beta_0 = 1,
+        alpha_1 = 1, beta_1 = 0 (not checked: e.g. beta_t = sqrt(1 - t) is fine),
+
+    ``GaussianPath(alpha=lambda t: t, beta=lambda t: jnp.sqrt(1 - t))``. ``alpha`` / ``beta`` map
+    an array of t to an array of its shape and must be differentiable (alpha'_t, beta'_t by
+    forward-mode autodiff, ``score.marginal_coeffs_and_derivs``); they are static pytree fields
+    (hashed by identity: a new lambda recompiles the samplers). Prior N(0, prior_std^2 I) at t = 0
+    (``prior_std`` = 1 for a path with beta_0 = 1). The course's formulas (eq. numbers of the
+    6.S184 notes, Sec. 3):
+
+        conditional velocity  u_t(x | z) = (alpha'_t - beta'_t / beta_t alpha_t) z + beta'_t / beta_t x,
+        conditional score     grad log p_t(x | z) = -(x - alpha_t z) / beta_t^2,
+        marginal conversion   u_t(x) = (alpha'_t / alpha_t) x
+                                       + (beta_t^2 alpha'_t / alpha_t - beta'_t beta_t) score_t(x).
+
+    ``CondOTPath`` and ``SDEPath`` are registered (virtual) subclasses with closed-form
+    ``marginal_coeffs`` and the same methods (``GaussianPathMethods``): every flow function takes
+    any of them.
+    """
+
+    alpha: Callable | None = struct.field(pytree_node=False, default=None)
+    beta: Callable | None = struct.field(pytree_node=False, default=None)
+    prior_std = 1.0
+    name = "gaussian"
+
+    def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+        """(alpha_t, beta_t) at flow time t (any shape)."""
+        if self.alpha is None or self.beta is None:
+            raise ValueError("GaussianPath needs alpha and beta: callables of t, e.g. "
+                             "GaussianPath(alpha=lambda t: t, beta=lambda t: 1 - t)")
+        t = jnp.asarray(t)
+        return jnp.asarray(self.alpha(t)), jnp.asarray(self.beta(t))
+
+
+@struct.dataclass
+class CondOTPath(GaussianPathMethods):
     """Conditional optimal-transport path (Lipman et al. 2023, eq. 20 - 23):
 
         x_t = t x1 + (1 - (1 - sigma_min) t) eps,   u = x1 - (1 - sigma_min) eps,   t in [0, 1].
 
     Prior N(0, I) at t = 0; with sigma_min = 0 the data are reached exactly at t = 1.
+    A ``GaussianPath`` with alpha_t = t, beta_t = 1 - (1 - sigma_min) t.
     """
 
     sigma_min: float = 0.0
@@ -65,12 +153,14 @@ class CondOTPath(GaussianPrior):
 
 
 @struct.dataclass
-class SDEPath(GaussianPrior):
+class SDEPath(GaussianPathMethods):
     """The Gaussian path of a linear SDE in flow time: SDE time s(t) = T + t (eps - T), so t = 0 is
     the SDE's prior end and t = 1 its data end s = eps. The prior is the SDE's
     (N(0, sigma_max^2 I) for VE). Flow matching on this path is diffusion training with a
     velocity head (Lipman et al. Sec. 4.1 for VP and VE). Its velocity is d x / dt in flow time t:
-    -(T - eps) times the velocity d x / ds in SDE time s."""
+    -(T - eps) times the velocity d x / ds in SDE time s. A model trained on it runs in the SDE
+    samplers through ``score_fn_from_velocity(velocity_fn, path)`` (which maps SDE time to flow
+    time), NOT through ``score.convert(..., sde, source="velocity")`` (SDE-time velocity)."""
 
     sde: Any
     eps: float = 1e-5
@@ -81,11 +171,21 @@ class SDEPath(GaussianPrior):
         return self.sde.prior_std
 
     def sde_time(self, t: Array) -> Array:
+        """s(t) = T + t (eps - T)."""
         return self.sde.T + t * (self.eps - self.sde.T)
+
+    def flow_time(self, s: Array) -> Array:
+        """t(s) = (T - s) / (T - eps), the inverse of ``sde_time``."""
+        return (self.sde.T - s) / (self.sde.T - self.eps)
 
     def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
         return self.sde.marginal_coeffs(self.sde_time(jnp.asarray(t)))
 
+
+# CondOTPath and SDEPath are GaussianPaths with closed-form coefficients (virtual subclasses:
+# ``isinstance(CondOTPath(), GaussianPath)`` holds; they keep their own constructors).
+GaussianPath.register(CondOTPath)
+GaussianPath.register(SDEPath)
 
 PATHS = {"condot": CondOTPath, "sde": SDEPath}
 
@@ -122,6 +222,7 @@ def flow_matching_loss(
     reduce_mean: bool = True,
     t_min: float = 0.0,
     t_max: float = 1.0,
+    x0: Array | None = None,
 ) -> tuple[Array, dict]:
     """Conditional flow matching (Lipman et al. 2023, eq. 9):
 
@@ -129,7 +230,10 @@ def flow_matching_loss(
         loss = | v(x_t, t) - (alpha'_t x1 + sigma'_t eps) |^2,
 
     (for ``CondOTPath()``: x_t = t x1 + (1 - t) eps, target x1 - eps), reduced over dimensions by
-    mean (``reduce_mean``) or 0.5 * sum, then averaged over the batch.
+    mean (``reduce_mean``) or 0.5 * sum, then averaged over the batch. ``x0`` (x1's shape)
+    replaces the Gaussian source draws eps by a batch of any source distribution (independent
+    coupling, Tong et al. 2023 / Liu et al. 2023): the flow then bridges the source data set to the
+    target one; sample it with ``flow_sample(..., x_init=<source batch>)``.
     Returns ``(loss, {"losses": (B,), "t": (B,)})``.
     """
     if not 0.0 <= t_min < t_max <= 1.0:
@@ -137,12 +241,60 @@ def flow_matching_loss(
     key_t, key_z = jax.random.split(key)
     B = x1.shape[0]
     t = jax.random.uniform(key_t, (B,), x1.dtype, minval=t_min, maxval=t_max)
-    noise = jax.random.normal(key_z, x1.shape, x1.dtype)
+    if x0 is None:
+        noise = jax.random.normal(key_z, x1.shape, x1.dtype)
+    elif x0.shape != x1.shape:
+        raise ValueError(f"source batch x0 of shape {x0.shape} must have x1's shape {x1.shape}")
+    else:
+        noise = x0.astype(x1.dtype)
     x_t, target = interpolate(path, x1, noise, t)
     v = velocity_fn(x_t, t)
     if v.shape != x1.shape:
         raise ValueError(f"velocity_fn output shape {v.shape} does not match x shape {x1.shape}")
     losses = _reduce(jnp.square(v - target), reduce_mean)
+    return jnp.mean(losses), {"losses": losses, "t": t}
+
+
+def score_matching_loss(
+    key: Array,
+    score_fn: VelocityFn,
+    path,
+    x1: Array,
+    *,
+    weighting: Callable[[Array], Array] | None = None,
+    reduce_mean: bool = True,
+    t_min: float = 0.0,
+    t_max: float = 0.99,
+) -> tuple[Array, dict]:
+    """Conditional (denoising) score matching on a Gaussian path in flow time (Vincent 2011;
+    MIT 6.S184 lecture 3):
+
+        t ~ U(t_min, t_max), eps ~ N(0, I), x_t = alpha_t x1 + beta_t eps,
+        loss = w(t) | s(x_t, t) - grad log p_t(x_t | x1) |^2,  grad log p_t(x | x1) = -eps / beta_t,
+
+    minimised by the marginal score s(x, t) = grad log p_t(x). ``score_fn(x, t)`` takes x (B, ...)
+    and flow time t (B,); ``weighting`` maps t (B,) to w (B,) (None: 1, the unweighted loss; e.g.
+    ``lambda t: path.marginal_coeffs(t)[1] ** 2`` for the eps-prediction weighting). ``t_max`` < 1
+    because the target -eps / beta_t blows up where beta_t -> 0 (data end). Reduced over
+    dimensions by mean or 0.5 * sum, then averaged over the batch.
+    Returns ``(loss, {"losses": (B,), "t": (B,)})``. Raises ValueError unless
+    0 <= t_min < t_max <= 1 or for a score_fn output of the wrong shape.
+    """
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1; got t_min={t_min}, t_max={t_max}")
+    key_t, key_z = jax.random.split(key)
+    B = x1.shape[0]
+    t = jax.random.uniform(key_t, (B,), x1.dtype, minval=t_min, maxval=t_max)
+    noise = jax.random.normal(key_z, x1.shape, x1.dtype)
+    a, b = path.marginal_coeffs(t)
+    x_t = gaussian_perturb(a, b, x1, noise)
+    target = batch_mul(-1.0 / b, noise)
+    s = score_fn(x_t, t)
+    if s.shape != x1.shape:
+        raise ValueError(f"score_fn output shape {s.shape} does not match x shape {x1.shape}")
+    losses = _reduce(jnp.square(s - target), reduce_mean)
+    if weighting is not None:
+        losses = losses * jnp.asarray(weighting(t), losses.dtype)
     return jnp.mean(losses), {"losses": losses, "t": t}
 
 
@@ -258,6 +410,67 @@ def velocity_to_x1(u: Array, x: Array, t: Array, path) -> Array:
 
 
 @struct.dataclass
+class VelocityScoreFn:
+    """``score_fn(x, time)`` from a flow-time ``velocity_fn(x, t)`` on ``path``; see
+    ``score_fn_from_velocity``."""
+
+    velocity_fn: Any
+    path: Any
+    sde_time: bool = struct.field(pytree_node=False, default=False)
+
+    def __call__(self, x: Array, time: Array) -> Array:
+        t = self.path.flow_time(time) if self.sde_time else time
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        return velocity_to_score(self.velocity_fn(x, t), x, t, self.path).astype(x.dtype)
+
+
+@struct.dataclass
+class ScoreVelocityFn:
+    """Flow-time ``velocity_fn(x, t)`` from ``score_fn(x, time)``; see ``velocity_fn_from_score``."""
+
+    score_fn: Any
+    path: Any
+    sde_time: bool = struct.field(pytree_node=False, default=False)
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        time = self.path.sde_time(t) if self.sde_time else t
+        return score_to_velocity(self.score_fn(x, time), x, t, self.path).astype(x.dtype)
+
+
+def _default_sde_time(path, sde_time):
+    if sde_time is None:
+        return isinstance(path, SDEPath)
+    if sde_time and not isinstance(path, SDEPath):
+        raise ValueError(f"sde_time=True needs an SDEPath (the only path with an SDE time); "
+                         f"got {type(path).__name__}")
+    return bool(sde_time)
+
+
+def score_fn_from_velocity(velocity_fn: VelocityFn, path, *, sde_time: bool | None = None):
+    """The score of a flow model: ``score_fn(x, time)`` = ``velocity_to_score(v(x, t), x, t, path)``.
+
+    ``velocity_fn(x, t)`` predicts the FLOW-time velocity dx/dt of ``path`` (what
+    ``flow_matching_loss`` trains). For an ``SDEPath(sde, eps)`` (default ``sde_time=True``) the
+    returned ``score_fn`` takes SDE time s (data at s = 0) and maps it to flow time
+    t = (T - s) / (T - eps), so it runs in every SDE sampler of ``sampling.sample(key, sde, ...)``
+    (at s < eps it extrapolates the path linearly in t). For other paths (or ``sde_time=False``) it
+    takes flow time t. Do not feed such a model to ``score.convert(..., sde,
+    source="velocity")``: that head is dx/ds in SDE time, -1 / (T - eps) times this velocity.
+    Raises ValueError for ``sde_time=True`` on a path that is not an ``SDEPath``.
+    """
+    return VelocityScoreFn(velocity_fn, path, _default_sde_time(path, sde_time))
+
+
+def velocity_fn_from_score(score_fn, path, *, sde_time: bool | None = None):
+    """The inverse of ``score_fn_from_velocity``: the flow-time ``velocity_fn(x, t)`` of ``path``
+    from ``score_fn`` (taking SDE time for an ``SDEPath`` by default, flow time otherwise);
+    u = (alpha'_t / alpha_t) x + (beta_t^2 alpha'_t / alpha_t - beta'_t beta_t) score, singular at
+    alpha_t = 0 (t = 0)."""
+    return ScoreVelocityFn(score_fn, path, _default_sde_time(path, sde_time))
+
+
+@struct.dataclass
 class MixtureVelocity:
     """The exact marginal velocity of Gaussian-mixture data (``toy.GaussianMixture``) on ``path``:
 
@@ -315,12 +528,46 @@ def flow_ode_solve(velocity_fn: VelocityFn, x_init: Array, *, solver: str = "heu
 
 def flow_ode_sampler(key: Array, path, velocity_fn: VelocityFn, x_init: Array, *,
                      solver: str = "heun", num_steps: int | None = None, rtol: float = 1e-5,
-                     atol: float = 1e-5) -> tuple[Array, Array]:
+                     atol: float = 1e-5, t0: float = 0.0, t1: float = 1.0) -> tuple[Array, Array]:
     """The flow sampler in the sampler contract ``fn(key, sde, score_fn, x_init, **options)`` of
     ``runner.run_sampler`` (``path`` in the SDE's place, the velocity in the score's): the ODE from
-    t = 0 (prior) to 1 (data). Deterministic: ``key`` is unused."""
+    t0 (prior, default 0) to t1 (data, default 1). Deterministic: ``key`` is unused."""
     return flow_ode_solve(velocity_fn, x_init, solver=solver, num_steps=num_steps, rtol=rtol,
-                          atol=atol)
+                          atol=atol, t0=t0, t1=t1)
+
+
+# Stochastic flow solvers: flow_sample name -> sampling.simulate solver name.
+FLOW_SDE_SOLVERS = {"euler_maruyama": "euler_maruyama", "sde_heun": "heun", "sea": "sea",
+                    "sra1": "sra1", "shark": "shark"}
+
+
+def _sigma_t(sigma, t: Array) -> Array:
+    return jnp.asarray(sigma(t) if callable(sigma) else sigma, t.dtype) * jnp.ones_like(t)
+
+
+def flow_sde_sampler(key: Array, path, velocity_fn: VelocityFn, x_init: Array, *,
+                     solver: str = "euler_maruyama", num_steps: int = 100, sigma=1.0,
+                     t0: float = 0.0, t1: float = 1.0) -> tuple[Array, int]:
+    """The SDE extension of a flow (MIT 6.S184 lecture 3, Theorem "SDE extension trick"): for any
+    sigma_t >= 0,
+
+        dX_t = [u_t(X_t) + sigma_t^2 / 2 score_t(X_t)] dt + sigma_t dW_t,   X_0 ~ prior,
+
+    has the marginals p_t of the flow dX = u_t(X) dt; the score comes from the velocity on the
+    Gaussian path (``velocity_to_score``; singular at beta_t = 0, so Euler-Maruyama, which never
+    evaluates the drift at t1, reaches t1 = 1 on CondOT; solvers evaluating at t1 need t1 < 1).
+    ``sigma``: a float or a callable of t (shape (B,) -> (B,)). One velocity evaluation per
+    drift evaluation. Returns ``(x, nfe)``."""
+    def drift(x, t):
+        u = velocity_fn(x, t)
+        g2 = jnp.square(_sigma_t(sigma, t))
+        return u + batch_mul(0.5 * g2, velocity_to_score(u, x, t, path))
+
+    def diffusion(x, t):
+        return _sigma_t(sigma, t)
+
+    return sde_solve(key, jax.tree_util.Partial(drift), jax.tree_util.Partial(diffusion), x_init,
+                     t0, t1, num_steps, solver=FLOW_SDE_SOLVERS[solver])
 
 
 def flow_sample(
@@ -333,22 +580,56 @@ def flow_sample(
     num_steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    sigma=None,
+    t0: float = 0.0,
+    t1: float = 1.0,
     x_init: Array | None = None,
     dtype=jnp.float32,
     sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[Array, int]:
     """Draw samples by integrating the flow from the prior of ``path`` (default ``CondOTPath()``)
-    at t = 0 to the data at t = 1, in the one jitted runner (``runner.run_sampler``); returns
-    ``(x, nfe)`` with the true number of velocity evaluations (a Python int). ``solver``: "euler",
-    "heun", "midpoint" with ``num_steps``, or an adaptive solver ("tsit5", "dopri5", ...) with
-    ``num_steps=None``. ``sharding`` lays the batch out over a device mesh (the result does not
-    depend on it). Raises ValueError for an unknown solver, tolerances <= 0, num_steps < 1, or
-    an adaptive "euler", before compiling."""
+    at t0 (default 0) to the data at t1 (default 1), in the one jitted runner
+    (``runner.run_sampler``); returns ``(x, nfe)`` with the true number of velocity evaluations (a
+    Python int).
+
+    ``solver``: an ODE solver of ``FLOW_SOLVERS`` ("euler", "heun", "midpoint" with ``num_steps``,
+    or an adaptive solver "tsit5", "dopri5", ... with ``num_steps=None``), or a stochastic solver
+    of ``FLOW_SDE_SOLVERS`` ("euler_maruyama", "sde_heun", "sea", "sra1", "shark"; fixed
+    ``num_steps``, default 100) for the SDE extension with noise level ``sigma`` (a float >= 0 or
+    a callable of t; default 1.0; see ``flow_sde_sampler``). ``t1 < 1`` stops short of a singular
+    end point (e.g. beta_t = sqrt(1 - t), whose velocity is infinite at t = 1). ``x_init`` replaces
+    the prior draw (e.g. a batch of a source data set for a bridge). ``sharding`` lays the batch
+    out over a device mesh (the result does not depend on it).
+
+    Raises ValueError for an unknown solver (listing both families), tolerances <= 0,
+    num_steps < 1, an adaptive "euler", ``sigma`` with an ODE solver, a negative ``sigma``, or
+    not 0 <= t0 < t1 <= 1, before compiling."""
     path = CondOTPath() if path is None else path
+    if not (isinstance(t0, (int, float)) and isinstance(t1, (int, float)) and 0.0 <= t0 < t1 <= 1.0):
+        raise ValueError(f"need 0 <= t0 < t1 <= 1; got t0={t0!r}, t1={t1!r}")
+    if solver in FLOW_SDE_SOLVERS:
+        sigma = 1.0 if sigma is None else sigma
+        if not callable(sigma) and not (isinstance(sigma, (int, float)) and sigma >= 0):
+            raise ValueError(f"sigma must be a float >= 0 or a callable of t; got {sigma!r}")
+        num_steps = 100 if num_steps is None else num_steps
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}")
+        return run_sampler(flow_sde_sampler, key, path, velocity_fn, shape, x_init=x_init,
+                           dtype=dtype, sharding=sharding,
+                           options=dict(solver=solver, num_steps=num_steps, sigma=sigma,
+                                        t0=float(t0), t1=float(t1)))
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"Unknown ODE solver {solver!r} (flow_sample); valid choices: ODE "
+                         f"{list(ODE_SOLVERS)}, "
+                         f"SDE {list(FLOW_SDE_SOLVERS)}")
+    if sigma is not None:
+        raise ValueError(f"sigma={sigma!r} is an option of the stochastic solvers "
+                         f"{list(FLOW_SDE_SOLVERS)}; solver {solver!r} is an ODE solver")
     check_solve_options(solver, rtol, atol, num_steps)
     return run_sampler(flow_ode_sampler, key, path, velocity_fn, shape, x_init=x_init,
                        dtype=dtype, sharding=sharding,
-                       options=dict(solver=solver, num_steps=num_steps, rtol=rtol, atol=atol))
+                       options=dict(solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
+                                    t0=float(t0), t1=float(t1)))
 
 
 def flow_log_likelihood(
@@ -377,6 +658,9 @@ def flow_log_likelihood(
 
 
 __all__ = [
+    "GaussianPath", "GaussianPathMethods", "score_matching_loss", "VelocityScoreFn",
+    "ScoreVelocityFn", "score_fn_from_velocity", "velocity_fn_from_score", "FLOW_SDE_SOLVERS",
+    "flow_sde_sampler",
     "CondOTPath", "SDEPath", "PATHS", "get_path", "interpolate", "flow_matching_loss",
     "ModelVelocityFn", "get_velocity_fn", "get_flow_loss_fn", "velocity_to_score",
     "score_to_velocity", "velocity_to_eps", "eps_to_velocity", "velocity_to_x1",

@@ -60,6 +60,11 @@ class GaussianMixture:
         g = jnp.sum(r[..., None] * (mu - x.reshape(B, 1, -1)) / v[..., None], axis=1)
         return g.reshape(x.shape)
 
+    def score(self, x: Array) -> Array:
+        """grad_x log p_0(x), the time-independent score of the mixture itself (Langevin target)."""
+        B = x.shape[0]
+        return self.score_t(x, jnp.ones((B,), x.dtype), jnp.zeros((B,), x.dtype)).astype(x.dtype)
+
     def log_prob(self, x: Array) -> Array:
         """log p_0(x), shape (B,)."""
         B = x.shape[0]
@@ -80,7 +85,8 @@ class GaussianMixture:
         return (self.means[comp] + sd * z).astype(dtype), comp
 
     def score_fn(self, sde) -> "MixtureScore":
-        """The exact score function ``score_fn(x, t)`` of the diffused mixture under ``sde``."""
+        """The exact score function ``score_fn(x, t)`` of the diffused mixture under ``sde`` (any
+        object with ``marginal_coeffs(t)``: an SDE in SDE time, or a ``flow`` path in flow time)."""
         return MixtureScore(self, sde)
 
 
@@ -126,3 +132,54 @@ def image_mixture(key: Array, num_modes: int = 4, shape=(32, 32, 3), std: float 
     means = jax.random.uniform(key, (num_modes,) + tuple(shape), dtype, -0.7, 0.7)
     w = jnp.arange(1, num_modes + 1, dtype=dtype)
     return GaussianMixture(w / w.sum(), means, jnp.full((num_modes,), std, dtype))
+
+
+def checkerboard(key: Array, n: int, *, size: int = 4, scale: float = 1.0,
+                 dtype=jnp.float32) -> Array:
+    """n points uniform on the black squares of a ``size`` x ``size`` checkerboard covering
+    [-size/2, size/2]^2 * scale (the 2-D benchmark of MIT 6.S184 lab 2 and of flow-matching
+    papers); shape (n, 2). No closed-form score: compare samples by MMD / sliced W2."""
+    kc, ku = jax.random.split(key)
+    # Black squares: (i + j) even, i, j in 0..size-1.
+    cells = jnp.asarray([(i, j) for i in range(size) for j in range(size) if (i + j) % 2 == 0],
+                        dtype)
+    idx = jax.random.randint(kc, (n,), 0, cells.shape[0])
+    u = jax.random.uniform(ku, (n, 2), dtype)
+    return ((cells[idx] + u) - size / 2) * scale
+
+
+def circles(key: Array, n: int, *, radii=(0.5, 1.5), noise: float = 0.05,
+            dtype=jnp.float32) -> Array:
+    """n points on concentric circles of the given ``radii`` (equal counts in expectation) plus
+    N(0, noise^2) jitter; shape (n, 2). The source of the circles -> checkerboard bridge."""
+    kr, ka, kz = jax.random.split(key, 3)
+    r = jnp.asarray(radii, dtype)[jax.random.randint(kr, (n,), 0, len(radii))]
+    ang = jax.random.uniform(ka, (n,), dtype, 0.0, 2 * jnp.pi)
+    x = jnp.stack([r * jnp.cos(ang), r * jnp.sin(ang)], -1)
+    return x + noise * jax.random.normal(kz, x.shape, dtype)
+
+
+def mmd_rbf(x: Array, y: Array, bandwidths=(0.1, 0.2, 0.5, 1.0, 2.0)) -> Array:
+    """Biased squared MMD between samples x (n, D) and y (m, D) with a sum of Gaussian kernels
+    k(a, b) = exp(-|a - b|^2 / (2 h^2)) over ``bandwidths`` (Gretton et al. 2012, eq. 5)."""
+    x = x.reshape(x.shape[0], -1)
+    y = y.reshape(y.shape[0], -1)
+
+    def k(a, b):
+        d2 = jnp.sum(jnp.square(a[:, None] - b[None]), -1)
+        return sum(jnp.exp(-d2 / (2 * h**2)) for h in bandwidths)
+
+    return jnp.mean(k(x, x)) + jnp.mean(k(y, y)) - 2 * jnp.mean(k(x, y))
+
+
+def sliced_w2(key: Array, x: Array, y: Array, num_projections: int = 256) -> Array:
+    """Sliced 2-Wasserstein distance between equal-size samples x, y (n, D): sqrt of the mean over
+    random unit directions of the 1-D W2^2 of the projections (sorted matching)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"sliced_w2 needs equal sample counts; got {x.shape[0]} and {y.shape[0]}")
+    x = x.reshape(x.shape[0], -1)
+    y = y.reshape(y.shape[0], -1)
+    d = jax.random.normal(key, (x.shape[1], num_projections), x.dtype)
+    d = d / jnp.linalg.norm(d, axis=0, keepdims=True)
+    px, py = jnp.sort(x @ d, axis=0), jnp.sort(y @ d, axis=0)
+    return jnp.sqrt(jnp.mean(jnp.square(px - py)))

@@ -79,6 +79,7 @@ from score_jax.sampling.pc import (
     get_predictor,
     pc_sample,
 )
+from score_jax.sampling.simulate import SIMULATE_SOLVERS, langevin, simulate_sde
 from score_jax.sampling.unipc import unipc_sample
 
 Array = jax.Array
@@ -296,4 +297,5 @@ __all__ = [
     "get_predictor", "get_corrector", "pc_sample", "ode_sample", "sde_sample", "solve_ode",
     "probability_flow_velocity", "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps",
     "inverse_log_snr", "SCHEDULES",
+    "simulate_sde", "langevin", "SIMULATE_SOLVERS",
 ]
