@@ -64,6 +64,17 @@ def run_notebook(path, parameters: str, cwd: str, env: dict):
     return nb
 
 
+def cell_seconds(cell) -> float:
+    from datetime import datetime
+
+    t = cell.get("metadata", {}).get("execution", {})
+    start, end = t.get("iopub.execute_input"), t.get("shell.execute_reply")
+    if not (start and end):
+        return float("nan")
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return (parse(end) - parse(start)).total_seconds()
+
+
 def printed_results(nb) -> dict:
     for cell in reversed(nb.cells):
         for out in cell.get("outputs", []):
@@ -82,7 +93,8 @@ def test_quickstart_notebook(tmp_path):
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     t0 = time.perf_counter()
     nb = run_notebook(NOTEBOOK, tiny_parameters(tmp_path), REPO, env)
-    print(f"quickstart.ipynb ran in {time.perf_counter() - t0:.0f} s")
+    print(f"quickstart.ipynb ran in {time.perf_counter() - t0:.0f} s; per code cell:",
+          [round(cell_seconds(c)) for c in nb.cells if c.cell_type == "code"])
     r = printed_results(nb)
     # analytic score: PC with the SDE's 1000 steps, predictor + corrector; unipc NFE = steps
     assert r["toy_nfe_pc"] == 2000
