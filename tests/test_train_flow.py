@@ -53,7 +53,7 @@ def test_flow_config_and_smoke_variant_load_and_validate():
 
 
 @pytest.mark.parametrize("section,key,value,match", [
-    ("training", "objective", "dsm", r"training.objective='dsm'.*\['score', 'flow_matching'\]"),
+    ("training", "objective", "dsm", r"training.objective='dsm'.*\['score', 'flow_matching', 'edm'\]"),
     ("training", "flow_path", "linear", r"training.flow_path='linear'.*\['condot', 'sde'\]"),
     ("training", "flow_t_max", 1.5, r"flow_t_max=1.5 must be in \(0, 1\]"),
     ("sampling", "method", "pc", r"cannot sample a flow-matching model"),
@@ -179,10 +179,10 @@ def test_fast_sampler_options_from_config_are_accepted(method, overrides, want):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("num_steps", None, r"num_steps must be set for method 'dpm_solver'"),
-    ("schedule", "cosine", r"sampling.schedule='cosine' unknown; valid choices: \['logSNR'"),
-    ("order", 4, r"sampling.order=4 invalid; valid choices: \[1, 2, 3\]"),
-    ("solver_type", "rk4", r"sampling.solver_type='rk4' unknown"),
+    ("num_steps", None, r"sampling method 'dpm_solver' needs option 'num_steps'"),
+    ("schedule", "cosine", r"time schedule 'cosine'; valid choices: \['logSNR'"),
+    ("order", 4, r"order must be 1, 2 or 3; got 4"),
+    ("solver_type", "rk4", r"solver_type 'rk4'; valid choices: \['midpoint', 'heun'\]"),
 ])
 def test_bad_fast_sampler_config_raises(key, value, match):
     from configs.default_digits import get_config
