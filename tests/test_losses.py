@@ -145,3 +145,13 @@ def test_discrete_loss_dispatches_through_the_sde(x64):
         losses.ddpm_loss(key, model_fn, VESDE(), x0)
     with pytest.raises(ValueError, match="sub-VP has no discrete"):
         losses.discrete_loss(key, model_fn, subVPSDE(), x0)
+
+
+def test_dsm_loss_on_a_flow_path_points_to_score_matching_loss():
+    """Issue #16 item 4: dsm_loss on a flow path raised AttributeError ('no attribute T')."""
+    from score_jax import flow
+
+    x0 = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"dsm_loss needs an SDE.*got CondOTPath.*"
+                                         r"flow.score_matching_loss"):
+        losses.dsm_loss(jax.random.key(0), lambda x, t: -x, flow.CondOTPath(), x0)
