@@ -149,6 +149,11 @@ def base_config() -> ml_collections.ConfigDict:
     s.s_tmin = placeholder(float)  # heun
     s.s_tmax = placeholder(float)  # heun
     s.s_noise = placeholder(float)  # heun
+    # flow models (flow.flow_sample): SDE-extension noise level sigma (with an SDE solver of
+    # flow.FLOW_SDE_SOLVERS) and the integration interval [t0, t1] (stop short of a singular end)
+    s.sigma = placeholder(float)
+    s.t0 = placeholder(float)
+    s.t1 = placeholder(float)
     _add_sampler_placeholders(s)
 
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -463,8 +468,12 @@ def _validate_flow_sampler(options: dict) -> None:
     """Option values of the flow sampler (the score samplers are checked by
     ``sampling.validate_options``)."""
     solver = options.get("solver", "heun")
-    _need(solver in flow.FLOW_SOLVERS, f"config.sampling.solver={solver!r} unknown for "
-                                       f"method 'flow'; valid choices: {list(flow.FLOW_SOLVERS)}")
+    valid = list(flow.FLOW_SOLVERS) + list(flow.FLOW_SDE_SOLVERS)
+    _need(solver in valid, f"config.sampling.solver={solver!r} unknown for method 'flow'; valid "
+                           f"choices: {valid}")
+    _need(options.get("sigma") is None or solver in flow.FLOW_SDE_SOLVERS,
+          f"config.sampling.sigma={options.get('sigma')!r} needs an SDE solver for method 'flow' "
+          f"(the ODE has no noise); valid choices: {list(flow.FLOW_SDE_SOLVERS)}")
     _need(solver != "euler" or options.get("num_steps") is not None,
           "config.sampling.solver='euler' with method 'flow' needs sampling.num_steps (it "
           "has no error estimate for adaptive steps)")
