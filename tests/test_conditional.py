@@ -175,10 +175,11 @@ def test_smoke_training_snapshot_rows_are_classes(tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(sample_lib, "sample_built", spy)
-    config = load("dit_smoke")
+    config = load("smoke")
     config.training.n_iters = 2
     config.training.snapshot_freq = 2
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    config.sampling.num_steps = 2
+    train_lib.train_and_evaluate(config, str(tmp_path), model=_CountingNet(10))  # tiny network
     np.testing.assert_array_equal(seen["labels"], np.repeat(np.arange(10), 2))
     from PIL import Image
 
