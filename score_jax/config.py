@@ -44,7 +44,7 @@ SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
 # config.sampling names of the reference -> sampler option names
 OPTION_ALIASES = {"n_steps_each": "n_steps", "noise_removal": "denoise"}
 # config.sampling keys that are not sampler options
-_SAMPLING_NON_OPTIONS = {"method", "num_samples", "batch_size", "class_label"}
+_SAMPLING_NON_OPTIONS = {"method", "num_samples", "batch_size", "class_label", "guidance_scale"}
 # keyword-only parameters of a sampler that the config never sets (traced inputs, layout)
 _NOT_CONFIG_OPTIONS = {"project", "inputs", "path", "x_init", "dtype", "sharding"}
 # model keys read by get_model / the builders beyond the networks' dataclass fields
@@ -55,6 +55,9 @@ _MODEL_EXTRA_KEYS = {"name", "ema_rate", "normalization", "interpolation", "atte
 _OPTIM_EXTRA_KEYS = {"amsgrad"}
 # Classes of the datasets with labels (labels outside [0, num_classes) are refused).
 DATASET_NUM_CLASSES = {"DIGITS": 10, "CIFAR10": 10, "SVHN": 10, "MNIST": 10}
+# Label dropout of a class-conditional model when training.label_dropout is None (the "eta" of
+# classifier-free guidance, Ho & Salimans 2022 sec. 3.2 use 0.1 / 0.2).
+DEFAULT_LABEL_DROPOUT = 0.1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,7 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
     training.flow_path = "condot"
     training.flow_t_max = 1.0
     # classifier-free guidance training: labels dropped to the null label with this probability
-    training.label_dropout = 0.0
+    # (None: DEFAULT_LABEL_DROPOUT for a class-conditional model, `label_dropout_from_config`)
+    training.label_dropout = placeholder(float)
     # objective "edm" (Karras et al. 2022, score_jax.edm): preconditioning "edm" | "vp" | "ve",
     # sigma_data, and the log-normal training noise levels ln sigma ~ N(p_mean, p_std^2)
     training.precond = "edm"
@@ -138,6 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
     # class-conditional models: None draws labels uniformly from [0, num_classes); an int in
     # [0, num_classes] samples that class (num_classes: the null label, unconditional)
     s.class_label = placeholder(int)
+    # classifier-free guidance scale w of a class-conditional model (score_jax.guidance.cfg):
+    # pred = (1 - w) pred(x | null) + w pred(x | y); None: plain conditional sampling (w = 1
+    # without the second, unconditional half of the batch)
+    s.guidance_scale = placeholder(float)
     # fast samplers (score_jax.sampling.fast): None = the sampler's default
     s.eta = placeholder(float)  # ddim
     s.schedule = placeholder(str)  # ddim, dpm_solver, heun
@@ -342,6 +350,22 @@ def score_fn_factory(config, sde, model) -> Callable:
     return make
 
 
+def label_dropout_from_config(config) -> float:
+    """``training.label_dropout``; None (unset) means `DEFAULT_LABEL_DROPOUT` (0.1) for a
+    class-conditional model (``model.num_classes`` set) and 0 otherwise. An explicit 0.0 is
+    kept (a conditional model that cannot be guided)."""
+    value = config.training.get("label_dropout")
+    if value is None:
+        return DEFAULT_LABEL_DROPOUT if config.model.get("num_classes") is not None else 0.0
+    return float(value)
+
+
+def guidance_scale_from_config(config) -> float | None:
+    """``sampling.guidance_scale`` w of classifier-free guidance (None: plain conditional)."""
+    w = config.sampling.get("guidance_scale")
+    return None if w is None else float(w)
+
+
 def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
     """The training objective of ``config`` on data batches in [0, 1] (scaled inside).
 
@@ -353,7 +377,7 @@ def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
     """
     t = config.training
     num_classes = config.model.get("num_classes")
-    dropout = float(t.get("label_dropout") or 0.0) if train else 0.0
+    dropout = label_dropout_from_config(config) if train else 0.0
     objective = objective_from_config(config)
     if objective == "edm":
         fn = edm.get_edm_loss_fn(model, precond_from_config(config, sde), train=train,
@@ -486,6 +510,9 @@ def _validate_labels(config) -> None:
         _need(s.get("class_label") is None,
               f"config.sampling.class_label={s.class_label!r} needs a class-conditional model "
               f"(config.model.num_classes)")
+        _need(s.get("guidance_scale") is None,
+              f"config.sampling.guidance_scale={s.guidance_scale!r} needs a class-conditional "
+              f"model (config.model.num_classes)")
         return
     _pos_int("model.num_classes", nc)
     dataset = config.data.dataset.upper()
@@ -494,12 +521,27 @@ def _validate_labels(config) -> None:
           f"config.model.num_classes={nc} is smaller than the {have} classes of "
           f"data.dataset={config.data.dataset!r} (labels 0..{have - 1 if have else 0}); label "
           f"{nc} would be the null (unconditional) row. Valid: num_classes >= {have}")
-    drop = float(config.training.get("label_dropout") or 0.0)
+    drop = label_dropout_from_config(config)
     _need(0.0 <= drop < 1.0, f"config.training.label_dropout={drop!r} must be in [0, 1)")
+    _validate_guidance(config)
     label = s.get("class_label")
     _need(label is None or 0 <= label <= nc,
           f"config.sampling.class_label={label!r} invalid; valid: 0..{nc - 1}, or {nc} (the "
           f"null label, unconditional), or None (uniform over the classes)")
+
+
+def _validate_guidance(config) -> None:
+    w = config.sampling.get("guidance_scale")
+    if w is None:
+        return
+    _need(isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w),
+          f"config.sampling.guidance_scale={w!r} must be a finite number (0: unconditional, "
+          f"1: conditional, > 1: guided) or None (plain conditional)")
+    label = config.sampling.get("class_label")
+    _need(label is None or label != config.model.num_classes,
+          f"config.sampling.class_label={label} is the null label: guidance_scale={w} has "
+          f"nothing to guide; valid: a class 0..{config.model.num_classes - 1}, or "
+          f"guidance_scale=None")
 
 
 def validate_config(config, *, num_devices: int | None = None) -> None:
@@ -610,6 +652,7 @@ class Built(NamedTuple):
     num_classes: int | None
     class_label: int | None
     make_score_fn: Callable | None  # (params, model_kwargs=None) -> score_fn; None for flows
+    guidance_scale: float | None = None  # classifier-free guidance w (None: conditional)
 
 
 def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
@@ -646,7 +689,8 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous), centered=bool(d.centered),
                  num_classes=num_classes, class_label=config.sampling.get("class_label"),
-                 make_score_fn=score_fn_factory(config, sde, model))
+                 make_score_fn=score_fn_factory(config, sde, model),
+                 guidance_scale=guidance_scale_from_config(config))
 
 
 __all__ = [
@@ -654,6 +698,7 @@ __all__ = [
     "base_config", "known_keys", "sde_from_config", "model_from_config", "optimizer_from_config",
     "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
     "flow_path_from_config", "precond_from_config", "score_fn_factory", "loss_fn_from_config",
+    "DEFAULT_LABEL_DROPOUT", "label_dropout_from_config", "guidance_scale_from_config",
     "method_options", "config_methods", "sampling_methods", "sampling_options_from_config",
     "validate_config", "Built", "build",
 ]

@@ -64,7 +64,9 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
                   mesh=None, batch_size: int | None = None, path=None,
                   num_classes: int | None = None,
                   class_label: int | None = None,
-                  make_score_fn: Callable | None = None) -> tuple[np.ndarray, int]:
+                  make_score_fn: Callable | None = None,
+                  labels: Any = None,
+                  guidance_scale: float | None = None) -> tuple[np.ndarray, int]:
     """Draw ``shape[0]`` samples (any number) in batches of ``batch_size`` rounded up to the
     device multiple, sharded over ``mesh``, and cut to ``shape[0]``.
 
@@ -73,7 +75,11 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     other method runs ``sampling.sample`` on the network's score (``make_score_fn(params,
     model_kwargs)``, e.g. ``Built.make_score_fn``; default: the reference wiring
     ``score.get_score_fn`` with ``continuous``). A class-conditional model
-    (``num_classes``) gets labels from `class_labels`.
+    (``num_classes``) gets ``labels`` ((N,) ints in [0, num_classes), `check_labels`) or, when
+    None, labels from `class_labels`. With ``guidance_scale`` w (not None) it samples with
+    classifier-free guidance, pred = (1 - w) pred(x | null) + w pred(x | y) on the score or the
+    velocity (`guided_fns`: one network call on 2B per evaluation); None is plain conditional
+    sampling (w = 1 with B per call).
 
     Returns:
       ``(images, nfe)``: numpy (N, H, W, C) in [0, 1] (non-finite values are kept as NaN so
@@ -84,9 +90,17 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     bs = padded_batch_size(n, batch_size, nd)
     sharding = None if mesh is None else parallel.data_sharding(mesh)
     k_draw, k_label = key, jax.random.fold_in(key, _LABEL_STREAM)
+    if labels is not None:
+        labels = check_labels(labels, num_classes, n)
+    if guidance_scale is not None and num_classes is None:
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs a class-conditional model "
+                         f"(num_classes)")
 
     def kwargs(i):
-        y = class_labels(jax.random.fold_in(k_label, i), bs, num_classes, class_label)
+        if labels is not None:
+            y = _batch_labels(labels, i, bs)
+        else:
+            y = class_labels(jax.random.fold_in(k_label, i), bs, num_classes, class_label)
         if y is not None and sharding is not None:
             y = jax.device_put(y, sharding)
         return None if y is None else {"y": y}
@@ -95,17 +109,29 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
         sharding = sampling.auto_sharding(sharding)
 
         def draw(k, i):
-            velocity_fn = flow.get_velocity_fn(model, {"params": params}, model_kwargs=kwargs(i))
+            if guidance_scale is not None:
+                velocity_fn = guided_fns(kwargs(i)["y"], guidance_scale, num_classes,
+                                         params=params, model=model)
+            else:
+                velocity_fn = flow.get_velocity_fn(model, {"params": params},
+                                                   model_kwargs=kwargs(i))
             return flow.flow_sample(k, velocity_fn, (bs,) + tuple(shape[1:]), path=path,
                                     sharding=sharding, **options)
     else:
-        if make_score_fn is None:
+        default_wiring = make_score_fn is None
+        if default_wiring:
             def make_score_fn(params, model_kwargs=None):
                 return get_score_fn(sde, model, {"params": params}, continuous=continuous,
                                     model_kwargs=model_kwargs)
 
         def draw(k, i):
-            score_fn = make_score_fn(params, kwargs(i))
+            if guidance_scale is not None:
+                score_fn = guided_fns(kwargs(i)["y"], guidance_scale, num_classes,
+                                      params=params, sde=sde, model=model,
+                                      continuous=continuous,
+                                      make_score_fn=None if default_wiring else make_score_fn)
+            else:
+                score_fn = make_score_fn(params, kwargs(i))
             return sampling.sample(k, sde, score_fn, (bs,) + tuple(shape[1:]), method=method,
                                    sharding=sharding, **options)
     out, nfe = [], 0
@@ -117,6 +143,74 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     finite = np.isfinite(x)
     x = np.where(finite, np.clip(x, 0.0, 1.0), np.nan)
     return x, int(nfe)
+
+
+def check_labels(labels: Any, num_classes: int | None, n: int | None = None) -> np.ndarray:
+    """Explicit sampling labels as an (N,) int32 numpy array; ValueError (before anything is
+    compiled) for an unconditional model, non-integers, a wrong count ``n`` or a label outside
+    [0, num_classes)."""
+    if num_classes is None:
+        raise ValueError("labels were given but the model is not class-conditional (set "
+                         "config.model.num_classes)")
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"labels must be a 1-D list of integers; got {labels!r}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{arr.shape[0]} labels given for {n} samples; give one per sample")
+    bad = sorted({int(v) for v in arr if not 0 <= int(v) < int(num_classes)})
+    if bad:
+        raise ValueError(f"labels {bad} out of range; valid labels: 0..{int(num_classes) - 1} "
+                         f"(num_classes={num_classes})")
+    return arr.astype(np.int32)
+
+
+def parse_labels(text: str, num_classes: int | None) -> np.ndarray:
+    """``"3,3,7"`` -> array([3, 3, 7]) (sample.py ``--labels``); ValueError for an empty list,
+    a non-integer entry or a label outside [0, num_classes)."""
+    items = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"--labels={text!r} is empty; give comma-separated class labels, e.g. "
+                         f"--labels=3,3,7")
+    try:
+        values = [int(v) for v in items]
+    except ValueError:
+        raise ValueError(f"--labels={text!r} must be comma-separated integers, e.g. "
+                         f"--labels=3,3,7") from None
+    return check_labels(np.asarray(values, np.int64), num_classes)
+
+
+def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
+    """Labels of a grid with one row per class: [0]*per_class + [1]*per_class + ...; lay the
+    images out with ``nrow=per_class`` (`image_grid`). Shape (num_classes * per_class,) int32."""
+    if int(per_class) < 1:
+        raise ValueError(f"per_class={per_class} must be a positive integer")
+    return np.repeat(np.arange(int(num_classes), dtype=np.int32), int(per_class))
+
+
+def _batch_labels(labels: np.ndarray, i: int, bs: int) -> Array:
+    y = labels[i * bs:(i + 1) * bs]
+    if len(y) < bs:  # the padded tail of the last batch (cut afterwards)
+        y = np.concatenate([y, np.full(bs - len(y), y[0] if len(y) else 0, np.int32)])
+    return jnp.asarray(y, jnp.int32)
+
+
+def guided_fns(labels: Array, w: float, num_classes: int, *, params: Any,
+               model: nn.Module | None = None, sde=None, continuous: bool = True,
+               make_score_fn: Callable | None = None):
+    """The classifier-free guided prediction for a sampler, from ``guidance.cfg``:
+    ``cfg_factory_score_fn(make_score_fn, ...)`` when a score factory is given (score and EDM
+    models, ``Built.make_score_fn``), ``cfg_score_fn(sde, model, ...)`` (the reference score
+    wiring) when only ``sde`` is, else the flow velocity ``cfg_velocity_fn(model, ...)``. Each
+    evaluates the network once on the batch of 2B ([x; x], labels [y; null = num_classes])."""
+    from score_jax.guidance import cfg
+
+    if make_score_fn is not None:
+        return cfg.cfg_factory_score_fn(make_score_fn, params, labels, w=w,
+                                        num_classes=num_classes)
+    if sde is not None:
+        return cfg.cfg_score_fn(sde, model, {"params": params}, labels, w=w,
+                                num_classes=num_classes, continuous=continuous)
+    return cfg.cfg_velocity_fn(model, {"params": params}, labels, w=w, num_classes=num_classes)
 
 
 def count_nonfinite(images: np.ndarray) -> int:
@@ -138,14 +232,16 @@ def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) ->
     return np.round(np.clip(np.nan_to_num(grid), 0, 1) * 255).astype(np.uint8)
 
 
-def save_samples(images: np.ndarray, directory: str, *, scale: int = 1) -> str:
+def save_samples(images: np.ndarray, directory: str, *, scale: int = 1,
+                 nrow: int | None = None) -> str:
     """Write ``samples.png`` (a grid, nearest-upscaled by ``scale``) and ``samples.npz`` (uint8
     images, as the reference's sample files) into ``directory``; returns the PNG path.
-    Non-finite pixels are written as 0 (count them first with `count_nonfinite`)."""
+    Non-finite pixels are written as 0 (count them first with `count_nonfinite`). ``nrow``: images
+    per grid row (default about sqrt(N); per_class for a grid with one row per class)."""
     from PIL import Image
 
     os.makedirs(directory, exist_ok=True)
-    grid = image_grid(images)
+    grid = image_grid(images, nrow=nrow or None)
     pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
@@ -156,16 +252,45 @@ def save_samples(images: np.ndarray, directory: str, *, scale: int = 1) -> str:
     return path
 
 
+_USE_BUILT = object()
+
+
 def sample_built(key: Array, built: config_lib.Built, params: Any, num_samples: int, *,
-                 batch_size: int | None = None, mesh=None) -> tuple[np.ndarray, int]:
-    """`sample_images` with everything taken from a `config.Built`."""
+                 batch_size: int | None = None, mesh=None, labels: Any = None,
+                 guidance_scale: Any = _USE_BUILT) -> tuple[np.ndarray, int]:
+    """`sample_images` with everything taken from a `config.Built` (``guidance_scale`` defaults
+    to ``built.guidance_scale``; pass None for plain conditional sampling)."""
+    w = getattr(built, "guidance_scale", None) if guidance_scale is _USE_BUILT else guidance_scale
     return sample_images(key, built.sde, built.model, params, continuous=built.continuous,
                          shape=(int(num_samples),) + built.image_shape, method=built.method,
                          options=built.options, centered=built.centered,
                          mesh=built.mesh if mesh is None else mesh, batch_size=batch_size,
                          path=built.flow_path, num_classes=built.num_classes,
                          class_label=built.class_label,
-                         make_score_fn=built.make_score_fn)
+                         make_score_fn=built.make_score_fn, labels=labels,
+                         guidance_scale=w if built.num_classes is not None else None)
+
+
+def snapshot_labels(num_classes: int | None, num_samples: int) -> tuple[np.ndarray | None, int]:
+    """Labels of a training snapshot: for a class-conditional model one row per class,
+    ``per_class = max(1, num_samples // num_classes)`` samples each (`grid_labels`); returns
+    ``(labels, nrow)`` with nrow the images per grid row (None, ceil(sqrt(N))-style default for
+    an unconditional model: ``(None, 0)``)."""
+    if num_classes is None:
+        return None, 0
+    per_class = max(1, int(num_samples) // int(num_classes))
+    return grid_labels(num_classes, per_class), per_class
+
+
+def conditional_metrics(dataset: str, images: np.ndarray, labels: Any) -> dict | None:
+    """``evaluation.digits.digits_conditional_accuracy`` (accuracy, confidence) of samples of a
+    class-conditional DIGITS model with their requested ``labels``; None for other datasets or
+    without labels."""
+    if labels is None or str(dataset).upper() != "DIGITS":
+        return None
+    from score_jax.evaluation import digits
+
+    return digits.digits_conditional_accuracy(np.nan_to_num(images), np.asarray(labels))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,32 +354,79 @@ def _output_dir(output_dir, workdir, name):
     raise ValueError("--output_dir is required with --checkpoint")
 
 
-def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
-                           num_samples=None, seed=0, output_dir=None, model=None) -> dict:
-    """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz.
-
-    ``num_samples`` (default ``sampling.num_samples``) may be any positive number on any number
-    of devices. Returns {"png", "npz", "nfe", "seconds", "num_samples", "num_nonfinite",
-    "images"}; the caller decides what non-finite samples mean (sample.py exits non-zero).
-    """
+def resolve_labels(config, *, labels: Any = None, per_class: int | None = None,
+                   num_samples: int | None = None) -> tuple[np.ndarray | None, int | None, int]:
+    """The labels sample.py draws: ``(labels, nrow, n)``. Explicit ``labels`` (their count is n),
+    or a grid with one row per class (``per_class`` images each: n = num_classes * per_class,
+    nrow = per_class), or None (the config's ``class_label`` / uniform draws) with
+    n = ``num_samples`` or ``sampling.num_samples``. Raises ValueError (before compiling) for
+    labels on an unconditional model, both options at once, or labels out of range."""
+    nc = config.model.get("num_classes")
+    if labels is not None and per_class is not None:
+        raise ValueError("give either --labels or --per_class, not both")
+    if labels is not None:
+        arr = parse_labels(labels, nc) if isinstance(labels, str) else check_labels(labels, nc)
+        if num_samples is not None and int(num_samples) != len(arr):
+            raise ValueError(f"--num_samples={num_samples} differs from the {len(arr)} "
+                             f"--labels; the labels set the number of samples")
+        return arr, None, len(arr)
+    if per_class is not None:
+        if nc is None:
+            raise ValueError("--per_class needs a class-conditional model (config.model."
+                             "num_classes)")
+        arr = grid_labels(nc, per_class)
+        return arr, int(per_class), len(arr)
     n = int(num_samples or config.sampling.num_samples)
     if n <= 0:
         raise ValueError(f"num_samples={n} must be positive")
+    return None, None, n
+
+
+def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
+                           num_samples=None, seed=0, output_dir=None, model=None,
+                           labels: Any = None, per_class: int | None = None) -> dict:
+    """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz.
+
+    ``num_samples`` (default ``sampling.num_samples``) may be any positive number on any number
+    of devices. A class-conditional model samples ``labels`` (a list or "3,3,7"), or a grid
+    with one row per class (``per_class``), or labels from ``sampling.class_label`` / uniform
+    draws, with classifier-free guidance scale ``sampling.guidance_scale`` (`resolve_labels`);
+    for DIGITS the conditional accuracy is measured and written to ``metrics.json``.
+    Returns {"png", "npz", "nfe", "seconds", "num_samples", "num_nonfinite", "images",
+    "labels", "guidance_scale", "conditional"}; the caller decides what non-finite samples mean
+    (sample.py exits non-zero).
+    """
+    labels, nrow, n = resolve_labels(config, labels=labels, per_class=per_class,
+                                     num_samples=num_samples)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
                                use_ema=use_ema, model=model)
     built = info["built"]
+    key = jax.random.key(seed)
+    if labels is None and built.num_classes is not None:  # drawn here, so they can be scored
+        labels = np.asarray(class_labels(jax.random.fold_in(key, _LABEL_STREAM), n,
+                                         built.num_classes, built.class_label))
+        if built.class_label == built.num_classes:  # the null label: nothing to score
+            labels = None
     t0 = time.perf_counter()
-    images, nfe = sample_built(jax.random.key(seed), built, params, n,
-                               batch_size=config.sampling.get("batch_size"))
+    images, nfe = sample_built(key, built, params, n,
+                               batch_size=config.sampling.get("batch_size"),
+                               labels=labels)
     seconds = time.perf_counter() - t0
     name = f"{built.method}_step{info['step']}" if info["step"] is not None else built.method
     out_dir = _output_dir(output_dir, workdir, name)
     png = None
+    cond = conditional_metrics(config.data.dataset, images, labels)
     if jax.process_index() == 0:
-        png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size))
+        png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size),
+                           nrow=nrow)
+        if cond is not None:
+            with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+                json.dump({"conditional": cond, "guidance_scale": built.guidance_scale}, f,
+                          indent=2)
     return {"png": png, "npz": os.path.join(out_dir, "samples.npz"), "nfe": nfe,
             "seconds": seconds, "num_samples": n, "num_nonfinite": count_nonfinite(images),
-            "images": images}
+            "images": images, "labels": labels, "guidance_scale": built.guidance_scale,
+            "conditional": cond}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,6 +524,8 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
     return out
 
 
-__all__ = ["padded_batch_size", "class_labels", "sample_images",
+__all__ = ["padded_batch_size", "class_labels", "check_labels", "parse_labels", "grid_labels",
+           "guided_fns", "snapshot_labels", "conditional_metrics", "resolve_labels",
+           "sample_images",
            "count_nonfinite", "image_grid", "save_samples", "sample_built", "load_params",
            "sample_from_checkpoint", "make_logp_fn", "make_bpd_fn", "bpd_from_checkpoint"]

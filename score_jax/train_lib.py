@@ -204,10 +204,12 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 save(done)
                 bar.restart_clock()
             if t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
+                labels, nrow = sample_lib.snapshot_labels(b.num_classes,
+                                                          int(config.sampling.num_samples))
                 images, nfe = sample_lib.sample_built(
                     jax.random.fold_in(k_sample, done), b, state.ema_params,
-                    int(config.sampling.num_samples),
-                    batch_size=config.sampling.get("batch_size"))
+                    int(config.sampling.num_samples) if labels is None else len(labels),
+                    batch_size=config.sampling.get("batch_size"), labels=labels)
                 bad = sample_lib.count_nonfinite(images)
                 if bad:
                     log.warning("step %d: %d of %d snapshot samples are not finite", done, bad,
@@ -215,7 +217,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 if is_main:
                     d = os.path.join(workdir, "samples", f"iter_{done}")
                     path = sample_lib.save_samples(images, d,
-                                                   scale=max(1, 64 // config.data.image_size))
+                                                   scale=max(1, 64 // config.data.image_size),
+                                                   nrow=nrow)
                     bar.write(f"step {done}: samples (nfe {nfe}) -> {path}"
                               + (f" ({bad} not finite)" if bad else ""))
                 bar.restart_clock()

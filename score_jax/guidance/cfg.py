@@ -142,3 +142,28 @@ def cfg_velocity_fn(model: nn.Module, variables: Any, labels: Array, *, w: float
     check_guidance_scale(w)
     cond = ConditionalModelVelocity(variables, model, time_scale)
     return ClassifierFreeGuidance(cond, jnp.asarray(labels), jnp.asarray(w), int(num_classes))
+
+
+@struct.dataclass
+class FactoryConditional:
+    """``c(x, t, y) = make(params, {"y": y})(x, t)`` for a score factory such as
+    ``config.Built.make_score_fn`` (DSM on any SDE, EDM's denoiser score): ``params`` are traced
+    leaves, ``make`` is static (hashed by identity: keep one factory per model)."""
+
+    params: Any
+    make: Callable = struct.field(pytree_node=False)
+
+    def __call__(self, x: Array, t: Array, y: Array) -> Array:
+        return self.make(self.params, {"y": y})(x, t)
+
+
+def cfg_factory_score_fn(make_score_fn: Callable, params: Any, labels: Array, *, w: float,
+                         num_classes: int) -> ClassifierFreeGuidance:
+    """Guided ``score_fn(x, t)`` from a score factory ``make_score_fn(params, model_kwargs)``
+    (``config.Built.make_score_fn``): s_w = (1 - w) s(x, t | null) + w s(x, t | y), null label
+    ``num_classes``, ONE factory call per evaluation on the batch of 2B. Raises ValueError for
+    labels outside [0, num_classes) or a non-finite ``w``."""
+    _check_labels(labels, num_classes)
+    check_guidance_scale(w)
+    return ClassifierFreeGuidance(FactoryConditional(params, make_score_fn), jnp.asarray(labels),
+                                  jnp.asarray(w), int(num_classes))

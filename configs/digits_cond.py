@@ -1,0 +1,65 @@
+"""Class-conditional digits with classifier-free guidance (Ho & Salimans 2022).
+
+The embedded default (``configs/default_digits.py``: 8 x 8 digits, continuous VP SDE, DDPM++ nf
+32) with the ten digit labels as a condition: ``model.num_classes = 10`` (label 10 is the null
+label), labels dropped to the null label with probability ``training.label_dropout = 0.1``, and
+guided sampling pred = (1 - w) pred(x | null) + w pred(x | y) with ``sampling.guidance_scale``
+w = 2 (w = 1: the conditional model, w = 0: the unconditional one) and DPM-Solver with 20 steps.
+
+    python train.py  --config=configs/digits_cond.py --workdir=workdirs/digits_cond
+    python sample.py --config=configs/digits_cond.py --workdir=workdirs/digits_cond --per_class=8
+    python sample.py --config=configs/digits_cond.py --workdir=workdirs/digits_cond \\
+        --labels=3,3,7 --config.sampling.guidance_scale=4
+
+Variants (``--config=configs/digits_cond.py:<arg>``): ``dit`` (the DiT backbone: patch 2 on the
+8 x 8 digits, 16 tokens, hidden 96, depth 4, 4 heads), ``smoke`` (CPU seconds), ``dit_smoke``.
+Everything else (data, optimiser, schedule) is inherited from ``default_digits``.
+"""
+from configs import default_digits
+from configs.common import apply_variant
+
+VARIANTS = (None, "dit", "smoke", "dit_smoke")
+NUM_CLASSES = 10
+
+
+def _dit(config):
+    m = config.model
+    for key in list(m.keys()):  # drop the U-Net fields: DiT has its own
+        if key not in ("sigma_min", "sigma_max", "num_scales", "beta_min", "beta_max",
+                       "dropout", "embedding_type", "num_classes", "ema_rate"):
+            del m[key]
+    m.name = "dit"
+    m.patch_size = 2
+    m.hidden_size = 96
+    m.depth = 4
+    m.num_heads = 4
+    m.learn_sigma = False
+    m.class_dropout_prob = 0.1  # only creates the null row; labels are dropped in the loss
+    return config
+
+
+def get_config(arg=None):
+    """``arg``: None, "dit", "smoke" or "dit_smoke" (ValueError otherwise)."""
+    if arg not in (None, "", "None") and arg not in VARIANTS:
+        raise ValueError(f"unknown config variant {arg!r}; valid choices: {list(VARIANTS)}")
+    config = default_digits.get_config()
+    config.model.num_classes = NUM_CLASSES
+    config.training.label_dropout = 0.1
+    s = config.sampling
+    s.method = "dpm_solver"
+    s.predictor = "euler_maruyama"
+    s.corrector = "none"
+    s.num_steps = 20
+    s.num_samples = 100  # snapshots: 10 rows (one per class) of 10
+    s.guidance_scale = 2.0
+    if arg in ("dit", "dit_smoke"):
+        _dit(config)
+    if arg in ("smoke", "dit_smoke"):
+        config = apply_variant(config, "smoke")
+        config.data.image_size = 8
+        config.sampling.num_samples = 20
+        if arg == "dit_smoke":
+            config.model.hidden_size = 16
+            config.model.depth = 1
+            config.model.num_heads = 2
+    return config
