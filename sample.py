@@ -8,7 +8,9 @@
 
 The checkpoint is a training workdir (orbax, ``--step`` or the latest; EMA weights unless
 ``--noema``) or a file written by ``python -m score_jax.convert``. Writes ``samples.png`` (grid)
-and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. Any ``--num_samples`` works
+and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. For DIGITS configs it
+also prints the digits quality metric of the samples (FD / floor of the same N, IS) and writes it
+to ``metrics.json`` beside ``samples.png``. Any ``--num_samples`` works
 on any number of devices. A class-conditional model draws labels uniformly from its classes
 (``--config.sampling.class_label=K`` for one class). If any sample is not finite the command
 says how many and exits with status 2. Bits/dim integrate from ``score_jax.config.LIKELIHOOD_EPS``
@@ -42,6 +44,22 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (mult
 flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
 
 
+def _print_digits_metrics(config, out):
+    """DIGITS configs: print the digits quality metric of the samples and write it to
+    ``metrics.json`` beside ``samples.png`` (score_jax.evaluation.evaluators.digits_report)."""
+    from score_jax.evaluation import evaluators
+
+    if (not evaluators.is_digits(config.data.dataset) or out["png"] is None
+            or out["num_samples"] < 2):
+        return
+    report = evaluators.digits_report(out["images"])
+    report.update(nfe=out["nfe"], sample_seconds=out["seconds"])
+    path = os.path.join(os.path.dirname(out["png"]), "metrics.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"{evaluators.format_digits_report(report)} -> {path}")
+
+
 def main(argv):
     del argv
     _cli.setup_process(FLAGS.compilation_cache)
@@ -63,6 +81,7 @@ def main(argv):
                 output_dir=FLAGS.output_dir)
             print(f"samples: {out['png']} ({out['num_samples']} samples, nfe {out['nfe']}, "
                   f"{out['seconds']:.1f} s)")
+            _print_digits_metrics(config, out)
             if out["num_nonfinite"]:
                 logging.error("%d of %d samples are not finite (NaN / inf; written as 0 in %s): "
                               "the sampler diverged; try more steps or another sampler",
