@@ -8,7 +8,9 @@
 
 The checkpoint is a training workdir (orbax, ``--step`` or the latest; EMA weights unless
 ``--noema``) or a file written by ``python -m score_jax.convert``. Writes ``samples.png`` (grid)
-and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. Any ``--num_samples`` works
+and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. For DIGITS configs it
+also prints the digits quality metric of the samples (FD / floor of the same N, IS) and writes it
+to ``metrics.json`` beside ``samples.png``. Any ``--num_samples`` works
 on any number of devices. A class-conditional model draws labels uniformly from its classes
 (``--config.sampling.class_label=K`` for one class), or ``--labels=3,3,7``, or
 ``--per_class=N`` (a grid with one row per class); ``--guidance_scale=w`` (or
@@ -71,6 +73,25 @@ def _print_conditional(out):
           f"{'None (conditional)' if w is None else w}; digits classifier)")
 
 
+def _print_digits_metrics(config, out):
+    """DIGITS configs: print the digits quality metric of the samples and write it to
+    ``metrics.json`` beside ``samples.png`` (score_jax.evaluation.evaluators.digits_report)."""
+    from score_jax.evaluation import evaluators
+
+    if (not evaluators.is_digits(config.data.dataset) or out["png"] is None
+            or out["num_samples"] < 2):
+        return
+    report = evaluators.digits_report(out["images"])
+    report.update(nfe=out["nfe"], sample_seconds=out["seconds"])
+    path = os.path.join(os.path.dirname(out["png"]), "metrics.json")
+    if os.path.exists(path):  # sample_lib wrote the conditional accuracy there: keep it
+        with open(path) as f:
+            report = {**json.load(f), **report}
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"{evaluators.format_digits_report(report)} -> {path}")
+
+
 def main(argv):
     del argv
     _cli.setup_process(FLAGS.compilation_cache)
@@ -93,6 +114,7 @@ def main(argv):
                 output_dir=FLAGS.output_dir, labels=FLAGS.labels, per_class=FLAGS.per_class)
             print(f"samples: {out['png']} ({out['num_samples']} samples, nfe {out['nfe']}, "
                   f"{out['seconds']:.1f} s)")
+            _print_digits_metrics(config, out)
             _print_conditional(out)
             if out["num_nonfinite"]:
                 logging.error("%d of %d samples are not finite (NaN / inf; written as 0 in %s): "

@@ -80,6 +80,53 @@ class _Progress:
         self.bar.close()
 
 
+SNAPSHOT_DIGITS_SAMPLES = 256  # at least this many snapshot samples score a DIGITS run
+
+
+def _snapshot(config, b, state, done, k_sample, workdir, writer, bar, is_main, digits_ref):
+    """Sample at a snapshot: the grid of ``sampling.num_samples`` EMA samples in
+    ``<workdir>/samples/iter_<done>``; for DIGITS configs, the digits quality metric of
+    ``max(sampling.num_samples, SNAPSHOT_DIGITS_SAMPLES)`` samples (the grid's first) on the
+    console and in TensorBoard (digits_fd, digits_fd_floor, digits_fd_ratio, digits_is; the
+    floor is for the same N). Returns the digits reference statistics, to reuse."""
+    from score_jax.evaluation import evaluators
+
+    n_grid = int(config.sampling.num_samples)
+    digits = evaluators.is_digits(config.data.dataset)
+    # class-conditional models: one row per class (labels of the grid, repeated for the metric)
+    labels, nrow = sample_lib.snapshot_labels(b.num_classes, n_grid)
+    if labels is not None:
+        n_grid = len(labels)
+    n = max(n_grid, SNAPSHOT_DIGITS_SAMPLES) if digits else n_grid
+    if labels is not None:
+        labels = np.resize(labels, n)
+    images, nfe = sample_lib.sample_built(jax.random.fold_in(k_sample, done), b,
+                                          state.ema_params, n,
+                                          batch_size=config.sampling.get("batch_size"),
+                                          labels=labels)
+    bad = sample_lib.count_nonfinite(images)
+    if bad:
+        log.warning("step %d: %d of %d snapshot samples are not finite", done, bad, len(images))
+    if not is_main:
+        return digits_ref
+    d = os.path.join(workdir, "samples", f"iter_{done}")
+    path = sample_lib.save_samples(images[:n_grid], d, scale=max(1, 64 // config.data.image_size),
+                                   nrow=nrow)
+    bar.write(f"step {done}: samples (nfe {nfe}) -> {path}"
+              + (f" ({bad} not finite)" if bad else ""))
+    if digits:
+        from score_jax.evaluation import digits as digits_lib
+
+        if digits_ref is None:
+            digits_ref = digits_lib.digits_reference(int(config.data.image_size))
+        report = evaluators.digits_report(images, digits_ref)
+        for k in evaluators.DIGITS_KEYS:
+            writer.add_scalar(f"digits_{k}", report[f"digits_{k}"], done)
+        bar.write(f"step {done}: {evaluators.format_digits_report(report)}")
+        log.info("step %d: %s", done, evaluators.format_digits_report(report))
+    return digits_ref
+
+
 def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                        train_ds=None, eval_ds=None, mesh=None,
                        callbacks: Iterable[Callable[[int, dict], None]] = (),
@@ -88,7 +135,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     Writes ``<workdir>/checkpoints`` (orbax: the latest, plus every multiple of
     ``training.snapshot_freq``), ``<workdir>/samples/iter_<step>/samples.{png,npz}`` at
-    snapshots, and TensorBoard events in ``<workdir>/tensorboard``. When ``should_stop()``
+    snapshots (DIGITS configs: with the digits quality metric, see ``_snapshot``), and
+    TensorBoard events in ``<workdir>/tensorboard``. When ``should_stop()``
     becomes true (all processes agree at log steps), it saves at the next step boundary and
     returns.
 
@@ -151,6 +199,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     data_iter = train_ds.iterate(start)
     eval_iter = eval_ds.iterate(start // eval_freq)
     pending: list[tuple[int, dict]] = []
+    digits_ref = None  # the digits metric's reference statistics, computed at the 1st snapshot
     bar = _Progress(n_iters, start, int(t.batch_size), is_main)
     try:
         for step in range(start, n_iters):
@@ -204,23 +253,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 save(done)
                 bar.restart_clock()
             if t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
-                labels, nrow = sample_lib.snapshot_labels(b.num_classes,
-                                                          int(config.sampling.num_samples))
-                images, nfe = sample_lib.sample_built(
-                    jax.random.fold_in(k_sample, done), b, state.ema_params,
-                    int(config.sampling.num_samples) if labels is None else len(labels),
-                    batch_size=config.sampling.get("batch_size"), labels=labels)
-                bad = sample_lib.count_nonfinite(images)
-                if bad:
-                    log.warning("step %d: %d of %d snapshot samples are not finite", done, bad,
-                                len(images))
-                if is_main:
-                    d = os.path.join(workdir, "samples", f"iter_{done}")
-                    path = sample_lib.save_samples(images, d,
-                                                   scale=max(1, 64 // config.data.image_size),
-                                                   nrow=nrow)
-                    bar.write(f"step {done}: samples (nfe {nfe}) -> {path}"
-                              + (f" ({bad} not finite)" if bad else ""))
+                digits_ref = _snapshot(config, b, state, done, k_sample, workdir, writer, bar,
+                                       is_main, digits_ref)
                 bar.restart_clock()
     finally:
         bar.close()
@@ -231,4 +265,4 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     return state
 
 
-__all__ = ["NonFiniteLossError", "check_labels", "train_and_evaluate"]
+__all__ = ["SNAPSHOT_DIGITS_SAMPLES", "NonFiniteLossError", "check_labels", "train_and_evaluate"]

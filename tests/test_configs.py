@@ -150,7 +150,7 @@ def test_unknown_key_rejected_without_the_repo_configs_folder(tmp_path):
 
 def test_inpaint_method_fails_validation():
     """Issue #9: sampling.method='inpaint' passed validation and failed at the first snapshot."""
-    config = load("configs/default_digits.py", "smoke")
+    config = load("configs/default_digits.py", "dsm_smoke")
     config.sampling.method = "inpaint"
     with pytest.raises(ValueError, match=r"sampling.method='inpaint' unknown; valid choices: "
                                          r"\['pc', 'ode', 'sde'.*need data and a mask"):
@@ -168,7 +168,7 @@ def test_sampler_options_are_the_samplers_keyword_parameters():
     for method in config_lib.config_methods()[:-1]:
         params = inspect.signature(sampling.METHODS[method]).parameters
         assert set(config_lib.method_options(method)) <= set(params)
-    config = load("configs/default_digits.py", "smoke")
+    config = load("configs/default_digits.py", "dsm_smoke")
     config.sampling.eta = 0.5  # a DDIM option, with method "pc"
     with pytest.raises(ValueError, match=r"sampling.eta=0.5 is not an option of method 'pc'"):
         config_lib.validate_config(config, num_devices=8)
@@ -179,7 +179,7 @@ def test_num_classes_and_label_dropout_settable_from_the_command_line():
     placeholders), and too few classes for the dataset are refused before compiling."""
     from ml_collections import config_flags  # noqa: F401  (the CLI's override mechanism)
 
-    config = load("configs/default_digits.py", "smoke")
+    config = load("configs/default_digits.py", "dsm_smoke")
     config.lock()
     config.model.num_classes = 10
     config.training.label_dropout = 0.1

@@ -66,7 +66,7 @@ def _config():
     """The digits smoke config at 8 x 8: 4 training steps, snapshots at steps 2 and 4."""
     from configs.default_digits import get_config
 
-    config = get_config("smoke")
+    config = get_config("dsm_smoke")
     config.data.image_size = 8
     t = config.training
     t.n_iters, t.snapshot_freq, t.snapshot_freq_for_preemption = 4, 2, 2

@@ -26,7 +26,7 @@ def test_smoke_training_then_sampling(tmp_path):
     function from the workdir with the ODE sampler."""
     from configs.default_digits import get_config
 
-    config = get_config("smoke")
+    config = get_config("dsm_smoke")
     config.sampling.num_steps = 3
     wd = str(tmp_path / "wd")
     losses = []
@@ -208,7 +208,7 @@ def test_train_py_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
 
     wd = str(tmp_path / "cli")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",
-           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:smoke",
+           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:dsm_smoke",
            "--config.training.n_iters=100000", "--config.training.snapshot_sampling=False",
            "--config.data.image_size=8", "--config.model.ch_mult=(1,2)",
            "--config.model.attn_resolutions=(4,)"]
@@ -385,7 +385,7 @@ def test_compilation_cache_is_reused_by_a_resumed_run(tmp_path):
 
     cache, wd = str(tmp_path / "xla"), str(tmp_path / "wd")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",
-           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:smoke",
+           f"--config={os.path.join(ROOT, 'configs', 'default_digits.py')}:dsm_smoke",
            f"--compilation_cache={cache}", "--config.training.snapshot_sampling=False",
            "--config.data.image_size=8", "--config.model.ch_mult=(1,2)",
            "--config.model.attn_resolutions=(4,)", "--config.training.n_iters=2"]

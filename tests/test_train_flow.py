@@ -47,9 +47,10 @@ def test_flow_config_and_smoke_variant_load_and_validate():
         assert config_lib.sampling_options_from_config(c.sampling)[0] == "flow"
     assert full.sampling.num_steps == 25
     assert smoke.data.dataset == "DIGITS" and smoke.training.n_iters < full.training.n_iters
-    # the base default is the score objective
+    # the DSM recipe of the digits default is the score objective; the default itself is EDM
     from configs.default_digits import get_config
-    assert get_config().training.objective == "score"
+    assert get_config("dsm").training.objective == "score"
+    assert get_config().training.objective == "edm"
 
 
 @pytest.mark.parametrize("section,key,value,match", [
@@ -74,7 +75,7 @@ def test_bad_flow_config_raises_before_compilation(monkeypatch, tmp_path, sectio
 def test_flow_sampler_needs_flow_objective():
     from configs.default_digits import get_config
 
-    config = get_config("smoke")
+    config = get_config("dsm_smoke")
     config.sampling.method = "flow"
     with pytest.raises(ValueError, match=r"needs training.objective='flow_matching'"):
         config_lib.validate_config(config, num_devices=8)
@@ -139,7 +140,7 @@ def test_flow_train_sample_and_bpd_from_checkpoint(tmp_path, monkeypatch):
 def _digits_sampling(method, **kw):
     from configs.default_digits import get_config
 
-    s = get_config().sampling
+    s = get_config("dsm").sampling
     s.method = method
     for k, v in kw.items():
         s[k] = v
@@ -187,7 +188,7 @@ def test_fast_sampler_options_from_config_are_accepted(method, overrides, want):
 def test_bad_fast_sampler_config_raises(key, value, match):
     from configs.default_digits import get_config
 
-    config = get_config("smoke")
+    config = get_config("dsm_smoke")
     config.sampling.method = "dpm_solver"
     config.sampling[key] = value
     with pytest.raises(ValueError, match=match):

@@ -28,7 +28,7 @@ def tiny_config(**overrides):
     """The digits smoke config at 8 x 8, with a few steps and no snapshot sampling."""
     from configs.default_digits import get_config
 
-    config = get_config("smoke")
+    config = get_config("dsm_smoke")
     config.data.image_size = 8
     config.model.ch_mult = (1, 2)
     config.model.attn_resolutions = (4,)

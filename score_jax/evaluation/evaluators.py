@@ -27,6 +27,50 @@ LOSS_KEY, BPD_KEY = "eval_loss", "bpd"
 DRAWN_KEY = "num_samples_drawn"  # samples drawn and saved, no Inception weights given
 
 
+DIGITS_KEYS = ("fd", "fd_floor", "fd_ratio", "is")  # reported as digits_<key>
+
+
+def is_digits(dataset: str | None) -> bool:
+    """Whether a config's ``data.dataset`` is the embedded 8 x 8 digits (scored by the digits
+    quality metric, ``score_jax.evaluation.digits``)."""
+    return str(dataset).upper() == "DIGITS"
+
+
+def digits_report(images: Any, reference: Any = None) -> dict[str, float]:
+    """The digits quality metric of ``images`` as flat, prefixed scalars.
+
+    Args:
+      images: ``(N, S, S, 1)`` samples in [0, 1] (float; NaN / inf count as 0) or uint8, N >= 2.
+      reference: ``digits.digits_reference(S)`` to reuse; default computed.
+
+    Returns:
+      ``{"digits_fd", "digits_fd_floor", "digits_fd_ratio", "digits_is", "digits_is_real",
+      "digits_num_samples"}`` (``digits.digits_metrics``: FD in the classifier's hidden features
+      against all 1797 real digits, the floor of N real digits, their ratio, inception-style
+      score; the floor and ratio are for the same N as the samples).
+
+    Raises:
+      ValueError: fewer than 2 samples or images of the wrong shape / range.
+    """
+    from score_jax.evaluation import digits
+
+    x = np.asarray(images)
+    if x.dtype != np.uint8:
+        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    m = digits.digits_metrics(x, reference=reference)
+    out = {f"digits_{k}": float(m[k]) for k in DIGITS_KEYS}
+    out["digits_is_real"] = float(m["is_real"])
+    out["digits_num_samples"] = int(m["num_samples"])
+    return out
+
+
+def format_digits_report(report: dict) -> str:
+    """One line: ``digits FD 0.52 (floor 0.27 at N=1000: 1.9x)  IS 9.71 (real 9.92)``."""
+    return (f"digits FD {report['digits_fd']:.4g} (floor {report['digits_fd_floor']:.4g} at "
+            f"N={report['digits_num_samples']}: {report['digits_fd_ratio']:.2f}x)  IS "
+            f"{report['digits_is']:.3f} (real {report['digits_is_real']:.3f})")
+
+
 class Preempted(Exception):
     """Raised at a round boundary once ``should_stop()`` is true."""
 
@@ -162,12 +206,16 @@ class SampleEvaluator:
     the samples are saved and a later run with weights scores them instead of sampling again.
 
     ``sample_fn(key, params, n)`` draws ``n`` images in [0, 1] (``sample_lib.sample_built``).
+    With ``digits=True`` (DIGITS configs) the report also gets the digits quality metric of the
+    samples (``digits_report``: digits_fd, digits_fd_floor, digits_fd_ratio, digits_is), on the
+    samples this process drew or saved.
     """
 
     def __init__(self, sample_fn: Callable, key: jax.Array, *, num_samples: int, batch_size: int,
                  inception_fn: Callable | None, reference: Any, save_samples: bool,
-                 progress: bool, should_stop: Callable[[], bool]):
+                 progress: bool, should_stop: Callable[[], bool], digits: bool = False):
         self.sample_fn, self.key = sample_fn, key
+        self.digits = digits
         self.num_samples, self.batch_size = num_samples, batch_size
         self.inception_fn, self.reference, self.save_samples = inception_fn, reference, save_samples
         self.progress, self.should_stop = progress, should_stop
@@ -187,6 +235,8 @@ class SampleEvaluator:
         bar = tqdm_bar(self.progress, desc=f"step {step}: samples", unit="round", leave=False,
                        total=self.num_rounds, initial=done)
 
+        drawn_images = []
+
         def draw(key):
             round_check(self.should_stop)
             r = self.round_of.get(_key_bytes(key))
@@ -197,6 +247,8 @@ class SampleEvaluator:
             else:
                 images = self.sample_fn(key, params, self.batch_size)
             bar.update(1)
+            if self.digits:
+                drawn_images.append(run_lib.quantize_samples(images))
             return images
 
         kw = dict(eval_dir=eval_dir, ckpt=step, num_samples=self.num_samples,
@@ -226,8 +278,20 @@ class SampleEvaluator:
             run_lib.update_report(eval_dir, step, {DRAWN_KEY: drawn})
             log.info("step %d: %d samples saved in %s (FID / IS / KID skipped: no Inception "
                      "weights)", step, self.num_rounds * self.batch_size, out_dir)
+            if self.digits:  # every round is saved: score them all, resumed ones included
+                drawn_images = []
+                for r in range(self.num_rounds):
+                    with np.load(os.path.join(out_dir, f"samples_{r}.npz")) as f:
+                        drawn_images.append(f["samples"])
         bar.close()
+        if self.digits and drawn_images:
+            images = np.concatenate(drawn_images)[:self.num_samples]
+            if len(images) >= 2:
+                report = digits_report(images)
+                run_lib.update_report(eval_dir, step, report)
+                log.info("step %d: %s", step, format_digits_report(report))
 
 
-__all__ = ["Preempted", "round_check", "LossEvaluator", "BpdEvaluator", "SampleEvaluator",
+__all__ = ["DIGITS_KEYS", "is_digits", "digits_report", "format_digits_report",
+           "Preempted", "round_check", "LossEvaluator", "BpdEvaluator", "SampleEvaluator",
            "LOSS_KEY", "BPD_KEY", "DRAWN_KEY", "count_rounds", "tqdm_bar"]

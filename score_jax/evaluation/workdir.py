@@ -254,7 +254,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         evaluators.append(ev.SampleEvaluator(
             sample_fn, k_sample, num_samples=num_samples, batch_size=per_process,
             inception_fn=inception_fn, reference=reference, save_samples=save_samples,
-            **common))
+            digits=ev.is_digits(config.data.dataset), **common))
     if not evaluators:
         log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
                     "eval.enable_sampling are all False")
