@@ -63,6 +63,7 @@ def test_stage1_autoencoder_training(stage1):
         sample_lib.sample_from_checkpoint(_stage1_config(), workdir=wd)
 
 
+@pytest.mark.slow  # ~3 min on a loaded 2-core CPU: stage 2 training + sampling
 def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
     ae_dir = stage1[0]
     config = _stage2_config(ae_dir)
@@ -102,6 +103,7 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
         sample_lib.make_bpd_fn(built, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.slow  # a subprocess importing jax
 def test_sample_cli_refuses_bpd(stage1, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "sample.py"),
            "--config=" + os.path.join(ROOT, "configs/latent/digits_ldm.py") + ":smoke",
