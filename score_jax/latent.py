@@ -295,13 +295,6 @@ def validate(config) -> None:
     if objective == OBJECTIVE:
         raise ValueError("config.latent.autoencoder_checkpoint is set with objective "
                          "'autoencoder': stage 1 trains the autoencoder itself; unset one")
-    path = lat.autoencoder_checkpoint
-    if not os.path.exists(path):
-        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} does not exist; give "
-                         f"a stage-1 workdir (with {AUTOENCODER_FILE}) or a converted .msgpack")
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, AUTOENCODER_FILE)):
-        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} has no "
-                         f"{AUTOENCODER_FILE}: train stage 1 there first")
     sf = lat.get("scale_factor")
     if sf is not None and not float(sf) > 0:
         raise ValueError(f"config.latent.scale_factor={sf!r} must be > 0 (or None: 1 / std of "
@@ -325,11 +318,21 @@ def autoencoder_model_config(config) -> dict:
 
 def load_autoencoder(config) -> tuple[nn.Module, dict, str]:
     """``(AutoencoderKL, {'params': ...}, file)`` of ``config.latent.autoencoder_checkpoint``,
-    its parameter tree checked against the configured architecture."""
+    its parameter tree checked against the configured architecture.
+
+    Raises:
+      ValueError: the path does not exist, or a workdir without ``autoencoder_ema.msgpack``.
+    """
     from score_jax import checkpoint as ckpt_lib
     from score_jax import models
 
     path = config.latent.autoencoder_checkpoint
+    if not os.path.exists(path):  # checked here, not in `validate`: configs name a default path
+        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} does not exist; give "
+                         f"a stage-1 workdir (with {AUTOENCODER_FILE}) or a converted .msgpack")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, AUTOENCODER_FILE)):
+        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} has no "
+                         f"{AUTOENCODER_FILE}: train stage 1 there first")
     file = os.path.join(path, AUTOENCODER_FILE) if os.path.isdir(path) else path
     model = models.get_model(autoencoder_model_config(config),
                              image_size=config.data.image_size,
@@ -345,12 +348,12 @@ def load_autoencoder(config) -> tuple[nn.Module, dict, str]:
 def latent_space_from_config(config, mesh=None) -> LatentSpace:
     """The frozen autoencoder of a stage-2 config; ``config.latent.scale_factor`` must be
     resolved (`resolve_scale_factor` / `resolve_config`)."""
+    model, variables, file = load_autoencoder(config)
     sf = config.latent.get("scale_factor")
     if sf is None:
         raise ValueError("config.latent.scale_factor is None: train once (it is computed on the "
                          f"first batch and stored in <workdir>/{LATENT_FILE}), pass --workdir, "
                          "or set it (SD's VAE: 0.18215)")
-    model, variables, file = load_autoencoder(config)
     return latent_space(model, variables, float(sf), config.data.image_size, source=file,
                         mesh=mesh)
 

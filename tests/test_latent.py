@@ -170,10 +170,14 @@ def test_validation_errors(tmp_path):
     with pytest.raises(ValueError, match="reconstruction='l3'"):
         config_lib.validate_config(config)
     config = _stage2_config(str(tmp_path / "missing"))
+    config_lib.validate_config(config)  # the path is checked when the autoencoder is loaded
     with pytest.raises(ValueError, match="does not exist"):
-        config_lib.validate_config(config)
+        config_lib.build(config)
     config = _stage2_config(str(tmp_path))
     with pytest.raises(ValueError, match="has no autoencoder_ema.msgpack"):
+        latent_lib.load_autoencoder(config)
+    config.latent.scale_factor = -1.0
+    with pytest.raises(ValueError, match="scale_factor=-1.0 must be > 0"):
         config_lib.validate_config(config)
     from configs.latent.digits_ldm import get_config
     with pytest.raises(ValueError, match="unknown digits_ldm variant"):
