@@ -17,7 +17,7 @@ sample (LDM samples): with the small KL weights of stage 1 (LDM: 1e-6) the poste
 negligible fraction of the latents' spread, the target becomes deterministic, and what is
 decoded at sampling time is exactly what the reconstruction error measured. Encoding is done ON
 THE FLY inside the jitted train step (frozen parameters, ``lax.stop_gradient``), not cached:
-it costs one encoder forward per step (for the digits autoencoder ~10% of a step), but the data
+it costs one encoder forward per step (not measured separately), but the data
 pipeline stays the project's (per-step determinism, resume, multi-host shards, random flips
 applied to images, not latents) and there is no cache to invalidate when the autoencoder
 changes. ``scale_factor`` = 1 / std of the latents of the first training batch (LDM's
