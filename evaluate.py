@@ -57,15 +57,19 @@ def main(argv):
 
     if FLAGS.distributed:
         parallel.initialize_distributed()
+    from score_jax import latent as latent_lib
     from score_jax import preemption
     from score_jax.checkpoint import CheckpointError
     from score_jax.data import DatasetNotAvailableError
     from score_jax.evaluation.workdir import evaluate_workdir
 
     try:
+        config = latent_lib.resolve_config(FLAGS.config, FLAGS.workdir)  # stored scale factor
+        if config.eval.enable_bpd:  # latent diffusion / autoencoder: no bits/dim, say so
+            latent_lib.check_no_bpd(config)
         with preemption.sigterm() as stop:
             out = evaluate_workdir(
-                FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,
+                config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,
                 inception_path=FLAGS.inception, reference_stats=FLAGS.ref_stats,
                 begin_step=FLAGS.begin_step, end_step=FLAGS.end_step, wait=FLAGS.wait,
                 poll_seconds=FLAGS.poll_seconds, seed=FLAGS.seed, save_samples=FLAGS.save_samples,

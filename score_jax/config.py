@@ -27,6 +27,7 @@ import optax
 
 from score_jax import data as data_lib
 from score_jax import edm, flow, likelihood, losses, parallel, sampling
+from score_jax import latent as latent_lib
 from score_jax import score as score_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
@@ -39,7 +40,7 @@ placeholder = ml_collections.config_dict.placeholder
 LIKELIHOOD_EPS = likelihood.DEFAULT_EPS
 
 FLOW_METHOD = "flow"
-OBJECTIVES = ("score", "flow_matching", "edm")
+OBJECTIVES = ("score", "flow_matching", "edm", latent_lib.OBJECTIVE)
 SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
 # config.sampling names of the reference -> sampler option names
 OPTION_ALIASES = {"n_steps_each": "n_steps", "noise_removal": "denoise"}
@@ -122,6 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
     training.sigma_data = 0.5
     training.p_mean = -1.2
     training.p_std = 1.2
+    # objective "autoencoder" (stage 1 of latent diffusion, score_jax.latent): reconstruction
+    # "l1" | "l2" of a posterior sample + kl_weight x KL(q(z | x) || N(0, I))
+    training.kl_weight = 1e-6
+    training.reconstruction = "l1"
 
     config.sampling = s = ml_collections.ConfigDict()
     s.method = "pc"  # a key of sampling.METHODS that needs no inputs, or "flow"
@@ -205,6 +210,14 @@ def base_config() -> ml_collections.ConfigDict:
     optim.eps = 1e-8
     optim.warmup = 5000
     optim.grad_clip = 1.0
+
+    # stage 2 of latent diffusion (score_jax.latent): the frozen autoencoder (a stage-1 workdir or
+    # a converted .msgpack), its AutoencoderKL fields (default: the stage-1 workdir's, else SD's)
+    # and the latent scale factor (None: 1 / std of the first batch's latents)
+    config.latent = lat = ml_collections.ConfigDict()
+    lat.autoencoder_checkpoint = placeholder(str)
+    lat.scale_factor = placeholder(float)
+    lat.autoencoder = ml_collections.ConfigDict()
 
     config.seed = 42
     return config
@@ -333,7 +346,7 @@ def score_fn_factory(config, sde, model) -> Callable:
     (a D(x / a; s / a) - x) / s^2 (objective "edm", ``edm.get_edm_score_fn``). Usable inside jit
     (params traced). Flow-matching models have a velocity, not a score: None."""
     objective = objective_from_config(config)
-    if objective == "flow_matching":
+    if objective in ("flow_matching", latent_lib.OBJECTIVE):
         return None
     if objective == "edm":
         precond, log_label = precond_from_config(config, sde), _edm_log_label(config)
@@ -379,7 +392,10 @@ def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
     num_classes = config.model.get("num_classes")
     dropout = label_dropout_from_config(config) if train else 0.0
     objective = objective_from_config(config)
-    if objective == "edm":
+    if objective == latent_lib.OBJECTIVE:
+        fn = latent_lib.autoencoder_objective(model, kl_weight=float(t.kl_weight),
+                                              reconstruction=t.reconstruction, train=train)
+    elif objective == "edm":
         fn = edm.get_edm_loss_fn(model, precond_from_config(config, sde), train=train,
                                  reduce_mean=bool(t.reduce_mean), p_mean=float(t.p_mean),
                                  p_std=float(t.p_std), log_label=_edm_log_label(config),
@@ -479,7 +495,7 @@ def _pos_int(path: str, v: Any, allow_none: bool = False) -> None:
 
 
 def _validate_keys(config) -> None:
-    top = set(SECTIONS) | {"seed"}
+    top = set(SECTIONS) | {"seed", "latent"}
     for k in config.keys():
         _need(k in top, f"config.{k} is not a known config section; valid: {sorted(top)}")
     for sec, valid in known_keys().items():
@@ -622,6 +638,7 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     _need(not o.get("amsgrad", False), "config.optim.amsgrad=True is not supported; valid: False")
     _need(float(o.lr) > 0, f"config.optim.lr={o.lr!r} must be > 0")
     _need(int(o.warmup) >= 0, f"config.optim.warmup={o.warmup!r} must be >= 0")
+    latent_lib.validate(config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,6 +670,7 @@ class Built(NamedTuple):
     class_label: int | None
     make_score_fn: Callable | None  # (params, model_kwargs=None) -> score_fn; None for flows
     guidance_scale: float | None = None  # classifier-free guidance w (None: conditional)
+    latent: Any = None  # latent_lib.LatentSpace of a latent diffusion model (stage 2), or None
 
 
 def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
@@ -670,14 +688,29 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     parallel.check_batch_size(config.training.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     sde = sde_from_config(config)
-    model = model or model_from_config(config)
+    space = latent_lib.latent_space_from_config(config, mesh) if latent_lib.is_latent(config) \
+        else None
+    if model is None:
+        model = model_from_config(config) if space is None else _latent_model(config, space)
     tx, schedule = optimizer_from_config(config)
     d, t = config.data, config.training
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     num_classes = config.model.get("num_classes")
-    init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes)
-    train_loss = loss_fn_from_config(config, sde, model, train=True)
-    eval_loss = loss_fn_from_config(config, sde, model, train=False)
+    if objective_from_config(config) == latent_lib.OBJECTIVE:
+        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh)
+    else:
+        shape = space.latent_shape if space is not None else shape
+        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes)
+    if space is not None:  # latents: encoded on the fly, no [0, 1] -> [-1, 1] scaling
+        unscaled = config.copy_and_resolve_references()
+        unscaled.data.centered = False
+        train_loss = latent_lib.encoded_loss_fn(
+            loss_fn_from_config(unscaled, sde, model, train=True), space)
+        eval_loss = latent_lib.encoded_loss_fn(
+            loss_fn_from_config(unscaled, sde, model, train=False), space)
+    else:
+        train_loss = loss_fn_from_config(config, sde, model, train=True)
+        eval_loss = loss_fn_from_config(config, sde, model, train=False)
     ema_rate = float(config.model.ema_rate)
     method, options = sampling_options_from_config(config.sampling)
     objective = objective_from_config(config)
@@ -687,10 +720,20 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
                  train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh),
                  eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
-                 continuous=bool(t.continuous), centered=bool(d.centered),
+                 continuous=bool(t.continuous),
+                 centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]
                  num_classes=num_classes, class_label=config.sampling.get("class_label"),
                  make_score_fn=score_fn_factory(config, sde, model),
-                 guidance_scale=guidance_scale_from_config(config))
+                 guidance_scale=guidance_scale_from_config(config), latent=space)
+
+
+def _latent_model(config, space) -> nn.Module:
+    """The diffusion network of a latent model: input (h, w, latent_channels) = the latent
+    shape, no [0, 1] -> [-1, 1] shift inside (latents are centred)."""
+    from score_jax import models
+
+    h, _, c = space.latent_shape
+    return models.get_model(config.model, image_size=h, num_channels=c, centered=True)
 
 
 __all__ = [

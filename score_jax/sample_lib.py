@@ -23,6 +23,7 @@ from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
 from score_jax import data as data_lib
 from score_jax import flow, likelihood, parallel, sampling
+from score_jax import latent as latent_lib
 from score_jax import train_step as ts
 from score_jax.score import get_score_fn
 
@@ -66,7 +67,8 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
                   class_label: int | None = None,
                   make_score_fn: Callable | None = None,
                   labels: Any = None,
-                  guidance_scale: float | None = None) -> tuple[np.ndarray, int]:
+                  guidance_scale: float | None = None,
+                  decode: Callable | None = None) -> tuple[np.ndarray, int]:
     """Draw ``shape[0]`` samples (any number) in batches of ``batch_size`` rounded up to the
     device multiple, sharded over ``mesh``, and cut to ``shape[0]``.
 
@@ -79,7 +81,8 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     None, labels from `class_labels`. With ``guidance_scale`` w (not None) it samples with
     classifier-free guidance, pred = (1 - w) pred(x | null) + w pred(x | y) on the score or the
     velocity (`guided_fns`: one network call on 2B per evaluation); None is plain conditional
-    sampling (w = 1 with B per call).
+    sampling (w = 1 with B per call). ``decode`` (latent diffusion: ``LatentSpace.decode``) maps
+    each batch of draws to images in the model's range first.
 
     Returns:
       ``(images, nfe)``: numpy (N, H, W, C) in [0, 1] (non-finite values are kept as NaN so
@@ -137,6 +140,8 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     out, nfe = [], 0
     for i in range(math.ceil(n / bs)):
         x, nfe = draw(jax.random.fold_in(k_draw, i), i)
+        if decode is not None:
+            x = decode(x)
         out.append(parallel.to_host(x))
     x = np.concatenate(out)[:n]
     x = np.asarray(data_lib.get_data_inverse_scaler(centered)(x))
@@ -268,7 +273,8 @@ def sample_built(key: Array, built: config_lib.Built, params: Any, num_samples: 
                          path=built.flow_path, num_classes=built.num_classes,
                          class_label=built.class_label,
                          make_score_fn=built.make_score_fn, labels=labels,
-                         guidance_scale=w if built.num_classes is not None else None)
+                         guidance_scale=w if built.num_classes is not None else None,
+                         decode=None if built.latent is None else built.latent.decode)
 
 
 def snapshot_labels(num_classes: int | None, num_samples: int) -> tuple[np.ndarray | None, int]:
@@ -396,6 +402,8 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     "labels", "guidance_scale", "conditional"}; the caller decides what non-finite samples mean
     (sample.py exits non-zero).
     """
+    latent_lib.check_samplable(config)
+    config = latent_lib.resolve_config(config, workdir)  # stage 2: the stored scale factor
     labels, nrow, n = resolve_labels(config, labels=labels, per_class=per_class,
                                      num_samples=num_samples)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
@@ -443,6 +451,8 @@ def make_logp_fn(built: config_lib.Built, *, rtol: float, atol: float,
     every checkpoint.
     """
     sde, model = built.sde, built.model
+    if built.latent is not None:
+        raise ValueError(latent_lib.BPD_MESSAGE)
 
     if built.objective == "flow_matching":
         path = built.flow_path
@@ -488,7 +498,9 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
                         seed=0, output_dir=None, model=None) -> dict:
     """bits/dim of ``config.eval.bpd_dataset`` (reference ``run_lib.evaluate``: uniform
     dequantisation, ``eval.bpd_num_repeats`` passes, probability-flow ODE with Hutchinson from
-    t = ``config.LIKELIHOOD_EPS``, the same definition as evaluate.py). Writes ``bpd.json``."""
+    t = ``config.LIKELIHOOD_EPS``, the same definition as evaluate.py). Writes ``bpd.json``.
+    Latent diffusion models and autoencoders raise ValueError(``latent.BPD_MESSAGE``)."""
+    latent_lib.check_no_bpd(config)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
                                use_ema=use_ema, model=model)
     built, mesh = info["built"], info["mesh"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
+from score_jax import latent as latent_lib
 from score_jax import parallel, preemption, sample_lib
 from score_jax.train_step import TrainState
 
@@ -152,6 +153,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
       NonFiniteLossError: the loss became NaN / inf; the last checkpoint is left untouched.
     """
     t_enter = time.perf_counter()
+    if latent_lib.is_latent(config):  # stage 2: scale factor from latent.json or 1st batch
+        config = _resolve_latent(config, workdir, train_ds)
     b = config_lib.build(config, mesh=mesh, model=model)
     mesh = b.mesh
     t = config.training
@@ -195,6 +198,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     def save(step):
         checkpointer.save(step, state, dict(meta, step=int(step)))
+        if b.objective == latent_lib.OBJECTIVE and is_main:  # stage 1: what stage 2 loads
+            latent_lib.export_autoencoder(workdir, state.ema_params)
 
     data_iter = train_ds.iterate(start)
     eval_iter = eval_ds.iterate(start // eval_freq)
@@ -252,7 +257,12 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                     or done % int(t.snapshot_freq) == 0 or last):
                 save(done)
                 bar.restart_clock()
-            if t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
+            if (t.snapshot_sampling and b.objective == latent_lib.OBJECTIVE
+                    and (done % int(t.snapshot_freq) == 0 or last)):
+                if is_main:
+                    _snapshot_reconstructions(config, b, state, eval_ds, workdir, done, bar)
+                bar.restart_clock()
+            elif t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
                 digits_ref = _snapshot(config, b, state, done, k_sample, workdir, writer, bar,
                                        is_main, digits_ref)
                 bar.restart_clock()
@@ -263,6 +273,28 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
             writer.close()
         checkpointer.close()
     return state
+
+
+def _resolve_latent(config, workdir, train_ds):
+    """Stage 2: ``latent.scale_factor`` from ``<workdir>/latent.json``, the config, or 1 / std
+    of the first training batch's latents (``latent.resolve_scale_factor``)."""
+    latent_lib.validate(config)
+
+    def first_batch():
+        ds = train_ds or config_lib.dataset_from_config(config, "train", training=True,
+                                                        batch_size=config.training.batch_size)
+        return next(ds.iterate(0))
+
+    return latent_lib.resolve_scale_factor(config, workdir, first_batch)
+
+
+def _snapshot_reconstructions(config, b, state, eval_ds, workdir, step, bar):
+    """Stage 1 snapshot: input / reconstruction pairs of the first evaluation batch."""
+    images = np.asarray(next(eval_ds.iterate(0))["image"])
+    d = os.path.join(workdir, "samples", f"iter_{step}")
+    out = latent_lib.save_reconstructions(b.model, jax.device_get(state.ema_params), images, d,
+                                          scale=max(1, 64 // config.data.image_size))
+    bar.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> {out['png']}")
 
 
 __all__ = ["SNAPSHOT_DIGITS_SAMPLES", "NonFiniteLossError", "check_labels", "train_and_evaluate"]

@@ -56,6 +56,8 @@ _WITH_GET_CONFIG = [p for p in CONFIG_FILES if "get_config" in open(os.path.join
 
 
 def _build_shape_only(cfg):
+    if cfg.training.get("objective") == "autoencoder":  # AutoencoderKL: init(key, x), no labels
+        return 1001
     model = config_lib.model_from_config(cfg)
     shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.num_channels)
     key = (repr(model), shape)

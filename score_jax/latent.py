@@ -1,0 +1,422 @@
+"""Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+Models"): stage 1 (train the KL autoencoder, ``training.objective="autoencoder"``) and stage 2
+(any diffusion objective of the project on the latents of a frozen autoencoder,
+``config.latent.autoencoder_checkpoint``).
+
+Stage 1. The objective is ``models.autoencoder.autoencoder_loss`` (L1 or L2 reconstruction of a
+posterior sample + ``training.kl_weight`` x KL; no perceptual / adversarial term) through the
+project's train step (same optimiser, EMA, checkpoints). The evaluation loss is the validation
+reconstruction error of the posterior mean (per-example sum of |x - D(mean)| or its square in
+the model's [-1, 1] range). Snapshots write a grid of input / reconstruction pairs, and every
+checkpoint exports the EMA autoencoder to ``<workdir>/autoencoder_ema.msgpack`` (the file stage 2
+loads; a converted Stable Diffusion VAE ``.msgpack`` is loaded the same way).
+
+Stage 2. Images in [0, 1] -> 2x - 1 (the autoencoder's range, as SD's VAE) -> posterior MEAN of
+q(z | x) -> ``scale_factor`` z, the latent the diffusion model is trained on. The mean, not a
+sample (LDM samples): with the small KL weights of stage 1 (LDM: 1e-6) the posterior std is a
+negligible fraction of the latents' spread, the target becomes deterministic, and what is
+decoded at sampling time is exactly what the reconstruction error measured. Encoding is done ON
+THE FLY inside the jitted train step (frozen parameters, ``lax.stop_gradient``), not cached:
+it costs one encoder forward per step (not measured separately), but the data
+pipeline stays the project's (per-step determinism, resume, multi-host shards, random flips
+applied to images, not latents) and there is no cache to invalidate when the autoencoder
+changes. ``scale_factor`` = 1 / std of the latents of the first training batch (LDM's
+``scale_by_std``) unless ``config.latent.scale_factor`` is set (SD's VAE: 0.18215); it is
+computed once, written to ``<workdir>/latent.json`` and read from there on resume, by sample.py
+and by evaluate.py. Sampling draws latents with any sampler and decodes them
+(``decode_latents``). Bits/dim do not apply (the model's density is over latents, not pixels):
+`check_no_bpd` refuses.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score_jax import parallel
+from score_jax.models import autoencoder as ae_lib
+from score_jax.train_step import TrainState
+
+log = logging.getLogger("score_jax.latent")
+
+OBJECTIVE = "autoencoder"
+MODEL_NAME = "autoencoder_kl"
+AUTOENCODER_FILE = "autoencoder_ema.msgpack"
+LATENT_FILE = "latent.json"
+BPD_MESSAGE = ("bits/dim do not apply to a latent diffusion model: its likelihood is a density "
+               "over the autoencoder's latents, not over pixels (no number is reported)")
+# config.latent keys; config.latent.autoencoder holds AutoencoderKL fields
+LATENT_KEYS = ("autoencoder_checkpoint", "scale_factor", "autoencoder")
+AE_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: the autoencoder objective (pure, config-free)
+# ----------------------------------------------------------------------------------------------
+def autoencoder_init_state(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+                           image_shape: tuple[int, int, int]) -> TrainState:
+    """`train_step.init_state` for an `AutoencoderKL` (``model.init(key, x)``: no noise label,
+    no ``train`` flag)."""
+    x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    params = model.init(key, x)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                      opt_state=tx.init(params))
+
+
+def jit_autoencoder_init(model: nn.Module, tx: optax.GradientTransformation,
+                         image_shape: tuple[int, int, int], mesh) -> tuple[Callable, Any]:
+    """`train_step.jit_init` for an autoencoder: ``(init_fn(key) -> TrainState (replicated),
+    abstract_state)``."""
+    init = functools.partial(autoencoder_init_state, model=model, tx=tx,
+                             image_shape=tuple(image_shape))
+    rep = parallel.replicated(mesh)
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+    return jax.jit(init, out_shardings=rep), abstract
+
+
+def reconstruction_error(x: jax.Array, x_rec: jax.Array, reconstruction: str = "l1") -> jax.Array:
+    """mean_b sum_{h,w,c} d(x, x_rec), d = |.| ("l1") or (.)^2 ("l2") (the ``rec`` term of
+    ``autoencoder_loss``). Returns a scalar."""
+    diff = x_rec - x
+    d = jnp.abs(diff) if reconstruction == "l1" else diff ** 2
+    return jnp.mean(jnp.sum(d, axis=tuple(range(1, d.ndim))))
+
+
+def autoencoder_objective(model: nn.Module, *, kl_weight: float, reconstruction: str,
+                          train: bool) -> Callable:
+    """``loss_fn(variables, batch, key) -> (loss, aux)`` on batches in the model's range.
+
+    train: ``autoencoder_loss`` (rec of a posterior sample + kl_weight x KL, LDM
+    ``contperceptual.py`` without LPIPS / discriminator). Evaluation: the validation
+    reconstruction error of the posterior mean (deterministic), aux {"rec", "kl"}.
+
+    Raises:
+      ValueError: ``reconstruction`` not in ("l1", "l2") or ``kl_weight`` < 0.
+    """
+    if reconstruction not in ae_lib.RECONSTRUCTIONS:
+        raise ValueError(f"config.training.reconstruction={reconstruction!r} unknown; valid "
+                         f"choices: {list(ae_lib.RECONSTRUCTIONS)}")
+    if not kl_weight >= 0:
+        raise ValueError(f"config.training.kl_weight={kl_weight!r} must be >= 0")
+    if train:
+        return functools.partial(ae_lib.autoencoder_loss, model=model, kl_weight=kl_weight,
+                                 reconstruction=reconstruction)
+
+    def eval_fn(variables, batch, key):
+        del key
+        x = ae_lib._images(batch)
+        x_rec, mean, logvar = model.apply(variables, x)
+        rec = reconstruction_error(x, x_rec, reconstruction)
+        return rec, {"rec": rec, "kl": jnp.mean(ae_lib.gaussian_kl(mean, logvar))}
+
+    return eval_fn
+
+
+def reconstruct(model: nn.Module, params: Any, images: np.ndarray) -> np.ndarray:
+    """Decode(posterior mean) of ``images`` (N, H, W, C) in [0, 1] (the autoencoder sees 2x - 1);
+    returns numpy images in [0, 1] (clipped)."""
+    x = 2.0 * jnp.asarray(images, jnp.float32) - 1.0
+    x_rec, _, _ = jax.jit(model.apply)({"params": params}, x)
+    return np.clip((np.asarray(x_rec) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def save_reconstructions(model: nn.Module, params: Any, images: np.ndarray, directory: str, *,
+                         scale: int = 1) -> dict:
+    """Stage-1 snapshot: ``reconstructions.png`` (rows alternate inputs / reconstructions, 8
+    per row) and ``reconstructions.npz`` (uint8 ``inputs``, ``reconstructions``) in
+    ``directory``; returns {"png", "mse"} (per-pixel MSE in [0, 1])."""
+    from PIL import Image
+
+    from score_jax import sample_lib
+
+    images = np.asarray(images, np.float32)[:32]
+    rec = reconstruct(model, params, images)
+    n = len(images) - len(images) % 8 or len(images)
+    pairs = []
+    for i in range(0, n, 8):
+        pairs += [images[i:i + 8], rec[i:i + 8]]
+    grid = sample_lib.image_grid(np.concatenate(pairs), nrow=min(8, n))
+    pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "reconstructions.png")
+    pil.save(path)
+    np.savez_compressed(os.path.join(directory, "reconstructions.npz"),
+                        inputs=np.round(images * 255).astype(np.uint8),
+                        reconstructions=np.round(rec * 255).astype(np.uint8))
+    return {"png": path, "mse": float(np.mean((rec - images) ** 2))}
+
+
+def export_autoencoder(workdir: str, params: Any) -> str:
+    """Write ``{'params': params}`` to ``<workdir>/autoencoder_ema.msgpack`` (what stage 2 loads
+    from a stage-1 workdir); returns the path."""
+    from score_jax.checkpoint import save_variables
+
+    path = os.path.join(workdir, AUTOENCODER_FILE)
+    tmp = path + ".tmp"
+    save_variables({"params": jax.device_get(params)}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: diffusion on latents (pure, config-free)
+# ----------------------------------------------------------------------------------------------
+class LatentSpace(NamedTuple):
+    """The frozen autoencoder of a latent diffusion model.
+
+    ``latent_shape`` (h, w, latent_channels) = (H / f, W / f, latent_channels) is the diffusion
+    model's image shape; ``encode`` maps images in [0, 1] to scaled latents, ``decode`` scaled
+    latents to images in [-1, 1] (both usable inside jit)."""
+
+    model: nn.Module  # AutoencoderKL
+    variables: Any  # {'params': ...}, replicated
+    scale_factor: float
+    latent_shape: tuple[int, int, int]
+    source: str
+    encode: Callable
+    decode: Callable
+
+
+def latent_space(model: nn.Module, variables: Any, scale_factor: float, image_size: int, *,
+                 source: str = "", mesh=None) -> LatentSpace:
+    """Bundle a frozen autoencoder: images (B, S, S, C) in [0, 1] -> latents
+    ``scale_factor * mean(q(z | 2x - 1))`` (B, S/f, S/f, latent_channels), and back with
+    ``D(z / scale_factor)`` in [-1, 1] (ldm ``encode_first_stage`` / ``decode_first_stage``)."""
+    if mesh is not None:
+        variables = parallel.replicate(variables, mesh)
+    s = float(scale_factor)
+    f = model.downsampling_factor
+    shape = (int(image_size) // f, int(image_size) // f, int(model.latent_channels))
+
+    def encode(x, v=variables):
+        z = ae_lib.encode_to_latents(model, v, 2.0 * x - 1.0, scale_factor=s)
+        return jax.lax.stop_gradient(z)
+
+    decode_jit = jax.jit(lambda z, v: ae_lib.decode_latents(model, v, z, scale_factor=s))
+
+    def decode(z):
+        return decode_jit(z, variables)
+
+    return LatentSpace(model, variables, s, shape, source, encode, decode)
+
+
+def encoded_loss_fn(loss_fn: Callable, space: LatentSpace) -> Callable:
+    """``loss_fn`` (on batches in the diffusion model's space, no scaling) applied to the latents
+    of batches of images in [0, 1], encoded on the fly by ``space.encode``."""
+
+    def fn(variables, batch, key):
+        if isinstance(batch, Mapping):
+            batch = dict(batch, image=space.encode(batch["image"]))
+        else:
+            batch = space.encode(batch)
+        return loss_fn(variables, batch, key)
+
+    return fn
+
+
+def compute_scale_factor(model: nn.Module, variables: Any, images: np.ndarray) -> float:
+    """LDM's ``scale_by_std``: 1 / std (ddof = 1) of the posterior means of ``images`` in [0, 1]
+    (``autoencoder.latent_scale_factor``)."""
+    z = jax.jit(lambda v, x: ae_lib.encode_to_latents(model, v, 2.0 * x - 1.0))(
+        variables, jnp.asarray(images, jnp.float32))
+    return float(ae_lib.latent_scale_factor(z))
+
+
+def check_no_bpd(config) -> None:
+    """Raise ValueError(`BPD_MESSAGE`) for a latent diffusion config (and for a stage-1
+    autoencoder, which has no likelihood)."""
+    if is_latent(config):
+        raise ValueError(BPD_MESSAGE)
+    if config.training.get("objective") == OBJECTIVE:
+        raise ValueError("bits/dim do not apply to an autoencoder (stage 1 of latent diffusion)")
+
+
+def check_samplable(config) -> None:
+    """A stage-1 autoencoder has no sampler: raise ValueError pointing at its reconstructions."""
+    if config.training.get("objective") == OBJECTIVE:
+        raise ValueError("an autoencoder (objective 'autoencoder', stage 1 of latent diffusion) "
+                         "has no sampler: its reconstructions are in <workdir>/samples/iter_*/; "
+                         "sample a stage-2 model (config.latent.autoencoder_checkpoint)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config boundary of latent diffusion (called from score_jax.config, train_lib, the CLIs)
+# ----------------------------------------------------------------------------------------------
+def is_latent(config) -> bool:
+    """True for a stage-2 config (``config.latent.autoencoder_checkpoint`` set)."""
+    lat = config.get("latent")
+    return lat is not None and lat.get("autoencoder_checkpoint") is not None
+
+
+def validate(config) -> None:
+    """Latent / autoencoder checks of ``validate_config``; ValueError naming the value."""
+    t, m = config.training, config.model
+    objective = t.get("objective", "score")
+    if objective == OBJECTIVE or m.get("name") == MODEL_NAME:
+        if objective != OBJECTIVE or m.get("name") != MODEL_NAME:
+            raise ValueError(f"config.training.objective={objective!r} with config.model.name="
+                             f"{m.get('name')!r}: the autoencoder objective trains model "
+                             f"{MODEL_NAME!r} and only it; valid: both or neither")
+        if not config.data.centered:
+            raise ValueError("config.data.centered=False with objective 'autoencoder': the "
+                             "autoencoder works in [-1, 1] (as SD's VAE); valid: True")
+        if t.get("reconstruction", "l1") not in ae_lib.RECONSTRUCTIONS:
+            raise ValueError(f"config.training.reconstruction={t.reconstruction!r} unknown; "
+                             f"valid choices: {list(ae_lib.RECONSTRUCTIONS)}")
+        if not float(t.get("kl_weight", 0.0)) >= 0:
+            raise ValueError(f"config.training.kl_weight={t.kl_weight!r} must be >= 0")
+    lat = config.get("latent")
+    if lat is None:
+        return
+    for k in lat.keys():
+        if k not in LATENT_KEYS:
+            raise ValueError(f"config.latent.{k} is not a known key; valid keys: "
+                             f"{list(LATENT_KEYS)}")
+    for k in (lat.get("autoencoder") or {}).keys():
+        if k not in AE_FIELDS:
+            raise ValueError(f"config.latent.autoencoder.{k} is not a known key; valid keys: "
+                             f"{list(AE_FIELDS)}")
+    if not is_latent(config):
+        return
+    if objective == OBJECTIVE:
+        raise ValueError("config.latent.autoencoder_checkpoint is set with objective "
+                         "'autoencoder': stage 1 trains the autoencoder itself; unset one")
+    sf = lat.get("scale_factor")
+    if sf is not None and not float(sf) > 0:
+        raise ValueError(f"config.latent.scale_factor={sf!r} must be > 0 (or None: 1 / std of "
+                         f"the first batch's latents)")
+
+
+def autoencoder_model_config(config) -> dict:
+    """The AutoencoderKL fields of stage 2: ``config.latent.autoencoder`` where set, else the
+    ``model`` section of ``<stage-1 workdir>/config.json``, else the SD VAE defaults."""
+    path = config.latent.autoencoder_checkpoint
+    out = {"name": MODEL_NAME}
+    cfg_json = os.path.join(path, "config.json")
+    if os.path.isdir(path) and os.path.isfile(cfg_json):
+        with open(cfg_json) as f:
+            stage1 = json.load(f).get("model", {})
+        out.update({k: stage1[k] for k in AE_FIELDS if stage1.get(k) is not None})
+    out.update({k: v for k, v in (config.latent.get("autoencoder") or {}).items()
+                if v is not None})
+    return out
+
+
+def load_autoencoder(config) -> tuple[nn.Module, dict, str]:
+    """``(AutoencoderKL, {'params': ...}, file)`` of ``config.latent.autoencoder_checkpoint``,
+    its parameter tree checked against the configured architecture.
+
+    Raises:
+      ValueError: the path does not exist, or a workdir without ``autoencoder_ema.msgpack``.
+    """
+    from score_jax import checkpoint as ckpt_lib
+    from score_jax import models
+
+    path = config.latent.autoencoder_checkpoint
+    if not os.path.exists(path):  # checked here, not in `validate`: configs name a default path
+        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} does not exist; give "
+                         f"a stage-1 workdir (with {AUTOENCODER_FILE}) or a converted .msgpack")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, AUTOENCODER_FILE)):
+        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} has no "
+                         f"{AUTOENCODER_FILE}: train stage 1 there first")
+    file = os.path.join(path, AUTOENCODER_FILE) if os.path.isdir(path) else path
+    model = models.get_model(autoencoder_model_config(config),
+                             image_size=config.data.image_size,
+                             num_channels=config.data.num_channels)
+    variables = ckpt_lib.load_variables(file)
+    params = variables.get("params", variables)
+    x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.num_channels))
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
+    ckpt_lib.check_tree(params, expected, f"autoencoder {file}")
+    return model, {"params": params}, file
+
+
+def latent_space_from_config(config, mesh=None) -> LatentSpace:
+    """The frozen autoencoder of a stage-2 config; ``config.latent.scale_factor`` must be
+    resolved (`resolve_scale_factor` / `resolve_config`)."""
+    model, variables, file = load_autoencoder(config)
+    sf = config.latent.get("scale_factor")
+    if sf is None:
+        raise ValueError("config.latent.scale_factor is None: train once (it is computed on the "
+                         f"first batch and stored in <workdir>/{LATENT_FILE}), pass --workdir, "
+                         "or set it (SD's VAE: 0.18215)")
+    return latent_space(model, variables, float(sf), config.data.image_size, source=file,
+                        mesh=mesh)
+
+
+def _with_scale(config, scale_factor: float):
+    config = config.copy_and_resolve_references()
+    config.latent.scale_factor = float(scale_factor)
+    return config
+
+
+def resolve_config(config, workdir: str | None):
+    """A copy of a stage-2 config with ``latent.scale_factor`` read from
+    ``<workdir>/latent.json`` (sample.py, evaluate.py); other configs are returned unchanged."""
+    if not is_latent(config) or workdir is None:
+        return config
+    path = os.path.join(workdir, LATENT_FILE)
+    if not os.path.isfile(path):
+        return config
+    with open(path) as f:
+        stored = json.load(f)
+    sf = config.latent.get("scale_factor")
+    if sf is not None and not np.isclose(float(sf), stored["scale_factor"]):
+        log.warning("config.latent.scale_factor=%s differs from %s in %s: using the stored one "
+                    "(the model was trained with it)", sf, stored["scale_factor"], path)
+    return _with_scale(config, stored["scale_factor"])
+
+
+def resolve_scale_factor(config, workdir: str, first_batch: Callable[[], Any]):
+    """Stage 2, before training: the scale factor is read from ``<workdir>/latent.json`` (a
+    resumed run), else taken from ``config.latent.scale_factor``, else computed as 1 / std of
+    the latents of ``first_batch()`` (images in [0, 1], the first training batch, LDM's
+    ``scale_by_std``); then stored in ``latent.json`` with its origin and logged. Returns the
+    config copy with ``latent.scale_factor`` set."""
+    path = os.path.join(workdir, LATENT_FILE)
+    if os.path.isfile(path):
+        config = resolve_config(config, workdir)
+        log.info("latent scale factor %.6g (from %s)", config.latent.scale_factor, path)
+        return config
+    sf = config.latent.get("scale_factor")
+    model, variables, file = load_autoencoder(config)
+    if sf is None:
+        batch = first_batch()
+        images = batch["image"] if isinstance(batch, Mapping) else batch
+        sf = compute_scale_factor(model, variables, np.asarray(images))
+        origin = f"1 / std of the latents of the first training batch ({len(images)} images)"
+    else:
+        origin = "config.latent.scale_factor"
+    f = model.downsampling_factor
+    info = {"scale_factor": float(sf), "origin": origin, "autoencoder": file,
+            "latent_shape": [config.data.image_size // f, config.data.image_size // f,
+                             int(model.latent_channels)]}
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as fh:
+            json.dump(info, fh, indent=2)
+    log.warning("latent scale factor %.6g (%s), stored in %s", sf, origin, path)
+    return _with_scale(config, sf)
+
+
+__all__ = ["OBJECTIVE", "MODEL_NAME", "AUTOENCODER_FILE", "LATENT_FILE", "BPD_MESSAGE",
+           "autoencoder_init_state", "jit_autoencoder_init", "reconstruction_error",
+           "autoencoder_objective", "reconstruct", "save_reconstructions", "export_autoencoder",
+           "LatentSpace", "latent_space", "encoded_loss_fn", "compute_scale_factor",
+           "check_no_bpd", "check_samplable", "is_latent", "validate", "autoencoder_model_config",
+           "load_autoencoder", "latent_space_from_config", "resolve_config",
+           "resolve_scale_factor"]

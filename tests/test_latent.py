@@ -1,0 +1,184 @@
+"""Latent diffusion (score_jax.latent): stage 1 (objective "autoencoder") and stage 2 (diffusion
+on the latents of a frozen autoencoder) end to end on tiny digits, the scale factor's storage
+and reuse, the encoded loss and the bits/dim refusal."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_jax import checkpoint as ckpt_lib
+from score_jax import config as config_lib
+from score_jax import latent as latent_lib
+from score_jax import sample_lib, train_lib
+from score_jax.models import autoencoder as ae_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _stage1_config():
+    from configs.latent.digits_autoencoder import get_config
+
+    return get_config("smoke")
+
+
+def _stage2_config(ae_dir, arg="smoke"):
+    from configs.latent.digits_ldm import get_config
+
+    config = get_config(arg)
+    config.latent.autoencoder_checkpoint = ae_dir
+    config.sampling.num_steps = 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("latent") / "ae")
+    losses = []
+    state = train_lib.train_and_evaluate(_stage1_config(), wd,
+                                         callbacks=[lambda s, m: losses.append(float(m["loss"]))])
+    return wd, state, losses
+
+
+def test_stage1_autoencoder_training(stage1):
+    wd, state, losses = stage1
+    assert int(state.step) == 4 and len(losses) == 4 and all(np.isfinite(losses))
+    # L1 of a 16 x 16 image in [-1, 1] summed per image: between 0 and 2 * 256
+    assert 1.0 < losses[0] < 512.0
+    d = os.path.join(wd, "samples", "iter_4")
+    assert os.path.getsize(os.path.join(d, "reconstructions.png")) > 100
+    rec = np.load(os.path.join(d, "reconstructions.npz"))
+    assert rec["inputs"].shape == rec["reconstructions"].shape == (8, 16, 16, 1)
+    assert ckpt_lib.TrainCheckpointer(wd, read_only=True).all_steps() == [4]
+    # the exported EMA autoencoder is the checkpoint's EMA
+    exported = ckpt_lib.load_variables(os.path.join(wd, latent_lib.AUTOENCODER_FILE))["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(exported),
+                    jax.tree_util.tree_leaves(jax.device_get(state.ema_params)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="no sampler"):
+        sample_lib.sample_from_checkpoint(_stage1_config(), workdir=wd)
+
+
+@pytest.mark.slow  # ~3 min on a loaded 2-core CPU: stage 2 training + sampling
+def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
+    ae_dir = stage1[0]
+    config = _stage2_config(ae_dir)
+    wd = str(tmp_path / "ldm")
+    losses = []
+    state = train_lib.train_and_evaluate(config, wd,
+                                         callbacks=[lambda s, m: losses.append(float(m["loss"]))])
+    assert int(state.step) == 4 and all(np.isfinite(losses))
+    # the scale factor: 1 / std (ddof 1) of the posterior means of the first training batch
+    stored = json.load(open(os.path.join(wd, latent_lib.LATENT_FILE)))
+    model, variables, _ = latent_lib.load_autoencoder(config)
+    first = next(config_lib.dataset_from_config(config, "train", training=True,
+                                                batch_size=config.training.batch_size
+                                                ).iterate(0))["image"]
+    mean, _ = model.apply(variables, 2.0 * jnp.asarray(first) - 1.0, method="encode")
+    np.testing.assert_allclose(stored["scale_factor"], 1.0 / np.std(np.asarray(mean), ddof=1),
+                               rtol=1e-5)
+    assert stored["latent_shape"] == [8, 8, 2]
+    # the diffusion network sees latents: its parameters were initialised on (8, 8, 2)
+    built = config_lib.build(latent_lib.resolve_config(config, wd))
+    assert built.image_shape == (8, 8, 2) and built.latent.scale_factor == stored["scale_factor"]
+    # snapshot samples and sample.py's function decode to images in [0, 1]
+    snap = np.load(os.path.join(wd, "samples", "iter_4", "samples.npz"))["samples"]
+    assert snap.shape == (8, 16, 16, 1)
+    out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=5,
+                                            output_dir=str(tmp_path / "s"))
+    assert out["images"].shape == (5, 16, 16, 1) and out["num_nonfinite"] == 0
+    assert 0.0 <= out["images"].min() and out["images"].max() <= 1.0
+    assert os.path.getsize(out["png"]) > 100
+    # the stored scale factor is reused (a different config value is overridden, with a warning)
+    config.latent.scale_factor = 123.0
+    assert latent_lib.resolve_config(config, wd).latent.scale_factor == stored["scale_factor"]
+    # bits/dim are refused
+    with pytest.raises(ValueError, match="bits/dim do not apply to a latent diffusion model"):
+        sample_lib.bpd_from_checkpoint(config, workdir=wd)
+    with pytest.raises(ValueError, match="bits/dim do not apply"):
+        sample_lib.make_bpd_fn(built, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.slow  # a subprocess importing jax
+def test_sample_cli_refuses_bpd(stage1, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "sample.py"),
+           "--config=" + os.path.join(ROOT, "configs/latent/digits_ldm.py") + ":smoke",
+           f"--config.latent.autoencoder_checkpoint={stage1[0]}", "--mode=bpd",
+           f"--workdir={tmp_path}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0
+    assert "bits/dim do not apply to a latent diffusion model" in r.stderr
+
+
+def test_scale_factor_from_config_or_stored(stage1, tmp_path):
+    config = _stage2_config(stage1[0])
+    config.latent.scale_factor = 0.5
+    out = latent_lib.resolve_scale_factor(config, str(tmp_path), lambda: pytest.fail("no batch"))
+    assert out.latent.scale_factor == 0.5
+    config.latent.scale_factor = None  # a resumed run reads latent.json, never a new batch
+    out = latent_lib.resolve_scale_factor(config, str(tmp_path), lambda: pytest.fail("no batch"))
+    assert out.latent.scale_factor == 0.5
+
+
+def test_encoded_loss_and_eval_reconstruction_error():
+    """The stage-2 loss is the inner loss of scale * mean(q(z | 2x - 1)); the stage-1 eval loss
+    is sum |x - D(mean)| averaged over the batch (independent numpy computation)."""
+    model = ae_lib.AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1,
+                                 latent_channels=2, norm_num_groups=4, num_channels=1)
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
+    variables = model.init(jax.random.key(1), x)
+    space = latent_lib.latent_space(model, variables, 0.7, 8)
+    seen = {}
+
+    def inner(v, batch, key):
+        seen["z"] = batch["image"]
+        return jnp.sum(batch["image"] ** 2), {}
+
+    loss, _ = latent_lib.encoded_loss_fn(inner, space)({}, {"image": x}, jax.random.key(2))
+    mean, _ = model.apply(variables, 2 * x - 1, method="encode")
+    np.testing.assert_allclose(np.asarray(seen["z"]), 0.7 * np.asarray(mean), rtol=1e-6)
+    np.testing.assert_allclose(float(loss), np.sum((0.7 * np.asarray(mean)) ** 2), rtol=1e-5)
+    assert space.latent_shape == (4, 4, 2)
+    np.testing.assert_allclose(np.asarray(space.decode(seen["z"])),
+                               np.asarray(model.apply(variables, mean, method="decode")),
+                               rtol=1e-5, atol=1e-6)
+
+    xs = 2 * x - 1
+    ev = latent_lib.autoencoder_objective(model, kl_weight=1.0, reconstruction="l1", train=False)
+    rec, aux = ev(variables, {"image": xs}, None)
+    x_rec = np.asarray(model.apply(variables, mean, method="decode"))
+    want = np.mean(np.sum(np.abs(x_rec - np.asarray(xs)), axis=(1, 2, 3)))
+    np.testing.assert_allclose(float(rec), want, rtol=1e-5)
+    ev2 = latent_lib.autoencoder_objective(model, kl_weight=1.0, reconstruction="l2", train=False)
+    want2 = np.mean(np.sum((x_rec - np.asarray(xs)) ** 2, axis=(1, 2, 3)))
+    np.testing.assert_allclose(float(ev2(variables, xs, None)[0]), want2, rtol=1e-5)
+    sf = latent_lib.compute_scale_factor(model, variables, np.asarray(x))
+    np.testing.assert_allclose(sf, 1.0 / np.std(np.asarray(mean), ddof=1), rtol=1e-5)
+
+
+def test_validation_errors(tmp_path):
+    config = _stage1_config()
+    config.model.name = "ncsnpp"
+    with pytest.raises(ValueError, match="autoencoder objective trains model"):
+        config_lib.validate_config(config)
+    config = _stage1_config()
+    config.training.reconstruction = "l3"
+    with pytest.raises(ValueError, match="reconstruction='l3'"):
+        config_lib.validate_config(config)
+    config = _stage2_config(str(tmp_path / "missing"))
+    config_lib.validate_config(config)  # the path is checked when the autoencoder is loaded
+    with pytest.raises(ValueError, match="does not exist"):
+        config_lib.build(config)
+    config = _stage2_config(str(tmp_path))
+    with pytest.raises(ValueError, match="has no autoencoder_ema.msgpack"):
+        latent_lib.load_autoencoder(config)
+    config.latent.scale_factor = -1.0
+    with pytest.raises(ValueError, match="scale_factor=-1.0 must be > 0"):
+        config_lib.validate_config(config)
+    from configs.latent.digits_ldm import get_config
+    with pytest.raises(ValueError, match="unknown digits_ldm variant"):
+        get_config("bogus")
