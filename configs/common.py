@@ -30,6 +30,7 @@ def smoke(config):
     t.snapshot_freq_for_preemption = 2
     t.log_freq = 1
     t.eval_freq = 2
+    t.snapshot_metric_samples = 8  # the digits metric of the snapshot grid only
     config.eval.batch_size = 8
     config.eval.bpd_max_batches = 1
     config.eval.bpd_num_repeats = 1

@@ -1,7 +1,8 @@
 """Class-conditional digits with classifier-free guidance (Ho & Salimans 2022).
 
-The embedded default (``configs/default_digits.py``: 8 x 8 digits, continuous VP SDE, DDPM++ nf
-32) with the ten digit labels as a condition: ``model.num_classes = 10`` (label 10 is the null
+The continuous-VP DSM recipe of the embedded digits (``configs/default_digits.py``
+``dsm_config``: 8 x 8 digits, DDPM++ nf 32, 3000 steps; EMA 0.999 as in the measured run of
+bench/RESULTS.md) with the ten digit labels as a condition: ``model.num_classes = 10`` (label 10 is the null
 label), labels dropped to the null label with probability ``training.label_dropout = 0.1``, and
 guided sampling pred = (1 - w) pred(x | null) + w pred(x | y) with ``sampling.guidance_scale``
 w = 2 (w = 1: the conditional model, w = 0: the unconditional one) and DPM-Solver with 20 steps.
@@ -13,7 +14,7 @@ w = 2 (w = 1: the conditional model, w = 0: the unconditional one) and DPM-Solve
 
 Variants (``--config=configs/digits_cond.py:<arg>``): ``dit`` (the DiT backbone: patch 2 on the
 8 x 8 digits, 16 tokens, hidden 96, depth 4, 4 heads), ``smoke`` (CPU seconds), ``dit_smoke``.
-Everything else (data, optimiser, schedule) is inherited from ``default_digits``.
+Everything else (data, optimiser, schedule) is inherited from ``default_digits.dsm_config``.
 """
 from configs import default_digits
 from configs.common import apply_variant
@@ -42,7 +43,8 @@ def get_config(arg=None):
     """``arg``: None, "dit", "smoke" or "dit_smoke" (ValueError otherwise)."""
     if arg not in (None, "", "None") and arg not in VARIANTS:
         raise ValueError(f"unknown config variant {arg!r}; valid choices: {list(VARIANTS)}")
-    config = default_digits.get_config()
+    config = default_digits.dsm_config()
+    config.model.ema_rate = 0.999
     config.model.num_classes = NUM_CLASSES
     config.training.label_dropout = 0.1
     s = config.sampling

@@ -117,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
     # classifier-free guidance training: labels dropped to the null label with this probability
     # (None: DEFAULT_LABEL_DROPOUT for a class-conditional model, `label_dropout_from_config`)
     training.label_dropout = placeholder(float)
+    # DIGITS runs score at least this many snapshot samples with the digits metric (None: 256)
+    training.snapshot_metric_samples = placeholder(int)
     # objective "edm" (Karras et al. 2022, score_jax.edm): preconditioning "edm" | "vp" | "ve",
     # sigma_data, and the log-normal training noise levels ln sigma ~ N(p_mean, p_std^2)
     training.precond = "edm"

@@ -132,34 +132,6 @@ def reconstruct(model: nn.Module, params: Any, images: np.ndarray) -> np.ndarray
     return np.clip((np.asarray(x_rec) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def save_reconstructions(model: nn.Module, params: Any, images: np.ndarray, directory: str, *,
-                         scale: int = 1) -> dict:
-    """Stage-1 snapshot: ``reconstructions.png`` (rows alternate inputs / reconstructions, 8
-    per row) and ``reconstructions.npz`` (uint8 ``inputs``, ``reconstructions``) in
-    ``directory``; returns {"png", "mse"} (per-pixel MSE in [0, 1])."""
-    from PIL import Image
-
-    from score_jax import sample_lib
-
-    images = np.asarray(images, np.float32)[:32]
-    rec = reconstruct(model, params, images)
-    n = len(images) - len(images) % 8 or len(images)
-    pairs = []
-    for i in range(0, n, 8):
-        pairs += [images[i:i + 8], rec[i:i + 8]]
-    grid = sample_lib.image_grid(np.concatenate(pairs), nrow=min(8, n))
-    pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
-    if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "reconstructions.png")
-    pil.save(path)
-    np.savez_compressed(os.path.join(directory, "reconstructions.npz"),
-                        inputs=np.round(images * 255).astype(np.uint8),
-                        reconstructions=np.round(rec * 255).astype(np.uint8))
-    return {"png": path, "mse": float(np.mean((rec - images) ** 2))}
-
-
 def export_autoencoder(workdir: str, params: Any) -> str:
     """Write ``{'params': params}`` to ``<workdir>/autoencoder_ema.msgpack`` (what stage 2 loads
     from a stage-1 workdir); returns the path."""
@@ -415,7 +387,7 @@ def resolve_scale_factor(config, workdir: str, first_batch: Callable[[], Any]):
 
 __all__ = ["OBJECTIVE", "MODEL_NAME", "AUTOENCODER_FILE", "LATENT_FILE", "BPD_MESSAGE",
            "autoencoder_init_state", "jit_autoencoder_init", "reconstruction_error",
-           "autoencoder_objective", "reconstruct", "save_reconstructions", "export_autoencoder",
+           "autoencoder_objective", "reconstruct", "export_autoencoder",
            "LatentSpace", "latent_space", "encoded_loss_fn", "compute_scale_factor",
            "check_no_bpd", "check_samplable", "is_latent", "validate", "autoencoder_model_config",
            "load_autoencoder", "latent_space_from_config", "resolve_config",

@@ -260,6 +260,32 @@ def save_samples(images: np.ndarray, directory: str, *, scale: int = 1,
 _USE_BUILT = object()
 
 
+def save_reconstructions(model: nn.Module, params: Any, images: np.ndarray, directory: str, *,
+                         scale: int = 1) -> dict:
+    """Stage-1 snapshot: ``reconstructions.png`` (rows alternate inputs / reconstructions, 8
+    per row) and ``reconstructions.npz`` (uint8 ``inputs``, ``reconstructions``) in
+    ``directory``; returns {"png", "mse"} (per-pixel MSE in [0, 1])."""
+    from PIL import Image
+
+    images = np.asarray(images, np.float32)[:32]
+    rec = latent_lib.reconstruct(model, params, images)
+    n = len(images) - len(images) % 8 or len(images)
+    pairs = []
+    for i in range(0, n, 8):
+        pairs += [images[i:i + 8], rec[i:i + 8]]
+    grid = image_grid(np.concatenate(pairs), nrow=min(8, n))
+    pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "reconstructions.png")
+    pil.save(path)
+    np.savez_compressed(os.path.join(directory, "reconstructions.npz"),
+                        inputs=np.round(images * 255).astype(np.uint8),
+                        reconstructions=np.round(rec * 255).astype(np.uint8))
+    return {"png": path, "mse": float(np.mean((rec - images) ** 2))}
+
+
 def sample_built(key: Array, built: config_lib.Built, params: Any, num_samples: int, *,
                  batch_size: int | None = None, mesh=None, labels: Any = None,
                  guidance_scale: Any = _USE_BUILT) -> tuple[np.ndarray, int]:

@@ -87,7 +87,8 @@ SNAPSHOT_DIGITS_SAMPLES = 256  # at least this many snapshot samples score a DIG
 def _snapshot(config, b, state, done, k_sample, workdir, writer, bar, is_main, digits_ref):
     """Sample at a snapshot: the grid of ``sampling.num_samples`` EMA samples in
     ``<workdir>/samples/iter_<done>``; for DIGITS configs, the digits quality metric of
-    ``max(sampling.num_samples, SNAPSHOT_DIGITS_SAMPLES)`` samples (the grid's first) on the
+    ``max(sampling.num_samples, training.snapshot_metric_samples or SNAPSHOT_DIGITS_SAMPLES)``
+    samples (the grid's first) on the
     console and in TensorBoard (digits_fd, digits_fd_floor, digits_fd_ratio, digits_is; the
     floor is for the same N). Returns the digits reference statistics, to reuse."""
     from score_jax.evaluation import evaluators
@@ -95,12 +96,12 @@ def _snapshot(config, b, state, done, k_sample, workdir, writer, bar, is_main, d
     n_grid = int(config.sampling.num_samples)
     digits = evaluators.is_digits(config.data.dataset)
     # class-conditional models: one row per class (labels of the grid, repeated for the metric)
+    # (the metric is then that of the grid's samples: the floor is for the same N)
     labels, nrow = sample_lib.snapshot_labels(b.num_classes, n_grid)
     if labels is not None:
         n_grid = len(labels)
-    n = max(n_grid, SNAPSHOT_DIGITS_SAMPLES) if digits else n_grid
-    if labels is not None:
-        labels = np.resize(labels, n)
+    n_metric = config.training.get("snapshot_metric_samples") or SNAPSHOT_DIGITS_SAMPLES
+    n = max(n_grid, int(n_metric)) if digits and labels is None else n_grid
     images, nfe = sample_lib.sample_built(jax.random.fold_in(k_sample, done), b,
                                           state.ema_params, n,
                                           batch_size=config.sampling.get("batch_size"),
@@ -292,7 +293,7 @@ def _snapshot_reconstructions(config, b, state, eval_ds, workdir, step, bar):
     """Stage 1 snapshot: input / reconstruction pairs of the first evaluation batch."""
     images = np.asarray(next(eval_ds.iterate(0))["image"])
     d = os.path.join(workdir, "samples", f"iter_{step}")
-    out = latent_lib.save_reconstructions(b.model, jax.device_get(state.ema_params), images, d,
+    out = sample_lib.save_reconstructions(b.model, jax.device_get(state.ema_params), images, d,
                                           scale=max(1, 64 // config.data.image_size))
     bar.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> {out['png']}")
 

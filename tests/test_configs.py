@@ -171,6 +171,7 @@ def test_sampler_options_are_the_samplers_keyword_parameters():
         params = inspect.signature(sampling.METHODS[method]).parameters
         assert set(config_lib.method_options(method)) <= set(params)
     config = load("configs/default_digits.py", "dsm_smoke")
+    config.sampling.method = "pc"
     config.sampling.eta = 0.5  # a DDIM option, with method "pc"
     with pytest.raises(ValueError, match=r"sampling.eta=0.5 is not an option of method 'pc'"):
         config_lib.validate_config(config, num_devices=8)

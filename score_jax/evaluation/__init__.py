@@ -6,7 +6,9 @@ See ``metrics.py`` for the formulas and ``inception.py`` for the network and its
 ``python -m score_jax.evaluation.stats`` writes reference statistics for a dataset; ``run.py``
 evaluates one checkpoint (samples -> FID / IS / KID, bits/dim) resumably; ``workdir.py``
 walks the checkpoints of a training workdir (test loss, bits/dim, samples, FID / IS / KID,
-reports; ``python evaluate.py``).
+reports; ``python evaluate.py``). ``workdir`` sits above ``sample_lib`` and is imported as
+``score_jax.evaluation.workdir`` (not re-exported here: the package's other modules sit below
+``sample_lib``, which uses the digits metric).
 """
 
 from score_jax.evaluation.digits import (
@@ -52,7 +54,6 @@ from score_jax.evaluation.run import (
     read_report,
     sample_statistics,
 )
-from score_jax.evaluation.workdir import evaluate_workdir
 
 __all__ = [
     "INCEPTION_IMAGE_SIZE",
@@ -71,7 +72,6 @@ __all__ = [
     "digits_reference",
     "evaluate_bpd",
     "evaluate_samples",
-    "evaluate_workdir",
     "fid_from_features",
     "frechet_distance",
     "get_inception_fn",
