@@ -120,6 +120,7 @@ def test_score_matching_minimised_by_exact_score():
     np.testing.assert_allclose(aux_w["losses"], aux["losses"] * (1 - aux["t"]), rtol=1e-5)
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_flow_to_sde_score_equals_exact_score_for_sde_path(x64):
     sde = VPSDE()
     path = flow.SDEPath(sde, eps=1e-3)

@@ -226,6 +226,7 @@ def test_init_follows_official_initialisation():
     assert not np.any(out)
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_labels_null_and_unconditional():
     model = tiny_model()
     v = tiny_variables(model)

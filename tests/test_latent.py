@@ -124,6 +124,7 @@ def test_scale_factor_from_config_or_stored(stage1, tmp_path):
     assert out.latent.scale_factor == 0.5
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_encoded_loss_and_eval_reconstruction_error():
     """The stage-2 loss is the inner loss of scale * mean(q(z | 2x - 1)); the stage-1 eval loss
     is sum |x - D(mean)| averaged over the batch (independent numpy computation)."""

@@ -39,6 +39,7 @@ def test_digits_report_keys_and_values():
     assert evaluators.is_digits("DIGITS") and not evaluators.is_digits("CIFAR10")
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_smoke_snapshot_logs_digits_metric_and_sample_py_writes_metrics_json(tmp_path, caplog):
     from configs.default_digits import get_config
 

@@ -206,6 +206,7 @@ def test_ncsnpp_variants(variant):
                                    rtol=1e-5, atol=1e-6 * scale)
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_class_conditioning_bf16_and_remat():
     """num_classes adds a (num_classes + 1)-row table whose last row is the null label; remat
     leaves names, outputs and gradients unchanged; bf16 compute keeps float32 params/outputs."""
@@ -378,6 +379,7 @@ def test_ncsn_v1_conditional_norms():
     assert float(jnp.abs(y[0] - y[1]).max()) > 1e-3 * float(jnp.abs(y).max())
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_ncsnv2_training_step_smoke():
     """SMLD loss (sigma^2-weighted DSM, Song & Ermon 2019 eq. 2) with Adam and EMA: a few steps
     on a fixed batch lower the loss."""

@@ -21,6 +21,7 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_smoke_training_then_sampling(tmp_path):
     """The real digits DDPM++ smoke config: train 4 steps, snapshot samples, then sample.py's
     function from the workdir with the ODE sampler."""
@@ -343,6 +344,7 @@ def test_bits_per_dim_eps_is_one_definition(monkeypatch):
     np.testing.assert_allclose(np.asarray(bpd), 7.0)  # log p = 0 -> the centred offset
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_library_installs_no_signal_handler(tmp_path):
     """Issue #9: train_and_evaluate installed a SIGTERM handler from library code."""
     before = signal.getsignal(signal.SIGTERM)

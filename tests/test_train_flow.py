@@ -102,6 +102,7 @@ def test_loss_fn_from_config_is_flow_matching_on_scaled_data():
     assert isinstance(config_lib.flow_path_from_config(config, sde), flow.SDEPath)
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_flow_train_sample_and_bpd_from_checkpoint(tmp_path, monkeypatch):
     """train_and_evaluate (with snapshot sampling), then sample.py's sample and bits/dim paths,
     on the smoke flow config; the tiny network stands in for DDPM++ to keep this in seconds."""
