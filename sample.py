@@ -32,8 +32,10 @@ sys.path.insert(0, _HERE)
 import _cli  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The training config file (default: "
-                                "configs/default_digits.py).", lock_config=True)
+config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default_digits.py"),
+                                "The training config file (optionally FILE:variant); "
+                                "--config.x=y overrides work with the default too.",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.")
 flags.DEFINE_string("checkpoint", None, "Converted checkpoint file (python -m score_jax.convert).")
 flags.DEFINE_integer("step", None, "Checkpoint step in the workdir (default: the latest).")
@@ -102,9 +104,6 @@ def main(argv):
     from score_jax import sample_lib
 
     config = FLAGS.config
-    if config is None:
-        from configs.default_digits import get_config
-        config = get_config()
     try:
         if FLAGS.mode == "sample":
             config = _with_guidance_scale(config, FLAGS.guidance_scale)

@@ -383,9 +383,16 @@ def main(argv: list[str] | None = None) -> None:
     command line to `score_jax.convert_dit.main` / `score_jax.convert_autoencoder.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     others = {"dit": "score_jax.convert_dit", "autoencoder_kl": "score_jax.convert_autoencoder"}
-    if argv and argv[0] in others:
-        importlib.import_module(others[argv[0]]).main(argv[1:])
-        return
+    try:
+        if argv and argv[0] in others:
+            importlib.import_module(others[argv[0]]).main(argv[1:])
+        else:
+            _convert_score_sde(argv)
+    except (FileNotFoundError, IsADirectoryError, ValueError) as e:  # bad input: no traceback
+        sys.exit(f"error: {type(e).__name__}: {e}")
+
+
+def _convert_score_sde(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m score_jax.convert",
                                  description="Convert a released Score SDE checkpoint.")
     ap.add_argument("input", help="score_sde_pytorch .pth or score_sde checkpoint_<n> file")

@@ -378,7 +378,7 @@ def get_edm_loss_fn(
     aux: {"losses": (B,), "sigma": (B,)}.
     Raises ValueError for an unknown preconditioning, or a conditional model without labels.
     """
-    from score_jax.losses import drop_labels, split_batch
+    from score_jax.losses import conditioning
 
     if isinstance(precond, str):
         precond = get_precond(precond)
@@ -388,16 +388,9 @@ def get_edm_loss_fn(
         raise ValueError(f"label_dropout must lie in [0, 1]; got {label_dropout}")
 
     def loss_fn(variables, batch, key):
-        x0, labels = split_batch(batch)
         key_loss, key_drop, key_lab = jax.random.split(key, 3)
-        kwargs = None
-        if num_classes is not None:
-            if labels is None:
-                raise ValueError("the model is class-conditional (num_classes set) but the batch "
-                                 "has no 'label'")
-            if label_dropout > 0:
-                labels = drop_labels(key_lab, labels, label_dropout, num_classes)
-            kwargs = {"y": labels}
+        x0, kwargs = conditioning(batch, key_lab, num_classes=num_classes,
+                                  label_dropout=label_dropout)
         den = EDMDenoiser(precond, variables, model, train, log_label, key_drop, kwargs)
         return precond_loss(key_loss, den, x0, precond, p_mean=p_mean, p_std=p_std,
                             reduce_mean=reduce_mean)

@@ -43,7 +43,7 @@ from flax import struct
 
 from score_jax import score as score_lib
 from score_jax.likelihood import ode_log_likelihood
-from score_jax.losses import drop_labels, split_batch
+from score_jax.losses import conditioning
 from score_jax.ode import ODE_SOLVERS, check_solve_options, solve_ode
 from score_jax.runner import run_sampler
 from score_jax.sde import GaussianPrior, batch_mul, gaussian_perturb, sde_solve
@@ -348,16 +348,9 @@ def get_flow_loss_fn(
     path = CondOTPath() if path is None else path
 
     def loss_fn(variables, batch, key):
-        x1, labels = split_batch(batch)
         key_loss, key_drop, key_lab = jax.random.split(key, 3)
-        kwargs = None
-        if num_classes is not None:
-            if labels is None:
-                raise ValueError("the model is class-conditional (num_classes set) but the batch "
-                                 "has no 'label'")
-            if label_dropout > 0:
-                labels = drop_labels(key_lab, labels, label_dropout, num_classes)
-            kwargs = {"y": labels}
+        x1, kwargs = conditioning(batch, key_lab, num_classes=num_classes,
+                                  label_dropout=label_dropout)
         vf = get_velocity_fn(model, variables, time_scale=time_scale, train=train,
                              dropout_key=key_drop, model_kwargs=kwargs)
         return flow_matching_loss(key_loss, vf, path, x1, reduce_mean=reduce_mean, t_min=t_min,

@@ -137,6 +137,25 @@ def drop_labels(key: Array, labels: Array, p: float, null_label: int) -> Array:
     return jnp.where(drop, null_label, labels)
 
 
+def conditioning(batch: Any, key: Array, *, num_classes: int | None,
+                 label_dropout: float = 0.0) -> tuple[Array, dict | None]:
+    """The data and the network's class conditioning of a training batch: ``(x, model_kwargs)``
+    with ``model_kwargs = {"y": labels}`` for a class-conditional model (``num_classes`` set;
+    labels dropped to the null label ``num_classes`` with probability ``label_dropout``,
+    `drop_labels`), None otherwise. Shared by every objective's ``loss_fn``.
+
+    Raises ValueError when the model is conditional and the batch has no "label"."""
+    x, labels = split_batch(batch)
+    if num_classes is None:
+        return x, None
+    if labels is None:
+        raise ValueError("the model is class-conditional (num_classes set) but the batch has no "
+                         "'label'")
+    if label_dropout > 0:
+        labels = drop_labels(key, labels, label_dropout, num_classes)
+    return x, {"y": labels}
+
+
 def get_loss_fn(
     sde,
     model: nn.Module,
@@ -178,15 +197,9 @@ def get_loss_fn(
     eps = 1e-5 if eps is None else eps
 
     def loss_fn(variables, batch, key):
-        x0, labels = split_batch(batch)
         key_loss, key_drop, key_lab = jax.random.split(key, 3)
-        kwargs = None
-        if num_classes is not None:
-            if labels is None:
-                raise ValueError("the model is class-conditional (num_classes set) but the batch has no 'label'")
-            if label_dropout > 0:
-                labels = drop_labels(key_lab, labels, label_dropout, num_classes)
-            kwargs = {"y": labels}
+        x0, kwargs = conditioning(batch, key_lab, num_classes=num_classes,
+                                  label_dropout=label_dropout)
         if continuous:
             score_fn = get_score_fn(
                 sde, model, variables, continuous=True, prediction=prediction, train=train,
