@@ -164,6 +164,7 @@ def test_sample_cli_rejects_out_of_range_labels_before_compiling(tmp_path):
     assert "labels [11] out of range; valid labels: 0..9" in r.stderr
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_smoke_training_snapshot_rows_are_classes(tmp_path, monkeypatch):
     from score_jax import train_lib
 

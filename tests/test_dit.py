@@ -262,6 +262,7 @@ def test_bf16_and_remat_match():
     assert rel_err(out, np.asarray(ref)) < 5e-2
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_score_sampling_losses_and_cfg_with_tiny_dit():
     model = tiny_model()
     v = tiny_variables(model)

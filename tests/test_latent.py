@@ -44,6 +44,7 @@ def stage1(tmp_path_factory):
     return wd, state, losses
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_stage1_autoencoder_training(stage1):
     wd, state, losses = stage1
     assert int(state.step) == 4 and len(losses) == 4 and all(np.isfinite(losses))
@@ -114,6 +115,7 @@ def test_sample_cli_refuses_bpd(stage1, tmp_path):
     assert "bits/dim do not apply to a latent diffusion model" in r.stderr
 
 
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
 def test_scale_factor_from_config_or_stored(stage1, tmp_path):
     config = _stage2_config(stage1[0])
     config.latent.scale_factor = 0.5
