@@ -10,8 +10,8 @@ Sampler options are read generically: the options of ``config.sampling.method`` 
 keyword-only parameters of ``sampling.METHODS[M]`` (``flow.flow_sample`` for "flow"); the
 reference's names are aliases (``n_steps_each`` -> ``n_steps``, ``noise_removal`` ->
 ``denoise``) and None values are left to the sampler's defaults. Adding a sampler to
-``sampling.METHODS`` (and, if it has new option names, a placeholder to `base_config`) is all
-the config side needs.
+``sampling.METHODS`` is all the config side needs: `base_config` generates a None placeholder
+for every option name it does not declare (so ``--config.sampling.<option>=...`` works).
 """
 from __future__ import annotations
 
