@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax.likelihood import bpd_offset
+
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
@@ -501,7 +503,7 @@ def _bpd_rounds(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *, num_rep
     where ``done(round_id)`` is true (``logp_fn`` is then not called)."""
     if num_repeats < 1:
         raise ValueError(f"num_repeats must be positive, got {num_repeats}")
-    offset = 7.0 if centered else 8.0
+    offset = bpd_offset(centered)
     rid = 0
     for r in range(num_repeats):
         key_r = jax.random.fold_in(key, r)
