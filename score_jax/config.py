@@ -212,6 +212,7 @@ def base_config() -> ml_collections.ConfigDict:
     optim.eps = 1e-8
     optim.warmup = 5000
     optim.grad_clip = 1.0
+    optim.lr_decay = "constant"  # train_step.LR_DECAYS; "cosine" / "linear" reach 0 at n_iters
 
     # stage 2 of latent diffusion (score_jax.latent): the frozen autoencoder (a stage-1 workdir or
     # a converted .msgpack), its AutoencoderKL fields (default: the stage-1 workdir's, else SD's)
@@ -268,7 +269,9 @@ def optimizer_from_config(config) -> tuple[optax.GradientTransformation, Callabl
     o = config.optim
     return ts.make_optimizer(lr=float(o.lr), beta1=float(o.beta1), eps=float(o.eps),
                              warmup=int(o.warmup), grad_clip=float(o.grad_clip),
-                             weight_decay=float(o.weight_decay), optimizer=o.optimizer)
+                             weight_decay=float(o.weight_decay), optimizer=o.optimizer,
+                             lr_decay=o.get("lr_decay", "constant"),
+                             decay_steps=int(config.training.n_iters))
 
 
 def scaled_loss_fn(loss_fn: Callable, centered: bool) -> Callable:
@@ -640,6 +643,13 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     _need(not o.get("amsgrad", False), "config.optim.amsgrad=True is not supported; valid: False")
     _need(float(o.lr) > 0, f"config.optim.lr={o.lr!r} must be > 0")
     _need(int(o.warmup) >= 0, f"config.optim.warmup={o.warmup!r} must be >= 0")
+    _need(o.get("lr_decay", "constant") in ts.LR_DECAYS,
+          f"config.optim.lr_decay={o.get('lr_decay')!r} unknown; valid choices: "
+          f"{list(ts.LR_DECAYS)}")
+    _need(o.get("lr_decay", "constant") == "constant"
+          or int(config.training.n_iters) > int(o.warmup),
+          f"config.optim.lr_decay={o.get('lr_decay')!r} decays to 0 at training.n_iters="
+          f"{config.training.n_iters}, which must exceed optim.warmup={o.warmup}")
     latent_lib.validate(config)
 
 

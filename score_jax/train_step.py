@@ -34,14 +34,21 @@ class TrainState:
 
 
 OPTIMIZERS = ("Adam", "AdamW")
+LR_DECAYS = ("constant", "cosine", "linear")
 
 
 def make_optimizer(*, lr: float, beta1: float = 0.9, eps: float = 1e-8, warmup: int = 0,
                    grad_clip: float = -1.0, weight_decay: float = 0.0,
-                   optimizer: str = "Adam") -> tuple[optax.GradientTransformation, Callable]:
+                   optimizer: str = "Adam", lr_decay: str = "constant",
+                   decay_steps: int | None = None) -> tuple[optax.GradientTransformation, Callable]:
     """The reference optimiser (score_sde ``losses.optimization_manager``) as an optax chain.
 
-    lr(step) = lr * min(step / warmup, 1) (linear warmup from 0; constant if warmup = 0);
+    lr(step) = lr * min(step / warmup, 1) (linear warmup from 0; constant if warmup = 0), the
+    reference's schedule (``lr_decay="constant"``). ``lr_decay="cosine"``: after the warmup,
+    lr * (1 + cos(pi u)) / 2 with u = (step - warmup) / (decay_steps - warmup) (Loshchilov & Hutter
+    2017, SGDR without restarts; optax ``warmup_cosine_decay_schedule``), reaching 0 at
+    ``decay_steps`` (the run's ``n_iters``) and staying there; ``"linear"``: lr * (1 - u). A
+    decaying rate suits runs whose length is known in advance (the CPU digits default);
     gradients clipped to global norm ``grad_clip`` (no clipping if < 0); Adam(beta1, 0.999, eps);
     ``weight_decay`` > 0 is decoupled and scaled by the learning rate (flax.optim.Adam / AdamW).
 
@@ -49,12 +56,25 @@ def make_optimizer(*, lr: float, beta1: float = 0.9, eps: float = 1e-8, warmup: 
       ``(tx, schedule)``: the optax transformation and the learning-rate schedule.
 
     Raises:
-      ValueError: ``optimizer`` not in ``OPTIMIZERS``.
+      ValueError: ``optimizer`` not in ``OPTIMIZERS``, ``lr_decay`` not in ``LR_DECAYS``, or a
+        decay without ``decay_steps > warmup``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optim.optimizer={optimizer!r} unknown; valid choices: "
                          f"{list(OPTIMIZERS)}")
-    if warmup > 0:
+    if lr_decay not in LR_DECAYS:
+        raise ValueError(f"optim.lr_decay={lr_decay!r} unknown; valid choices: {list(LR_DECAYS)}")
+    if lr_decay != "constant" and not (decay_steps is not None and decay_steps > warmup):
+        raise ValueError(f"optim.lr_decay={lr_decay!r} needs decay_steps (training.n_iters) > "
+                         f"warmup; got decay_steps={decay_steps}, warmup={warmup}")
+    if lr_decay == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, int(warmup), int(decay_steps),
+                                                      end_value=0.0)
+    elif lr_decay == "linear":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, int(warmup)),
+             optax.linear_schedule(lr, 0.0, int(decay_steps) - int(warmup))], [int(warmup)])
+    elif warmup > 0:
         schedule = optax.linear_schedule(0.0, lr, int(warmup))
     else:
         schedule = optax.constant_schedule(lr)

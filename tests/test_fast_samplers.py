@@ -80,7 +80,8 @@ def test_ddim_eta1_equals_ancestral_sampling(name, x64):
     g = _gaussian(jnp.float64)
     N, n = 10, 40000
     x, nfe = sampling.sample(jax.random.key(0), sde, g.score_fn(sde), (n, 2), "ddim",
-                             dtype=jnp.float64, num_steps=N, eta=1.0, denoise=False)
+                             dtype=jnp.float64, num_steps=N, eta=1.0, denoise=False,
+                             schedule="time_uniform")
     assert int(nfe) == N
     t_grid = fast.get_timesteps(sde, N + 1, sde.sampling_eps, "time_uniform", dtype=jnp.float64)
     m, v = _ancestral_moments(sde, g, t_grid)

@@ -202,6 +202,34 @@ def test_optimizer_warmup_and_clip():
     assert np.all(np.asarray(upd["w"]) == 0.0)  # lr(0) = 0, the reference's first step
 
 
+def test_optimizer_lr_decay_closed_forms():
+    lr, warm, n = 1e-3, 100, 1100
+    _, cos = train_step.make_optimizer(lr=lr, warmup=warm, lr_decay="cosine", decay_steps=n)
+    _, lin = train_step.make_optimizer(lr=lr, warmup=warm, lr_decay="linear", decay_steps=n)
+    for sched in (cos, lin):
+        assert float(sched(50)) == pytest.approx(lr / 2)  # the same linear warmup
+        assert float(sched(warm)) == pytest.approx(lr)
+        assert float(sched(n)) == pytest.approx(0.0, abs=1e-12)
+        assert float(sched(n + 500)) == pytest.approx(0.0, abs=1e-12)
+    for step in (350, 600, 850):
+        u = (step - warm) / (n - warm)
+        assert float(cos(step)) == pytest.approx(lr * (1 + np.cos(np.pi * u)) / 2, rel=1e-5)
+        assert float(lin(step)) == pytest.approx(lr * (1 - u), rel=1e-5)
+
+
+def test_optimizer_lr_decay_bad_values_are_named():
+    with pytest.raises(ValueError, match="'exp'.*valid choices.*cosine"):
+        train_step.make_optimizer(lr=1e-3, lr_decay="exp", decay_steps=10)
+    with pytest.raises(ValueError, match="decay_steps.*warmup"):
+        train_step.make_optimizer(lr=1e-3, warmup=100, lr_decay="cosine", decay_steps=50)
+    from configs.default_digits import get_config
+
+    c = get_config("dsm_smoke")
+    c.optim.lr_decay = "step"
+    with pytest.raises(ValueError, match="lr_decay='step'.*valid choices"):
+        config_lib.validate_config(c)
+
+
 @pytest.mark.slow
 def test_train_py_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
     """The command line: SIGTERM mid-run -> preemption checkpoint, exit status 0; rerun resumes."""

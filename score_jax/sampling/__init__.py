@@ -16,7 +16,7 @@ function's keyword-only signature is the list, ``method_options(method)`` return
   [None: adaptive], eps, denoise.
 - ``"sde"``: reverse SDE through diffrax; solver [euler] in SDE_SOLVERS, num_steps [sde.N], eps,
   denoise.
-- ``"ddim"``: num_steps (required), eta [0.0], schedule [time_uniform] in SCHEDULES, eps, denoise.
+- ``"ddim"``: num_steps (required), eta [0.0], schedule [logSNR] in SCHEDULES, eps, denoise.
 - ``"dpm_solver"``: multistep DPM-Solver++; num_steps (required), order [2] in 1..3, schedule
   [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise.
 - ``"heun"``: EDM's Heun sampler; num_steps (required), schedule [edm], rho [7], s_churn [0],

@@ -138,7 +138,7 @@ def ddim_sample(
     num_steps: int,
     eta: float = 0.0,
     eps: float | None = None,
-    schedule: str = "time_uniform",
+    schedule: str = "logSNR",
     denoise: bool = True,
     project: Callable | None = None,
 ) -> tuple[Array, int]:
@@ -152,6 +152,9 @@ def ddim_sample(
     tau the std of the Gaussian posterior q(x_s | x_t, x_0) (``sde.ancestral_posterior``). eta = 0
     is deterministic (the first-order solver of the probability-flow ODE in lambda, = DPM-Solver-1);
     eta = 1 samples that posterior with x_0 = x0_hat (DDPM's ancestral sampling on this grid).
+    Default grid ``"logSNR"`` (by measurement, bench/RESULTS.md "Few-step solvers and time grids":
+    std ratio 0.756 vs 0.322 for ``"time_uniform"`` at 10 NFE on the narrow Gaussian, exact 0.981);
+    ``schedule="time_uniform"`` gives the DDIM paper's uniform skip.
     ``project`` is the hook of ``pc_sample`` (see ``_apply_project``). Returns ``(x, num_steps)``.
     """
     eps = _check_common(num_steps, denoise, eps, sde)
