@@ -102,6 +102,19 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
         sample_lib.bpd_from_checkpoint(config, workdir=wd)
     with pytest.raises(ValueError, match="bits/dim do not apply"):
         sample_lib.make_bpd_fn(built, rtol=1e-2, atol=1e-2)
+    # evaluate.py's function on the latent workdir: eval loss on encoded test digits, decoded
+    # samples scored by the digits metric (the same as the pixel models')
+    from score_jax.evaluation.workdir import evaluate_workdir
+
+    config.latent.scale_factor = None
+    config.eval.enable_sampling = True
+    config.eval.batch_size = 8
+    out = evaluate_workdir(latent_lib.resolve_config(config, wd), wd, num_samples=8,
+                           progress=False)
+    report = out["reports"][4]
+    assert np.isfinite(report["eval_loss"]) and report["eval_loss"] > 0
+    assert report["num_samples_drawn"] == 8 and "bpd" not in report
+    assert np.isfinite(report["digits_fd"]) and report["digits_fd"] > 0
 
 
 @pytest.mark.slow  # a subprocess importing jax
