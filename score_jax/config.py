@@ -448,6 +448,34 @@ def sampling_methods() -> list[str]:
     return config_methods()
 
 
+def set_sampler(config, method: str, **options) -> None:
+    """Switch ``config.sampling`` to ``method`` in place: the option keys of the previous method
+    that ``method`` does not take (schema placeholders, default None) are reset to None, then
+    ``options`` are set (e.g. a flow variant of a config whose Heun sampler set ``rho``).
+
+    Raises:
+      ValueError: unknown method (valid choices listed), or an option ``method`` does not take.
+    """
+    method = method.lower()
+    valid = config_methods()
+    if method not in valid:
+        raise ValueError(f"sampling method {method!r} unknown; valid choices: {valid}")
+    accepted = method_options(method)
+    schema = base_config().sampling
+    s = config.sampling
+    for key in list(s.keys()):
+        if key in schema and schema[key] is None and s[key] is not None \
+                and OPTION_ALIASES.get(key, key) not in accepted:
+            s[key] = None
+    bad = sorted(k for k in options if OPTION_ALIASES.get(k, k) not in accepted)
+    if bad:
+        raise ValueError(f"{bad} are not options of method {method!r}; its options: "
+                         f"{sorted(accepted)}")
+    s.method = method
+    for key, value in options.items():
+        s[key] = value
+
+
 def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
     """Map ``config.sampling`` to ``(method, options)`` for ``sampling.sample(method=...,
     **options)`` (or ``flow.flow_sample(**options)`` for "flow"): the ONE place.

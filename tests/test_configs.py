@@ -214,3 +214,18 @@ def test_default_cifar10_does_not_import_the_vp_config():
     a = load("configs/default_cifar10.py")
     b = load("configs/vp/cifar10_ddpmpp_continuous.py")
     assert a.to_dict() == b.to_dict()
+
+
+def test_set_sampler_clears_the_previous_methods_options():
+    from configs.default_digits import get_config
+
+    c = get_config()  # EDM Heun: schedule "edm", rho 7
+    assert c.sampling.method == "heun" and c.sampling.rho == 7.0
+    config_lib.set_sampler(c, "flow", solver="heun", num_steps=25)
+    assert c.sampling.rho is None and c.sampling.schedule is None
+    assert config_lib.sampling_options_from_config(c.sampling) == (
+        "flow", {"solver": "heun", "num_steps": 25, "rtol": 1e-5, "atol": 1e-5})
+    with pytest.raises(ValueError, match="'rho'.*not options of method 'ddim'"):
+        config_lib.set_sampler(c, "ddim", rho=7.0)
+    with pytest.raises(ValueError, match="'bogus' unknown; valid choices"):
+        config_lib.set_sampler(c, "bogus")

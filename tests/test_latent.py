@@ -110,11 +110,32 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
     config.eval.enable_sampling = True
     config.eval.batch_size = 8
     out = evaluate_workdir(latent_lib.resolve_config(config, wd), wd, num_samples=8,
-                           progress=False)
+                           begin_step=1, end_step=4, progress=False)
     report = out["reports"][4]
     assert np.isfinite(report["eval_loss"]) and report["eval_loss"] > 0
     assert report["num_samples_drawn"] == 8 and "bpd" not in report
     assert np.isfinite(report["digits_fd"]) and report["digits_fd"] > 0
+
+
+@pytest.mark.slow  # default-suite time budget (CI on 2 cores)
+@pytest.mark.parametrize("variant", ["flow", "cfg", "dit"])
+def test_stage2_variants_train_and_decode(stage1, tmp_path, variant):
+    """Every documented stage-2 variant (flow matching, class-conditional with CFG, a DiT
+    backbone) trains on the stage-1 latents and samples decoded digits."""
+    config = _stage2_config(stage1[0], "smoke," + variant)
+    config.training.n_iters = 2
+    config.training.snapshot_sampling = False
+    wd = str(tmp_path / variant)
+    losses = []
+    state = train_lib.train_and_evaluate(config, wd,
+                                         callbacks=[lambda s, m: losses.append(float(m["loss"]))])
+    assert int(state.step) == 2 and len(losses) == 2 and all(np.isfinite(losses))
+    built = config_lib.build(latent_lib.resolve_config(config, wd))
+    assert built.image_shape == (8, 8, 2)
+    out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=3,
+                                            output_dir=str(tmp_path / (variant + "_s")))
+    assert out["images"].shape == (3, 16, 16, 1) and out["num_nonfinite"] == 0
+    assert 0.0 <= out["images"].min() and out["images"].max() <= 1.0
 
 
 @pytest.mark.slow  # a subprocess importing jax

@@ -16,6 +16,7 @@ works; ``arg`` is a comma-separated list of:
 """
 from configs import default_digits
 from configs.common import apply_variant
+from score_jax import config as config_lib
 
 VARIANTS = ("flow", "cfg", "dit", "smoke")
 
@@ -34,10 +35,10 @@ def get_config(arg=None):
     lat.scale_factor = None  # 1 / std of the first batch's latents
     config.training.n_iters = 3000
     if "flow" in args:
-        t, s = config.training, config.sampling
+        t = config.training
         t.objective = "flow_matching"
         t.flow_path = "condot"
-        s.method, s.solver, s.num_steps = "flow", "heun", 25
+        config_lib.set_sampler(config, "flow", solver="heun", num_steps=25)
     if "cfg" in args:
         config.model.num_classes = 10
         config.training.label_dropout = 0.1
