@@ -65,6 +65,9 @@ def main():
     ap.add_argument("--workdir", default="/tmp/bench_main_job/run")
     ap.add_argument("--no_train", action="store_true", help="score the workdir's checkpoint")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--eval_steps", default="",
+                    help="comma-separated checkpoint steps to score (default: the latest); keep "
+                         "them with --set training.snapshot_freq=N (a learning curve)")
     args = ap.parse_args()
 
     import jax
@@ -84,16 +87,18 @@ def main():
         print(json.dumps(dict(common, what="train", steps=int(state.step), wall_s=wall,
                               cpu_s=cpu)), flush=True)
     reference = digits.digits_reference(int(config.data.image_size))
-    for spec in args.sampler or [""]:
+    steps = [int(v) for v in args.eval_steps.split(",") if v] or [None]
+    for step, spec in [(st, sp) for st in steps for sp in (args.sampler or [""])]:
         cfg = config.copy_and_resolve_references()
         apply_overrides(cfg, [f"sampling.{p}" for p in spec.split(",") if p])
-        params, info = sample_lib.load_params(cfg, workdir=args.workdir)
+        params, info = sample_lib.load_params(cfg, workdir=args.workdir, step=step)
         t = _clock()
         images, nfe = sample_lib.sample_built(jax.random.key(0), info["built"], params,
                                               args.num_samples)
         wall, cpu = _since(t)
         m = digits.digits_metrics(images, reference=reference)
-        print(json.dumps(dict(common, what="sample", sampler=spec or "config", nfe=nfe,
+        print(json.dumps(dict(common, what="sample", step=int(info["step"]),
+                              sampler=spec or "config", nfe=nfe,
                               num_samples=args.num_samples, wall_s=wall, cpu_s=cpu,
                               fd=round(m["fd"], 4), fd_floor=round(m["fd_floor"], 4),
                               fd_ratio=round(m["fd_ratio"], 2), is_=round(m["is"], 3),

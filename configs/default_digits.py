@@ -72,5 +72,5 @@ def get_config(arg=None):
     from configs.edm.digits_edm import edm_recipe  # imports this module: import here
 
     config = edm_recipe(dsm_config())
-    config.sampling.num_steps = 10
+    config.training.n_iters = config.training.snapshot_freq = 3000
     return apply_variant(config, arg)
