@@ -253,7 +253,8 @@ def save_samples(images: np.ndarray, directory: str, *, scale: int = 1,
     path = os.path.join(directory, "samples.png")
     pil.save(path)
     np.savez_compressed(os.path.join(directory, "samples.npz"),
-                        samples=np.round(np.nan_to_num(images) * 255).astype(np.uint8))
+                        samples=np.round(np.clip(np.nan_to_num(images), 0.0, 1.0) * 255
+                                         ).astype(np.uint8))
     return path
 
 
