@@ -2,6 +2,7 @@
 code never flips jax.config or installs handlers; the CLIs do, here)."""
 import logging
 import os
+import sys
 
 
 def setup_process(compilation_cache):
@@ -32,3 +33,25 @@ def setup_process(compilation_cache):
 
 COMPILATION_CACHE_HELP = ("Persistent XLA compilation cache folder (default $SCORE_JAX_CACHE or "
                           "~/.cache/score_jax/xla; '' or 'none': off).")
+
+
+def sampler_override(config, argv=None):
+    """``--config.sampling.method=X`` on the command line switches the config's sampler: the
+    tuning options the config set for its own method (e.g. the digits default's Heun ``rho`` and
+    EDM ``schedule``) are dropped, with a log line, so X runs with its own defaults instead of
+    failing validation or inheriting another method's grid; ``num_steps``, ``eps``, ``denoise``
+    and every option given on the same command line are kept (and validated). Returns
+    ``config``."""
+    argv = sys.argv[1:] if argv is None else argv
+    prefix = "--config.sampling."
+    given = {a[len(prefix):].split("=", 1)[0] for a in argv if a.startswith(prefix)}
+    if "method" not in given or config.get("sampling") is None:
+        return config
+    from score_jax import config as config_lib
+
+    cleared = config_lib.set_sampler(config, config.sampling.method, keep=given,
+                                     reset_tuning=True)
+    if cleared:
+        logging.info("--config.sampling.method=%s: dropped the config's options %s (not options "
+                     "of %s)", config.sampling.method, cleared, config.sampling.method)
+    return config

@@ -64,7 +64,8 @@ def main(argv):
     from score_jax.evaluation.workdir import evaluate_workdir
 
     try:
-        config = latent_lib.resolve_config(FLAGS.config, FLAGS.workdir)  # stored scale factor
+        config = latent_lib.resolve_config(_cli.sampler_override(FLAGS.config),
+                                           FLAGS.workdir)  # stored scale factor
         if config.eval.enable_bpd:  # latent diffusion / autoencoder: no bits/dim, say so
             latent_lib.check_no_bpd(config)
         with preemption.sigterm() as stop:

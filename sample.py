@@ -103,8 +103,8 @@ def main(argv):
         parallel.initialize_distributed()
     from score_jax import sample_lib
 
-    config = FLAGS.config
     try:
+        config = _cli.sampler_override(FLAGS.config)
         if FLAGS.mode == "sample":
             config = _with_guidance_scale(config, FLAGS.guidance_scale)
             out = sample_lib.sample_from_checkpoint(

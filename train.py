@@ -46,7 +46,8 @@ def main(argv):
 
     try:
         with preemption.sigterm() as stop:
-            train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir, should_stop=stop.is_set)
+            train_lib.train_and_evaluate(_cli.sampler_override(FLAGS.config), FLAGS.workdir,
+                                         should_stop=stop.is_set)
     except (ValueError, CheckpointError, DatasetNotAvailableError,
             train_lib.NonFiniteLossError) as e:
         logging.error("%s: %s", type(e).__name__, e)

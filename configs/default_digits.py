@@ -43,6 +43,7 @@ def get_default_configs():
     s.num_steps = 500
     s.num_samples = 64
     e = config.eval
+    e.begin_ckpt = 1  # evaluate.py scores every snapshot from the first (CIFAR's configs: 9)
     e.batch_size = 64
     e.bpd_max_batches = 1
     e.bpd_num_repeats = 1

@@ -448,10 +448,18 @@ def sampling_methods() -> list[str]:
     return config_methods()
 
 
-def set_sampler(config, method: str, **options) -> None:
+_GENERIC_SAMPLING_OPTIONS = ("num_steps", "eps", "denoise")
+
+
+def set_sampler(config, method: str, *, keep=(), reset_tuning: bool = False,
+                **options) -> list[str]:
     """Switch ``config.sampling`` to ``method`` in place: the option keys of the previous method
-    that ``method`` does not take (schema placeholders, default None) are reset to None, then
-    ``options`` are set (e.g. a flow variant of a config whose Heun sampler set ``rho``).
+    that ``method`` does not take (schema placeholders, default None) are reset to None, except
+    the keys in ``keep`` (e.g. set explicitly on the command line: they are then reported by
+    validation), then ``options`` are set (e.g. a flow variant of a config whose Heun sampler set
+    ``rho``). ``reset_tuning``: also reset the placeholder options ``method`` does take (a grid,
+    an order, ...: chosen for the previous method, so ``method`` uses its own defaults), except
+    ``num_steps``, ``eps``, ``denoise`` and ``keep``. Returns the keys that were reset.
 
     Raises:
       ValueError: unknown method (valid choices listed), or an option ``method`` does not take.
@@ -459,21 +467,27 @@ def set_sampler(config, method: str, **options) -> None:
     method = method.lower()
     valid = config_methods()
     if method not in valid:
-        raise ValueError(f"sampling method {method!r} unknown; valid choices: {valid}")
+        raise ValueError(f"config.sampling.method={method!r} unknown; valid choices: {valid}")
     accepted = method_options(method)
-    schema = base_config().sampling
-    s = config.sampling
-    for key in list(s.keys()):
-        if key in schema and schema[key] is None and s[key] is not None \
-                and OPTION_ALIASES.get(key, key) not in accepted:
-            s[key] = None
     bad = sorted(k for k in options if OPTION_ALIASES.get(k, k) not in accepted)
     if bad:
         raise ValueError(f"{bad} are not options of method {method!r}; its options: "
                          f"{sorted(accepted)}")
+    schema = base_config().sampling
+    s = config.sampling
+    cleared = []
+    for key in list(s.keys()):
+        name = OPTION_ALIASES.get(key, key)
+        foreign = name not in accepted or (reset_tuning and name not in
+                                           _GENERIC_SAMPLING_OPTIONS)
+        if key in schema and schema[key] is None and s[key] is not None and key not in keep \
+                and key not in _SAMPLING_NON_OPTIONS and foreign:
+            s[key] = None
+            cleared.append(key)
     s.method = method
     for key, value in options.items():
         s[key] = value
+    return cleared
 
 
 def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
@@ -572,6 +586,13 @@ def _validate_labels(config) -> None:
           f"{nc} would be the null (unconditional) row. Valid: num_classes >= {have}")
     drop = label_dropout_from_config(config)
     _need(0.0 <= drop < 1.0, f"config.training.label_dropout={drop!r} must be in [0, 1)")
+    m = config.model
+    null_needed = drop > 0 or s.get("guidance_scale") is not None or s.get("class_label") == nc
+    _need(m.get("name") != "dit" or not null_needed or float(m.get("class_dropout_prob", 0.1)) > 0,
+          f"config.model.class_dropout_prob={m.get('class_dropout_prob')!r} gives the DiT no "
+          f"null-label row, which training.label_dropout={drop!r} / guidance / class_label={nc} "
+          f"use; set it > 0 (it only creates the row; labels are dropped by "
+          f"training.label_dropout)")
     _validate_guidance(config)
     label = s.get("class_label")
     _need(label is None or 0 <= label <= nc,

@@ -229,3 +229,56 @@ def test_set_sampler_clears_the_previous_methods_options():
         config_lib.set_sampler(c, "ddim", rho=7.0)
     with pytest.raises(ValueError, match="'bogus' unknown; valid choices"):
         config_lib.set_sampler(c, "bogus")
+
+
+def test_cli_method_override_drops_the_configs_own_sampler_options():
+    """``--config.sampling.method=ddim`` on the EDM digits default (Heun: rho, schedule "edm")
+    samples with DDIM's own defaults instead of failing on rho; options given on the same
+    command line are kept and validated."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_cli", os.path.join(ROOT, "_cli.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    from configs.default_digits import get_config
+
+    c = get_config()
+    c.sampling.method, c.sampling.num_steps = "ddim", 20
+    cli.sampler_override(c, ["--config.sampling.method=ddim", "--config.sampling.num_steps=20"])
+    assert config_lib.sampling_options_from_config(c.sampling) == (
+        "ddim", {"num_steps": 20, "denoise": True})
+    c = get_config()
+    c.sampling.method = "unipc"  # takes schedule and rho too: Heun's EDM grid is not inherited
+    cli.sampler_override(c, ["--config.sampling.method=unipc"])
+    assert config_lib.sampling_options_from_config(c.sampling) == (
+        "unipc", {"num_steps": 18, "denoise": True})
+    c = get_config()
+    c.sampling.method, c.sampling.rho = "ddim", 3.0
+    cli.sampler_override(c, ["--config.sampling.method=ddim", "--config.sampling.rho=3"])
+    with pytest.raises(ValueError, match="rho=3.0 is not an option of method 'ddim'"):
+        config_lib.sampling_options_from_config(c.sampling)
+    c = get_config()  # no method on the command line: the config is left alone
+    cli.sampler_override(c, ["--config.sampling.num_steps=5"])
+    assert c.sampling.rho == 7.0 and c.sampling.schedule == "edm"
+
+
+def test_dit_label_dropout_needs_the_null_row():
+    from configs.digits_cond import get_config
+
+    c = get_config("dit_smoke")
+    config_lib.validate_config(c)
+    c.model.class_dropout_prob = 0.0
+    with pytest.raises(ValueError, match="class_dropout_prob=0.0 gives the DiT no null-label row"):
+        config_lib.validate_config(c)
+    from configs.latent.digits_ldm import get_config as ldm_config
+
+    config_lib.validate_config(ldm_config("dit,cfg,smoke"))  # the combined latent variant
+
+
+def test_digits_evaluate_range_starts_at_the_first_snapshot():
+    from configs.default_digits import get_config
+
+    from score_jax.evaluation.workdir import step_range
+
+    c = get_config()
+    assert step_range(c)[0] == c.training.snapshot_freq == c.training.n_iters

@@ -118,7 +118,7 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
 
 
 @pytest.mark.slow  # default-suite time budget (CI on 2 cores)
-@pytest.mark.parametrize("variant", ["flow", "cfg", "dit"])
+@pytest.mark.parametrize("variant", ["flow", "cfg", "dit", "dit,cfg"])
 def test_stage2_variants_train_and_decode(stage1, tmp_path, variant):
     """Every documented stage-2 variant (flow matching, class-conditional with CFG, a DiT
     backbone) trains on the stage-1 latents and samples decoded digits."""

@@ -9,7 +9,8 @@ mean times ``latent.scale_factor`` (None: 1 / std of the first batch's latents, 
 ``<workdir>/latent.json``); see ``score_jax.latent``. Any objective and backbone of the project
 works; ``arg`` is a comma-separated list of:
 
-- ``flow``: conditional-OT flow matching, Heun flow sampler (instead of VP-SDE DSM, Euler-Maruyama);
+- ``flow``: conditional-OT flow matching, Heun flow sampler, 25 steps (instead of the digits
+  default's EDM objective and EDM Heun sampler, 18 steps, 35 NFE);
 - ``cfg``: class-conditional with label dropout 0.1 (classifier-free guidance);
 - ``dit``: a DiT backbone (patch 2, hidden 64, depth 4, 4 heads) instead of DDPM++;
 - ``smoke``: CPU seconds (tiny networks, 16 x 16, a few steps; the tests).
@@ -52,7 +53,9 @@ def get_config(arg=None):
             if k in m:
                 del m[k]
         m.update(dict(name="dit", patch_size=2, hidden_size=64, depth=4, num_heads=4,
-                      mlp_ratio=4.0, class_dropout_prob=0.0, learn_sigma=False))
+                      mlp_ratio=4.0, class_dropout_prob=0.1, learn_sigma=False))
+        # class_dropout_prob only creates the null-label row (used with ``cfg``); the labels are
+        # dropped by training.label_dropout
     if "smoke" in args:
         config = apply_variant(config, "smoke")
         config.latent.autoencoder_checkpoint = "workdirs/digits_ae_smoke"
