@@ -277,7 +277,6 @@ def test_dit_label_dropout_needs_the_null_row():
 
 def test_digits_evaluate_range_starts_at_the_first_snapshot():
     from configs.default_digits import get_config
-
     from score_jax.evaluation.workdir import step_range
 
     c = get_config()
