@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench_models import median_seconds  # same folder: python bench/bench_dit.py
 
 from score_jax import losses
 from score_jax import sde as sde_lib
@@ -41,16 +42,6 @@ CONFIGS = {
 }
 
 
-def _time(fn, iters: int) -> float:
-    """Median seconds per call of an already compiled ``fn`` (blocks on the result)."""
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def bench(name: str, batch: int, iters: int) -> dict:
     model = get_model(CONFIGS[name], **DATA)
     key = jax.random.key(0)
@@ -63,7 +54,7 @@ def bench(name: str, batch: int, iters: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fwd(variables, x, labels))
     compile_fwd = time.perf_counter() - t0
-    t_fwd = _time(lambda: fwd(variables, x, labels), iters)
+    t_fwd = median_seconds(lambda: fwd(variables, x, labels), iters)
 
     loss_fn = losses.get_loss_fn(sde_lib.VPSDE(), model, train=True, reduce_mean=True)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-4))
@@ -83,7 +74,7 @@ def bench(name: str, batch: int, iters: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(step())
     compile_train = time.perf_counter() - t0
-    t_train = _time(step, iters)
+    t_train = median_seconds(step, iters)
     return {"model": name, "n_params": n_params, "batch": batch,
             "forward_images_per_s": batch / t_fwd, "train_step_images_per_s": batch / t_train,
             "compile_forward_s": compile_fwd, "compile_train_step_s": compile_train}

@@ -18,7 +18,6 @@ bench/quality_vs_nfe.png (SW2/floor and |dlogp|/dim against NFE).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -29,7 +28,7 @@ import jax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_samplers import mixture_metrics  # noqa: E402  (shared metric helpers)
+from bench_samplers import mixture_metrics, read_rows, write_rows  # noqa: E402  (shared helpers)
 
 from score_jax import flow, sampling  # noqa: E402
 from score_jax.sde import VESDE, VPSDE, subVPSDE  # noqa: E402
@@ -106,23 +105,12 @@ def _fmt(r):
 
 
 def write_csv(rows):
-    keys = ["data", "sde", "family", "sampler", "nfe", "dlogp", "std_ratio", "mode_err",
-            "sw2_ratio", "wall_s"]
-    with open(CSV, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in keys})
+    write_rows(CSV, ["data", "sde", "family", "sampler", "nfe", "dlogp", "std_ratio", "mode_err",
+                     "sw2_ratio", "wall_s"], rows)
 
 
 def read_csv():
-    with open(CSV) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["nfe"] = int(r["nfe"])
-        for k in ("dlogp", "std_ratio", "mode_err", "sw2_ratio", "wall_s"):
-            r[k] = float(r[k])
-    return rows
+    return read_rows(CSV, ("nfe",), ("dlogp", "std_ratio", "mode_err", "sw2_ratio", "wall_s"))
 
 
 def plot(rows):

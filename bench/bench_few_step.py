@@ -24,7 +24,6 @@ Writes a markdown table to stdout, bench/few_step.csv and bench/few_step_quality
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import platform
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_samplers import mixture_metrics  # noqa: E402
+from bench_samplers import mixture_metrics, read_rows, write_rows  # noqa: E402
 
 from score_jax import sampling  # noqa: E402
 from score_jax.sampling.fast import SCHEDULES  # noqa: E402
@@ -47,7 +46,6 @@ from score_jax.toy import gaussian, image_mixture, ring_mixture  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSV = os.path.join(HERE, "few_step.csv")
-PNG = os.path.join(HERE, "few_step_quality_vs_nfe.png")
 NFES = (5, 8, 10, 15, 20)
 EPS = 1e-3
 
@@ -152,21 +150,18 @@ KEYS = ["problem", "family", "grid", "sampler", "nfe", "dlogp", "std_ratio", "er
 
 
 def write_csv(rows):
-    with open(CSV, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=KEYS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in KEYS})
+    write_rows(CSV, KEYS, rows)
 
 
 def read_csv():
-    with open(CSV) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["nfe"] = int(r["nfe"])
-        for k in ("dlogp", "std_ratio", "err", "mode_err", "sw2_ratio", "wall_s"):
-            r[k] = float(r[k])
-    return rows
+    return read_rows(CSV, ("nfe",), ("dlogp", "std_ratio", "err", "mode_err", "sw2_ratio",
+                                     "wall_s"))
+
+
+def png_path():
+    """The plot beside the CSV: bench/few_step_quality_vs_nfe.png for the default CSV (so a run
+    with ``--csv`` elsewhere never overwrites the repository's plot)."""
+    return os.path.splitext(CSV)[0] + "_quality_vs_nfe.png"
 
 
 def best_grid(rows, problem, family):
@@ -214,8 +209,8 @@ def plot(rows):
         ax.set_title(f"{p}, VP, exact scores (logSNR + each solver's best grid)")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(PNG, dpi=110)
-    print(f"wrote {PNG}")
+    fig.savefig(png_path(), dpi=110)
+    print(f"wrote {png_path()}")
 
 
 def main():

@@ -52,7 +52,7 @@ def _peak_memory_mb() -> dict[str, float]:
     return out
 
 
-def _time(fn, iters: int) -> float:
+def median_seconds(fn, iters: int) -> float:
     """Median seconds per call of an already compiled ``fn`` (blocks on the result)."""
     times = []
     for _ in range(iters):
@@ -76,7 +76,7 @@ def bench(name: str, batch: int, iters: int, dtype: str | None) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fwd(params, x, labels))
     compile_fwd = time.perf_counter() - t0
-    t_fwd = _time(lambda: fwd(params, x, labels), iters)
+    t_fwd = median_seconds(lambda: fwd(params, x, labels), iters)
     mem_fwd = _peak_memory_mb()
 
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-4, b1=0.9, eps=1e-8))
@@ -107,7 +107,7 @@ def bench(name: str, batch: int, iters: int, dtype: str | None) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(step())
     compile_train = time.perf_counter() - t0
-    t_train = _time(step, iters)
+    t_train = median_seconds(step, iters)
     mem_train = _peak_memory_mb()
     return {
         "model": name, "n_params": n_params, "batch": batch, "dtype": dtype or "float32",

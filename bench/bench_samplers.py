@@ -68,6 +68,31 @@ def mixture_metrics(key, m, x):
     return dict(dlogp=dlogp, std_ratio=std_ratio, mode_err=mode_err, sw2_ratio=sw / floor)
 
 
+def write_rows(path, keys, rows):
+    """Write ``rows`` (dicts) to the CSV ``path`` with the columns ``keys``."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in keys})
+
+
+def read_rows(path, int_keys=(), float_keys=()):
+    """The rows of the CSV ``path`` as dicts, with ``int_keys`` / ``float_keys`` converted."""
+    import csv
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in int_keys:
+            r[k] = int(r[k])
+        for k in float_keys:
+            r[k] = float(r[k])
+    return rows
+
+
 def _timed(fn, *args):
     out = fn(*args)
     jax.block_until_ready(out)

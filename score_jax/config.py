@@ -588,7 +588,10 @@ def _validate_labels(config) -> None:
     _need(0.0 <= drop < 1.0, f"config.training.label_dropout={drop!r} must be in [0, 1)")
     m = config.model
     null_needed = drop > 0 or s.get("guidance_scale") is not None or s.get("class_label") == nc
-    _need(m.get("name") != "dit" or not null_needed or float(m.get("class_dropout_prob", 0.1)) > 0,
+    from score_jax import models  # lazy, as in validate_config
+
+    dit_prob = m.get("class_dropout_prob", models.DiT.class_dropout_prob)
+    _need(m.get("name") != "dit" or not null_needed or float(dit_prob) > 0,
           f"config.model.class_dropout_prob={m.get('class_dropout_prob')!r} gives the DiT no "
           f"null-label row, which training.label_dropout={drop!r} / guidance / class_label={nc} "
           f"use; set it > 0 (it only creates the row; labels are dropped by "

@@ -18,6 +18,7 @@ be off (the preconditioning scales).
 """
 from configs import default_digits
 from configs.common import apply_variant
+from score_jax import config as config_lib
 
 
 def edm_recipe(config, *, precond="edm", sigma_data=0.5, p_mean=-1.2, p_std=1.2):
@@ -32,11 +33,7 @@ def edm_recipe(config, *, precond="edm", sigma_data=0.5, p_mean=-1.2, p_std=1.2)
     config.model.sigma_min = 0.002
     config.model.sigma_max = 80.0
     config.model.scale_by_sigma = False
-    s = config.sampling
-    s.method = "heun"
-    s.num_steps = 18
-    s.schedule = "edm"
-    s.rho = 7.0
+    config_lib.set_sampler(config, "heun", num_steps=18, schedule="edm", rho=7.0)
     return config
 
 

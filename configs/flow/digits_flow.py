@@ -16,6 +16,7 @@ adaptive with ``sampling.rtol`` / ``atol``). ``training.sde`` is unused by the C
 """
 from configs import default_digits
 from configs.common import apply_variant
+from score_jax import config as config_lib
 
 
 def get_config(arg=None):
@@ -25,10 +26,5 @@ def get_config(arg=None):
     t.objective = "flow_matching"
     t.flow_path = "condot"
     t.flow_t_max = 1.0
-    s = config.sampling
-    s.method = "flow"
-    s.solver = "heun"
-    s.num_steps = 25
-    s.rtol = 1e-5
-    s.atol = 1e-5
+    config_lib.set_sampler(config, "flow", solver="heun", num_steps=25, rtol=1e-5, atol=1e-5)
     return apply_variant(config, arg)
