@@ -87,15 +87,16 @@ class TrainCheckpointer:
         try:
             out = self.manager.restore(int(step), args=args)
         except Exception as e:  # orbax raises a variety of types for corrupt / mismatched trees
-            lines = str(e).strip().splitlines()
-            cause = "\n".join(lines[:4]) + (f"\n... ({len(lines) - 4} more lines)"
-                                            if len(lines) > 4 else "")
+            text = " ".join(str(e).split())  # orbax prints whole trees: keep the start
+            cause = text[:300] + (f" ... ({len(text) - 300} more characters)"
+                                  if len(text) > 300 else "")
             saved = os.path.join(os.path.dirname(os.path.abspath(self.directory)), "config.json")
             hint = (f" Pass the --config the run was trained with (it is saved in {saved})."
                     if os.path.exists(saved) else "")
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} cannot be restored into the current "
-                f"train state (corrupt, or written for a different model / optimiser config).{hint}"
+                f"train state (written for a different model / optimiser config, or corrupt)."
+                f"{hint}"
                 f" Cause: {type(e).__name__}: {cause}") from e
         state = out["state"]
         want = jax.tree_util.tree_structure(abstract_state)
