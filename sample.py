@@ -9,7 +9,8 @@
 The checkpoint is a training workdir (orbax, ``--step`` or the latest; EMA weights unless
 ``--noema``) or a file written by ``python -m score_jax.convert``. Writes ``samples.png`` (grid)
 and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. For DIGITS configs it
-also prints the digits quality metric of the samples (FD / floor of the same N, IS) and writes it
+also prints the digits quality metric of the samples (FD against the fresh and subset floors of
+the same N, IS, copies of training digits) and writes it
 to ``metrics.json`` beside ``samples.png``. Any ``--num_samples`` works
 on any number of devices. A class-conditional model draws labels uniformly from its classes
 (``--config.sampling.class_label=K`` for one class), or ``--labels=3,3,7``, or

@@ -10,7 +10,7 @@ CPU time, so that other jobs on the machine do not shrink it); the pixel model
 for the sum of both budgets. Reported: wall and
 process CPU time of each stage and of sampling, steps done, the autoencoder's reconstruction
 error on the whole test split (per-pixel MSE and mean |x - D(E(x))| in [0, 1]), and
-``digits_metrics`` (fd, fd_floor, fd_ratio, is) of ``--num_samples`` samples of each model,
+``digits_metrics`` (fd, both floors and ratios, is, copy_fraction) of ``--num_samples`` samples of each model,
 written as JSON to ``<out>/results.json``.
 """
 import argparse
@@ -43,7 +43,8 @@ def _timed_sampling(config, workdir, n, out_dir):
     res = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
            "nfe": out["nfe"], "num_nonfinite": out["num_nonfinite"]}
     m = digits_metrics(out["images"])
-    res.update({k: m[k] for k in ("fd", "fd_floor", "fd_ratio", "is", "is_real")})
+    res.update({k: m[k] for k in ("fd", "fd_floor", "fd_ratio", "fd_floor_fresh", "fd_ratio_fresh",
+                                  "is", "is_real", "copy_fraction")})
     return res
 
 

@@ -101,7 +101,9 @@ def main():
                               sampler=spec or "config", nfe=nfe,
                               num_samples=args.num_samples, wall_s=wall, cpu_s=cpu,
                               fd=round(m["fd"], 4), fd_floor=round(m["fd_floor"], 4),
-                              fd_ratio=round(m["fd_ratio"], 2), is_=round(m["is"], 3),
+                              fd_ratio=round(m["fd_ratio"], 2),
+                              fd_ratio_fresh=round(m["fd_ratio_fresh"], 3),
+                              copies=round(m["copy_fraction"], 3), is_=round(m["is"], 3),
                               nonfinite=sample_lib.count_nonfinite(images))), flush=True)
 
 

@@ -88,9 +88,9 @@ def _snapshot(config, b, state, done, k_sample, workdir, writer, bar, is_main, d
     """Sample at a snapshot: the grid of ``sampling.num_samples`` EMA samples in
     ``<workdir>/samples/iter_<done>``; for DIGITS configs, the digits quality metric of
     ``max(sampling.num_samples, training.snapshot_metric_samples or SNAPSHOT_DIGITS_SAMPLES)``
-    samples (the grid's first) on the
-    console and in TensorBoard (digits_fd, digits_fd_floor, digits_fd_ratio, digits_is; the
-    floor is for the same N). Returns the digits reference statistics, to reuse."""
+    samples (the grid's first) on the console and in TensorBoard (``evaluators.DIGITS_KEYS``:
+    digits_fd, the subset and fresh floors and ratios, digits_is, digits_copy_fraction; the
+    floors are for the same N). Returns the digits reference statistics, to reuse."""
     from score_jax.evaluation import evaluators
 
     n_grid = int(config.sampling.num_samples)

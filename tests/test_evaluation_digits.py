@@ -7,6 +7,7 @@ import scipy.linalg
 
 from score_jax.data import load_digits_images
 from score_jax.evaluation import digits as D
+from score_jax.evaluation.metrics import StreamingStats
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,9 @@ def test_real_digits_score_the_floor(real, size):
     assert out["is"] == out["is_real"]
     assert 0 < out["fd_floor"] < 5.0
     assert 9.0 < out["is_real"] <= 10.0
+    # Reference digits are training digits (or test digits): copies by the NN-ratio test.
+    assert out["copy_fraction"] > 0.8
+    assert out["fd_ratio_fresh"] == pytest.approx(out["fd"] / out["fd_floor_fresh"])
     hist = np.asarray(out["class_hist"])
     assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(hist, 0.1, atol=0.04)
@@ -168,3 +172,72 @@ def test_load_classifier_checks_shapes(tmp_path):
     D.save_digits_classifier(tmp_path / "bad.npz", bad)
     with pytest.raises(ValueError, match=r"w1 of shape \(128, 64\)"):
         D.load_digits_classifier(tmp_path / "bad.npz")
+
+
+def _gaussian_reference(rng, m, d=8):
+    scales = np.linspace(0.5, 2.0, d)
+    return scales, rng.standard_normal((m, d)) * scales
+
+
+def test_fresh_floor_is_the_fd_of_new_draws():
+    """fresh_floor(R, n) estimates E FD(n new draws, R); the subset floor of the reference's own
+    rows is far lower. Closed form of the mean term (Gaussian data, M reference rows):
+    E|mean(new n) - mean(R)|^2 = tr(S) (1/n + 1/M) against tr(S) (1/n - 1/M) for a subset
+    (sampling without replacement), so the floors differ by about (1/n + 1/M) / (1/n - 1/M)."""
+    rng = np.random.default_rng(0)
+    m, n = 1000, 500
+    scales, ref = _gaussian_reference(rng, m)
+    floor = D.fresh_floor(ref, n)
+    mu, sigma = StreamingStats(ref.shape[1]).update(ref).stats()
+    reference = {"mu": mu, "sigma": sigma}
+    new = np.mean([D._fd_to(rng.standard_normal((n, ref.shape[1])) * scales, reference)
+                   for _ in range(100)])
+    subset = np.mean([D._fd_to(ref[rng.permutation(m)[:n]], reference) for _ in range(100)])
+    assert floor == pytest.approx(new, rel=0.15)  # measured: 6% low
+    ratio = (1 / n + 1 / m) / (1 / n - 1 / m)  # 3 here
+    assert new / subset == pytest.approx(ratio, rel=0.2)  # measured: 3.20
+
+
+def test_fresh_floor_is_linear_in_inverse_counts():
+    """Above M // 2 the same splits serve every N: floor(N) = c (1/N + 1/M) exactly."""
+    _, ref = _gaussian_reference(np.random.default_rng(1), 400)
+    f1, f2, f3 = (D.fresh_floor(ref, n) for n in (200, 800, 10_000))
+    assert f2 / f1 == pytest.approx((1 / 800 + 1 / 400) / (1 / 200 + 1 / 400), rel=1e-12)
+    assert f3 / f1 == pytest.approx((1 / 10_000 + 1 / 400) / (1 / 200 + 1 / 400), rel=1e-12)
+    assert D.fresh_floor(ref, 200) == f1  # seeded: deterministic
+    assert D.fresh_floor(ref, 200, seed=1) != f1
+    with pytest.raises(ValueError, match="num >= 2"):
+        D.fresh_floor(ref, 1)
+    with pytest.raises(ValueError, match="M >= 4"):
+        D.fresh_floor(ref[:3], 10)
+    with pytest.raises(ValueError, match="num_splits"):
+        D.fresh_floor(ref, 10, num_splits=0)
+
+
+def test_fresh_floor_of_the_digits(reference8):
+    """At N = 1000 new digits score about 3.7x the subset floor (measured 1.005 / 0.274): the
+    subset floor is what copying the training set scores, not what a model of the data scores."""
+    out = D.digits_metrics(np.zeros((8, 8, 8, 1), np.float32), reference=reference8,
+                           num_floor=1000)
+    assert 0.8 < out["fd_floor_fresh"] < 1.3
+    assert 3.0 < out["fd_floor_fresh"] / out["fd_floor"] < 4.5
+
+
+def test_copy_fraction(real, reference8):
+    train = reference8["train_digits"]
+    x_train = load_digits_images(8, "train")[0]
+    x_test = load_digits_images(8, "test")[0]
+    assert train.shape == (1617, 64)
+    assert D.copy_fraction(D.digits_to_8x8(x_train[:300]), train) == 1.0
+    assert D.copy_fraction(D.digits_to_8x8(x_test), train) == 0.0  # new digits (writers) of the test split
+    rng = np.random.default_rng(0)
+    near = D.digits_to_8x8(x_train[:300]) + 0.01 * rng.standard_normal((300, 64))
+    assert D.copy_fraction(near, train) == 1.0
+    assert D.copy_fraction(rng.uniform(size=(300, 64)), train) == 0.0
+    # 2 of 4 samples are exact copies.
+    mixed = np.concatenate([train[:2], rng.uniform(size=(2, 64))])
+    assert D.copy_fraction(mixed, train) == 0.5
+    with pytest.raises(ValueError, match="equal D"):
+        D.copy_fraction(train[:, :10], train)
+    with pytest.raises(ValueError, match="ratio"):
+        D.copy_fraction(train[:2], train, ratio=0.0)

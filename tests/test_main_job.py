@@ -27,15 +27,21 @@ def _real_digits(n, size=8):
 def test_digits_report_keys_and_values():
     real = evaluators.digits_report(_real_digits(500))
     assert set(real) == {"digits_fd", "digits_fd_floor", "digits_fd_ratio", "digits_is",
-                         "digits_is_real", "digits_num_samples"}
+                         "digits_is_real", "digits_num_samples", "digits_fd_floor_fresh",
+                         "digits_fd_ratio_fresh", "digits_copy_fraction"}
     assert real["digits_num_samples"] == 500
     assert real["digits_fd_ratio"] == pytest.approx(real["digits_fd"] / real["digits_fd_floor"])
     assert real["digits_fd_ratio"] < 2.0 and real["digits_is"] > 9.0  # real digits: ~ the floor
+    # Digits of the reference itself sit far below the fresh floor (what new digits score) and
+    # are copies of training digits (all but the ~10% from the test split).
+    assert real["digits_fd_ratio_fresh"] < 0.6 and real["digits_copy_fraction"] > 0.8
     noise = np.random.default_rng(0).random((500, 8, 8, 1)).astype(np.float32)
     noise[0, 0, 0, 0] = np.nan  # non-finite pixels are scored as 0, not an error
     bad = evaluators.digits_report(noise)
     assert bad["digits_fd_ratio"] > 50 and bad["digits_is"] < 5
-    assert "floor" in evaluators.format_digits_report(bad)
+    assert bad["digits_fd_ratio_fresh"] > 10 and bad["digits_copy_fraction"] == 0.0
+    line = evaluators.format_digits_report(bad)
+    assert "floor" in line and "fresh floor" in line and "copies 0.0%" in line
     assert evaluators.is_digits("DIGITS") and not evaluators.is_digits("CIFAR10")
 
 

@@ -12,10 +12,12 @@ reports; ``python evaluate.py``). ``workdir`` sits above ``sample_lib`` and is i
 """
 
 from score_jax.evaluation.digits import (
+    copy_fraction,
     digits_classifier,
     digits_conditional_accuracy,
     digits_metrics,
     digits_reference,
+    fresh_floor,
     train_digits_classifier,
 )
 from score_jax.evaluation.inception import (
@@ -66,10 +68,12 @@ __all__ = [
     "check_image_range",
     "convert_inception_pytorch",
     "dataset_bits_per_dim",
+    "copy_fraction",
     "digits_classifier",
     "digits_conditional_accuracy",
     "digits_metrics",
     "digits_reference",
+    "fresh_floor",
     "evaluate_bpd",
     "evaluate_samples",
     "fid_from_features",

@@ -8,10 +8,22 @@ so nobody pays the training time; 100% train / 95.6% held-out accuracy on the la
 
 * ``digits_metrics``: the Frechet distance (``metrics.frechet_distance``, the FID formula of
   Heusel et al. 2017) between the 64-dimensional hidden features of the samples and those of all
-  1797 real digits; its *floor*, the same FD for the same number of real digits (a fixed random
-  subset, so the finite-sample bias of FD is visible: a model matching the data perfectly scores
-  about the floor, not 0); an inception-style score (Salimans et al. 2016, over the 10 digit
-  classes, at most 10) of the samples and of the real subset; the class histogram.
+  1797 real digits, and two floors for the same sample count N:
+
+  - ``fd_floor``: the FD of N of the reference digits themselves (a fixed random subset). This
+    is what a model *copying* its training digits scores. It is not what a model of the data
+    distribution scores: N real digits drawn from the reference share their statistics with it,
+    so the mean and covariance differences shrink like 1/N - 1/M instead of 1/N + 1/M (M = 1797);
+    at N = 1000 the subset floor is about a quarter of the FD of N *new* digits.
+  - ``fd_floor_fresh`` (``fresh_floor``): the expected FD of N new digits from the data
+    distribution, estimated on disjoint splits of the real digits (FD's bias is linear in
+    1/N + 1/M, Chong & Forsyth 2020). A model that draws new digits as well as the data does
+    scores ``fd_ratio_fresh`` about 1.
+
+  Also an inception-style score (Salimans et al. 2016, over the 10 digit classes, at most 10) of
+  the samples and of the real subset, the class histogram, and ``copy_fraction``
+  (``copy_fraction``): the share of samples that are near-copies of a training digit by the
+  nearest-neighbour ratio test of Gu et al. 2023, so that a low FD bought by memorisation shows.
 * ``digits_conditional_accuracy``: the fraction of conditional samples the classifier assigns to
   the requested label, and its mean probability for that label.
 
@@ -53,6 +65,8 @@ TRAIN_STEPS = 600
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-4
 FLOOR_SEED = 0
+FRESH_FLOOR_SPLITS = 16
+COPY_RATIO = 1.0 / 3.0  # Gu et al. 2023: copy when d(x, NN1) < d(x, NN2) / 3
 
 Params = dict[str, np.ndarray]
 
@@ -244,13 +258,18 @@ def digits_reference(image_size: int = 8, params: Mapping[str, Any] | None = Non
 
     Returns:
       ``{"mu": (64,), "sigma": (64, 64) float64, "features": (1797, 64), "logits": (1797, 10),
-      "labels": (1797,) int32, "image_size": int}``.
+      "labels": (1797,) int32, "train_digits": (1617, 64) float32, "image_size": int}``;
+      ``train_digits`` are the training split (what the digits configs train on) through
+      ``digits_to_8x8``, for ``copy_fraction``.
     """
+    from score_jax.data import load_digits_images
+
     x, y = _real_digits(int(image_size))
     f, logits = _features_and_logits(_shipped_params() if params is None else params, x)
     mu, sigma = StreamingStats(f.shape[1]).update(f).stats()
+    train = digits_to_8x8(load_digits_images(int(image_size), "train")[0])
     return {"mu": mu, "sigma": sigma, "features": f, "logits": logits, "labels": np.asarray(y),
-            "image_size": int(image_size)}
+            "train_digits": train, "image_size": int(image_size)}
 
 
 def floor_indices(num: int, total: int = NUM_DIGITS, seed: int = FLOOR_SEED) -> np.ndarray:
@@ -269,19 +288,117 @@ def _fd_to(features: np.ndarray, reference: Mapping[str, Any]) -> float:
     return frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
 
 
+def _fd(f1: np.ndarray, f2: np.ndarray) -> float:
+    mu2, sigma2 = StreamingStats(f2.shape[1]).update(f2).stats()
+    return _fd_to(f1, {"mu": mu2, "sigma": sigma2})
+
+
+def fresh_floor(features: Any, num: int, *, num_splits: int = FRESH_FLOOR_SPLITS,
+                seed: int = FLOOR_SEED) -> float:
+    """Expected FD of ``num`` new samples of the data distribution against ``features``.
+
+    Two independent samples of one distribution, of sizes n and m, have a Frechet distance whose
+    expectation is a bias linear in the inverse sizes (Chong & Forsyth 2020, "Effectively
+    Unbiased FID and Inception Score and where to find them", Sec. 3):
+
+        E FD(n, m) ~= c (1 / n + 1 / m)
+
+    (for Gaussian features the mean term alone is tr(Sigma) (1/n + 1/m) exactly). ``c`` is
+    estimated on the reference itself: ``num_splits`` seeded permutations split its M rows into
+    h = min(num, M // 2) held-out and M - h remaining rows, and
+
+        c = mean FD(held-out, remaining) / (1 / h + 1 / (M - h)),   floor = c (1 / num + 1 / M).
+
+    On the 1797 digits c is 620-735 for h from 100 to 898 (``bench/bench_digits_floor.py``),
+    so the linear model holds to about 10%.
+
+    Args:
+      features: ``(M, d)`` reference features, M >= 4.
+      num: the sample count N the floor is for, >= 2.
+      num_splits: number of random splits averaged.
+      seed: seed of the splits (fixed: the floor is deterministic).
+
+    Returns:
+      The floor as a Python float (same units as ``metrics.frechet_distance``).
+
+    Raises:
+      ValueError: ``num < 2``, fewer than 4 reference rows, or ``num_splits < 1``.
+    """
+    f = np.asarray(features, np.float64)
+    m = f.shape[0]
+    if num < 2:
+        raise ValueError(f"the fresh floor needs num >= 2, got {num}")
+    if m < 4 or f.ndim != 2:
+        raise ValueError(f"features must be (M, d) with M >= 4, got shape {f.shape}")
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    h = min(int(num), m // 2)
+    rng = np.random.default_rng(seed)
+    fds = []
+    for _ in range(num_splits):
+        p = rng.permutation(m)
+        fds.append(_fd(f[p[:h]], f[p[h:]]))
+    c = float(np.mean(fds)) / (1.0 / h + 1.0 / (m - h))
+    return c * (1.0 / num + 1.0 / m)
+
+
+def copy_fraction(samples: Any, train: Any, *, ratio: float = COPY_RATIO) -> float:
+    """Fraction of samples that are near-copies of a training image.
+
+    A sample x is a copy when its nearest training image is much closer than the second nearest
+    (Gu et al. 2023, "On Memorization in Diffusion Models", Sec. 3; Yoon et al. 2023):
+
+        d(x, NN_1(x)) < ratio * d(x, NN_2(x)),   d the Euclidean distance in pixel space.
+
+    Held-out real digits score 0 (``bench/bench_digits_floor.py``); the training digits
+    themselves score 1.
+
+    Args:
+      samples: ``(N, D)`` flattened samples (e.g. ``digits_to_8x8`` output).
+      train: ``(M, D)`` flattened training images, M >= 2, same D and scale.
+      ratio: the threshold on ``d_1 / d_2``, in (0, 1].
+
+    Returns:
+      The fraction in [0, 1] as a Python float.
+
+    Raises:
+      ValueError: shapes that do not match, fewer than 2 training images, or ``ratio`` outside
+        (0, 1].
+    """
+    x = np.asarray(samples, np.float64)
+    y = np.asarray(train, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or y.shape[0] < 2:
+        raise ValueError(f"samples (N, D) and train (M >= 2, D) must be 2-D with equal D; got "
+                         f"{x.shape} and {y.shape}")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must lie in (0, 1], got {ratio}")
+    if x.shape[0] == 0:
+        return 0.0
+    d2 = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+    nearest = np.sqrt(np.clip(np.partition(d2, 1, axis=1)[:, :2], 0.0, None))
+    return float(np.mean(nearest[:, 0] < ratio * nearest[:, 1]))
+
+
 def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
                    num_floor: int | None = None,
                    params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """FD, its floor, inception-style score and class histogram of digit samples.
+    """FD, its two floors, inception-style score, class histogram and copies of digit samples.
 
-        fd       = FD(features(samples), features(all real digits))
-        fd_floor = FD(features(num_floor real digits), features(all real digits))
-        is       = exp E_x KL(p(y|x) || p(y)) over the 10 classes (``metrics.inception_score``)
+        fd             = FD(features(samples), features(all real digits))
+        fd_floor       = FD(features(num_floor of the real digits), features(all real digits))
+        fd_floor_fresh = E FD(features(num_floor new digits), features(all real digits))
+        is             = exp E_x KL(p(y|x) || p(y)) over the 10 classes
+        copy_fraction  = share of samples with d(x, NN_1) < d(x, NN_2) / 3 among training digits
 
     with FD the Frechet distance of Gaussians fitted to the 64-dimensional hidden features
     (``metrics.frechet_distance``; unbiased covariances). FD has a positive bias that shrinks
-    with the sample count, so the floor uses the same count as the samples by default: a model
-    that reproduces the data scores about ``fd_ratio = fd / fd_floor = 1``.
+    with the sample count, so both floors use the same count as the samples by default.
+    ``fd_floor`` takes the real digits from the reference itself: a model that copies its
+    training digits scores about ``fd_ratio = fd / fd_floor = 1``. A model that draws *new*
+    digits from the data distribution scores about ``fd_ratio_fresh = fd / fd_floor_fresh = 1``
+    (``fresh_floor``), i.e. ``fd_ratio`` about 3.7 at N = 1000 (``fd_floor_fresh / fd_floor``;
+    measured in ``bench/bench_digits_floor.py``). ``copy_fraction`` (``copy_fraction``, Gu et al.
+    2023) tells the two apart.
 
     Args:
       samples: ``(N, S, S, C)`` images, N >= 2, float in [0, 1] or uint8 (module docstring).
@@ -292,9 +409,10 @@ def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
       params: classifier parameters; default the shipped weights.
 
     Returns:
-      ``{"fd", "fd_floor", "fd_ratio", "is", "is_real", "class_hist", "num_samples"}``: floats,
-      except ``class_hist`` (a list of 10 fractions of samples by predicted class) and
-      ``num_samples`` (int). ``is_real`` is the score of the floor's real digits.
+      ``{"fd", "fd_floor", "fd_ratio", "fd_floor_fresh", "fd_ratio_fresh", "is", "is_real",
+      "copy_fraction", "class_hist", "num_samples"}``: floats, except ``class_hist`` (a list of
+      10 fractions of samples by predicted class) and ``num_samples`` (int). ``is_real`` is the
+      score of the floor's real digits.
 
     Raises:
       ValueError: samples of the wrong shape or range (``digits_to_8x8``), fewer than 2 samples,
@@ -316,8 +434,16 @@ def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
     idx = floor_indices(num_floor, len(reference["features"]))
     fd = _fd_to(f, reference)
     fd_floor = _fd_to(np.asarray(reference["features"])[idx], reference)
+    fd_floor_fresh = fresh_floor(reference["features"], num_floor)
+    train = reference.get("train_digits")
+    if train is None:
+        from score_jax.data import load_digits_images
+
+        train = digits_to_8x8(load_digits_images(size, "train")[0])
     hist = np.bincount(np.argmax(logits, -1), minlength=NUM_CLASSES) / n
     return {"fd": fd, "fd_floor": fd_floor, "fd_ratio": fd / fd_floor,
+            "fd_floor_fresh": fd_floor_fresh, "fd_ratio_fresh": fd / fd_floor_fresh,
+            "copy_fraction": copy_fraction(digits_to_8x8(samples), train),
             "is": inception_score(logits),
             "is_real": inception_score(np.asarray(reference["logits"])[idx]),
             "class_hist": [float(h) for h in hist], "num_samples": int(n)}

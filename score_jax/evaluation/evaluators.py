@@ -27,7 +27,8 @@ LOSS_KEY, BPD_KEY = "eval_loss", "bpd"
 DRAWN_KEY = "num_samples_drawn"  # samples drawn and saved, no Inception weights given
 
 
-DIGITS_KEYS = ("fd", "fd_floor", "fd_ratio", "is")  # reported as digits_<key>
+DIGITS_KEYS = ("fd", "fd_floor", "fd_ratio", "fd_floor_fresh", "fd_ratio_fresh", "is",
+               "copy_fraction")  # reported as digits_<key>
 
 
 def is_digits(dataset: str | None) -> bool:
@@ -44,10 +45,13 @@ def digits_report(images: Any, reference: Any = None) -> dict[str, float]:
       reference: ``digits.digits_reference(S)`` to reuse; default computed.
 
     Returns:
-      ``{"digits_fd", "digits_fd_floor", "digits_fd_ratio", "digits_is", "digits_is_real",
+      ``{"digits_fd", "digits_fd_floor", "digits_fd_ratio", "digits_fd_floor_fresh",
+      "digits_fd_ratio_fresh", "digits_is", "digits_copy_fraction", "digits_is_real",
       "digits_num_samples"}`` (``digits.digits_metrics``: FD in the classifier's hidden features
-      against all 1797 real digits, the floor of N real digits, their ratio, inception-style
-      score; the floor and ratio are for the same N as the samples).
+      against all 1797 real digits; the floor of N of those digits (what copying the training
+      set scores) and the fresh floor (what N new digits of the data distribution score), each
+      with its ratio; inception-style score; the share of near-copies of training digits; the
+      floors are for the same N as the samples).
 
     Raises:
       ValueError: fewer than 2 samples or images of the wrong shape / range.
@@ -65,10 +69,13 @@ def digits_report(images: Any, reference: Any = None) -> dict[str, float]:
 
 
 def format_digits_report(report: dict) -> str:
-    """One line: ``digits FD 0.52 (floor 0.27 at N=1000: 1.9x)  IS 9.71 (real 9.92)``."""
-    return (f"digits FD {report['digits_fd']:.4g} (floor {report['digits_fd_floor']:.4g} at "
-            f"N={report['digits_num_samples']}: {report['digits_fd_ratio']:.2f}x)  IS "
-            f"{report['digits_is']:.3f} (real {report['digits_is_real']:.3f})")
+    """One line, e.g. ``digits FD 1.15 (N=1000; floor 0.274: 4.19x; fresh floor 1.01: 1.14x)
+    IS 9.31 (real 9.92)  copies 0.0%``."""
+    return (f"digits FD {report['digits_fd']:.4g} (N={report['digits_num_samples']}; floor "
+            f"{report['digits_fd_floor']:.4g}: {report['digits_fd_ratio']:.2f}x; fresh floor "
+            f"{report['digits_fd_floor_fresh']:.4g}: {report['digits_fd_ratio_fresh']:.2f}x)  IS "
+            f"{report['digits_is']:.3f} (real {report['digits_is_real']:.3f})  copies "
+            f"{100 * report['digits_copy_fraction']:.1f}%")
 
 
 class Preempted(Exception):
