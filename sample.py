@@ -45,7 +45,8 @@ flags.DEFINE_enum("mode", "sample", ["sample", "bpd"], "Draw samples, or evaluat
 flags.DEFINE_integer("num_samples", None,
                      "Number of samples (default: config.sampling.num_samples).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("output_dir", None, "Output folder (default <workdir>/samples/<name>).")
+flags.DEFINE_string("output_dir", None, "Output folder (default <workdir>/samples/"
+                    "<method>_step<N>_seed<S>_n<num>_<digest of the settings>).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
 flags.DEFINE_string("labels", None, "Class-conditional models: comma-separated labels to "

@@ -387,6 +387,27 @@ def _output_dir(output_dir, workdir, name):
     raise ValueError("--output_dir is required with --checkpoint")
 
 
+def sample_settings(config, *, step, seed, num_samples, labels=None, use_ema=True) -> dict:
+    """What determines a sample folder's content: the config's ``sampling`` section, the
+    checkpoint step, EMA or raw weights, seed, sample count and labels (JSON-serialisable)."""
+    return {"sampling": json.loads(json.dumps(config.sampling.to_dict(), default=str)),
+            "step": step, "use_ema": bool(use_ema), "seed": int(seed),
+            "num_samples": int(num_samples),
+            "labels": None if labels is None else [int(v) for v in np.asarray(labels)]}
+
+
+def sample_folder_name(method: str, settings: dict) -> str:
+    """``<method>_step<N>_seed<S>_n<num>_<digest>``: a folder per sampling setting, so that runs
+    with other options of the same method (steps, eta, order, guidance, labels...) never
+    overwrite each other; ``digest`` is the first 8 hex digits of the SHA-1 of ``settings``
+    (`sample_settings`, written beside the samples as ``settings.json``)."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    step = "" if settings.get("step") is None else f"_step{settings['step']}"
+    return f"{method}{step}_seed{settings['seed']}_n{settings['num_samples']}_{digest}"
+
+
 def resolve_labels(config, *, labels: Any = None, per_class: int | None = None,
                    num_samples: int | None = None) -> tuple[np.ndarray | None, int | None, int]:
     """The labels sample.py draws: ``(labels, nrow, n)``. Explicit ``labels`` (their count is n),
@@ -418,7 +439,10 @@ def resolve_labels(config, *, labels: Any = None, per_class: int | None = None,
 def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
                            num_samples=None, seed=0, output_dir=None, model=None,
                            labels: Any = None, per_class: int | None = None) -> dict:
-    """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz.
+    """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz and
+    settings.json (`sample_settings`) to ``output_dir``, by default
+    ``<workdir>/samples/<sample_folder_name>`` (one folder per setting: nothing is overwritten
+    by a run with other options).
 
     ``num_samples`` (default ``sampling.num_samples``) may be any positive number on any number
     of devices. A class-conditional model samples ``labels`` (a list or "3,3,7"), or a grid
@@ -447,13 +471,16 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
                                batch_size=config.sampling.get("batch_size"),
                                labels=labels)
     seconds = time.perf_counter() - t0
-    name = f"{built.method}_step{info['step']}" if info["step"] is not None else built.method
-    out_dir = _output_dir(output_dir, workdir, name)
+    settings = sample_settings(config, step=info["step"], seed=seed, num_samples=n,
+                               labels=labels, use_ema=use_ema)
+    out_dir = _output_dir(output_dir, workdir, sample_folder_name(built.method, settings))
     png = None
     cond = conditional_metrics(config.data.dataset, images, labels)
     if jax.process_index() == 0:
         png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size),
                            nrow=nrow)
+        with open(os.path.join(out_dir, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=1, sort_keys=True)
         if cond is not None:
             with open(os.path.join(out_dir, "metrics.json"), "w") as f:
                 json.dump({"conditional": cond, "guidance_scale": built.guidance_scale}, f,
@@ -567,4 +594,5 @@ __all__ = ["padded_batch_size", "class_labels", "check_labels", "parse_labels", 
            "guided_fns", "snapshot_labels", "conditional_metrics", "resolve_labels",
            "sample_images",
            "count_nonfinite", "image_grid", "save_samples", "sample_built", "load_params",
-           "sample_from_checkpoint", "make_logp_fn", "make_bpd_fn", "bpd_from_checkpoint"]
+           "sample_from_checkpoint", "sample_settings", "sample_folder_name", "make_logp_fn",
+           "make_bpd_fn", "bpd_from_checkpoint"]

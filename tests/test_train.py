@@ -1,5 +1,6 @@
 """End-to-end training tests: smoke run + sampling, kill-and-resume exactness, non-finite loss,
 1-device vs 8-device step equality, config validation before compilation."""
+import json
 import os
 import signal
 import subprocess
@@ -51,6 +52,19 @@ def test_smoke_training_then_sampling(tmp_path):
     assert out["images"].std() > 0.05  # not a constant image
     assert 0.0 <= out["images"].min() and out["images"].max() <= 1.0
     assert os.path.getsize(out["png"]) > 100
+
+    # Default folders: one per setting (another seed never overwrites), settings.json beside.
+    a = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8)
+    b = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8, seed=1)
+    da, db = os.path.dirname(a["png"]), os.path.dirname(b["png"])
+    assert os.path.basename(da).startswith("pc_step4_seed0_n8_") and da != db
+    np.testing.assert_array_equal(a["images"], out["images"])
+    assert not np.array_equal(a["images"], b["images"])
+    with open(os.path.join(db, "settings.json")) as f:
+        settings = json.load(f)
+    assert settings["seed"] == 1 and settings["step"] == 4 and settings["num_samples"] == 8
+    assert settings["sampling"]["num_steps"] == 3 and settings["use_ema"] is True
+    assert np.load(os.path.join(da, "samples.npz"))["samples"].shape == (8, 16, 16, 1)
 
     # the same EMA weights as a converted-checkpoint file give the same samples
     from score_jax.checkpoint import save_variables
@@ -431,3 +445,27 @@ def test_compilation_cache_is_reused_by_a_resumed_run(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cache hit" in (r.stderr + r.stdout).lower()
+
+
+def test_sample_folder_name_is_one_per_setting():
+    """sample.py's default folder: the same settings give the same name; any other sampling
+    option, step, seed, count, labels or EMA choice gives another (nothing is overwritten)."""
+    from configs.default_digits import get_config
+    from score_jax import sample_lib
+
+    config = get_config()
+    base = dict(step=3000, seed=0, num_samples=1000)
+    name = sample_lib.sample_folder_name("heun", sample_lib.sample_settings(config, **base))
+    assert name.startswith("heun_step3000_seed0_n1000_") and len(name.split("_")[-1]) == 8
+    assert name == sample_lib.sample_folder_name("heun", sample_lib.sample_settings(config, **base))
+    other = get_config()
+    other.sampling.num_steps = 36
+    variants = [sample_lib.sample_settings(other, **base),
+                sample_lib.sample_settings(config, **dict(base, seed=1)),
+                sample_lib.sample_settings(config, **dict(base, step=1500)),
+                sample_lib.sample_settings(config, **base, labels=[3, 3, 7]),
+                sample_lib.sample_settings(config, **base, use_ema=False)]
+    names = {sample_lib.sample_folder_name("heun", v) for v in variants}
+    assert len(names) == len(variants) and name not in names
+    assert sample_lib.sample_folder_name("ode", sample_lib.sample_settings(
+        config, step=None, seed=0, num_samples=4)).startswith("ode_seed0_n4_")
