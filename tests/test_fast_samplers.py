@@ -1,4 +1,6 @@
 """Fast samplers (DDIM, DPM-Solver++, EDM Heun) against closed forms on Gaussian data."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,7 +120,16 @@ def test_convergence_order_vp(method, opts, order, x64):
 @pytest.mark.parametrize("method,opts,order", [("dpm_solver", {"order": 3}, 3), ("heun", {}, 2)])
 def test_convergence_order_subvp_ve(name, method, opts, order, x64):
     slope, errs = _convergence(SDES[name], method, [16, 32], **opts)
-    assert -order - 2.0 < slope < -order + 0.3, (slope, errs)
+    # One clean-clone CI run saw slope -2.685 (errs [0.00346, 0.00054]) for dpm_solver3 on
+    # sub-VP where every isolated run gives -3.81 ([0.0144, 0.00103]), independent of x_T: the
+    # context below is printed so that a recurrence can be diagnosed.
+    from score_jax import runner
+
+    context = dict(x64=jax.config.read("jax_enable_x64"), runner_cache=runner.cache_info(),
+                   grid=np.asarray(sampling.get_timesteps(SDES[name], 17, SDES[name].sampling_eps,
+                                                          dtype=jnp.float64)).tolist(),
+                   xla_flags=os.environ.get("XLA_FLAGS"), devices=jax.device_count())
+    assert -order - 2.0 < slope < -order + 0.3, (slope, errs, context)
 
 
 @pytest.mark.slow
