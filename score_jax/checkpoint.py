@@ -3,6 +3,8 @@ checkpoints, exact resume, a clear ``CheckpointError`` for a missing / corrupt /
 and a re-export of the converters of released Score SDE checkpoints (``score_jax.convert``:
 ``load_variables``, ``save_variables``, ``check_tree``, ...).
 """
+import contextlib
+import logging
 import os
 from typing import Any
 
@@ -35,6 +37,23 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    """orbax logs a warning on every read-only manager (sample.py, evaluate.py); drop that one
+    message while the manager is made, leave every other orbax warning alone."""
+    logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 class TrainCheckpointer:
     """Save and restore the train state (and a small JSON record) of a workdir with orbax.
 
@@ -48,10 +67,16 @@ class TrainCheckpointer:
     def __init__(self, workdir: str, *, keep_period: int | None = None, max_to_keep: int = 1,
                  read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, keep_period=keep_period, create=not read_only,
-            read_only=read_only, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        if read_only:  # the values orbax would force (and warn about once per option)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=None, keep_period=None, save_interval_steps=0, create=False,
+                read_only=True, enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, keep_period=keep_period, create=True,
+                enable_async_checkpointing=False)
+        with _quiet_read_only_notice():
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, None if there is none."""

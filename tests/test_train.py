@@ -1,6 +1,7 @@
 """End-to-end training tests: smoke run + sampling, kill-and-resume exactness, non-finite loss,
 1-device vs 8-device step equality, config validation before compilation."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -469,3 +470,19 @@ def test_sample_folder_name_is_one_per_setting():
     assert len(names) == len(variants) and name not in names
     assert sample_lib.sample_folder_name("ode", sample_lib.sample_settings(
         config, step=None, seed=0, num_samples=4)).startswith("ode_seed0_n4_")
+
+
+def test_read_only_checkpointer_is_quiet(tmp_path, caplog):
+    """sample.py / evaluate.py open workdirs read-only: orbax's per-option and "directory is
+    read only" notices are not printed, the steps and the state are read as written."""
+    wd = str(tmp_path / "wd")
+    state = {"w": np.arange(3.0, dtype=np.float32)}
+    ckpt_lib.TrainCheckpointer(wd).save(7, state, {"note": "x"})
+    with caplog.at_level(logging.WARNING):
+        reader = ckpt_lib.TrainCheckpointer(wd, read_only=True)
+        steps = reader.all_steps()
+        restored, meta = reader.restore(jax.eval_shape(lambda: state))
+    assert steps == [7] and meta == {"note": "x"}
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert not [r for r in caplog.records if "read only" in r.getMessage()
+                or "read_only" in r.getMessage()], [r.getMessage() for r in caplog.records]
