@@ -401,11 +401,15 @@ def sample_folder_name(method: str, settings: dict) -> str:
     with other options of the same method (steps, eta, order, guidance, labels...) never
     overwrite each other; ``digest`` is the first 8 hex digits of the SHA-1 of ``settings``
     (`sample_settings`, written beside the samples as ``settings.json``)."""
+    step = "" if settings.get("step") is None else f"_step{settings['step']}"
+    return (f"{method}{step}_seed{settings['seed']}_n{settings['num_samples']}_"
+            f"{_digest(settings)}")
+
+
+def _digest(settings: dict) -> str:
     import hashlib
 
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    step = "" if settings.get("step") is None else f"_step{settings['step']}"
-    return f"{method}{step}_seed{settings['seed']}_n{settings['num_samples']}_{digest}"
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def resolve_labels(config, *, labels: Any = None, per_class: int | None = None,
@@ -552,8 +556,10 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
                         seed=0, output_dir=None, model=None) -> dict:
     """bits/dim of ``config.eval.bpd_dataset`` (reference ``run_lib.evaluate``: uniform
     dequantisation, ``eval.bpd_num_repeats`` passes, probability-flow ODE with Hutchinson from
-    t = ``config.LIKELIHOOD_EPS``, the same definition as evaluate.py). Writes ``bpd.json``.
-    Latent diffusion models and autoencoders raise ValueError(``latent.BPD_MESSAGE``)."""
+    t = ``config.LIKELIHOOD_EPS``, the same definition as evaluate.py). Writes ``bpd.json`` and
+    ``settings.json`` to ``output_dir``, by default ``<workdir>/samples/bpd_step<N>_seed<S>_<digest
+    of the settings>`` (returned as ``output_dir``: another tolerance, seed, split or repeat count
+    never overwrites an earlier result). Latent diffusion models and autoencoders raise ValueError(``latent.BPD_MESSAGE``)."""
     latent_lib.check_no_bpd(config)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
                                use_ema=use_ema, model=model)
@@ -583,10 +589,21 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
            "eps": config_lib.LIKELIHOOD_EPS, "dataset": d.dataset, "split": e.bpd_dataset,
            "step": info["step"]}
     if jax.process_index() == 0:
-        out_dir = _output_dir(output_dir, workdir, f"bpd_step{info['step']}")
+        # One folder per setting (like sample_folder_name): another tolerance, seed, split or
+        # repeat count never overwrites an earlier bpd.json.
+        settings = {"eval": {k: e.get(k) for k in ("bpd_dataset", "bpd_num_repeats",
+                                                    "bpd_max_batches", "batch_size")},
+                    "rtol": float(s.rtol), "atol": float(s.atol), "seed": int(seed),
+                    "step": info["step"], "use_ema": bool(use_ema)}
+        step_part = "" if info["step"] is None else f"_step{info['step']}"
+        out_dir = _output_dir(output_dir, workdir,
+                              f"bpd{step_part}_seed{int(seed)}_{_digest(settings)}")
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "bpd.json"), "w") as f:
             json.dump(out, f, indent=2)
+        with open(os.path.join(out_dir, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=1, sort_keys=True)
+        out["output_dir"] = out_dir
     return out
 
 

@@ -306,6 +306,13 @@ def test_bits_per_dim_mode(tmp_path):
     assert out["num_examples"] == 8 and out["split"] == "test" and out["step"] == 4
     assert 0.0 < out["bpd"] < 30.0 and out["mean_nfe"] > 0
     assert os.path.isfile(str(tmp_path / "o" / "bpd.json"))
+    # Default folders: one per setting, settings.json beside bpd.json.
+    a = sample_lib.bpd_from_checkpoint(config, workdir=wd)
+    b = sample_lib.bpd_from_checkpoint(config, workdir=wd, seed=1)
+    assert os.path.basename(a["output_dir"]).startswith("bpd_step4_seed0_")
+    assert a["output_dir"] != b["output_dir"] and a["bpd"] == out["bpd"]
+    with open(os.path.join(b["output_dir"], "settings.json")) as f:
+        assert json.load(f)["seed"] == 1
 
 
 # ----------------------------------------------------------------------------------------------
