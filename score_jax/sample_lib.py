@@ -559,7 +559,8 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
     t = ``config.LIKELIHOOD_EPS``, the same definition as evaluate.py). Writes ``bpd.json`` and
     ``settings.json`` to ``output_dir``, by default ``<workdir>/samples/bpd_step<N>_seed<S>_<digest
     of the settings>`` (returned as ``output_dir``: another tolerance, seed, split or repeat count
-    never overwrites an earlier result). Latent diffusion models and autoencoders raise ValueError(``latent.BPD_MESSAGE``)."""
+    never overwrites an earlier result). Latent diffusion models and autoencoders raise
+    ValueError(``latent.BPD_MESSAGE``)."""
     latent_lib.check_no_bpd(config)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
                                use_ema=use_ema, model=model)
