@@ -82,8 +82,10 @@ def _print_digits_metrics(config, out):
     ``metrics.json`` beside ``samples.png`` (score_jax.evaluation.evaluators.digits_report)."""
     from score_jax.evaluation import evaluators
 
-    if (not evaluators.is_digits(config.data.dataset) or out["png"] is None
-            or out["num_samples"] < 2):
+    if not evaluators.is_digits(config.data.dataset) or out["png"] is None:
+        return
+    if out["num_samples"] < 2:
+        print("digits metric skipped: it needs at least 2 samples (FD fits a covariance)")
         return
     report = evaluators.digits_report(out["images"])
     report.update(nfe=out["nfe"], sample_seconds=out["seconds"])

@@ -25,6 +25,7 @@ generalises can at best score. It prints:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -107,13 +108,14 @@ def main(argv=None) -> None:
 
     if args.samples:
         print("\n6. samples")
-        print(f"{'file':<60} {'N':>5} {'FD':>7} {'/subset':>8} {'/fresh':>7} {'IS':>6} "
+        print(f"{'samples folder':<60} {'N':>5} {'FD':>7} {'/subset':>8} {'/fresh':>7} {'IS':>6} "
               f"{'copies':>7}")
     for path in args.samples:
         with np.load(path) as f:
             s = f["samples"]
         r = D.digits_metrics(s, reference=ref)
-        print(f"{path[-60:]:<60} {r['num_samples']:>5} {r['fd']:>7.4f} {r['fd_ratio']:>8.2f} "
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        print(f"{name[:60]:<60} {r['num_samples']:>5} {r['fd']:>7.4f} {r['fd_ratio']:>8.2f} "
               f"{r['fd_ratio_fresh']:>7.2f} {r['is']:>6.2f} {100 * r['copy_fraction']:>6.1f}%")
     print(f"\n({time.time() - t0:.1f} s)")
 

@@ -46,6 +46,8 @@ SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
 OPTION_ALIASES = {"n_steps_each": "n_steps", "noise_removal": "denoise"}
 # config.sampling keys that are not sampler options
 _SAMPLING_NON_OPTIONS = {"method", "num_samples", "batch_size", "class_label", "guidance_scale"}
+_PC_SCHEMA_KEYS = {"predictor", "corrector", "snr", "n_steps_each", "noise_removal",
+                   "probability_flow"}
 # keyword-only parameters of a sampler that the config never sets (traced inputs, layout)
 _NOT_CONFIG_OPTIONS = {"project", "inputs", "path", "x_init", "dtype", "sharding"}
 # model keys read by get_model / the builders beyond the networks' dataclass fields
@@ -500,8 +502,9 @@ def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
 
     Raises:
       ValueError: unknown method (valid choices listed), or a set (non-None) key that is an
-        option of no sampler, or an option the chosen method does not take while its schema
-        default is None (e.g. ``sampling.eta`` with method "pc").
+        option of no sampler, or an option the chosen method does not take set to anything but
+        its schema default (e.g. ``sampling.eta`` with method "pc", ``sampling.snr=0.2`` with
+        method "heun").
     """
     s = sampling_config
     method = s.method.lower()
@@ -516,7 +519,11 @@ def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
             continue
         name = OPTION_ALIASES.get(key, key)
         if name not in accepted:
-            if key in schema and schema[key] is None:
+            # pc's keys, which every config carries, are skipped at their schema default; set to
+            # anything else they would be silently ignored: refused. (rtol / atol also set the
+            # likelihood's tolerances, so they are never refused.)
+            if key in schema and (schema[key] is None
+                                  or (key in _PC_SCHEMA_KEYS and value != schema[key])):
                 raise ValueError(f"config.sampling.{key}={value!r} is not an option of method "
                                  f"{method!r}; its options: {sorted(accepted)}")
             continue

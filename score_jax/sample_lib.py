@@ -388,9 +388,15 @@ def _output_dir(output_dir, workdir, name):
 
 
 def sample_settings(config, *, step, seed, num_samples, labels=None, use_ema=True) -> dict:
-    """What determines a sample folder's content: the config's ``sampling`` section, the
-    checkpoint step, EMA or raw weights, seed, sample count and labels (JSON-serialisable)."""
-    return {"sampling": json.loads(json.dumps(config.sampling.to_dict(), default=str)),
+    """What determines a sample folder's content (JSON-serialisable): the sampler and the
+    options it takes (``config.sampling_options_from_config``: keys another method would use do
+    not count), classifier-free guidance scale and class label, the checkpoint step, EMA or raw
+    weights, seed, sample count and labels."""
+    method, options = config_lib.sampling_options_from_config(config.sampling)
+    sampling_settings = {"method": method, "options": options,
+                         "guidance_scale": config.sampling.get("guidance_scale"),
+                         "class_label": config.sampling.get("class_label")}
+    return {"sampling": json.loads(json.dumps(sampling_settings, default=str)),
             "step": step, "use_ema": bool(use_ema), "seed": int(seed),
             "num_samples": int(num_samples),
             "labels": None if labels is None else [int(v) for v in np.asarray(labels)]}
@@ -434,7 +440,7 @@ def resolve_labels(config, *, labels: Any = None, per_class: int | None = None,
                              "num_classes)")
         arr = grid_labels(nc, per_class)
         return arr, int(per_class), len(arr)
-    n = int(num_samples or config.sampling.num_samples)
+    n = int(config.sampling.num_samples if num_samples is None else num_samples)
     if n <= 0:
         raise ValueError(f"num_samples={n} must be positive")
     return None, None, n

@@ -281,3 +281,26 @@ def test_digits_evaluate_range_starts_at_the_first_snapshot():
 
     c = get_config()
     assert step_range(c)[0] == c.training.snapshot_freq == c.training.n_iters
+
+
+def test_pc_keys_set_for_another_method_are_refused():
+    """Every config carries pc's keys; at their schema default they are skipped for other
+    methods, set to anything else they would be ignored silently, so they are refused."""
+    from configs.default_digits import get_config
+
+    config = get_config()  # heun
+    method, opts = config_lib.sampling_options_from_config(config.sampling)
+    assert method == "heun" and "snr" not in opts and "predictor" not in opts
+    for key, value in (("snr", 0.2), ("corrector", "langevin"), ("predictor", "none"),
+                       ("n_steps_each", 2)):
+        bad = get_config()
+        bad.sampling[key] = value
+        with pytest.raises(ValueError, match=rf"config.sampling.{key}=.* is not an option of "
+                                             r"method 'heun'; its options: \['denoise'"):
+            config_lib.sampling_options_from_config(bad.sampling)
+    tol = get_config()
+    tol.sampling.rtol = tol.sampling.atol = 1e-3  # likelihood tolerances: never refused
+    assert config_lib.sampling_options_from_config(tol.sampling) == (method, opts)
+    alias = get_config()
+    alias.sampling.noise_removal = False  # the reference's name of `denoise`, which heun takes
+    assert config_lib.sampling_options_from_config(alias.sampling)[1]["denoise"] is False

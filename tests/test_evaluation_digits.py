@@ -241,3 +241,13 @@ def test_copy_fraction(real, reference8):
         D.copy_fraction(train[:, :10], train)
     with pytest.raises(ValueError, match="ratio"):
         D.copy_fraction(train[:2], train, ratio=0.0)
+
+
+def test_metric_input_errors(reference8):
+    _, ref = _gaussian_reference(np.random.default_rng(2), 100)
+    with pytest.raises(ValueError, match="integer num >= 2"):
+        D.fresh_floor(ref, 2.5)
+    with pytest.raises(ValueError, match=r"number in \(0, 1\]"):
+        D.copy_fraction(ref[:4], ref, ratio="0.5")
+    with pytest.raises(ValueError, match="multiple"):
+        D.digits_metrics(np.zeros((10, 0, 0, 1), np.float32), reference=reference8)

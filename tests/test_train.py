@@ -475,6 +475,9 @@ def test_sample_folder_name_is_one_per_setting():
                 sample_lib.sample_settings(config, **base, use_ema=False)]
     names = {sample_lib.sample_folder_name("heun", v) for v in variants}
     assert len(names) == len(variants) and name not in names
+    ignored = get_config()
+    ignored.sampling.rtol = 1e-3  # not an option of heun: the samples do not change, nor the name
+    assert sample_lib.sample_folder_name("heun", sample_lib.sample_settings(ignored, **base)) == name
     assert sample_lib.sample_folder_name("ode", sample_lib.sample_settings(
         config, step=None, seed=0, num_samples=4)).startswith("ode_seed0_n4_")
 
