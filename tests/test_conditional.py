@@ -152,6 +152,11 @@ def test_labels_parsing_and_grid():
     assert n == 40 and nrow == 4 and list(labels[:5]) == [0, 0, 0, 0, 1]
     with pytest.raises(ValueError, match="either --labels or --per_class"):
         sample_lib.resolve_labels(config, labels="1", per_class=2)
+    # --num_samples=0 is an error, not "the config's default" (0 is falsy)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=rf"num_samples={bad} must be positive"):
+            sample_lib.resolve_labels(config, num_samples=bad)
+    assert sample_lib.resolve_labels(config)[2] == config.sampling.num_samples
 
 
 def test_sample_cli_rejects_out_of_range_labels_before_compiling(tmp_path):
