@@ -156,6 +156,9 @@ def test_reports_per_checkpoint(trained, full, reference):
     assert [r["ckpt"] for r in summary["reports"]] == [2, 4]
     fids = {r["ckpt"]: r["fid"] for r in summary["reports"]}
     assert summary["best_step"]["fid"] == min(fids, key=fids.get)
+    digits_fd = {r["ckpt"]: r["digits_fd"] for r in summary["reports"]}  # DIGITS: its metric too
+    assert summary["best_step"]["digits_fd"] == min(digits_fd, key=digits_fd.get)
+    assert summary["best_step"]["digits_fd_ratio_fresh"] == summary["best_step"]["digits_fd"]
     assert any(f.startswith("events") for f in os.listdir(os.path.join(eval_dir, "tensorboard")))
 
 

@@ -371,13 +371,15 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
 
 def write_summary(eval_dir: str) -> str:
     """``summary.json``: every ``report_{step}.json`` of ``eval_dir`` in step order and the best
-    step per metric (lowest loss / bits/dim / FID / KID, highest IS)."""
+    step per metric (lowest loss / bits/dim / FID / KID / digits FD and its ratio to the fresh
+    floor, highest IS / digits IS)."""
     steps = sorted(int(f[len("report_"):-len(".json")]) for f in os.listdir(eval_dir)
                    if f.startswith("report_") and f.endswith(".json")
                    and f[len("report_"):-len(".json")].isdigit())
     reports = [run_lib.read_report(eval_dir, st) for st in steps]
     best = {}
-    for k, sign in (("eval_loss", 1), ("bpd", 1), ("fid", 1), ("kid", 1), ("is", -1)):
+    for k, sign in (("eval_loss", 1), ("bpd", 1), ("fid", 1), ("kid", 1), ("is", -1),
+                    ("digits_fd", 1), ("digits_fd_ratio_fresh", 1), ("digits_is", -1)):
         have = [(sign * r[k], st) for st, r in zip(steps, reports, strict=True)
                 if isinstance(r.get(k), int | float)]
         if have:
