@@ -58,13 +58,14 @@ def test_smoke_training_then_sampling(tmp_path):
     a = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8)
     b = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8, seed=1)
     da, db = os.path.dirname(a["png"]), os.path.dirname(b["png"])
-    assert os.path.basename(da).startswith("pc_step4_seed0_n8_") and da != db
+    assert os.path.basename(da).startswith(f"{config.sampling.method}_step4_seed0_n8_")
+    assert da != db
     np.testing.assert_array_equal(a["images"], out["images"])
     assert not np.array_equal(a["images"], b["images"])
     with open(os.path.join(db, "settings.json")) as f:
         settings = json.load(f)
     assert settings["seed"] == 1 and settings["step"] == 4 and settings["num_samples"] == 8
-    assert settings["sampling"]["num_steps"] == 3 and settings["use_ema"] is True
+    assert settings["sampling"]["options"]["num_steps"] == 3 and settings["use_ema"] is True
     assert np.load(os.path.join(da, "samples.npz"))["samples"].shape == (8, 16, 16, 1)
 
     # the same EMA weights as a converted-checkpoint file give the same samples
