@@ -313,6 +313,9 @@ def fresh_floor(features: Any, num: int, *, num_splits: int = FRESH_FLOOR_SPLITS
 
     On the 1797 digits c came out 617-691 and 652-733 in two runs of 40 splits per h, h from 100
     to 898 (``bench/bench_digits_floor.py``), so the linear model holds to about 10%.
+    For num <= M // 2 the held-out sets have exactly num rows, so only the reference size is
+    extrapolated (M - num to M) and the floor is a direct average even where the covariance of
+    num < d rows is singular; only num > M // 2 extrapolates in N.
 
     Args:
       features: ``(M, d)`` reference features, M >= 4.
