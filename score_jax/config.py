@@ -453,15 +453,29 @@ def sampling_methods() -> list[str]:
 _GENERIC_SAMPLING_OPTIONS = ("num_steps", "eps", "denoise")
 
 
+def _set_method_option(key: str, value, schema) -> bool:
+    """Whether ``config.sampling.key = value`` is a method option someone set: a schema
+    placeholder (default None) with a value, or one of pc's keys, which every config carries,
+    away from its schema default. Such a key is reset by `set_sampler` and refused by
+    `sampling_options_from_config` when the method does not take it (rtol / atol also set the
+    likelihood's tolerances, so they are never either)."""
+    return key in schema and value is not None and (
+        schema[key] is None or (key in _PC_SCHEMA_KEYS and value != schema[key]))
+
+
 def set_sampler(config, method: str, *, keep=(), reset_tuning: bool = False,
                 **options) -> list[str]:
-    """Switch ``config.sampling`` to ``method`` in place: the option keys of the previous method
-    that ``method`` does not take (schema placeholders, default None) are reset to None, except
-    the keys in ``keep`` (e.g. set explicitly on the command line: they are then reported by
-    validation), then ``options`` are set (e.g. a flow variant of a config whose Heun sampler set
-    ``rho``). ``reset_tuning``: also reset the placeholder options ``method`` does take (a grid,
-    an order, ...: chosen for the previous method, so ``method`` uses its own defaults), except
-    ``num_steps``, ``eps``, ``denoise`` and ``keep``. Returns the keys that were reset.
+    """Switch ``config.sampling`` to ``method`` in place and return the keys that were reset.
+
+    1. Every option key set for the previous method that ``method`` does not take (a schema
+       placeholder with a value, or one of pc's keys away from its default:
+       `_set_method_option`) goes back to its schema default.
+    2. With ``reset_tuning``, the set placeholder options that ``method`` does take go back to
+       None as well (a grid, an order, ... chosen for the previous method), so that ``method``
+       runs with its own defaults; ``num_steps``, ``eps`` and ``denoise`` are kept.
+    3. Keys in ``keep`` are never reset (e.g. given on the command line: validation then reports
+       them if ``method`` does not take them).
+    4. ``options`` are set last (e.g. a flow variant of a config whose Heun sampler set ``rho``).
 
     Raises:
       ValueError: unknown method (valid choices listed), or an option ``method`` does not take.
@@ -479,12 +493,13 @@ def set_sampler(config, method: str, *, keep=(), reset_tuning: bool = False,
     s = config.sampling
     cleared = []
     for key in list(s.keys()):
+        if key in keep or key in _SAMPLING_NON_OPTIONS or not _set_method_option(key, s[key],
+                                                                                  schema):
+            continue
         name = OPTION_ALIASES.get(key, key)
-        foreign = name not in accepted or (reset_tuning and name not in
-                                           _GENERIC_SAMPLING_OPTIONS)
-        if key in schema and schema[key] is None and s[key] is not None and key not in keep \
-                and key not in _SAMPLING_NON_OPTIONS and foreign:
-            s[key] = None
+        if name not in accepted or (reset_tuning and schema[key] is None
+                                    and name not in _GENERIC_SAMPLING_OPTIONS):
+            s[key] = schema[key]
             cleared.append(key)
     s.method = method
     for key, value in options.items():
@@ -519,11 +534,7 @@ def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
             continue
         name = OPTION_ALIASES.get(key, key)
         if name not in accepted:
-            # pc's keys, which every config carries, are skipped at their schema default; set to
-            # anything else they would be silently ignored: refused. (rtol / atol also set the
-            # likelihood's tolerances, so they are never refused.)
-            if key in schema and (schema[key] is None
-                                  or (key in _PC_SCHEMA_KEYS and value != schema[key])):
+            if _set_method_option(key, value, schema):  # it would be ignored silently
                 raise ValueError(f"config.sampling.{key}={value!r} is not an option of method "
                                  f"{method!r}; its options: {sorted(accepted)}")
             continue

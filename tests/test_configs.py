@@ -260,6 +260,20 @@ def test_cli_method_override_drops_the_configs_own_sampler_options():
     c = get_config()  # no method on the command line: the config is left alone
     cli.sampler_override(c, ["--config.sampling.num_steps=5"])
     assert c.sampling.rho == 7.0 and c.sampling.schedule == "edm"
+    # A pc config (VE NCSN++: Langevin corrector) switched to the ODE: pc's keys go back to their
+    # schema defaults instead of being refused as options of another method.
+    from configs.ve.cifar10_ncsnpp_continuous import get_config as ve_config
+
+    c = ve_config()
+    c.sampling.method = "ode"
+    cli.sampler_override(c, ["--config.sampling.method=ode"])
+    assert c.sampling.corrector == "none" and c.sampling.predictor == "euler_maruyama"
+    assert config_lib.sampling_options_from_config(c.sampling)[0] == "ode"
+    c = ve_config()
+    c.sampling.method, c.sampling.snr = "ode", 0.2  # given on the command line: kept, refused
+    cli.sampler_override(c, ["--config.sampling.method=ode", "--config.sampling.snr=0.2"])
+    with pytest.raises(ValueError, match="snr=0.2 is not an option of method 'ode'"):
+        config_lib.sampling_options_from_config(c.sampling)
 
 
 def test_dit_label_dropout_needs_the_null_row():
