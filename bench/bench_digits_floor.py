@@ -32,15 +32,8 @@ import numpy as np
 
 from score_jax.data import load_digits_images
 from score_jax.evaluation import digits as D
-from score_jax.evaluation.metrics import StreamingStats, frechet_distance
-
-
-def _stats(f: np.ndarray):
-    return StreamingStats(f.shape[1]).update(f).stats()
-
-
-def _fd(a: np.ndarray, b: np.ndarray) -> float:
-    return frechet_distance(*_stats(a), *_stats(b))
+from score_jax.evaluation.metrics import StreamingStats
+from score_jax.evaluation.metrics import fid_from_features as _fd
 
 
 def main(argv=None) -> None:
@@ -71,7 +64,7 @@ def main(argv=None) -> None:
         c = np.mean(v) / (1 / h + 1 / (m - h))
         print(f"{h:>6} {np.mean(v):>9.4f} {np.std(v) / np.sqrt(len(v)):>7.4f} {c:>26.0f}")
 
-    mu, sigma = _stats(feats)
+    mu, sigma = StreamingStats(feats.shape[1]).update(feats).stats()
     chol = np.linalg.cholesky(sigma + 1e-9 * np.eye(len(mu)))
     g = [_fd(mu + rng.standard_normal((1000, len(mu))) @ chol.T,
              mu + rng.standard_normal((m, len(mu))) @ chol.T) for _ in range(20)]

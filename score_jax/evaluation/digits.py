@@ -53,6 +53,7 @@ import numpy as np
 
 from score_jax.evaluation.metrics import (
     StreamingStats,
+    fid_from_features,
     frechet_distance,
     images_to_unit_range,
     inception_score,
@@ -290,11 +291,6 @@ def _fd_to(features: np.ndarray, reference: Mapping[str, Any]) -> float:
     return frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
 
 
-def _fd(f1: np.ndarray, f2: np.ndarray) -> float:
-    mu2, sigma2 = StreamingStats(f2.shape[1]).update(f2).stats()
-    return _fd_to(f1, {"mu": mu2, "sigma": sigma2})
-
-
 def fresh_floor(features: Any, num: int, *, num_splits: int = FRESH_FLOOR_SPLITS,
                 seed: int = FLOOR_SEED) -> float:
     """Expected FD of ``num`` new samples of the data distribution against ``features``.
@@ -342,7 +338,7 @@ def fresh_floor(features: Any, num: int, *, num_splits: int = FRESH_FLOOR_SPLITS
     fds = []
     for _ in range(num_splits):
         p = rng.permutation(m)
-        fds.append(_fd(f[p[:h]], f[p[h:]]))
+        fds.append(fid_from_features(f[p[:h]], f[p[h:]]))
     c = float(np.mean(fds)) / (1.0 / h + 1.0 / (m - h))
     return c * (1.0 / num + 1.0 / m)
 
@@ -425,7 +421,8 @@ def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
         ``num_floor < 2``, or a reference computed for another image size.
     """
     p = _shipped_params() if params is None else params
-    f, logits = _features_and_logits(p, samples)
+    x8 = digits_to_8x8(samples)  # once: the classifier's input and the copy test's pixels
+    f, logits = (np.asarray(v) for v in _forward_jit(p, x8))
     n = f.shape[0]
     if n < 2:
         raise ValueError(f"digits_metrics needs at least 2 samples, got {n}")
@@ -449,7 +446,7 @@ def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
     hist = np.bincount(np.argmax(logits, -1), minlength=NUM_CLASSES) / n
     return {"fd": fd, "fd_floor": fd_floor, "fd_ratio": fd / fd_floor,
             "fd_floor_fresh": fd_floor_fresh, "fd_ratio_fresh": fd / fd_floor_fresh,
-            "copy_fraction": copy_fraction(digits_to_8x8(samples), train),
+            "copy_fraction": copy_fraction(x8, train),
             "is": inception_score(logits),
             "is_real": inception_score(np.asarray(reference["logits"])[idx]),
             "class_hist": [float(h) for h in hist], "num_samples": int(n)}
