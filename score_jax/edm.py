@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from score_jax import pytree
 from score_jax.sde import VESDE, VPSDE, batch_mul
 
 Array = jax.Array
@@ -59,7 +60,7 @@ Array = jax.Array
 # ----------------------------------------------------------------------------------------------
 # Preconditionings (EDM Table 1)
 # ----------------------------------------------------------------------------------------------
-@struct.dataclass
+@pytree.dataclass
 class EDMPrecond:
     """EDM's preconditioning (Table 1, "Ours"; ``training/networks.py::EDMPrecond``):
 
@@ -87,7 +88,7 @@ class EDMPrecond:
         return VESDE(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
 
-@struct.dataclass
+@pytree.dataclass
 class VPPrecond:
     """EDM's VP preconditioning (Table 1, "VP"; ``training/networks.py::VPPrecond``):
 
@@ -125,7 +126,7 @@ class VPPrecond:
         return VPSDE(beta_min=self.beta_min, beta_max=self.beta_min + self.beta_d)
 
 
-@struct.dataclass
+@pytree.dataclass
 class VEPrecond:
     """EDM's VE preconditioning (Table 1, "VE"; ``training/networks.py::VEPrecond``):
 
@@ -186,7 +187,7 @@ def precond_for_sde(name: str, sde, *, sigma_data: float = 0.5):
 # ----------------------------------------------------------------------------------------------
 # The denoiser and its score
 # ----------------------------------------------------------------------------------------------
-@struct.dataclass
+@pytree.dataclass
 class EDMDenoiser:
     """D(y; sigma) = c_skip y + c_out F(c_in y; c_noise) for a flax backbone F (EDM eq. 7).
 
@@ -226,7 +227,7 @@ def _as_pytree(fn: Callable) -> Any:
     return fn
 
 
-@struct.dataclass
+@pytree.dataclass
 class DenoiserScoreFn:
     """``score_fn(x, t)`` of a denoiser D(y; sigma) on the Gaussian path of ``sde``:
 

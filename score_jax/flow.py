@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from score_jax import pytree
 from score_jax import score as score_lib
 from score_jax.likelihood import ode_log_likelihood
 from score_jax.losses import conditioning
@@ -94,7 +95,7 @@ class GaussianPathMethods(GaussianPrior, abc.ABC):
         return batch_mul(1.0 / (b * (da * b - a * db)), batch_mul(a, u) - batch_mul(da, x))
 
 
-@struct.dataclass
+@pytree.dataclass
 class GaussianPath(GaussianPathMethods):
     """A Gaussian probability path from two callables of flow time t (MIT 6.S184 lecture 2):
 
@@ -132,7 +133,7 @@ class GaussianPath(GaussianPathMethods):
         return jnp.asarray(self.alpha(t)), jnp.asarray(self.beta(t))
 
 
-@struct.dataclass
+@pytree.dataclass
 class CondOTPath(GaussianPathMethods):
     """Conditional optimal-transport path (Lipman et al. 2023, eq. 20 - 23):
 
@@ -152,7 +153,7 @@ class CondOTPath(GaussianPathMethods):
         return t, 1.0 - (1.0 - self.sigma_min) * t
 
 
-@struct.dataclass
+@pytree.dataclass
 class SDEPath(GaussianPathMethods):
     """The Gaussian path of a linear SDE in flow time: SDE time s(t) = T + t (eps - T), so t = 0 is
     the SDE's prior end and t = 1 its data end s = eps. The prior is the SDE's
@@ -298,7 +299,7 @@ def score_matching_loss(
     return jnp.mean(losses), {"losses": losses, "t": t}
 
 
-@struct.dataclass
+@pytree.dataclass
 class ModelVelocityFn:
     """``velocity_fn(x, t)`` for a Flax network ``model(x, labels, train=..., **model_kwargs)`` fed
     the time label ``time_scale * t`` (999 t: the range the score_sde networks embed). A pytree
@@ -402,7 +403,7 @@ def velocity_to_x1(u: Array, x: Array, t: Array, path) -> Array:
     return score_lib.convert(u, x, t, path, source="velocity", target="x0")
 
 
-@struct.dataclass
+@pytree.dataclass
 class VelocityScoreFn:
     """``score_fn(x, time)`` from a flow-time ``velocity_fn(x, t)`` on ``path``; see
     ``score_fn_from_velocity``."""
@@ -417,7 +418,7 @@ class VelocityScoreFn:
         return velocity_to_score(self.velocity_fn(x, t), x, t, self.path).astype(x.dtype)
 
 
-@struct.dataclass
+@pytree.dataclass
 class ScoreVelocityFn:
     """Flow-time ``velocity_fn(x, t)`` from ``score_fn(x, time)``; see ``velocity_fn_from_score``."""
 
@@ -463,7 +464,7 @@ def velocity_fn_from_score(score_fn, path, *, sde_time: bool | None = None):
     return ScoreVelocityFn(score_fn, path, _default_sde_time(path, sde_time))
 
 
-@struct.dataclass
+@pytree.dataclass
 class MixtureVelocity:
     """The exact marginal velocity of Gaussian-mixture data (``toy.GaussianMixture``) on ``path``:
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from score_jax import pytree
 from score_jax.sde import batch_mul
 
 Array = jax.Array
@@ -128,7 +129,7 @@ def output_to_score(sde, out: Array, t: Array, labels: Array, continuous: bool) 
     return sde.output_to_score(out, t, labels, continuous)
 
 
-@struct.dataclass
+@pytree.dataclass
 class ModelScoreFn:
     """``score_fn(x, t)`` for a Flax network: a pytree whose leaves are the SDE and the parameters,
     so that samplers and likelihoods jit over it without baking the weights in as constants, and
@@ -180,7 +181,7 @@ def get_score_fn(
     return ModelScoreFn(sde, variables, model, continuous, prediction, train, dropout_key, model_kwargs)
 
 
-@struct.dataclass
+@pytree.dataclass
 class HeadScoreFn:
     """``score_fn(x, t)`` from any ``head_fn(x, t)`` predicting ``head`` (eps, x0, v, velocity)."""
 

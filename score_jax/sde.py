@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import lineax as lx
 from flax import struct
 
+from score_jax import pytree
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -262,7 +264,7 @@ class AbstractSDE(GaussianPrior, abc.ABC):
         return mean + batch_mul(std, z), mean
 
 
-@struct.dataclass
+@pytree.dataclass
 class _LinearBetaSDE(AbstractSDE):
     """Shared by VP and sub-VP (abstract: no marginal, diffusion, chain or wiring of its own):
     the linear schedule beta(t) = b0 + t (b1 - b0) and the drift f(t) = -beta(t) / 2, with
@@ -289,7 +291,7 @@ class _LinearBetaSDE(AbstractSDE):
 
 
 @typing.final
-@struct.dataclass
+@pytree.dataclass
 class VPSDE(_LinearBetaSDE):
     """Variance-preserving SDE (DDPM in the continuum limit), Song et al. eq. 11.
 
@@ -384,7 +386,7 @@ class VPSDE(_LinearBetaSDE):
 
 
 @typing.final
-@struct.dataclass
+@pytree.dataclass
 class subVPSDE(_LinearBetaSDE):
     """sub-VP SDE (Song et al. eq. 12): the VP drift, diffusion
         g(t) = sqrt(beta(t) (1 - exp(-2 b0 t - (b1 - b0) t^2))),  s_t = 1 - a_t^2  (no square root).
@@ -446,7 +448,7 @@ class subVPSDE(_LinearBetaSDE):
 
 
 @typing.final
-@struct.dataclass
+@pytree.dataclass
 class VESDE(AbstractSDE):
     """Variance-exploding SDE (SMLD in the continuum limit), Song et al. eq. 9.
 
@@ -548,7 +550,7 @@ class VESDE(AbstractSDE):
         return x, batch_mul(-1.0 / sigmas**2, scaled), sigmas**2
 
 
-@struct.dataclass
+@pytree.dataclass
 class ReverseSDE:
     """Reverse-time SDE dx = [f - g^2 score] dt + g dW-bar (Song et al. eq. 6), or with
     ``probability_flow=True`` the ODE dx/dt = f - g^2 score / 2 (eq. 13).
@@ -586,7 +588,7 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
-@struct.dataclass
+@pytree.dataclass
 class OUProcess:
     """Ornstein-Uhlenbeck process dX_t = -theta (X_t - mu) dt + sigma dW_t on t >= 0
     (theta >= 0; theta = 0 is scaled Brownian motion). Closed-form marginals:

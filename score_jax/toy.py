@@ -15,12 +15,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+
+from score_jax import pytree
 
 Array = jax.Array
 
 
-@struct.dataclass
+@pytree.dataclass
 class GaussianMixture:
     """Isotropic Gaussian mixture: ``weights`` (K,), ``means`` (K, *event_shape), ``stds`` (K,)."""
 
@@ -90,7 +91,7 @@ class GaussianMixture:
         return MixtureScore(self, sde)
 
 
-@struct.dataclass
+@pytree.dataclass
 class MixtureScore:
     """Exact ``score_fn(x, t)`` of a Gaussian mixture diffused by an SDE (a pytree: jit-friendly)."""
 

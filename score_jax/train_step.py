@@ -15,14 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
-from score_jax import parallel
+from score_jax import parallel, pytree
 
 Array = jax.Array
 
 
-@struct.dataclass
+@pytree.dataclass
 class TrainState:
     """Arrays only, so orbax saves it and it shards: step, parameters, EMA parameters and the
     optimiser state (an optax NamedTuple tree)."""

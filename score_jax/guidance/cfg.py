@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from score_jax import pytree
 from score_jax.runner import as_pytree_fn
 from score_jax.score import ModelScoreFn
 
@@ -46,7 +47,7 @@ def check_guidance_scale(w) -> None:
                          f"conditional, > 1: guided); got w={w!r}")
 
 
-@struct.dataclass
+@pytree.dataclass
 class ClassifierFreeGuidance:
     """``fn(x, t) = c(x, t, null) + w (c(x, t, y) - c(x, t, null))`` for a conditional
     ``c(x, t, y)`` called ONCE on the batch of size 2B ([x; x], [t; t], [y; null]).
@@ -94,7 +95,7 @@ def _check_labels(labels, num_classes: int) -> None:
         raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range [{lo}, {hi}]")
 
 
-@struct.dataclass
+@pytree.dataclass
 class ConditionalModelScore:
     """``score(x, t, y)`` of a class-conditional Flax network (``model(x, labels, train, y=y)``),
     wired like ``score.get_score_fn``."""
@@ -122,7 +123,7 @@ def cfg_score_fn(sde, model: nn.Module, variables: Any, labels: Array, *, w: flo
     return ClassifierFreeGuidance(cond, jnp.asarray(labels), jnp.asarray(w), int(num_classes))
 
 
-@struct.dataclass
+@pytree.dataclass
 class ConditionalModelVelocity:
     """``velocity(x, t, y)`` of a class-conditional flow-matching network (flow time t)."""
 
@@ -144,7 +145,7 @@ def cfg_velocity_fn(model: nn.Module, variables: Any, labels: Array, *, w: float
     return ClassifierFreeGuidance(cond, jnp.asarray(labels), jnp.asarray(w), int(num_classes))
 
 
-@struct.dataclass
+@pytree.dataclass
 class FactoryConditional:
     """``c(x, t, y) = make(params, {"y": y})(x, t)`` for a score factory such as
     ``config.Built.make_score_fn`` (DSM on any SDE, EDM's denoiser score): ``params`` are traced

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from score_jax import pytree
 from score_jax.guidance.cfg import as_pytree_callable, check_guidance_scale
 from score_jax.losses import split_batch
 from score_jax.sde import batch_mul
@@ -72,7 +73,7 @@ class NoiseConditionalClassifier(nn.Module):
         return nn.Dense(self.num_classes)(h)
 
 
-@struct.dataclass
+@pytree.dataclass
 class ClassifierLogitsFn:
     """``logits_fn(x, t)`` of a noise-conditional Flax classifier fed lambda_t = sde.log_snr(t)."""
 
@@ -130,7 +131,7 @@ def log_prob_grad(logits_fn: Callable[[Array, Array], Array], x: Array, t: Array
     return jax.grad(total)(x)
 
 
-@struct.dataclass
+@pytree.dataclass
 class ClassifierGuidedScore:
     """``score_w(x, t) = score(x, t) + w grad_x log p(y | x, t)``; ``labels`` and ``w`` traced."""
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from score_jax import pytree
 from score_jax.sampling.common import resolve_eps, tweedie_denoise
 from score_jax.sde import batch_mul
 
@@ -27,7 +28,7 @@ def _per_example_norm(x: Array) -> Array:
 # ----------------------------------------------------------------------------------------------
 # Predictors
 # ----------------------------------------------------------------------------------------------
-@struct.dataclass
+@pytree.dataclass
 class EulerMaruyamaPredictor:
     """Euler-Maruyama on the reverse SDE with dt = -T/N:
     x_mean = x + [f - g^2 score] dt,  x = x_mean + g sqrt(|dt|) z.
@@ -46,7 +47,7 @@ class EulerMaruyamaPredictor:
         return x_mean + batch_mul(diffusion * math.sqrt(-dt), z), x_mean
 
 
-@struct.dataclass
+@pytree.dataclass
 class ReverseDiffusionPredictor:
     """Reverse diffusion (Song et al. eq. 46): x_mean = x - f_rev, x = x_mean + G z, with
     (f_rev, G) = reverse(sde).discretize(x, t)."""
@@ -63,7 +64,7 @@ class ReverseDiffusionPredictor:
         return x_mean + batch_mul(G, z), x_mean
 
 
-@struct.dataclass
+@pytree.dataclass
 class AncestralSamplingPredictor:
     """Ancestral sampling: the SDE's own ``ancestral_step`` (DDPM for VP, SMLD for VE, the exact
     Gaussian posterior for sub-VP; see ``sde.py``)."""
@@ -77,7 +78,7 @@ class AncestralSamplingPredictor:
         return sde.ancestral_step(x, t, score_fn(x, t), key)
 
 
-@struct.dataclass
+@pytree.dataclass
 class NonePredictor:
     """No predictor (corrector-only sampling): the identity, 0 score evaluations."""
 
@@ -91,7 +92,7 @@ class NonePredictor:
 # ----------------------------------------------------------------------------------------------
 # Correctors
 # ----------------------------------------------------------------------------------------------
-@struct.dataclass
+@pytree.dataclass
 class LangevinCorrector:
     """Langevin MCMC with a signal-to-noise step rule (Song et al. Algorithm 4/5):
 
@@ -123,7 +124,7 @@ class LangevinCorrector:
         return x, x_mean
 
 
-@struct.dataclass
+@pytree.dataclass
 class AnnealedLangevinDynamics:
     """Annealed Langevin dynamics (Song & Ermon 2019) with step = 2 alpha (snr s_t)^2, s_t the
     marginal std at t: x_mean = x + step * score, x = x_mean + sqrt(2 step) z."""
@@ -148,7 +149,7 @@ class AnnealedLangevinDynamics:
         return x, x_mean
 
 
-@struct.dataclass
+@pytree.dataclass
 class NoneCorrector:
     """No corrector: the identity, 0 score evaluations."""
 
