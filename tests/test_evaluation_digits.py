@@ -251,3 +251,5 @@ def test_metric_input_errors(reference8):
         D.copy_fraction(ref[:4], ref, ratio="0.5")
     with pytest.raises(ValueError, match="multiple"):
         D.digits_metrics(np.zeros((10, 0, 0, 1), np.float32), reference=reference8)
+    with pytest.raises(ValueError, match="num_floor must be an integer"):
+        D.digits_metrics(np.zeros((4, 8, 8, 1), np.float32), reference=reference8, num_floor=2.5)

@@ -433,6 +433,9 @@ def digits_metrics(samples: Any, *, reference: Mapping[str, Any] | None = None,
         raise ValueError(f"reference was computed for {reference['image_size']}x"
                          f"{reference['image_size']} digits, samples are {size}x{size}; use "
                          f"digits_reference({size})")
+    if num_floor is not None and (isinstance(num_floor, bool)
+                                  or not isinstance(num_floor, (int, np.integer))):
+        raise ValueError(f"num_floor must be an integer >= 2, got {num_floor!r}")
     num_floor = n if num_floor is None else int(num_floor)
     idx = floor_indices(num_floor, len(reference["features"]))
     fd = _fd_to(f, reference)
