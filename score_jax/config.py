@@ -51,7 +51,7 @@ _PC_SCHEMA_KEYS = {"predictor", "corrector", "snr", "n_steps_each", "noise_remov
 # keyword-only parameters of a sampler that the config never sets (traced inputs, layout)
 _NOT_CONFIG_OPTIONS = {"project", "inputs", "path", "x_init", "dtype", "sharding"}
 # model keys read by get_model / the builders beyond the networks' dataclass fields
-_MODEL_EXTRA_KEYS = {"name", "ema_rate", "normalization", "interpolation", "attention_type",
+_MODEL_EXTRA_KEYS = {"name", "ema_rate", "ema_warmup", "normalization", "interpolation", "attention_type",
                      "conv_size", "beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales",
                      "fourier_scale", "embedding_type", "dropout", "num_classes", "dtype", "remat",
                      "normalization_type"}
@@ -205,6 +205,8 @@ def base_config() -> ml_collections.ConfigDict:
     model.dropout = 0.1
     model.embedding_type = "fourier"
     model.num_classes = placeholder(int)  # class-conditional network; label num_classes = null
+    # EMA decay min(ema_rate, (1 + n) / (10 + n)) at update n (score_sde_pytorch); False: ema_rate
+    model.ema_warmup = True
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0
@@ -753,6 +755,7 @@ class Built(NamedTuple):
     make_score_fn: Callable | None  # (params, model_kwargs=None) -> score_fn; None for flows
     guidance_scale: float | None = None  # classifier-free guidance w (None: conditional)
     latent: Any = None  # latent_lib.LatentSpace of a latent diffusion model (stage 2), or None
+    ema_warmup: bool = True  # train_step.ema_decay's warmup (config.model.ema_warmup)
 
 
 def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
@@ -794,19 +797,22 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
         train_loss = loss_fn_from_config(config, sde, model, train=True)
         eval_loss = loss_fn_from_config(config, sde, model, train=False)
     ema_rate = float(config.model.ema_rate)
+    ema_warmup = bool(config.model.get("ema_warmup", True))
     method, options = sampling_options_from_config(config.sampling)
     objective = objective_from_config(config)
     path = flow_path_from_config(config, sde) if objective == "flow_matching" else None
     return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
                  init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
-                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh),
+                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh,
+                                              ema_warmup=ema_warmup),
                  eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous),
                  centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]
                  num_classes=num_classes, class_label=config.sampling.get("class_label"),
                  make_score_fn=score_fn_factory(config, sde, model),
-                 guidance_scale=guidance_scale_from_config(config), latent=space)
+                 guidance_scale=guidance_scale_from_config(config), latent=space,
+                 ema_warmup=ema_warmup)
 
 
 def _latent_model(config, space) -> nn.Module:

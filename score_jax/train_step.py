@@ -9,6 +9,7 @@ replicated ``P()`` (XLA inserts the gradient all-reduce). Per-step randomness is
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -103,12 +104,77 @@ def init_state(key: Array, model: nn.Module, tx: optax.GradientTransformation,
                       opt_state=tx.init(params))
 
 
+EMA_WARMUP_OFFSET = 10.0  # score_sde_pytorch models/ema.py: (1 + n) / (10 + n)
+
+
+def ema_decay(num_updates, rate: float, warmup: bool = True):
+    """The EMA decay of the ``num_updates``-th update (1-based): ``min(rate, (1 + n) / (10 + n))``
+    with warmup, ``rate`` without.
+
+    Source: score_sde_pytorch ``models/ema.py`` (``ExponentialMovingAverage(use_num_updates=True)``,
+    the default its ``run_lib`` uses; the counter is incremented before the decay is computed,
+    so the first update has n = 1 and decay 2/11), after TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``. The 2021 JAX score_sde has no warmup, so after
+    N steps the EMA still holds ``rate**N`` of the random initialisation (0.999**1500 = 22 %).
+    With the warmup the initialisation's weight falls like ``N**-9`` until the ramp reaches
+    ``rate`` (``n = (10 rate - 1) / (1 - rate)``, 8990 updates for rate 0.999, 89990 for 0.9999), then like
+    ``rate**N``: see `ema_init_weight`. Chosen over EDM's half-life ramp
+    (NVlabs/edm ``training_loop.py``: half-life ``min(ema_halflife, 0.05 * images seen)``)
+    because it keeps the configs' ``model.ema_rate`` as the asymptotic decay per step.
+
+    Args:
+      num_updates: integer scalar (a traced array is fine: ``state.step + 1``).
+      rate: the asymptotic decay ``model.ema_rate`` in [0, 1).
+      warmup: False gives the constant ``rate`` (the 2021 JAX score_sde).
+
+    Returns:
+      A float32 scalar in [0, rate].
+    """
+    rate = jnp.float32(rate)
+    if not warmup:
+        return rate
+    n = jnp.asarray(num_updates, jnp.float32)
+    return jnp.minimum(rate, (1.0 + n) / (EMA_WARMUP_OFFSET + n))
+
+
+def ema_init_weight(num_updates: int, rate: float, warmup: bool = True) -> float:
+    """The weight the EMA still gives to the initial parameters after ``num_updates`` updates:
+    ``prod_{n=1..N} ema_decay(n)`` (the EMA is ``w * init + sum_n c_n params_n`` with
+    ``w + sum c_n = 1``). Closed form: the warmup factors ``(1 + n) / (10 + n)`` for
+    ``n <= K = floor((10 rate - 1) / (1 - rate))`` multiply to ``Gamma(K + 2) Gamma(11) /
+    Gamma(K + 11)``, then ``rate ** (N - K)``; without warmup ``rate ** N``. Host-side (numpy
+    float64) for logs and audits; 0 < result <= 1 except 0 for rate 0 and N > 0.
+
+    Raises:
+      ValueError: ``num_updates`` < 0 or ``rate`` outside [0, 1).
+    """
+    n = int(num_updates)
+    rate = float(rate)
+    if n < 0 or not 0.0 <= rate < 1.0:
+        raise ValueError(f"ema_init_weight needs num_updates >= 0 and rate in [0, 1); got "
+                         f"num_updates={num_updates!r}, rate={rate!r}")
+    if n == 0:
+        return 1.0
+    if rate == 0.0:
+        return 0.0
+    k = 0
+    if warmup:
+        # largest n with (1 + n) / (10 + n) <= rate (at equality both factors are equal)
+        k = max(0, min(n, math.floor((EMA_WARMUP_OFFSET * rate - 1.0) / (1.0 - rate))))
+    log_w = (math.lgamma(k + 2) + math.lgamma(EMA_WARMUP_OFFSET + 1)
+             - math.lgamma(k + EMA_WARMUP_OFFSET + 1) + (n - k) * math.log(rate))
+    return math.exp(log_w)
+
+
 def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: Callable,
-               ema_rate: float) -> tuple[TrainState, dict]:
+               ema_rate: float, ema_warmup: bool = True) -> tuple[TrainState, dict]:
     """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``.
 
-    ema <- ema * rate + params * (1 - rate) after the update (reference). A step whose loss or
+    ema <- ema * d + params * (1 - d) after the update, with ``d = ema_decay(state.step + 1,
+    ema_rate, ema_warmup)`` = min(rate, (1 + n) / (10 + n)) for the n-th update
+    (score_sde_pytorch ``models/ema.py``; the constant ``rate`` of the JAX score_sde if
+    ``ema_warmup`` is False). A step whose loss or
     gradient norm is not finite leaves the state unchanged (``metrics["finite"]`` is False), so
     the state stays at the last good update.
 
@@ -124,7 +190,8 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate),
+    decay = ema_decay(state.step + 1, ema_rate, ema_warmup)
+    ema = jax.tree_util.tree_map(lambda e, p: (e * decay + p * (1.0 - decay)).astype(e.dtype),
                                  state.ema_params, params)
     new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -141,7 +208,7 @@ def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable) -
 
 
 def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                   ema_rate: float, mesh) -> Callable:
+                   ema_rate: float, mesh, *, ema_warmup: bool = True) -> Callable:
     """``train_step`` jitted over ``mesh``: state replicated and donated, batch on ``"data"``.
 
     The returned function holds its own compilation cache: build it once (``config.build``)
@@ -149,7 +216,7 @@ def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule
     """
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
     fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, schedule=schedule,
-                           ema_rate=float(ema_rate))
+                           ema_rate=float(ema_rate), ema_warmup=bool(ema_warmup))
     return jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
@@ -174,5 +241,6 @@ def jit_init(model: nn.Module, tx: optax.GradientTransformation,
     return jax.jit(init, out_shardings=rep), abstract
 
 
-__all__ = ["TrainState", "OPTIMIZERS", "make_optimizer", "init_state", "train_step", "eval_step",
+__all__ = ["TrainState", "OPTIMIZERS", "make_optimizer", "init_state", "ema_decay", "ema_init_weight",
+           "train_step", "eval_step",
            "jit_train_step", "jit_eval_step", "jit_init"]

@@ -33,7 +33,7 @@ MODELS: dict[str, type[nn.Module]] = {
 
 # config.model fields that exist in the reference configs but do not change the network, or
 # whose only supported value is checked here.
-_IGNORED = frozenset({"name", "ema_rate", "beta_min", "beta_max", "normalization_type"})
+_IGNORED = frozenset({"name", "ema_rate", "ema_warmup", "beta_min", "beta_max", "normalization_type"})
 _FIXED = {"attention_type": ("ddpm",), "conv_size": (3,)}
 _DATA_FIELDS = ("image_size", "num_channels", "centered")
 
