@@ -119,3 +119,19 @@ def test_tiny_training_ema_follows_the_parameters_not_the_init():
     moved = _dist(state.params, init)
     assert moved > 0.05, moved
     assert _dist(state.ema_params, state.params) < 0.5 * _dist(state.ema_params, init)
+
+
+def test_snapshot_warns_when_the_ema_is_dominated_by_the_init():
+    from score_jax import train_lib
+
+    # the issue's run: rate 0.999, no warmup, 1500 steps -> 22.3 % of the initialisation
+    (w,) = train_lib.ema_snapshot_warnings(1500, 0.999, False)
+    assert "22.3%" in w and "WARNING" in w
+    assert train_lib.ema_snapshot_warnings(1500, 0.999, True) == []
+    assert train_lib.ema_snapshot_warnings(100000, 0.999, False) == []
+    # EMA samples 20.6x the fresh floor against the raw weights' 1.2x: warned
+    (w,) = train_lib.ema_snapshot_warnings(1500, 0.999, True, 20.6, 1.2)
+    assert "20.6x" in w and "1.2x" in w
+    # both near the floor, or the EMA at most twice the raw: quiet
+    assert train_lib.ema_snapshot_warnings(1500, 0.999, True, 2.5, 1.0) == []
+    assert train_lib.ema_snapshot_warnings(1500, 0.999, True, 7.0, 4.0) == []
