@@ -39,7 +39,7 @@ def edm_recipe(config, *, precond="edm", sigma_data=0.5, p_mean=-1.2, p_std=1.2)
 
 def get_config(arg=None):
     """Digits + EDM with EDM's 18 Heun steps (35 NFE); ``arg="smoke"`` gives the CPU-seconds
-    variant. (The digits default, ``default_digits``, is this recipe with 10 Heun steps.)"""
+    variant. (The digits default, ``default_digits``, is this recipe: the same 18 Heun steps.)"""
     config = default_digits.get_config(None)
     edm_recipe(config)
     return apply_variant(config, arg)
