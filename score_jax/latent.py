@@ -22,8 +22,10 @@ pipeline stays the project's (per-step determinism, resume, multi-host shards, r
 applied to images, not latents) and there is no cache to invalidate when the autoencoder
 changes. ``scale_factor`` = 1 / std of the latents of the first training batch (LDM's
 ``scale_by_std``) unless ``config.latent.scale_factor`` is set (SD's VAE: 0.18215); it is
-computed once, written to ``<workdir>/latent.json`` and read from there on resume, by sample.py
-and by evaluate.py. Sampling draws latents with any sampler and decodes them
+computed once, written to ``<workdir>/latent.json`` (with the absolute path and SHA-256 of the
+autoencoder) and read from there on resume, by sample.py and by evaluate.py, which use the
+recorded autoencoder (`recorded_autoencoder`), not whatever the config's path names now.
+Sampling draws latents with any sampler and decodes them
 (``decode_latents``). Bits/dim do not apply (the model's density is over latents, not pixels):
 `check_no_bpd` refuses.
 """
@@ -336,9 +338,79 @@ def _with_scale(config, scale_factor: float):
     return config
 
 
+def _autoencoder_file(checkpoint: str) -> str:
+    """The weights file of ``latent.autoencoder_checkpoint`` (a stage-1 workdir or a file)."""
+    return os.path.join(checkpoint, AUTOENCODER_FILE) if os.path.isdir(checkpoint) else checkpoint
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (the fingerprint of an autoencoder in ``latent.json``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def recorded_autoencoder(config, workdir: str, stored: Mapping) -> str:
+    """The ``latent.autoencoder_checkpoint`` a stage-2 workdir must use: the autoencoder
+    ``latent.json`` recorded at training time, not whatever the config's (often relative,
+    default ``workdirs/digits_ae``) path names in the current folder (issue 26 item 0b: from
+    another folder it decoded with another autoencoder, exit 0 and noise).
+
+    ``latent.json`` records the absolute ``autoencoder_checkpoint`` and the SHA-256 of its weights
+    file. Rule: the config's checkpoint is kept if its file has the recorded fingerprint; else the
+    recorded checkpoint is used if its file still has it (logged as a warning); else ValueError
+    naming both paths. Records written before the fingerprint (``autoencoder`` path only): the
+    config's file must be the recorded file, else ValueError naming both.
+
+    Raises:
+      ValueError: neither the config's nor the recorded autoencoder is the one trained with.
+    """
+    path = os.path.join(workdir, LATENT_FILE)
+    mine = config.latent.autoencoder_checkpoint
+    mine_file = _autoencoder_file(mine)
+    rec_ckpt, rec_file = stored.get("autoencoder_checkpoint"), stored.get("autoencoder")
+    sha = stored.get("autoencoder_sha256")
+    if sha is None:  # an older record: compare the paths only
+        if rec_file is None or _same_file(mine_file, rec_file):
+            return mine
+        raise ValueError(f"config.latent.autoencoder_checkpoint={mine!r} ({os.path.abspath(mine_file)})"
+                         f" is not the autoencoder {rec_file!r} recorded in {path} at training "
+                         f"time; pass --config.latent.autoencoder_checkpoint=<the recorded one>")
+    if os.path.isfile(mine_file) and file_sha256(mine_file) == sha:
+        return mine
+    if rec_ckpt is not None and os.path.isfile(_autoencoder_file(rec_ckpt)) and \
+            file_sha256(_autoencoder_file(rec_ckpt)) == sha:
+        log.warning("config.latent.autoencoder_checkpoint=%r is not the autoencoder this model "
+                    "was trained with; using %s, recorded in %s", mine, rec_ckpt, path)
+        return rec_ckpt
+    have = "does not exist" if not os.path.isfile(mine_file) else "holds other weights"
+    raise ValueError(f"the autoencoder this model was trained with ({rec_ckpt!r}, sha256 "
+                     f"{sha[:12]}..., recorded in {path}) is gone or has changed, and "
+                     f"config.latent.autoencoder_checkpoint={mine!r} ({os.path.abspath(mine_file)}) "
+                     f"{have}: decoding with another autoencoder gives noise. Restore the "
+                     f"recorded autoencoder or retrain stage 2")
+
+
 def resolve_config(config, workdir: str | None):
     """A copy of a stage-2 config with ``latent.scale_factor`` read from
-    ``<workdir>/latent.json`` (sample.py, evaluate.py); other configs are returned unchanged."""
+    ``<workdir>/latent.json`` (sample.py, evaluate.py, a resumed training run) and
+    ``latent.autoencoder_checkpoint`` the autoencoder recorded there (`recorded_autoencoder`);
+    other configs are returned unchanged.
+
+    Raises:
+      ValueError: the recorded autoencoder is gone or changed and the config names another.
+    """
     if not is_latent(config) or workdir is None:
         return config
     path = os.path.join(workdir, LATENT_FILE)
@@ -350,7 +422,10 @@ def resolve_config(config, workdir: str | None):
     if sf is not None and not np.isclose(float(sf), stored["scale_factor"]):
         log.warning("config.latent.scale_factor=%s differs from %s in %s: using the stored one "
                     "(the model was trained with it)", sf, stored["scale_factor"], path)
-    return _with_scale(config, stored["scale_factor"])
+    checkpoint = recorded_autoencoder(config, workdir, stored)
+    config = _with_scale(config, stored["scale_factor"])
+    config.latent.autoencoder_checkpoint = checkpoint
+    return config
 
 
 def resolve_scale_factor(config, workdir: str, first_batch: Callable[[], Any]):
@@ -374,7 +449,9 @@ def resolve_scale_factor(config, workdir: str, first_batch: Callable[[], Any]):
     else:
         origin = "config.latent.scale_factor"
     f = model.downsampling_factor
-    info = {"scale_factor": float(sf), "origin": origin, "autoencoder": file,
+    info = {"scale_factor": float(sf), "origin": origin,
+            "autoencoder_checkpoint": os.path.abspath(config.latent.autoencoder_checkpoint),
+            "autoencoder": os.path.abspath(file), "autoencoder_sha256": file_sha256(file),
             "latent_shape": [config.data.image_size // f, config.data.image_size // f,
                              int(model.latent_channels)]}
     if jax.process_index() == 0:
@@ -390,5 +467,5 @@ __all__ = ["OBJECTIVE", "MODEL_NAME", "AUTOENCODER_FILE", "LATENT_FILE", "BPD_ME
            "autoencoder_objective", "reconstruct", "export_autoencoder",
            "LatentSpace", "latent_space", "encoded_loss_fn", "compute_scale_factor",
            "check_no_bpd", "check_samplable", "is_latent", "validate", "autoencoder_model_config",
-           "load_autoencoder", "latent_space_from_config", "resolve_config",
-           "resolve_scale_factor"]
+           "load_autoencoder", "latent_space_from_config", "file_sha256", "recorded_autoencoder",
+           "resolve_config", "resolve_scale_factor"]

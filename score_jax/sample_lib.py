@@ -464,7 +464,8 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     (sample.py exits non-zero).
     """
     latent_lib.check_samplable(config)
-    config = latent_lib.resolve_config(config, workdir)  # stage 2: the stored scale factor
+    # stage 2: the stored scale factor and the autoencoder recorded at training time
+    config = latent_lib.resolve_config(config, workdir)
     labels, nrow, n = resolve_labels(config, labels=labels, per_class=per_class,
                                      num_samples=num_samples)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
