@@ -32,6 +32,44 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match the model / optimiser being restored."""
 
 
+def _path_name(path) -> str:
+    """``params/Conv_0/kernel`` for a key path of ``jax.tree_util.tree_flatten_with_path``."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+MAX_NAMED_MISMATCHES = 5
+
+
+def tree_mismatches(saved: Any, abstract: Any) -> list[str]:
+    """The leaves where a saved tree (of arrays or orbax ``ArrayMetadata``: anything with
+    ``.shape``) and an abstract tree disagree, by path: ``"params/Conv_0/kernel: checkpoint
+    shape (3, 3, 1, 8), model (3, 3, 1, 4)"``, then ``"<path>: in the model, not in the
+    checkpoint"`` and the reverse. Parameters (``params``, ``ema_params``) first; empty if the
+    shapes and paths agree. Optimiser-state paths missing on one side are not listed (orbax and
+    optax name their tuples differently)."""
+    def shapes(tree):
+        return {_path_name(p): tuple(leaf.shape) for p, leaf in
+                jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(leaf, "shape")}
+
+    have, want = shapes(saved), shapes(abstract)
+    out = [f"{k}: checkpoint shape {have[k]}, model {want[k]}" for k in want
+           if k in have and have[k] != want[k]]
+    params = ("params/", "ema_params/")
+    out += [f"{k}: in the model, not in the checkpoint" for k in want
+            if k not in have and k.startswith(params)]
+    out += [f"{k}: in the checkpoint, not in the model" for k in have
+            if k not in want and k.startswith(params)]
+    return sorted(out, key=lambda m: not m.startswith(params))
+
+
 def checkpoint_dir(workdir: str) -> str:
     """Where `CheckpointManager` keeps the training checkpoints of ``workdir``."""
     return os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -107,6 +145,20 @@ class TrainCheckpointer:
         if step is None or step not in steps:
             raise CheckpointError(f"no checkpoint {'' if step is None else step} in "
                                   f"{self.directory}; available steps: {steps}")
+        saved = os.path.join(os.path.dirname(os.path.abspath(self.directory)), "config.json")
+        hint = (f" Pass the --config the run was trained with (it is saved in {saved})."
+                if os.path.exists(saved) else "")
+        head = (f"checkpoint step {step} in {self.directory} cannot be restored into the current "
+                f"train state (written for a different model / optimiser config, or corrupt).")
+        # Compare shapes by parameter path before orbax reads any array: the error names the
+        # parameters, and no restore is left half-done (its pending reads printed asyncio
+        # "Event loop is closed" tracebacks at exit).
+        mismatches = self._mismatches(abstract_state, int(step))
+        if mismatches:
+            shown = "; ".join(mismatches[:MAX_NAMED_MISMATCHES])
+            more = len(mismatches) - MAX_NAMED_MISMATCHES
+            raise CheckpointError(f"{head}{hint} Mismatched parameters ({len(mismatches)}): "
+                                  f"{shown}" + (f"; ... and {more} more" if more > 0 else ""))
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                   meta=ocp.args.JsonRestore())
         try:
@@ -115,14 +167,7 @@ class TrainCheckpointer:
             text = " ".join(str(e).split())  # orbax prints whole trees: keep the start
             cause = text[:300] + (f" ... ({len(text) - 300} more characters)"
                                   if len(text) > 300 else "")
-            saved = os.path.join(os.path.dirname(os.path.abspath(self.directory)), "config.json")
-            hint = (f" Pass the --config the run was trained with (it is saved in {saved})."
-                    if os.path.exists(saved) else "")
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} cannot be restored into the current "
-                f"train state (written for a different model / optimiser config, or corrupt)."
-                f"{hint}"
-                f" Cause: {type(e).__name__}: {cause}") from e
+            raise CheckpointError(f"{head}{hint} Cause: {type(e).__name__}: {cause}") from e
         state = out["state"]
         want = jax.tree_util.tree_structure(abstract_state)
         got = jax.tree_util.tree_structure(state)
@@ -130,6 +175,21 @@ class TrainCheckpointer:
             raise CheckpointError(f"checkpoint step {step} in {self.directory} has tree {got}, "
                                   f"expected {want}")
         return state, dict(out["meta"] or {})
+
+    def _mismatches(self, abstract_state: Any, step: int) -> list[str]:
+        """`tree_mismatches` of the saved state's metadata (shapes only, no array read) and
+        ``abstract_state``; empty where the metadata cannot be read (orbax then reports)."""
+        from etils import epath
+
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            meta = handler.metadata(epath.Path(self.directory) / str(step) / "state")
+            tree = getattr(meta, "item_metadata", meta)
+            return tree_mismatches(tree, abstract_state) if tree is not None else []
+        except Exception:  # noqa: BLE001 - a corrupt checkpoint: the restore below reports it
+            return []
+        finally:
+            handler.close()
 
     def close(self) -> None:
         self.manager.close()
