@@ -323,7 +323,8 @@ def fresh_floor(features: Any, num: int, *, num_splits: int = FRESH_FLOOR_SPLITS
       The floor as a Python float (same units as ``metrics.frechet_distance``).
 
     Raises:
-      ValueError: ``num < 2``, fewer than 4 reference rows, or ``num_splits < 1``.
+      ValueError: ``num < 2``, fewer than 4 reference rows, or ``num_splits`` not an integer
+        >= 1.
     """
     f = np.asarray(features, np.float64)
     m = f.shape[0] if f.ndim else 0
@@ -331,8 +332,9 @@ def fresh_floor(features: Any, num: int, *, num_splits: int = FRESH_FLOOR_SPLITS
         raise ValueError(f"the fresh floor needs an integer num >= 2, got {num!r}")
     if m < 4 or f.ndim != 2:
         raise ValueError(f"features must be (M, d) with M >= 4, got shape {f.shape}")
-    if num_splits < 1:
-        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, (int, np.integer)) \
+            or num_splits < 1:
+        raise ValueError(f"num_splits must be an integer >= 1, got {num_splits!r}")
     h = min(int(num), m // 2)
     rng = np.random.default_rng(seed)
     fds = []
@@ -352,19 +354,22 @@ def copy_fraction(samples: Any, train: Any, *, ratio: float = COPY_RATIO) -> flo
         d(x, NN_1(x)) < ratio * d(x, NN_2(x)),   d the Euclidean distance in pixel space.
 
     Held-out real digits score 0 (``bench/bench_digits_floor.py``); the training digits
-    themselves score 1.
+    themselves score 1. Exact duplicates in ``train`` are one image: the neighbours are those of
+    the DISTINCT training images (``np.unique`` over rows), so a sample equal to a duplicated
+    digit has d_1 = 0 < ratio d_2 and is a copy (counting the duplicate as the second neighbour
+    gave d_1 = d_2 = 0 and missed every copy of a duplicated digit).
 
     Args:
       samples: ``(N, D)`` flattened samples (e.g. ``digits_to_8x8`` output).
-      train: ``(M, D)`` flattened training images, M >= 2, same D and scale.
+      train: ``(M, D)`` flattened training images, at least 2 distinct, same D and scale.
       ratio: the threshold on ``d_1 / d_2``, in (0, 1].
 
     Returns:
       The fraction in [0, 1] as a Python float.
 
     Raises:
-      ValueError: shapes that do not match, fewer than 2 training images, or ``ratio`` outside
-        (0, 1].
+      ValueError: shapes that do not match, fewer than 2 distinct training images, or ``ratio``
+        outside (0, 1].
     """
     x = np.asarray(samples, np.float64)
     y = np.asarray(train, np.float64)
@@ -374,6 +379,10 @@ def copy_fraction(samples: Any, train: Any, *, ratio: float = COPY_RATIO) -> flo
     if (isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating, np.integer))
             or not 0.0 < ratio <= 1.0):
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+    y = np.unique(y, axis=0)  # exact duplicates are one image
+    if y.shape[0] < 2:
+        raise ValueError(f"train must hold at least 2 distinct images; got {y.shape[0]} distinct "
+                         f"of {np.asarray(train).shape[0]}")
     if x.shape[0] == 0:
         return 0.0
     d2 = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
