@@ -20,6 +20,7 @@ import numpy as np
 
 from score_jax.evaluation import run as run_lib
 from score_jax.evaluation.metrics import inception_score
+from score_jax.files import atomic_savez as _atomic_savez
 
 log = logging.getLogger("score_jax.evaluate")
 
@@ -108,13 +109,6 @@ class _Images:
             if self.max_batches is not None and i >= self.max_batches:
                 return
             yield batch["image"]
-
-
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _key_bytes(key: jax.Array) -> bytes:
