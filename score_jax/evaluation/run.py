@@ -26,9 +26,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from score_jax.evaluation.metrics import _bpd_rounds, metrics_report
+from score_jax.evaluation.metrics import metrics_report
 from score_jax.files import atomic_savez as _atomic_savez
 from score_jax.files import atomic_write_json as _atomic_write_json
+from score_jax.likelihood import bpd_rounds as _bpd_rounds
 
 
 def quantize_samples(samples: Any) -> np.ndarray:
