@@ -12,7 +12,9 @@ Rademacher or Gaussian probe v per solve (one JVP per evaluation). Everything ru
 bits/dim (reference ``likelihood.py`` / ``run_lib.evaluate``): for 8-bit data dequantised as
 x = (k + u) / 256, u ~ U[0, 1), bpd = -log p(x) / (D ln 2) + offset, offset = 8 for data in [0, 1]
 and 7 when the model sees centred data 2x - 1 (the Jacobian of the affine maps). This module is the
-one home of dequantisation and bits/dim.
+one home of dequantisation and bits/dim: the formula (``bpd_from_logp`` / ``bits_per_dim_from_logp``),
+``dequantize`` / ``uniform_dequantize``, and the dataset loop ``bpd_rounds`` that sample.py
+``--mode=bpd`` and evaluate.py both run (``evaluation.metrics`` re-exports these names).
 
 Input convention for ``dequantize`` / ``bits_per_dim``: 8-bit images either as uint8 levels
 k in {0, ..., 255} or as floats k / 255 in [0, 1]. uint8 is converted; floats outside [0, 1]
@@ -27,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -185,16 +188,30 @@ def check_8bit(x: Array) -> Array:
 def dequantize(key: Array, x: Array) -> Array:
     """Uniform dequantisation of 8-bit data: y = (k + u) / 256, u ~ U[0, 1), k the level.
 
-    x: uint8 levels (B, ...) in [0, 255], or floats k / 255 in [0, 1] (``check_8bit``). Returns
+    x: uint8 levels (B, ...) in [0, 255], or floats k / 255 in [0, 1] (``check_8bit``); float
+    levels are rounded to the nearest integer k (so k / 255 in float32 gives k exactly). Returns
     floats in [0, 1) (jax's default float dtype for uint8 input, else x's dtype).
     """
     x = check_8bit(x)
-    return (x * 255.0 + jax.random.uniform(key, x.shape, x.dtype)) / 256.0
+    return (jnp.round(x * 255.0) + jax.random.uniform(key, x.shape, x.dtype)) / 256.0
+
+
+def uniform_dequantize(key: Array, x: Array, *, centered: bool = False) -> Array:
+    """`dequantize`, then the model's range: ``2 y - 1`` in [-1, 1) when ``centered`` (use
+    ``bpd_offset(centered)``: 7) else y in [0, 1) (offset 8)."""
+    return to_model_space(dequantize(key, x), centered)
 
 
 def bpd_offset(centered: bool) -> float:
     """8 for data in [0, 1] (the 1/256 bin width), 7 for centred data in [-1, 1] (scale 2)."""
     return 7.0 if centered else 8.0
+
+
+def _bpd(logp, num_dims: int, offset: float):
+    """The one bits/dim formula: -log p / (D ln 2) + offset (jax or numpy arrays alike)."""
+    if num_dims <= 0:
+        raise ValueError(f"num_dims must be positive; got {num_dims}")
+    return -logp / (num_dims * math.log(2.0)) + offset
 
 
 def bpd_from_logp(logp: Array, num_dims: int, centered: bool = False) -> Array:
@@ -203,9 +220,30 @@ def bpd_from_logp(logp: Array, num_dims: int, centered: bool = False) -> Array:
         bpd = -log p / (D ln 2) + offset(centered)
 
     (score_sde ``likelihood.py``; offset 8 for [0, 1] data, 7 for centred [-1, 1] data)."""
-    if num_dims <= 0:
-        raise ValueError(f"num_dims must be positive; got {num_dims}")
-    return -logp / (num_dims * math.log(2.0)) + bpd_offset(centered)
+    return _bpd(logp, num_dims, bpd_offset(centered))
+
+
+def bits_per_dim_from_logp(logp_nats: Any, num_dims: int, offset: float = 8.0) -> np.ndarray:
+    """Bits per dimension of 8-bit data from a continuous log-density of dequantised data, in
+    float64 numpy:
+
+        bpd = -log p(y) / (D ln 2) + offset.
+
+    For data scaled to [0, 1] and uniformly dequantised as y = (x + u) / 256, u ~ U[0, 1)^D
+    (x in {0..255}), the discrete probability is P(x) = int p(y) dy over a cube of side 1/256,
+    whose Monte-Carlo estimate is p(y) 256^-D, so -log2 P(x) / D = -log p(y) / (D ln 2) + 8:
+    ``offset=8``. For centred data z = 2y - 1 in [-1, 1], log p(y) = log p(z) + D ln 2, so
+    ``offset=7`` (score_sde ``likelihood.py``). ``offset=0`` gives plain continuous bits/dim.
+
+    Args:
+      logp_nats: log-densities in nats, any shape (one per example).
+      num_dims: D, the number of dimensions of one example (e.g. 32 * 32 * 3).
+      offset: see above.
+
+    Returns:
+      Bits/dim with the shape of ``logp_nats`` (float64).
+    """
+    return _bpd(np.asarray(logp_nats, np.float64), num_dims, offset)
 
 
 def to_model_space(x: Array, centered: bool) -> Array:
@@ -259,3 +297,68 @@ def decode(sde, score_fn, z: Array, *, eps: float = DEFAULT_EPS,
     """Decoding z -> x(eps) by the same ODE run backwards (no final denoising step); (x, nfe)."""
     vf = probability_flow_drift(sde, score_fn)
     return solve_ode(vf, z, sde.T, eps, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# bits/dim of a dataset (sample.py --mode=bpd and evaluate.py both go through bpd_rounds)
+# ----------------------------------------------------------------------------------------------
+def bpd_rounds(logp_fn: Any, batches: Iterable[Any], key: Array, *, num_repeats: int,
+               centered: bool, done: Any = None) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Yields ``(round_id, bits/dim (B,) float64 of the batch)`` for round = repeat x batch, in
+    order (round_id = repeat * num_batches + batch); ``None`` instead of the values for rounds
+    where ``done(round_id)`` is true (``logp_fn`` is then not called: resumed rounds).
+
+    Repeat r, batch b use key ``fold_in(fold_in(key, r), b)``, split into the dequantisation key
+    (`uniform_dequantize`) and ``logp_fn``'s key; ``logp_fn(key, y) -> (B,)`` log-densities in
+    nats of y in the model's range. ValueError for ``num_repeats < 1``, no batch, or a logp of
+    the wrong shape.
+    """
+    if num_repeats < 1:
+        raise ValueError(f"num_repeats must be positive, got {num_repeats}")
+    offset = bpd_offset(centered)
+    rid = 0
+    for r in range(num_repeats):
+        key_r = jax.random.fold_in(key, r)
+        for b, batch in enumerate(batches):
+            if done is not None and done(rid):
+                yield rid, None
+                rid += 1
+                continue
+            x = jnp.asarray(batch)
+            k_deq, k_fn = jax.random.split(jax.random.fold_in(key_r, b))
+            y = uniform_dequantize(k_deq, x, centered=centered)
+            logp = np.asarray(logp_fn(k_fn, y))
+            if logp.shape != (x.shape[0],):
+                raise ValueError(f"logp_fn must return shape ({x.shape[0]},), got {logp.shape}")
+            yield rid, bits_per_dim_from_logp(logp, int(np.prod(x.shape[1:])), offset)
+            rid += 1
+    if rid == 0:
+        raise ValueError("batches is empty")
+
+
+def dataset_bits_per_dim(logp_fn: Any, batches: Iterable[Any], key: Array, *,
+                         num_repeats: int = 5, centered: bool = False) -> dict[str, Any]:
+    """Bits/dim of a dataset averaged over ``num_repeats`` dequantisation draws (score_sde: 5).
+
+    For every repeat and batch (8-bit data, uint8 or ``level / 255`` floats) a fresh dequantised
+    copy ``y`` is drawn (`uniform_dequantize`), ``logp_fn(key, y)`` returns the per-example
+    log-density in nats (e.g. the probability-flow likelihood), and the bits/dim of every
+    example are kept; the mean over all (repeat, example) pairs is the reported value
+    (`bpd_rounds`; ``score_jax.evaluation.run.evaluate_bpd`` is the resumable version and
+    ``sample_lib.bpd_from_checkpoint`` the one of sample.py: same keys, same numbers).
+
+    Args:
+      logp_fn: ``(key, y) -> (batch,)`` log-densities in nats of y in [0, 1) (or [-1, 1) when
+        ``centered``).
+      batches: an iterable over batches, re-iterated once per repeat (a list or a
+        re-iterable dataset).
+      key: PRNG key; repeat r, batch b use ``fold_in(fold_in(key, r), b)``.
+      num_repeats: number of dequantisation draws per example.
+      centered: data scaled to [-1, 1] (offset 7) instead of [0, 1] (offset 8).
+
+    Returns:
+      ``{"bpd": mean bits/dim, "bpd_per_example": (num_repeats * N,) array}``.
+    """
+    per_example = np.concatenate([v for _, v in bpd_rounds(
+        logp_fn, batches, key, num_repeats=num_repeats, centered=centered)])
+    return {"bpd": float(per_example.mean()), "bpd_per_example": per_example}

@@ -25,6 +25,7 @@ from score_jax import data as data_lib
 from score_jax import flow, likelihood, parallel, sampling
 from score_jax import latent as latent_lib
 from score_jax import train_step as ts
+from score_jax.evaluation.evaluators import Images, local_rows
 from score_jax.score import get_score_fn
 
 Array = jax.Array
@@ -550,11 +551,9 @@ def make_bpd_fn(built: config_lib.Built, *, rtol: float, atol: float,
     @jax.jit
     def bpd_fn(key, params, x):
         kd, kl = jax.random.split(key)
-        x = likelihood.dequantize(kd, x)
-        y = 2.0 * x - 1.0 if centered else x
+        y = likelihood.uniform_dequantize(kd, x, centered=centered)
         logp, nfe = logp_fn(kl, params, y)
-        D = math.prod(x.shape[1:])
-        return -logp / (D * math.log(2.0)) + likelihood.bpd_offset(centered), nfe
+        return likelihood.bpd_from_logp(logp, math.prod(x.shape[1:]), centered), nfe
 
     return bpd_fn
 
@@ -579,19 +578,22 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
                               training=False, seed=int(config.seed), category=d.get("category"),
                               data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
                               num_channels=d.num_channels)
-    bpd_fn = make_bpd_fn(built, rtol=float(s.rtol), atol=float(s.atol))
-    values, nfes = [], []
-    key = jax.random.key(seed)
-    max_batches = e.get("bpd_max_batches")
-    for r in range(int(e.bpd_num_repeats)):
-        for i, batch in enumerate(ds.epoch()):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = parallel.to_global(batch["image"], mesh)
-            bpd, nfe = bpd_fn(jax.random.fold_in(jax.random.fold_in(key, r), i), params, x)
-            values.append(parallel.to_host(bpd))
-            nfes.append(int(nfe))
+    logp_fn = make_logp_fn(built, rtol=float(s.rtol), atol=float(s.atol))
+    nfes = []
+
+    def round_logp(key, y):  # the rounds of likelihood.bpd_rounds, as evaluate.py runs them
+        logp, nfe = logp_fn(key, params, parallel.to_global(np.asarray(y), mesh))
+        nfes.append(int(nfe))
+        return local_rows(logp)
+
+    images = Images(ds, e.get("bpd_max_batches"))
+    values = [v for _, v in likelihood.bpd_rounds(round_logp, images, jax.random.key(seed),
+                                                    num_repeats=int(e.bpd_num_repeats),
+                                                    centered=built.centered)]
     v = np.concatenate(values)
+    if jax.process_count() > 1:  # every process's examples
+        from jax.experimental import multihost_utils
+        v = np.asarray(multihost_utils.process_allgather(v, tiled=True))
     out = {"bpd": float(v.mean()), "bpd_std_error": float(v.std() / math.sqrt(len(v))),
            "num_examples": int(len(v)), "mean_nfe": float(np.mean(nfes)),
            "eps": config_lib.LIKELIHOOD_EPS, "dataset": d.dataset, "split": e.bpd_dataset,

@@ -20,6 +20,7 @@ import numpy as np
 
 from score_jax.evaluation import run as run_lib
 from score_jax.evaluation.metrics import inception_score
+from score_jax.files import atomic_savez as _atomic_savez
 
 log = logging.getLogger("score_jax.evaluate")
 
@@ -89,7 +90,7 @@ def round_check(should_stop: Callable[[], bool]) -> None:
         raise Preempted
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
+def local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array."""
     if x.is_fully_addressable:
         return np.asarray(x)
@@ -97,7 +98,7 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)], axis=0)
 
 
-class _Images:
+class Images:
     """Re-iterable images of one in-order pass of a pipeline, at most ``max_batches`` batches."""
 
     def __init__(self, ds, max_batches: int | None = None):
@@ -108,13 +109,6 @@ class _Images:
             if self.max_batches is not None and i >= self.max_batches:
                 return
             yield batch["image"]
-
-
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _key_bytes(key: jax.Array) -> bytes:
@@ -194,9 +188,9 @@ class BpdEvaluator:
             y = parallel.to_global(np.asarray(y), self.mesh)
             logp, _ = self.logp_fn(key, params, y)
             bar.update(1)
-            return _local_rows(logp)
+            return local_rows(logp)
 
-        report = run_lib.evaluate_bpd(round_logp, _Images(self.ds, self.max_batches),
+        report = run_lib.evaluate_bpd(round_logp, Images(self.ds, self.max_batches),
                                       eval_dir=eval_dir, ckpt=step, key=self.key,
                                       num_repeats=self.num_repeats, centered=self.centered,
                                       log=log.debug)

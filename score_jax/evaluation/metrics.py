@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.likelihood import bpd_offset
+from score_jax.likelihood import (  # noqa: F401 (re-exported: bits/dim lives in likelihood)
+    bits_per_dim_from_logp,
+    dataset_bits_per_dim,
+    uniform_dequantize,
+)
+from score_jax.likelihood import bpd_rounds as _bpd_rounds  # noqa: F401
 
 # --------------------------------------------------------------------------------------------
 # Validation helpers
@@ -461,94 +465,8 @@ def inception_score(logits: Any, num_splits: int = 1) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def bits_per_dim_from_logp(logp_nats: Any, num_dims: int, offset: float = 8.0) -> np.ndarray:
-    """Bits per dimension of 8-bit data from a continuous log-density of dequantised data.
-
-        bpd = -log p(y) / (D ln 2) + offset.
-
-    For data scaled to [0, 1] and uniformly dequantised as y = (x + u) / 256, u ~ U[0, 1)^D
-    (x in {0..255}), the discrete probability is P(x) = int p(y) dy over a cube of side 1/256,
-    whose Monte-Carlo estimate is p(y) 256^-D, so -log2 P(x) / D = -log p(y) / (D ln 2) + 8:
-    ``offset=8``. For centred data z = 2y - 1 in [-1, 1], log p(y) = log p(z) + D ln 2, so
-    ``offset=7`` (score_sde ``likelihood.py``). ``offset=0`` gives plain continuous bits/dim.
-
-    Args:
-      logp_nats: log-densities in nats, any shape (one per example).
-      num_dims: D, the number of dimensions of one example (e.g. 32 * 32 * 3).
-      offset: see above.
-
-    Returns:
-      Bits/dim with the shape of ``logp_nats`` (float64).
-    """
-    if num_dims <= 0:
-        raise ValueError(f"num_dims must be positive, got {num_dims}")
-    return -np.asarray(logp_nats, np.float64) / (num_dims * math.log(2.0)) + offset
-
-
-def uniform_dequantize(key: jax.Array, x: jax.Array, *, centered: bool = False) -> jax.Array:
-    """``(x * 255 + u) / 256`` with u ~ U[0, 1) for data x in [0, 1] holding 8-bit levels.
-
-    ``x`` may be uint8 (levels 0..255) or float in [0, 1] (``level / 255``); with ``centered`` the
-    result is mapped to [-1, 1) by ``2 y - 1`` (use ``offset=7`` in ``bits_per_dim_from_logp``).
-    """
-    levels = (x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.integer)
-              else jnp.round(x.astype(jnp.float32) * 255.0))
-    y = (levels + jax.random.uniform(key, x.shape, jnp.float32)) / 256.0
-    return 2.0 * y - 1.0 if centered else y
-
-
-def _bpd_rounds(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *, num_repeats: int,
-                centered: bool, done: Any = None) -> Iterator[tuple[int, np.ndarray | None]]:
-    """Yields ``(round_id, bits/dim of the batch)``; ``None`` instead of the values for rounds
-    where ``done(round_id)`` is true (``logp_fn`` is then not called)."""
-    if num_repeats < 1:
-        raise ValueError(f"num_repeats must be positive, got {num_repeats}")
-    offset = bpd_offset(centered)
-    rid = 0
-    for r in range(num_repeats):
-        key_r = jax.random.fold_in(key, r)
-        for b, batch in enumerate(batches):
-            if done is not None and done(rid):
-                yield rid, None
-                rid += 1
-                continue
-            x = jnp.asarray(batch)
-            k_deq, k_fn = jax.random.split(jax.random.fold_in(key_r, b))
-            y = uniform_dequantize(k_deq, x, centered=centered)
-            logp = np.asarray(logp_fn(k_fn, y))
-            if logp.shape != (x.shape[0],):
-                raise ValueError(f"logp_fn must return shape ({x.shape[0]},), got {logp.shape}")
-            yield rid, bits_per_dim_from_logp(logp, int(np.prod(x.shape[1:])), offset)
-            rid += 1
-    if rid == 0:
-        raise ValueError("batches is empty")
-
-
-def dataset_bits_per_dim(logp_fn: Any, batches: Iterable[Any], key: jax.Array, *,
-                         num_repeats: int = 5, centered: bool = False) -> dict[str, Any]:
-    """Bits/dim of a dataset averaged over ``num_repeats`` dequantisation draws (score_sde: 5).
-
-    For every repeat and batch (8-bit data, uint8 or ``level / 255`` floats) a fresh dequantised
-    copy ``y`` is drawn (``uniform_dequantize``), ``logp_fn(key, y)`` returns the per-example
-    log-density in nats (e.g. the probability-flow likelihood), and the bits/dim of every
-    example are kept; the mean over all (repeat, example) pairs is the reported value.
-    ``score_jax.evaluation.run.evaluate_bpd`` is the resumable version (same keys, same numbers).
-
-    Args:
-      logp_fn: ``(key, y) -> (batch,)`` log-densities in nats of y in [0, 1) (or [-1, 1) when
-        ``centered``).
-      batches: an iterable over batches, re-iterated once per repeat (a list or a
-        re-iterable dataset).
-      key: PRNG key; repeat r, batch b use ``fold_in(fold_in(key, r), b)``.
-      num_repeats: number of dequantisation draws per example.
-      centered: data scaled to [-1, 1] (offset 7) instead of [0, 1] (offset 8).
-
-    Returns:
-      ``{"bpd": mean bits/dim, "bpd_per_example": (num_repeats * N,) array}``.
-    """
-    per_example = np.concatenate([v for _, v in _bpd_rounds(
-        logp_fn, batches, key, num_repeats=num_repeats, centered=centered)])
-    return {"bpd": float(per_example.mean()), "bpd_per_example": per_example}
+# bits_per_dim_from_logp, uniform_dequantize, dataset_bits_per_dim and the round loop live in
+# score_jax.likelihood (the one home of dequantisation and bits/dim); re-exported above.
 
 
 def metrics_report(features: Any, logits: Any | None, reference: Mapping[str, Any], *,

@@ -26,21 +26,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from score_jax.evaluation.metrics import _bpd_rounds, metrics_report
-
-
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+from score_jax.evaluation.metrics import metrics_report
+from score_jax.files import atomic_savez as _atomic_savez
+from score_jax.files import atomic_write_json as _atomic_write_json
+from score_jax.likelihood import bpd_rounds as _bpd_rounds
 
 
 def quantize_samples(samples: Any) -> np.ndarray:

@@ -34,7 +34,6 @@ the current round finishes, then `evaluate_workdir` returns with ``preempted=Tru
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ import numpy as np
 from score_jax.evaluation import evaluators as ev
 from score_jax.evaluation import run as run_lib
 from score_jax.evaluation.metrics import load_stats
+from score_jax.files import atomic_write_json
 
 log = logging.getLogger("score_jax.evaluate")
 
@@ -385,8 +385,4 @@ def write_summary(eval_dir: str) -> str:
         if have:
             best[k] = min(have)[1]
     path = os.path.join(eval_dir, "summary.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"reports": reports, "best_step": best}, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, {"reports": reports, "best_step": best})

@@ -1,4 +1,4 @@
-"""Convert the released Score SDE checkpoints into score_jax variables.
+"""Convert the released Score SDE checkpoints into score_jax variables (``score_jax.convert``).
 
 Two sources:
 
@@ -27,12 +27,13 @@ Command line (output: flax msgpack of ``{'params': ...}``, read back with `load_
     python -m score_jax.convert checkpoint_26 out.msgpack --config ... --source flax --no-ema
 
 Other architectures have their own converters, re-exported here and reached from the same command
-by a first word: `convert_dit` (official DiT checkpoints, `score_jax.convert_dit`) and
+by a first word: `convert_dit` (official DiT checkpoints, `score_jax.convert.dit`) and
 `convert_autoencoder_kl` (Stable Diffusion / LDM VAE, diffusers or CompVis layout,
-`score_jax.convert_autoencoder`)::
+`score_jax.convert.autoencoder`)::
 
     python -m score_jax.convert dit DiT-XL-2-256x256.pt dit_xl2.msgpack --preset DiT-XL/2
     python -m score_jax.convert autoencoder_kl vae.safetensors sd_vae.msgpack
+    python -m score_jax.convert inception --to-npz pt_inception-2015-12-05-6726825d.pth w.npz
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from score_jax.convert_autoencoder import convert_autoencoder_kl  # noqa: F401  (re-exported)
-from score_jax.convert_dit import convert_dit  # noqa: F401  (re-exported)
+from score_jax.convert.reader import read_checkpoint
+from score_jax.convert.reader import to_numpy as _to_numpy
+from score_jax.files import atomic_write
 from score_jax.models import DDPM, NCSNpp, get_model, get_sigmas
 from score_jax.models.utils import record_module_order
 
@@ -139,12 +141,6 @@ def _build(model_config: Any, image_size, num_channels, centered) -> tuple[nn.Mo
         raise ValueError("the released checkpoints have no class embedding; build the model "
                          "with num_classes=None to convert them")
     return model, model.image_size, model.num_channels
-
-
-def _to_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):  # a torch tensor; never imported here
-        a = a.detach().cpu().numpy()
-    return np.asarray(a)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,11 +281,7 @@ def load_pytorch_checkpoint(path: str | Path, model_config: Any, *, use_ema: boo
                             **data_kwargs: Any) -> dict[str, Params]:
     """Read a score_sde_pytorch ``.pth`` (``torch.load(weights_only=True)``: tensors and
     containers only, no code) and convert the EMA (default) or raw weights."""
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading .pth files needs torch: pip install 'score_jax[torch]'") from e
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path, kind="torch")
     if isinstance(ckpt, Mapping) and "model" in ckpt:
         if use_ema and "ema" in ckpt:
             sd = pytorch_ema_state_dict(ckpt, model_config, **data_kwargs)
@@ -320,7 +312,7 @@ def convert_flax_score_sde(state: Mapping[str, Any] | bytes | str | Path, model_
       ``{'params': params}`` as float32 numpy arrays, checked against the config's model.
     """
     if isinstance(state, (str, Path)):
-        state = Path(state).read_bytes()
+        state = read_checkpoint(state, kind="msgpack")
     if isinstance(state, (bytes, bytearray)):
         state = serialization.msgpack_restore(bytes(state))
     if not isinstance(state, Mapping):
@@ -351,14 +343,15 @@ def convert_flax_score_sde(state: Mapping[str, Any] | bytes | str | Path, model_
 
 
 def save_variables(variables: Mapping[str, Any], path: str | Path) -> None:
-    """Write variables as flax msgpack (``flax.serialization.msgpack_serialize``)."""
+    """Write variables as flax msgpack (``flax.serialization.msgpack_serialize``), atomically
+    (`score_jax.files.atomic_write`: a reader never sees a half-written file)."""
     tree = jax.tree_util.tree_map(np.asarray, dict(variables))
-    Path(path).write_bytes(serialization.msgpack_serialize(tree))
+    atomic_write(path, serialization.msgpack_serialize(tree))
 
 
 def load_variables(path: str | Path) -> dict[str, Any]:
     """Read variables written by `save_variables` (plain dicts of numpy arrays)."""
-    return serialization.msgpack_restore(Path(path).read_bytes())
+    return read_checkpoint(path, kind="msgpack")
 
 
 def _load_config(path: str, arg: str | None = None) -> Any:
@@ -380,9 +373,10 @@ def _load_config(path: str, arg: str | None = None) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """``python -m score_jax.convert IN OUT --config FILE [--source pytorch|flax] [--no-ema]``;
     ``python -m score_jax.convert dit ...`` / ``... autoencoder_kl ...`` hand the rest of the
-    command line to `score_jax.convert_dit.main` / `score_jax.convert_autoencoder.main`."""
+    command line to `score_jax.convert.dit.main` / `score_jax.convert.autoencoder.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    others = {"dit": "score_jax.convert_dit", "autoencoder_kl": "score_jax.convert_autoencoder"}
+    others = {"dit": "score_jax.convert.dit", "autoencoder_kl": "score_jax.convert.autoencoder",
+              "inception": "score_jax.convert.inception"}
     try:
         if argv and argv[0] in others:
             importlib.import_module(others[argv[0]]).main(argv[1:])

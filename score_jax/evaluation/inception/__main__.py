@@ -1,0 +1,5 @@
+"""``python -m score_jax.evaluation.inception --to-npz IN.pth OUT.npz``."""
+from score_jax.convert.inception import main
+
+if __name__ == "__main__":
+    main()
