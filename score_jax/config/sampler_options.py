@@ -121,7 +121,7 @@ def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
       ValueError: unknown method (valid choices listed), or a set (non-None) key that is an
         option of no sampler, or an option the chosen method does not take set to anything but
         its schema default (e.g. ``sampling.eta`` with method "pc", ``sampling.snr=0.2`` with
-        method "heun").
+        method "heun"); every such key is named in one message.
     """
     s = sampling_config
     method = s.method.lower()
@@ -130,19 +130,21 @@ def sampling_options_from_config(sampling_config) -> tuple[str, dict]:
         raise ValueError(f"config.sampling.method={s.method!r} unknown; valid choices: {valid}")
     accepted = method_options(method)
     schema = base_config().sampling
-    opts = {}
+    opts, refused = {}, []
     for key, value in s.items():
         if key in _SAMPLING_NON_OPTIONS or value is None:
             continue
         name = OPTION_ALIASES.get(key, key)
         if name not in accepted:
             if _set_method_option(key, value, schema):  # it would be ignored silently
-                raise ValueError(f"config.sampling.{key}={value!r} is not an option of method "
-                                 f"{method!r}; its options: {sorted(accepted)}")
+                refused.append(f"config.sampling.{key}={value!r} is not an option of method "
+                               f"{method!r}")
             continue
         if isinstance(value, str) and name in ("predictor", "corrector"):
             value = value.lower()
         opts[name] = value
+    if refused:  # every refused key at once, not only the first
+        raise ValueError("; ".join(refused) + f"; its options: {sorted(accepted)}")
     return method, opts
 
 

@@ -102,7 +102,7 @@ def _validate_guidance(config) -> None:
     _need(label is None or label != config.model.num_classes,
           f"config.sampling.class_label={label} is the null label: guidance_scale={w} has "
           f"nothing to guide; valid: a class 0..{config.model.num_classes - 1}, or "
-          f"guidance_scale=None")
+          f"guidance_scale=None (command line: --config.sampling.guidance_scale=None)")
 
 
 def validate_config(config, *, num_devices: int | None = None) -> None:
