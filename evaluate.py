@@ -21,16 +21,15 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)  # configs/ is importable wherever evaluate.py is run from
 import _cli  # noqa: E402
+from score_jax.config.flags import define_config_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default_digits.py"),
-                                "The training config of the workdir (FILE[:variant]).",
-                                lock_config=True)
+define_config_flag("config", os.path.join(_HERE, "configs", "default_digits.py"),
+                   "The training config of the workdir (FILE[:variant]).")
 flags.DEFINE_string("workdir", None, "Training workdir (with checkpoints/).")
 flags.DEFINE_string("eval_folder", "eval", "Results go to <workdir>/<eval_folder>.")
 flags.DEFINE_string("inception", None, "Local FID Inception weights: "

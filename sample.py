@@ -26,17 +26,16 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 import _cli  # noqa: E402
+from score_jax.config.flags import define_config_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default_digits.py"),
-                                "The training config file (optionally FILE:variant); "
-                                "--config.x=y overrides work with the default too.",
-                                lock_config=True)
+define_config_flag("config", os.path.join(_HERE, "configs", "default_digits.py"),
+                   "The training config file (optionally FILE:variant); "
+                   "--config.x=y overrides work with the default too.")
 flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.")
 flags.DEFINE_string("checkpoint", None, "Converted checkpoint file (python -m score_jax.convert).")
 flags.DEFINE_integer("step", None, "Checkpoint step in the workdir (default: the latest).")

@@ -14,16 +14,15 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)  # configs/ is importable wherever train.py is run from
 import _cli  # noqa: E402
+from score_jax.config.flags import define_config_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default_digits.py"),
-                                "Training config file (optionally FILE:variant, e.g. :smoke).",
-                                lock_config=True)
+define_config_flag("config", os.path.join(_HERE, "configs", "default_digits.py"),
+                   "Training config file (optionally FILE:variant, e.g. :smoke).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and TensorBoard logs.")
 flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")

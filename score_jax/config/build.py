@@ -1,0 +1,117 @@
+"""``build(config)``: validate, then build every object of a run into a typed `Built`."""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import optax
+
+from score_jax import latent as latent_lib
+from score_jax import parallel
+from score_jax import train_step as ts
+from score_jax.config.objectives import Objective
+
+
+class Built(NamedTuple):
+    """Everything a run needs, built once from a config (`build`); no config below this."""
+
+    mesh: jax.sharding.Mesh
+    sde: Any
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: Callable
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    init: Callable  # jitted key -> TrainState (replicated)
+    abstract_state: Any  # shape-only TrainState that orbax restores into
+    train_loss: Callable  # (variables, batch, key) -> (loss, aux), batches in [0, 1]
+    eval_loss: Callable
+    train_step: Callable  # jitted (state, global batch, key) -> (state, metrics)
+    eval_step: Callable  # jitted (state, global batch, key) -> loss
+    ema_rate: float
+    objective: str  # "score", "flow_matching" or "edm"
+    method: str  # sampling method ("flow" for flow models)
+    options: dict  # sampler options
+    flow_path: Any  # the flow's probability path, None for score models
+    continuous: bool
+    centered: bool
+    num_classes: int | None
+    class_label: int | None
+    make_score_fn: Callable | None  # (params, model_kwargs=None) -> score_fn; None for flows
+    guidance_scale: float | None = None  # classifier-free guidance w (None: conditional)
+    latent: Any = None  # latent_lib.LatentSpace of a latent diffusion model (stage 2), or None
+    objective_spec: Objective | None = None  # the registry record of ``objective``
+    ema_warmup: bool = True  # train_step.ema_decay's warmup (config.model.ema_warmup)
+
+
+def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
+    """Validate ``config`` (before any compilation), then build every object of a run.
+
+    Args:
+      mesh: the device mesh (default ``parallel.make_mesh(training.num_devices)``).
+      model: replaces the config's network (tests, notebooks).
+
+    Raises:
+      ValueError: invalid config, naming the value and the valid choices.
+    """
+    # The builders are looked up on the package, so that replacing one there (a notebook, a
+    # test: ``monkeypatch.setattr(config, "model_from_config", ...)``) is what build uses.
+    from score_jax import config as api
+
+    mesh = mesh or parallel.make_mesh(config.training.get("num_devices"))
+    api.validate_config(config, num_devices=mesh.devices.size)
+    parallel.check_batch_size(config.training.batch_size, mesh)
+    parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+    sde = api.sde_from_config(config)
+    space = latent_lib.latent_space_from_config(config, mesh) if latent_lib.is_latent(config) \
+        else None
+    if model is None:
+        model = api.model_from_config(config) if space is None else _latent_model(config, space)
+    tx, schedule = api.optimizer_from_config(config)
+    d, t = config.data, config.training
+    shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
+    num_classes = config.model.get("num_classes")
+    if api.objective_from_config(config) == latent_lib.OBJECTIVE:  # init(key, x): no labels
+        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh)
+    else:
+        shape = space.latent_shape if space is not None else shape
+        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes)
+    if space is not None:  # latents: encoded on the fly, no [0, 1] -> [-1, 1] scaling
+        unscaled = config.copy_and_resolve_references()
+        unscaled.data.centered = False
+        train_loss = latent_lib.encoded_loss_fn(
+            api.loss_fn_from_config(unscaled, sde, model, train=True), space)
+        eval_loss = latent_lib.encoded_loss_fn(
+            api.loss_fn_from_config(unscaled, sde, model, train=False), space)
+    else:
+        train_loss = api.loss_fn_from_config(config, sde, model, train=True)
+        eval_loss = api.loss_fn_from_config(config, sde, model, train=False)
+    ema_rate = float(config.model.ema_rate)
+    ema_warmup = bool(config.model.get("ema_warmup", True))
+    method, options = api.sampling_options_from_config(config.sampling)
+    objective = api.objective_from_config(config)
+    spec = api.OBJECTIVE_SPECS[objective]
+    path = api.flow_path_from_config(config, sde) if spec.sampler == api.FLOW_METHOD else None
+    return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
+                 init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
+                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh,
+                                              ema_warmup=ema_warmup),
+                 eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
+                 objective=objective, method=method, options=options, flow_path=path,
+                 continuous=bool(t.continuous),
+                 centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]
+                 num_classes=num_classes, class_label=config.sampling.get("class_label"),
+                 make_score_fn=api.score_fn_factory(config, sde, model),
+                 guidance_scale=api.guidance_scale_from_config(config), latent=space,
+                 objective_spec=spec, ema_warmup=ema_warmup)
+
+
+def _latent_model(config, space) -> nn.Module:
+    """The diffusion network of a latent model: input (h, w, latent_channels) = the latent
+    shape, no [0, 1] -> [-1, 1] shift inside (latents are centred)."""
+    from score_jax import models
+
+    h, _, c = space.latent_shape
+    return models.get_model(config.model, image_size=h, num_channels=c, centered=True)
+
+

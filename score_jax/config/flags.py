@@ -1,0 +1,127 @@
+"""The ``--config`` command-line flag of the CLIs (train.py, sample.py, evaluate.py).
+
+``define_config_flag`` is ``ml_collections.config_flags.DEFINE_config_file`` with two fixes:
+
+- an absent value is spelled ``None`` on the command line for float and int fields
+  (``--config.sampling.guidance_scale=None``, ``--config.sampling.class_label=None``), as the
+  Python API sets ``config.sampling.guidance_scale = None``; ml_collections' own parsers raise
+  "could not convert string to float: 'None'";
+- an unknown key (``--config.sampling.bogus=1``) exits with one line naming the key and the valid
+  keys of its section, instead of ml_collections' multi-screen traceback.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+NONE_SPELLINGS = ("None", "none")
+
+
+class _NoneOr(flags.ArgumentParser):
+    """``base`` parser that also reads "None" as None."""
+
+    def __init__(self, base: flags.ArgumentParser):
+        self.base = base
+        self.syntactic_help = base.syntactic_help
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip() in NONE_SPELLINGS:
+            return None
+        return self.base.parse(argument)
+
+    def flag_type(self):
+        return self.base.flag_type()
+
+
+def install_none_parsers() -> None:
+    """Let ``--config.<float or int field>=None`` set the field to None (idempotent; process-wide
+    in ml_collections' parser table, which only the CLIs use)."""
+    for typ, base in ((float, flags.FloatParser()), (int, flags.IntegerParser())):
+        config_flags.register_flag_parser_for_type(typ, _NoneOr(base))
+
+
+def load_config_file(spec: str):
+    """``get_config(arg)`` of ``path[:arg]`` (the syntax of ``--config``)."""
+    path, _, arg = spec.partition(":")
+    spec_ = importlib.util.spec_from_file_location("_config_flag_" + os.path.basename(path)[:-3],
+                                                   path)
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    return mod.get_config(arg) if arg else mod.get_config()
+
+
+def unknown_override(config, path: str) -> str | None:
+    """The one-line error of an override ``path`` (e.g. "sampling.bogus") that names no key of
+    ``config``, or None when every part exists."""
+    node, seen = config, ["config"]
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict):
+            return None  # inside a value (a tuple index, a dataclass): ml_collections' business
+        if part not in node:
+            where = ".".join(seen)
+            return (f"--{path if path.startswith('config') else 'config.' + path}: {where} has no "
+                    f"key {part!r}; valid keys of {where}: {sorted(node.keys())}")
+        node = node[part]
+        seen.append(part)
+    return None
+
+
+def overrides(argv, name: str = "config") -> list[str]:
+    """The field paths of ``--<name>.<path>[=value]`` / ``--no<name>.<path>`` in ``argv``."""
+    out = []
+    for a in argv:
+        for prefix in (f"--{name}.", f"--no{name}."):
+            if a.startswith(prefix):
+                out.append(a[len(prefix):].split("=", 1)[0])
+    return out
+
+
+def config_spec(argv, default: str | None, name: str = "config") -> str | None:
+    """The ``--<name>`` value in ``argv`` (``--config=x`` or ``--config x``), else ``default``."""
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def check_overrides(argv, default: str | None, name: str = "config") -> None:
+    """Exit with one line if an override in ``argv`` names a key the config does not have."""
+    paths = overrides(argv, name)
+    spec = config_spec(argv, default, name)
+    if not paths or spec is None:
+        return
+    config = load_config_file(spec)
+    for path in paths:
+        msg = unknown_override(config, path)
+        if msg is not None:
+            raise SystemExit(f"error: {msg}")
+
+
+def define_config_flag(name: str = "config", default: str | None = None,
+                       help_string: str = "path to config file[:variant]", *,
+                       flag_values=flags.FLAGS, argv=None):
+    """``config_flags.DEFINE_config_file`` with "None" for float / int fields and a one-line
+    error for an unknown key (module docstring). ``argv`` defaults to ``sys.argv``.
+
+    Raises:
+      SystemExit: an override names an unknown key (the message names it and the valid keys).
+    """
+    install_none_parsers()
+    argv = sys.argv if argv is None else argv
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_string,
+                                               flag_values=flag_values, sys_argv=argv)
+    except (KeyError, AttributeError):
+        check_overrides(argv[1:], default, name)  # exits with one line when a key is unknown
+        raise
+
+
+__all__ = ["define_config_flag", "install_none_parsers", "unknown_override", "check_overrides",
+           "load_config_file"]
