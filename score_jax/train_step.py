@@ -142,8 +142,8 @@ def ema_init_weight(num_updates: int, rate: float, warmup: bool = True) -> float
     ``prod_{n=1..N} ema_decay(n)`` (the EMA is ``w * init + sum_n c_n params_n`` with
     ``w + sum c_n = 1``). Closed form: the warmup factors ``(1 + n) / (10 + n)`` for
     ``n <= K = floor((10 rate - 1) / (1 - rate))`` multiply to ``Gamma(K + 2) Gamma(11) /
-    Gamma(K + 11)``, then ``rate ** (N - K)``; without warmup ``rate ** N``. Host-side (numpy
-    float64) for logs and audits; 0 < result <= 1 except 0 for rate 0 and N > 0.
+    Gamma(K + 11)``, then ``rate ** (N - K)``; without warmup ``rate ** N``. Host-side (Python
+    floats, log-space) for logs and audits; 0 < result <= 1 except 0 for rate 0 and N > 0.
 
     Raises:
       ValueError: ``num_updates`` < 0 or ``rate`` outside [0, 1).
