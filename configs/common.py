@@ -6,6 +6,7 @@
 - "smoke": the same objective, SDE and network family shrunk to run on a CPU in seconds on the
   embedded digits data (no download): tiny network, 16 x 16 images, a few steps.
 """
+from score_jax import models
 from score_jax.config import base_config as _schema
 
 VARIANTS = (None, "smoke")
@@ -41,20 +42,7 @@ def smoke(config):
     s.num_steps = 24 if s.method == "pc" else 4
     s.n_steps_each = 1
     s.rtol = s.atol = 1e-2
-    m = config.model
-    name = m.get("name")
-    if name == "ncsnpp":
-        m.nf = 16
-        m.ch_mult = (1, 2)
-        m.num_res_blocks = 1
-        m.attn_resolutions = (8,)
-    elif name == "ddpm":
-        m.nf = 32  # GroupNorm with 32 groups
-        m.ch_mult = (1, 2)
-        m.num_res_blocks = 1
-        m.attn_resolutions = (8,)
-    elif name is not None and name.startswith(("ncsn",)):
-        m.nf = 8
+    models.smoke_model_config(config.model)  # each network declares its own shrink
     config.optim.warmup = 2
     return config
 

@@ -67,6 +67,10 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
         else None
     if model is None:
         model = api.model_from_config(config) if space is None else _latent_model(config, space)
+    if api.objective_spec(config).model_name is None:  # a score / denoiser / velocity network
+        from score_jax import models
+
+        models.check_call_signature(model)  # (x, labels, *, train): before any compilation
     tx, schedule = api.optimizer_from_config(config)
     d, t = config.data, config.training
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))

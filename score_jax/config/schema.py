@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from score_jax import likelihood, sampling
+from score_jax import sde as sde_lib
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -214,6 +215,8 @@ def known_keys() -> dict[str, set[str]]:
     for cls in models.MODELS.values():
         keys["model"] |= {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     keys["model"] |= _MODEL_EXTRA_KEYS
+    for name in sde_lib.SDES:  # every SDE's declared parameters (a user SDE's included)
+        keys["model"] |= set(sde_lib.sde_parameters(name))
     keys["optim"] |= _OPTIM_EXTRA_KEYS
     return keys
 

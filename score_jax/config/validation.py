@@ -29,6 +29,25 @@ def _pos_int(path: str, v: Any, allow_none: bool = False) -> None:
           f"config.{path}={v!r} must be a positive integer")
 
 
+def _has_discrete_objective(config) -> bool:
+    try:
+        sde_from_config(config).discrete_objective()
+    except ValueError:
+        return False
+    return True
+
+
+def _discrete_sdes() -> list[str]:
+    out = []
+    for name, cls in sorted(sde_lib.SDES.items()):
+        try:
+            cls().discrete_objective()
+        except (ValueError, TypeError):
+            continue
+        out.append(name)
+    return out
+
+
 def _validate_keys(config) -> None:
     top = set(SECTIONS) | {"seed", "latent"}
     for k in config.keys():
@@ -118,9 +137,9 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
         _pos_int(f"training.{k}", t[k])
     _need(t.sde.lower() in sde_lib.SDES,
           f"config.training.sde={t.sde!r} unknown; valid choices: {sorted(sde_lib.SDES)}")
-    _need(t.continuous or t.sde.lower() != "subvpsde",
-          "config.training.continuous=False is invalid with sde='subvpsde' (sub-VP has no "
-          "discrete objective); valid: continuous=True, or sde in ['vesde', 'vpsde']")
+    _need(t.continuous or _has_discrete_objective(config),
+          f"config.training.continuous=False is invalid with sde={t.sde!r} (it has no "
+          f"discrete objective); valid: continuous=True, or sde in {_discrete_sdes()}")
     ndev = jax.device_count() if num_devices is None else num_devices
     if t.get("num_devices") is not None:
         _need(1 <= t.num_devices <= jax.device_count(),

@@ -3,6 +3,8 @@ latent-diffusion autoencoder (`AutoencoderKL`).
 
 `get_model(config.model, image_size=..., num_channels=..., centered=...)` is the one place where
 a reference-style ``config.model`` becomes a module; everything below it takes typed fields.
+The interface a network provides is declared in `base` (`ScoreNetwork`; base class `Network`):
+adding one is a module with that interface and its entry in `MODELS`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 
 from .autoencoder import AutoencoderKL
+from .base import Network, ScoreNetwork, check_call_signature, smoke_config, validate_network
 from .ddpm import DDPM
 from .dit import DIT_PRESETS, DiT, dit_config
 from .ncsnpp import NCSNpp
@@ -121,9 +124,19 @@ def get_model(model_config: Any, *, image_size: int | None = None,
         raise ValueError(f"unknown model name {name!r}; valid: {sorted(MODELS)}")
     model = MODELS[name](**model_kwargs(model_config, image_size=image_size,
                                         num_channels=num_channels, centered=centered))
-    model.validate()
+    validate_network(model)  # Network.validate; a plain nn.Module without one is accepted
     return model
 
 
+def smoke_model_config(model_config: Any) -> None:
+    """Shrink ``model_config`` in place for a config's ``:smoke`` variant: the network's own
+    ``smoke_config`` (`Network.smoke_config`); no name, or a network without one: unchanged."""
+    name = _get(model_config, "name")
+    if name is not None and name in MODELS:
+        smoke_config(MODELS[name], model_config)
+
+
 __all__ = ["AutoencoderKL", "DDPM", "DIT_PRESETS", "MODELS", "NCSN", "DiT", "NCSNpp", "NCSNv2",
-           "NCSNv2_128", "NCSNv2_256", "dit_config", "get_model", "get_sigmas", "model_kwargs"]
+           "NCSNv2_128", "NCSNv2_256", "dit_config", "get_model", "get_sigmas", "model_kwargs",
+           "Network", "ScoreNetwork", "check_call_signature", "smoke_model_config",
+           "validate_network"]

@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .base import Network
 from .utils import check_choice, check_image, check_image_size
 
 Array = jnp.ndarray
@@ -192,7 +193,7 @@ class Decoder(nn.Module):
         return _conv(self.out_channels, 3, "conv_out")(h)
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(Network):
     """The KL-regularised autoencoder of LDM / Stable Diffusion (see the module docstring).
 
     Fields:

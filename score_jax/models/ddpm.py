@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from . import layers
+from .base import Network
 from .utils import (
     add_label_embedding,
     check_image,
@@ -30,7 +31,7 @@ from .utils import (
 Array = jnp.ndarray
 
 
-class DDPM(nn.Module):
+class DDPM(Network):
     """DDPM score / noise-prediction network.
 
     Call as ``model.apply(variables, x, labels, train=False, y=None)``; x (B, H, W, C), labels
@@ -57,6 +58,15 @@ class DDPM(nn.Module):
     num_classes: int | None = None
     dtype: Any = None
     remat: bool = False
+
+    @classmethod
+    def smoke_config(cls, model_config) -> None:
+        """``:smoke``: nf 32 (GroupNorm's 32 groups), two levels, one res block, attention at
+        8 x 8."""
+        model_config.nf = 32
+        model_config.ch_mult = (1, 2)
+        model_config.num_res_blocks = 1
+        model_config.attn_resolutions = (8,)
 
     def validate(self) -> None:
         """Raise ValueError for settings the DDPM U-Net cannot take."""

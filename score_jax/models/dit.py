@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .base import Network
 from .utils import check_image, check_image_size, float_dtype
 
 Array = jnp.ndarray
@@ -181,7 +182,7 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None] * mlp(_modulate(_layer_norm(x), shift2, scale2))
 
 
-class DiT(nn.Module):
+class DiT(Network):
     """Diffusion Transformer (adaLN-Zero), official module and field names.
 
     Call as ``model.apply(variables, x, t, y=labels, train=False)``: x (B, H, W, C) NHWC with

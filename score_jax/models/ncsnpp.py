@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from . import layers, layerspp
+from .base import Network
 from .utils import (
     add_label_embedding,
     check_choice,
@@ -48,7 +49,7 @@ EMBEDDINGS = ("fourier", "positional")
 RESBLOCKS = ("ddpm", "biggan")
 
 
-class NCSNpp(nn.Module):
+class NCSNpp(Network):
     """NCSN++ / DDPM++ score network.
 
     Call as ``model.apply(variables, x, labels, train=False, y=None)`` with x (B, H, W, C) and
@@ -91,6 +92,14 @@ class NCSNpp(nn.Module):
     num_classes: int | None = None
     dtype: Any = None
     remat: bool = False
+
+    @classmethod
+    def smoke_config(cls, model_config) -> None:
+        """``:smoke``: nf 16, two levels, one res block, attention at 8 x 8."""
+        model_config.nf = 16
+        model_config.ch_mult = (1, 2)
+        model_config.num_res_blocks = 1
+        model_config.attn_resolutions = (8,)
 
     def validate(self) -> None:
         """Raise ValueError for unknown option names or an image size the U-Net cannot take."""

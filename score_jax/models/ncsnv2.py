@@ -28,12 +28,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from . import layers, normalization
+from .base import Network
 from .utils import check_image, check_image_size, float_dtype, get_sigmas
 
 Array = jnp.ndarray
 
 
-class _RefineNet(nn.Module):
+class _RefineNet(Network):
     """Shared body of NCSN / NCSNv2; subclasses fix the stage layout (class variables)."""
 
     image_size: int | None = None
@@ -60,6 +61,11 @@ class _RefineNet(nn.Module):
     def divisor(cls) -> int:
         """2 ** (number of non-dilated down-samplings)."""
         return 2 ** sum(1 for _, d in cls.STAGES if d == 1)
+
+    @classmethod
+    def smoke_config(cls, model_config) -> None:
+        """``:smoke``: nf 8."""
+        model_config.nf = 8
 
     def validate(self) -> None:
         """Raise ValueError for settings this network cannot take."""
