@@ -1,7 +1,8 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
 The config is turned into objects by ``config.build`` (validated before any compilation); the
-steps are ``train_step``'s, sampling at snapshots is ``sample_lib``'s. Per-step randomness is
+steps are ``train_step``'s; evaluation (the evaluation loss, snapshot samples and their metrics)
+is the evaluators' of ``evaluation.build.training_evaluators``, each ``run(step, state)``. Per-step randomness is
 ``fold_in(key, step)`` and the data of step ``s`` is a pure function of ``(seed, s)``, so a run
 resumed from a checkpoint continues bit for bit as if it had never stopped. Preemption: the
 caller passes ``should_stop`` (train.py passes the event of ``preemption.sigterm()``); the loop
@@ -21,7 +22,8 @@ import numpy as np
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
 from score_jax import latent as latent_lib
-from score_jax import parallel, preemption, sample_lib
+from score_jax import parallel, preemption
+from score_jax.evaluation.build import SNAPSHOT_DIGITS_SAMPLES, training_evaluators
 from score_jax.train_step import TrainState
 
 log = logging.getLogger("score_jax.train")
@@ -81,54 +83,6 @@ class _Progress:
         self.bar.close()
 
 
-SNAPSHOT_DIGITS_SAMPLES = 256  # at least this many snapshot samples score a DIGITS run
-
-
-def _snapshot(config, b, state, done, k_sample, workdir, writer, bar, is_main, digits_ref):
-    """Sample at a snapshot: the grid of ``sampling.num_samples`` EMA samples in
-    ``<workdir>/samples/iter_<done>``; for DIGITS configs, the digits quality metric of
-    ``max(sampling.num_samples, training.snapshot_metric_samples or SNAPSHOT_DIGITS_SAMPLES)``
-    samples (the grid's first) on the console and in TensorBoard (``evaluators.DIGITS_KEYS``:
-    digits_fd, the subset and fresh floors and ratios, digits_is, digits_copy_fraction; the
-    floors are for the same N). Returns the digits reference statistics, to reuse."""
-    from score_jax.evaluation import evaluators
-
-    n_grid = int(config.sampling.num_samples)
-    digits = evaluators.is_digits(config.data.dataset)
-    # class-conditional models: one row per class (labels of the grid, repeated for the metric)
-    # (the metric is then that of the grid's samples: the floor is for the same N)
-    labels, nrow = sample_lib.snapshot_labels(b.num_classes, n_grid)
-    if labels is not None:
-        n_grid = len(labels)
-    n_metric = config.training.get("snapshot_metric_samples") or SNAPSHOT_DIGITS_SAMPLES
-    n = max(n_grid, int(n_metric)) if digits and labels is None else n_grid
-    images, nfe = sample_lib.sample_built(jax.random.fold_in(k_sample, done), b,
-                                          state.ema_params, n,
-                                          batch_size=config.sampling.get("batch_size"),
-                                          labels=labels)
-    bad = sample_lib.count_nonfinite(images)
-    if bad:
-        log.warning("step %d: %d of %d snapshot samples are not finite", done, bad, len(images))
-    if not is_main:
-        return digits_ref
-    d = os.path.join(workdir, "samples", f"iter_{done}")
-    path = sample_lib.save_samples(images[:n_grid], d, scale=max(1, 64 // config.data.image_size),
-                                   nrow=nrow)
-    bar.write(f"step {done}: samples (nfe {nfe}) -> {path}"
-              + (f" ({bad} not finite)" if bad else ""))
-    if digits:
-        from score_jax.evaluation import digits as digits_lib
-
-        if digits_ref is None:
-            digits_ref = digits_lib.digits_reference(int(config.data.image_size))
-        report = evaluators.digits_report(images, digits_ref)
-        for k in evaluators.DIGITS_KEYS:
-            writer.add_scalar(f"digits_{k}", report[f"digits_{k}"], done)
-        bar.write(f"step {done}: {evaluators.format_digits_report(report)}")
-        log.info("step %d: %s", done, evaluators.format_digits_report(report))
-    return digits_ref
-
-
 def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                        train_ds=None, eval_ds=None, mesh=None,
                        callbacks: Iterable[Callable[[int, dict], None]] = (),
@@ -137,7 +91,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     Writes ``<workdir>/checkpoints`` (orbax: the latest, plus every multiple of
     ``training.snapshot_freq``), ``<workdir>/samples/iter_<step>/samples.{png,npz}`` at
-    snapshots (DIGITS configs: with the digits quality metric, see ``_snapshot``), and
+    snapshots (with the dataset's sample metrics, e.g. the digits quality metric:
+    ``evaluation.build.training_evaluators``, which builds every evaluator the loop runs), and
     TensorBoard events in ``<workdir>/tensorboard``. When ``should_stop()``
     becomes true (all processes agree at log steps), it saves at the next step boundary and
     returns.
@@ -203,10 +158,17 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
             latent_lib.export_autoencoder(workdir, state.ema_params)
 
     data_iter = train_ds.iterate(start)
-    eval_iter = eval_ds.iterate(start // eval_freq)
     pending: list[tuple[int, dict]] = []
-    digits_ref = None  # the digits metric's reference statistics, computed at the 1st snapshot
     bar = _Progress(n_iters, start, int(t.batch_size), is_main)
+    evaluators = training_evaluators(config, b, workdir, eval_ds=eval_ds, start=start,
+                                     k_eval=k_eval, k_sample=k_sample, write=bar.write, log=log)
+
+    def run_evaluators(group, step):
+        for evaluator in group:
+            for k, v in evaluator.run(step, state).items():
+                if is_main:
+                    writer.add_scalar(k, v, step)
+        bar.restart_clock()
     try:
         for step in range(start, n_iters):
             host_batch = next(data_iter)
@@ -242,11 +204,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                         cb(done, {k: np.asarray(v) for k, v in m.items()})
                 pending.clear()
             if done % eval_freq == 0 or last:
-                eb = parallel.to_global(next(eval_iter), mesh)
-                eval_loss = float(b.eval_step(state, eb, jax.random.fold_in(k_eval, done)))
-                if is_main:
-                    writer.add_scalar("eval_loss", eval_loss, done)
-                bar.restart_clock()
+                run_evaluators(evaluators.every_eval, done)
             # one process alone must not save: several processes agree at log steps
             if (not multi or done % log_freq == 0) and preemption.agree(should_stop, sync=multi):
                 save(done)
@@ -258,15 +216,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                     or done % int(t.snapshot_freq) == 0 or last):
                 save(done)
                 bar.restart_clock()
-            if (t.snapshot_sampling and b.objective == latent_lib.OBJECTIVE
-                    and (done % int(t.snapshot_freq) == 0 or last)):
-                if is_main:
-                    _snapshot_reconstructions(config, b, state, eval_ds, workdir, done, bar)
-                bar.restart_clock()
-            elif t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
-                digits_ref = _snapshot(config, b, state, done, k_sample, workdir, writer, bar,
-                                       is_main, digits_ref)
-                bar.restart_clock()
+            if evaluators.every_snapshot and (done % int(t.snapshot_freq) == 0 or last):
+                run_evaluators(evaluators.every_snapshot, done)
     finally:
         bar.close()
         if writer is not None:
@@ -287,15 +238,6 @@ def _resolve_latent(config, workdir, train_ds):
         return next(ds.iterate(0))
 
     return latent_lib.resolve_scale_factor(config, workdir, first_batch)
-
-
-def _snapshot_reconstructions(config, b, state, eval_ds, workdir, step, bar):
-    """Stage 1 snapshot: input / reconstruction pairs of the first evaluation batch."""
-    images = np.asarray(next(eval_ds.iterate(0))["image"])
-    d = os.path.join(workdir, "samples", f"iter_{step}")
-    out = sample_lib.save_reconstructions(b.model, jax.device_get(state.ema_params), images, d,
-                                          scale=max(1, 64 // config.data.image_size))
-    bar.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> {out['png']}")
 
 
 __all__ = ["SNAPSHOT_DIGITS_SAMPLES", "NonFiniteLossError", "check_labels", "train_and_evaluate"]
