@@ -77,24 +77,20 @@ def _print_conditional(out):
 
 
 def _print_digits_metrics(config, out):
-    """DIGITS configs: print the digits quality metric of the samples and write it to
-    ``metrics.json`` beside ``samples.png`` (score_jax.evaluation.evaluators.digits_report)."""
+    """Print the metrics of the samples the dataset defines (DIGITS: the digits quality metric;
+    ``sample_lib.sample_from_checkpoint`` computed them and wrote ``metrics.json``)."""
     from score_jax.evaluation import evaluators
 
-    if not evaluators.is_digits(config.data.dataset) or out["png"] is None:
+    metrics = evaluators.sample_metrics(config.data.dataset)
+    if not metrics or out["png"] is None:
         return
-    if out["num_samples"] < 2:
-        print("digits metric skipped: it needs at least 2 samples (FD fits a covariance)")
+    report = out.get("sample_metrics")
+    if not report:
+        print(f"digits metric skipped: it needs at least {metrics[0].min_samples} samples (FD "
+              f"fits a covariance)")
         return
-    report = evaluators.digits_report(out["images"])
-    report.update(nfe=out["nfe"], sample_seconds=out["seconds"])
-    path = os.path.join(os.path.dirname(out["png"]), "metrics.json")
-    if os.path.exists(path):  # sample_lib wrote the conditional accuracy there: keep it
-        with open(path) as f:
-            report = {**json.load(f), **report}
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"{evaluators.format_digits_report(report)} -> {path}")
+    for metric in metrics:
+        print(f"{metric.format(report)} -> {out['metrics_path']}")
 
 
 def main(argv):

@@ -7,6 +7,7 @@ flow's ODE (flow-matching models) from ``config.LIKELIHOOD_EPS``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -25,18 +25,36 @@ from score_jax import data as data_lib
 from score_jax import flow, likelihood, parallel, sampling
 from score_jax import latent as latent_lib
 from score_jax import train_step as ts
+from score_jax.evaluation import evaluators
 from score_jax.evaluation.evaluators import Images, local_rows
+from score_jax.files import atomic_write_json
+from score_jax.labels import (  # noqa: F401 (re-exported: the labels live in score_jax.labels)
+    _LABEL_STREAM,
+    _batch_labels,
+    check_labels,
+    class_labels,
+    grid_labels,
+    parse_labels,
+    snapshot_labels,
+)
+from score_jax.sample_io import (  # noqa: F401 (re-exported: image files live in sample_io)
+    count_nonfinite,
+    image_grid,
+    save_samples,
+)
 from score_jax.score import get_score_fn
 
 Array = jax.Array
 
 
-_LABEL_STREAM = 0x1ABE1  # labels use their own keys: the draws of unconditional models keep theirs
 
 
 # ----------------------------------------------------------------------------------------------
 # Sampling
 # ----------------------------------------------------------------------------------------------
+_USE_SPEC = object()
+
+
 def padded_batch_size(num_samples: int, batch_size: int | None, num_devices: int) -> int:
     """The per-call batch: ``min(batch_size or num_samples, num_samples)`` rounded up to a
     multiple of ``num_devices`` (the extra samples are drawn and cut)."""
@@ -46,19 +64,37 @@ def padded_batch_size(num_samples: int, batch_size: int | None, num_devices: int
     return int(math.ceil(bs / num_devices) * num_devices)
 
 
-def class_labels(key: Array, n: int, num_classes: int | None,
-                 class_label: int | None = None) -> Array | None:
-    """Labels for sampling a class-conditional model: None for an unconditional model;
-    ``class_label`` repeated if given (``num_classes`` is the null label); otherwise drawn
-    uniformly from [0, num_classes) (never the null label). Shape (n,) int32."""
-    if num_classes is None:
-        return None
-    if class_label is not None:
-        if not 0 <= int(class_label) <= int(num_classes):
-            raise ValueError(f"class_label={class_label} invalid; valid: 0..{num_classes - 1} "
-                             f"or {num_classes} (the null label)")
-        return jnp.full((n,), int(class_label), jnp.int32)
-    return jax.random.randint(key, (n,), 0, int(num_classes), jnp.int32)
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """What drawing samples needs of a model, and nothing else (`draw_samples`); a
+    `config.Built` has the same attributes and is passed as it is.
+
+    sde, model, continuous: the score wiring (``score.get_score_fn``) unless ``make_score_fn``;
+    image_shape: (H, W, C); method / options: ``sampling.sample`` (or ``"flow"``:
+    ``flow.flow_sample`` on ``flow_path``); centered: data in [-1, 1]; mesh: devices to shard
+    over (None: one); num_classes / class_label / guidance_scale: class-conditional sampling;
+    latent: an object with ``decode`` (latent diffusion) or None.
+    """
+
+    sde: Any
+    model: nn.Module
+    image_shape: tuple[int, ...]
+    method: str
+    options: dict
+    centered: bool
+    continuous: bool = True
+    mesh: Any = None
+    flow_path: Any = None
+    num_classes: int | None = None
+    class_label: int | None = None
+    make_score_fn: Callable | None = None
+    guidance_scale: float | None = None
+    latent: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoder:
+    decode: Callable
 
 
 def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous: bool,
@@ -70,11 +106,30 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
                   labels: Any = None,
                   guidance_scale: float | None = None,
                   decode: Callable | None = None) -> tuple[np.ndarray, int]:
-    """Draw ``shape[0]`` samples (any number) in batches of ``batch_size`` rounded up to the
-    device multiple, sharded over ``mesh``, and cut to ``shape[0]``.
+    """`draw_samples` from explicit pieces (a `SamplingSpec` of them; ``shape[0]`` samples).
+
+    Kept for callers without a `config.Built`; the library itself calls `draw_samples` /
+    `sample_built` with the Built.
+    """
+    spec = SamplingSpec(sde=sde, model=model, image_shape=tuple(shape[1:]), method=method,
+                        options=options, centered=centered, continuous=continuous, mesh=mesh,
+                        flow_path=path, num_classes=num_classes, class_label=class_label,
+                        make_score_fn=make_score_fn,
+                        latent=None if decode is None else _Decoder(decode))
+    return draw_samples(key, spec, params, int(shape[0]), batch_size=batch_size, labels=labels,
+                        guidance_scale=guidance_scale)
+
+
+def draw_samples(key: Array, spec: SamplingSpec, params: Any, num_samples: int, *,
+                 batch_size: int | None = None, mesh=None, labels: Any = None,
+                 guidance_scale: Any = _USE_SPEC) -> tuple[np.ndarray, int]:
+    """Draw ``num_samples`` samples (any number) of ``spec`` (a `SamplingSpec` or a
+    `config.Built`) in batches of ``batch_size`` rounded up to the device multiple, sharded over
+    ``mesh`` (default ``spec.mesh``), and cut to ``num_samples``. ``guidance_scale`` defaults to
+    ``spec.guidance_scale`` (pass None for plain conditional sampling).
 
     ``method="flow"`` (a flow-matching model: the network predicts a velocity) integrates the
-    flow with ``flow.flow_sample(**options)`` on ``path`` (default ``flow.CondOTPath()``); any
+    flow with ``flow.flow_sample(**options)`` on ``spec.flow_path`` (default ``flow.CondOTPath()``); any
     other method runs ``sampling.sample`` on the network's score (``make_score_fn(params,
     model_kwargs)``, e.g. ``Built.make_score_fn``; default: the reference wiring
     ``score.get_score_fn`` with ``continuous``). A class-conditional model
@@ -82,13 +137,22 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     None, labels from `class_labels`. With ``guidance_scale`` w (not None) it samples with
     classifier-free guidance, pred = (1 - w) pred(x | null) + w pred(x | y) on the score or the
     velocity (`guided_fns`: one network call on 2B per evaluation); None is plain conditional
-    sampling (w = 1 with B per call). ``decode`` (latent diffusion: ``LatentSpace.decode``) maps
+    sampling (w = 1 with B per call). ``spec.latent.decode`` (latent diffusion) maps
     each batch of draws to images in the model's range first.
 
     Returns:
       ``(images, nfe)``: numpy (N, H, W, C) in [0, 1] (non-finite values are kept as NaN so
       that `count_nonfinite` sees them), nfe per batch.
     """
+    sde, model, continuous, method = spec.sde, spec.model, spec.continuous, spec.method
+    options, path, num_classes = spec.options, spec.flow_path, spec.num_classes
+    class_label, make_score_fn = spec.class_label, spec.make_score_fn
+    if guidance_scale is _USE_SPEC:  # the spec's own scale applies to conditional models only
+        guidance_scale = spec.guidance_scale if num_classes is not None else None
+    decode = None if spec.latent is None else spec.latent.decode
+    mesh = spec.mesh if mesh is None else mesh
+    shape = (int(num_samples),) + tuple(spec.image_shape)
+    centered = spec.centered
     n = int(shape[0])
     nd = 1 if mesh is None else mesh.devices.size
     bs = padded_batch_size(n, batch_size, nd)
@@ -151,55 +215,6 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
     return x, int(nfe)
 
 
-def check_labels(labels: Any, num_classes: int | None, n: int | None = None) -> np.ndarray:
-    """Explicit sampling labels as an (N,) int32 numpy array; ValueError (before anything is
-    compiled) for an unconditional model, non-integers, a wrong count ``n`` or a label outside
-    [0, num_classes)."""
-    if num_classes is None:
-        raise ValueError("labels were given but the model is not class-conditional (set "
-                         "config.model.num_classes)")
-    arr = np.asarray(labels)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"labels must be a 1-D list of integers; got {labels!r}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{arr.shape[0]} labels given for {n} samples; give one per sample")
-    bad = sorted({int(v) for v in arr if not 0 <= int(v) < int(num_classes)})
-    if bad:
-        raise ValueError(f"labels {bad} out of range; valid labels: 0..{int(num_classes) - 1} "
-                         f"(num_classes={num_classes})")
-    return arr.astype(np.int32)
-
-
-def parse_labels(text: str, num_classes: int | None) -> np.ndarray:
-    """``"3,3,7"`` -> array([3, 3, 7]) (sample.py ``--labels``); ValueError for an empty list,
-    a non-integer entry or a label outside [0, num_classes)."""
-    items = [v.strip() for v in str(text).split(",") if v.strip()]
-    if not items:
-        raise ValueError(f"--labels={text!r} is empty; give comma-separated class labels, e.g. "
-                         f"--labels=3,3,7")
-    try:
-        values = [int(v) for v in items]
-    except ValueError:
-        raise ValueError(f"--labels={text!r} must be comma-separated integers, e.g. "
-                         f"--labels=3,3,7") from None
-    return check_labels(np.asarray(values, np.int64), num_classes)
-
-
-def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
-    """Labels of a grid with one row per class: [0]*per_class + [1]*per_class + ...; lay the
-    images out with ``nrow=per_class`` (`image_grid`). Shape (num_classes * per_class,) int32."""
-    if int(per_class) < 1:
-        raise ValueError(f"per_class={per_class} must be a positive integer")
-    return np.repeat(np.arange(int(num_classes), dtype=np.int32), int(per_class))
-
-
-def _batch_labels(labels: np.ndarray, i: int, bs: int) -> Array:
-    y = labels[i * bs:(i + 1) * bs]
-    if len(y) < bs:  # the padded tail of the last batch (cut afterwards)
-        y = np.concatenate([y, np.full(bs - len(y), y[0] if len(y) else 0, np.int32)])
-    return jnp.asarray(y, jnp.int32)
-
-
 def guided_fns(labels: Array, w: float, num_classes: int, *, params: Any,
                model: nn.Module | None = None, sde=None, continuous: bool = True,
                make_score_fn: Callable | None = None):
@@ -217,49 +232,6 @@ def guided_fns(labels: Array, w: float, num_classes: int, *, params: Any,
         return cfg.cfg_score_fn(sde, model, {"params": params}, labels, w=w,
                                 num_classes=num_classes, continuous=continuous)
     return cfg.cfg_velocity_fn(model, {"params": params}, labels, w=w, num_classes=num_classes)
-
-
-def count_nonfinite(images: np.ndarray) -> int:
-    """The number of images (first axis) holding any NaN / inf."""
-    x = np.asarray(images)
-    return int((~np.isfinite(x.reshape(x.shape[0], -1))).any(axis=1).sum())
-
-
-def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """Tile (N, H, W, C) images in [0, 1] into one uint8 (rows x cols) grid image."""
-    n, h, w, c = images.shape
-    nrow = nrow or int(math.ceil(math.sqrt(n)))
-    ncol = int(math.ceil(n / nrow))
-    grid = np.ones((ncol * (h + padding) + padding, nrow * (w + padding) + padding, c), np.float32)
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        y0, x0 = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y0:y0 + h, x0:x0 + w] = images[i]
-    return np.round(np.clip(np.nan_to_num(grid), 0, 1) * 255).astype(np.uint8)
-
-
-def save_samples(images: np.ndarray, directory: str, *, scale: int = 1,
-                 nrow: int | None = None) -> str:
-    """Write ``samples.png`` (a grid, nearest-upscaled by ``scale``) and ``samples.npz`` (uint8
-    images, as the reference's sample files) into ``directory``; returns the PNG path.
-    Non-finite pixels are written as 0 (count them first with `count_nonfinite`). ``nrow``: images
-    per grid row (default about sqrt(N); per_class for a grid with one row per class)."""
-    from PIL import Image
-
-    os.makedirs(directory, exist_ok=True)
-    grid = image_grid(images, nrow=nrow or None)
-    pil = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
-    if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    path = os.path.join(directory, "samples.png")
-    pil.save(path)
-    np.savez_compressed(os.path.join(directory, "samples.npz"),
-                        samples=np.round(np.clip(np.nan_to_num(images), 0.0, 1.0) * 255
-                                         ).astype(np.uint8))
-    return path
-
-
-_USE_BUILT = object()
 
 
 def save_reconstructions(model: nn.Module, params: Any, images: np.ndarray, directory: str, *,
@@ -290,30 +262,13 @@ def save_reconstructions(model: nn.Module, params: Any, images: np.ndarray, dire
 
 def sample_built(key: Array, built: config_lib.Built, params: Any, num_samples: int, *,
                  batch_size: int | None = None, mesh=None, labels: Any = None,
-                 guidance_scale: Any = _USE_BUILT) -> tuple[np.ndarray, int]:
-    """`sample_images` with everything taken from a `config.Built` (``guidance_scale`` defaults
-    to ``built.guidance_scale``; pass None for plain conditional sampling)."""
-    w = getattr(built, "guidance_scale", None) if guidance_scale is _USE_BUILT else guidance_scale
-    return sample_images(key, built.sde, built.model, params, continuous=built.continuous,
-                         shape=(int(num_samples),) + built.image_shape, method=built.method,
-                         options=built.options, centered=built.centered,
-                         mesh=built.mesh if mesh is None else mesh, batch_size=batch_size,
-                         path=built.flow_path, num_classes=built.num_classes,
-                         class_label=built.class_label,
-                         make_score_fn=built.make_score_fn, labels=labels,
-                         guidance_scale=w if built.num_classes is not None else None,
-                         decode=None if built.latent is None else built.latent.decode)
-
-
-def snapshot_labels(num_classes: int | None, num_samples: int) -> tuple[np.ndarray | None, int]:
-    """Labels of a training snapshot: for a class-conditional model one row per class,
-    ``per_class = max(1, num_samples // num_classes)`` samples each (`grid_labels`); returns
-    ``(labels, nrow)`` with nrow the images per grid row (None, ceil(sqrt(N))-style default for
-    an unconditional model: ``(None, 0)``)."""
-    if num_classes is None:
-        return None, 0
-    per_class = max(1, int(num_samples) // int(num_classes))
-    return grid_labels(num_classes, per_class), per_class
+                 guidance_scale: Any = _USE_SPEC) -> tuple[np.ndarray, int]:
+    """`draw_samples` of a `config.Built` (``guidance_scale`` defaults to
+    ``built.guidance_scale``; pass None for plain conditional sampling)."""
+    if guidance_scale is not _USE_SPEC and built.num_classes is None:
+        guidance_scale = None  # as before: an unconditional Built ignores a scale
+    return draw_samples(key, built, params, num_samples, batch_size=batch_size, mesh=mesh,
+                        labels=labels, guidance_scale=guidance_scale)
 
 
 def conditional_metrics(dataset: str, images: np.ndarray, labels: Any) -> dict | None:
@@ -459,10 +414,12 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     of devices. A class-conditional model samples ``labels`` (a list or "3,3,7"), or a grid
     with one row per class (``per_class``), or labels from ``sampling.class_label`` / uniform
     draws, with classifier-free guidance scale ``sampling.guidance_scale`` (`resolve_labels`);
-    for DIGITS the conditional accuracy is measured and written to ``metrics.json``.
+    the metrics of samples the dataset defines (``evaluators.sample_metrics``: DIGITS -> the
+    digits quality metric, with ``nfe`` and ``sample_seconds``) and, for class-conditional
+    DIGITS, the conditional accuracy are written to ``metrics.json`` by this function alone.
     Returns {"png", "npz", "nfe", "seconds", "num_samples", "num_nonfinite", "images",
-    "labels", "guidance_scale", "conditional"}; the caller decides what non-finite samples mean
-    (sample.py exits non-zero).
+    "labels", "guidance_scale", "conditional", "sample_metrics", "metrics_path"}; the caller
+    decides what non-finite samples mean (sample.py exits non-zero).
     """
     latent_lib.check_samplable(config)
     # stage 2: the stored scale factor and the autoencoder recorded at training time
@@ -486,21 +443,28 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     settings = sample_settings(config, step=info["step"], seed=seed, num_samples=n,
                                labels=labels, use_ema=use_ema)
     out_dir = _output_dir(output_dir, workdir, sample_folder_name(built.method, settings))
-    png = None
+    png, metrics_path = None, None
     cond = conditional_metrics(config.data.dataset, images, labels)
+    metrics = {} if cond is None else {"conditional": cond,
+                                       "guidance_scale": built.guidance_scale}
+    sample_report = {}
+    for metric in evaluators.sample_metrics(config.data.dataset):  # e.g. the digits metric
+        if n >= metric.min_samples:
+            sample_report.update(metric(images))
+    if sample_report:
+        metrics.update(sample_report, nfe=nfe, sample_seconds=seconds)
     if jax.process_index() == 0:
         png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size),
                            nrow=nrow)
-        with open(os.path.join(out_dir, "settings.json"), "w") as f:
-            json.dump(settings, f, indent=1, sort_keys=True)
-        if cond is not None:
-            with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-                json.dump({"conditional": cond, "guidance_scale": built.guidance_scale}, f,
-                          indent=2)
+        atomic_write_json(os.path.join(out_dir, "settings.json"), settings)
+        if metrics:  # the one writer of metrics.json
+            metrics_path = atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics,
+                                             indent=2, sort_keys=False)
     return {"png": png, "npz": os.path.join(out_dir, "samples.npz"), "nfe": nfe,
             "seconds": seconds, "num_samples": n, "num_nonfinite": count_nonfinite(images),
             "images": images, "labels": labels, "guidance_scale": built.guidance_scale,
-            "conditional": cond}
+            "conditional": cond, "sample_metrics": sample_report or None,
+            "metrics_path": metrics_path}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,10 +573,8 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
         out_dir = _output_dir(output_dir, workdir,
                               f"bpd{step_part}_seed{int(seed)}_{_digest(settings)}")
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "bpd.json"), "w") as f:
-            json.dump(out, f, indent=2)
-        with open(os.path.join(out_dir, "settings.json"), "w") as f:
-            json.dump(settings, f, indent=1, sort_keys=True)
+        atomic_write_json(os.path.join(out_dir, "bpd.json"), out, indent=2, sort_keys=False)
+        atomic_write_json(os.path.join(out_dir, "settings.json"), settings)
         out["output_dir"] = out_dir
     return out
 

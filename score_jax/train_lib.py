@@ -1,7 +1,8 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
 The config is turned into objects by ``config.build`` (validated before any compilation); the
-steps are ``train_step``'s, sampling at snapshots is ``sample_lib``'s. Per-step randomness is
+steps are ``train_step``'s; evaluation (the evaluation loss, snapshot samples and their metrics)
+is the evaluators' of ``evaluation.build.training_evaluators``, each ``run(step, state)``. Per-step randomness is
 ``fold_in(key, step)`` and the data of step ``s`` is a pure function of ``(seed, s)``, so a run
 resumed from a checkpoint continues bit for bit as if it had never stopped. Preemption: the
 caller passes ``should_stop`` (train.py passes the event of ``preemption.sigterm()``); the loop
@@ -21,8 +22,10 @@ import numpy as np
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
 from score_jax import latent as latent_lib
-from score_jax import parallel, preemption, sample_lib
-from score_jax import train_step as ts
+from score_jax import parallel, preemption
+from score_jax.evaluation.build import SNAPSHOT_DIGITS_SAMPLES, training_evaluators
+from score_jax.evaluation.evaluators import (EMA_INIT_WARN, EMA_RAW_WARN_MIN, EMA_RAW_WARN_RATIO,
+                                             ema_snapshot_warnings)
 from score_jax.train_step import TrainState
 
 log = logging.getLogger("score_jax.train")
@@ -82,111 +85,6 @@ class _Progress:
         self.bar.close()
 
 
-SNAPSHOT_DIGITS_SAMPLES = 256  # at least this many snapshot samples score a DIGITS run
-# Snapshot warnings: the EMA still holds more than this fraction of the random initialisation
-# (train_step.ema_init_weight), or (DIGITS) its samples' FD ratio to the fresh floor is more
-# than EMA_RAW_WARN_RATIO times that of the raw weights' samples and above EMA_RAW_WARN_MIN.
-EMA_INIT_WARN = 0.01
-EMA_RAW_WARN_RATIO = 2.0
-EMA_RAW_WARN_MIN = 3.0
-
-
-def ema_snapshot_warnings(step: int, ema_rate: float, ema_warmup: bool,
-                          ema_fd_ratio: float | None = None,
-                          raw_fd_ratio: float | None = None) -> list[str]:
-    """The snapshot's warnings about the EMA (empty if none): its remaining weight of the random
-    initialisation ``train_step.ema_init_weight(step, ema_rate, ema_warmup)`` above
-    ``EMA_INIT_WARN``; the EMA samples' digits FD ratio (to the fresh floor) above both
-    ``EMA_RAW_WARN_MIN`` and ``EMA_RAW_WARN_RATIO`` times the raw weights' (issue 26: rate
-    0.999 without warmup after 1500 steps kept 22 % of the initialisation and its samples scored
-    20.6x the fresh floor; the raw weights' scored near the floor)."""
-    out = []
-    w = ts.ema_init_weight(step, ema_rate, ema_warmup)
-    if w > EMA_INIT_WARN:
-        out.append(f"WARNING step {step}: the EMA (model.ema_rate={ema_rate}, "
-                   f"model.ema_warmup={ema_warmup}) still holds {100 * w:.3g}% of the random "
-                   f"initialisation; its samples are not yet those of the trained network "
-                   f"(sample.py --noema uses the raw weights)")
-    if ema_fd_ratio is not None and raw_fd_ratio is not None and \
-            ema_fd_ratio > max(EMA_RAW_WARN_MIN, EMA_RAW_WARN_RATIO * raw_fd_ratio):
-        out.append(f"WARNING step {step}: the EMA samples score {ema_fd_ratio:.3g}x the fresh "
-                   f"floor, the raw weights' {raw_fd_ratio:.3g}x: the EMA lags the training "
-                   f"(model.ema_rate={ema_rate} too close to 1 for this run's length?)")
-    return out
-
-
-def _snapshot(config, b, state, done, k_sample, workdir, writer, bar, is_main, digits_ref):
-    """Sample at a snapshot: the grid of ``sampling.num_samples`` EMA samples in
-    ``<workdir>/samples/iter_<done>``; for DIGITS configs, the digits quality metric of
-    ``max(sampling.num_samples, training.snapshot_metric_samples or SNAPSHOT_DIGITS_SAMPLES)``
-    samples (the grid's first) on the console and in TensorBoard (``evaluators.DIGITS_KEYS``:
-    digits_fd, the subset and fresh floors and ratios, digits_is, digits_copy_fraction; the
-    floors are for the same N). The EMA's remaining weight of the initialisation is logged
-    (``ema_init_weight``); for DIGITS configs with an EMA (rate > 0) the same number of samples
-    (same key and labels: the compiled sampler is reused) are drawn from the raw weights and
-    scored too (``digits_raw_fd_ratio_fresh``), and `ema_snapshot_warnings` says when the EMA
-    is far worse. Returns the digits reference statistics, to reuse."""
-    from score_jax.evaluation import evaluators
-
-    n_grid = int(config.sampling.num_samples)
-    digits = evaluators.is_digits(config.data.dataset)
-    # class-conditional models: one row per class (labels of the grid, repeated for the metric)
-    # (the metric is then that of the grid's samples: the floor is for the same N)
-    labels, nrow = sample_lib.snapshot_labels(b.num_classes, n_grid)
-    if labels is not None:
-        n_grid = len(labels)
-    n_metric = config.training.get("snapshot_metric_samples") or SNAPSHOT_DIGITS_SAMPLES
-    n = max(n_grid, int(n_metric)) if digits and labels is None else n_grid
-    images, nfe = sample_lib.sample_built(jax.random.fold_in(k_sample, done), b,
-                                          state.ema_params, n,
-                                          batch_size=config.sampling.get("batch_size"),
-                                          labels=labels)
-    raw_images = None
-    if digits and b.ema_rate > 0:  # every process samples (multi-host): before the is_main test
-        raw_images, _ = sample_lib.sample_built(jax.random.fold_in(k_sample, done), b,
-                                                state.params, n,
-                                                batch_size=config.sampling.get("batch_size"),
-                                                labels=labels)
-    bad = sample_lib.count_nonfinite(images)
-    if bad:
-        log.warning("step %d: %d of %d snapshot samples are not finite", done, bad, len(images))
-    if not is_main:
-        return digits_ref
-    w_init = ts.ema_init_weight(done, b.ema_rate, b.ema_warmup)
-    writer.add_scalar("ema_init_weight", w_init, done)
-    log.info("step %d: the EMA holds %.3g of the initialisation", done, w_init)
-    d = os.path.join(workdir, "samples", f"iter_{done}")
-    path = sample_lib.save_samples(images[:n_grid], d, scale=max(1, 64 // config.data.image_size),
-                                   nrow=nrow)
-    bar.write(f"step {done}: samples (nfe {nfe}) -> {path}"
-              + (f" ({bad} not finite)" if bad else ""))
-    if digits:
-        from score_jax.evaluation import digits as digits_lib
-
-        if digits_ref is None:
-            digits_ref = digits_lib.digits_reference(int(config.data.image_size))
-        report = evaluators.digits_report(images, digits_ref)
-        for k in evaluators.DIGITS_KEYS:
-            writer.add_scalar(f"digits_{k}", report[f"digits_{k}"], done)
-        bar.write(f"step {done}: {evaluators.format_digits_report(report)}")
-        log.info("step %d: %s", done, evaluators.format_digits_report(report))
-        raw_ratio = None
-        if raw_images is not None:
-            raw = evaluators.digits_report(raw_images, digits_ref)
-            raw_ratio = raw["digits_fd_ratio_fresh"]
-            writer.add_scalar("digits_raw_fd_ratio_fresh", raw_ratio, done)
-            bar.write(f"step {done}: raw weights (not EMA): "
-                      f"{evaluators.format_digits_report(raw)}")
-        warnings = ema_snapshot_warnings(done, b.ema_rate, b.ema_warmup,
-                                         report["digits_fd_ratio_fresh"], raw_ratio)
-    else:
-        warnings = ema_snapshot_warnings(done, b.ema_rate, b.ema_warmup)
-    for w in warnings:
-        bar.write(w)
-        log.warning("%s", w)
-    return digits_ref
-
-
 def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                        train_ds=None, eval_ds=None, mesh=None,
                        callbacks: Iterable[Callable[[int, dict], None]] = (),
@@ -195,7 +93,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     Writes ``<workdir>/checkpoints`` (orbax: the latest, plus every multiple of
     ``training.snapshot_freq``), ``<workdir>/samples/iter_<step>/samples.{png,npz}`` at
-    snapshots (DIGITS configs: with the digits quality metric, see ``_snapshot``), and
+    snapshots (with the dataset's sample metrics, e.g. the digits quality metric:
+    ``evaluation.build.training_evaluators``, which builds every evaluator the loop runs), and
     TensorBoard events in ``<workdir>/tensorboard``. When ``should_stop()``
     becomes true (all processes agree at log steps), it saves at the next step boundary and
     returns.
@@ -261,10 +160,17 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
             latent_lib.export_autoencoder(workdir, state.ema_params)
 
     data_iter = train_ds.iterate(start)
-    eval_iter = eval_ds.iterate(start // eval_freq)
     pending: list[tuple[int, dict]] = []
-    digits_ref = None  # the digits metric's reference statistics, computed at the 1st snapshot
     bar = _Progress(n_iters, start, int(t.batch_size), is_main)
+    evaluators = training_evaluators(config, b, workdir, eval_ds=eval_ds, start=start,
+                                     k_eval=k_eval, k_sample=k_sample, write=bar.write, log=log)
+
+    def run_evaluators(group, step):
+        for evaluator in group:
+            for k, v in evaluator.run(step, state).items():
+                if is_main:
+                    writer.add_scalar(k, v, step)
+        bar.restart_clock()
     try:
         for step in range(start, n_iters):
             host_batch = next(data_iter)
@@ -300,11 +206,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                         cb(done, {k: np.asarray(v) for k, v in m.items()})
                 pending.clear()
             if done % eval_freq == 0 or last:
-                eb = parallel.to_global(next(eval_iter), mesh)
-                eval_loss = float(b.eval_step(state, eb, jax.random.fold_in(k_eval, done)))
-                if is_main:
-                    writer.add_scalar("eval_loss", eval_loss, done)
-                bar.restart_clock()
+                run_evaluators(evaluators.every_eval, done)
             # one process alone must not save: several processes agree at log steps
             if (not multi or done % log_freq == 0) and preemption.agree(should_stop, sync=multi):
                 save(done)
@@ -316,15 +218,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                     or done % int(t.snapshot_freq) == 0 or last):
                 save(done)
                 bar.restart_clock()
-            if (t.snapshot_sampling and b.objective == latent_lib.OBJECTIVE
-                    and (done % int(t.snapshot_freq) == 0 or last)):
-                if is_main:
-                    _snapshot_reconstructions(config, b, state, eval_ds, workdir, done, bar)
-                bar.restart_clock()
-            elif t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
-                digits_ref = _snapshot(config, b, state, done, k_sample, workdir, writer, bar,
-                                       is_main, digits_ref)
-                bar.restart_clock()
+            if evaluators.every_snapshot and (done % int(t.snapshot_freq) == 0 or last):
+                run_evaluators(evaluators.every_snapshot, done)
     finally:
         bar.close()
         if writer is not None:
@@ -345,15 +240,6 @@ def _resolve_latent(config, workdir, train_ds):
         return next(ds.iterate(0))
 
     return latent_lib.resolve_scale_factor(config, workdir, first_batch)
-
-
-def _snapshot_reconstructions(config, b, state, eval_ds, workdir, step, bar):
-    """Stage 1 snapshot: input / reconstruction pairs of the first evaluation batch."""
-    images = np.asarray(next(eval_ds.iterate(0))["image"])
-    d = os.path.join(workdir, "samples", f"iter_{step}")
-    out = sample_lib.save_reconstructions(b.model, jax.device_get(state.ema_params), images, d,
-                                          scale=max(1, 64 // config.data.image_size))
-    bar.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> {out['png']}")
 
 
 __all__ = ["SNAPSHOT_DIGITS_SAMPLES", "EMA_INIT_WARN", "EMA_RAW_WARN_RATIO", "EMA_RAW_WARN_MIN",

@@ -165,7 +165,7 @@ def test_reports_per_checkpoint(trained, full, reference):
 def test_rerun_skips_finished_checkpoints(trained, full, reference, monkeypatch):
     config, wd = trained
     calls = []
-    monkeypatch.setattr(sample_lib, "sample_images",
+    monkeypatch.setattr(sample_lib, "draw_samples",
                         lambda *a, **k: calls.append(1) or pytest.fail("sampled again"))
     inception = CountingInception()
     again = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_full", model=TinyNet(),
@@ -223,7 +223,7 @@ def test_without_inception_samples_are_saved_then_reused(trained, full, referenc
     np.testing.assert_array_equal(
         saved, np.load(os.path.join(wd, "eval_full", "ckpt_2_host_0", "samples_1.npz"))["samples"])
     # With an Inception network later: the saved samples are used, not drawn again.
-    monkeypatch.setattr(sample_lib, "sample_images", lambda *a, **k: pytest.fail("sampled again"))
+    monkeypatch.setattr(sample_lib, "draw_samples", lambda *a, **k: pytest.fail("sampled again"))
     out = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_noinc", model=TinyNet(),
                                   end_step=2, inception_fn=fake_inception,
                                   reference_stats=reference, progress=False)

@@ -88,14 +88,17 @@ def test_sample_evaluator_reports_digits_metric(tmp_path):
 
     ev = evaluators.SampleEvaluator(sample_fn, jax.random.key(0), num_samples=32, batch_size=16,
                                     inception_fn=None, reference=None, save_samples=True,
-                                    progress=False, should_stop=lambda: False, digits=True)
-    ev.run(1, None, str(tmp_path))
+                                    progress=False, should_stop=lambda: False,
+                                    eval_dir=str(tmp_path),
+                                    metrics=evaluators.sample_metrics("DIGITS"))
+    ev.run(1, None)
     report = run_lib.read_report(str(tmp_path), 1)
     assert report["digits_num_samples"] == 32
     assert report["digits_fd_ratio"] > 0 and report["digits_is"] > 5
     ev_off = evaluators.SampleEvaluator(sample_fn, jax.random.key(0), num_samples=32,
                                         batch_size=16, inception_fn=None, reference=None,
                                         save_samples=True, progress=False,
-                                        should_stop=lambda: False)
-    ev_off.run(2, None, str(tmp_path))
+                                        should_stop=lambda: False, eval_dir=str(tmp_path),
+                                        metrics=evaluators.sample_metrics("CIFAR10"))
+    ev_off.run(2, None)
     assert "digits_fd" not in run_lib.read_report(str(tmp_path), 2)

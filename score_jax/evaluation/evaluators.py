@@ -1,18 +1,30 @@
-"""Evaluators of one checkpoint, each built once and run per checkpoint (big_vision's evaluator
-pattern): the test loss, bits/dim, and samples (+ FID / IS / KID).
+"""Evaluators: built once, then ``run(step, state) -> {metric: value}`` per checkpoint or
+snapshot, the one signature of every evaluator (big_vision ``evaluators/common.py``).
 
-An evaluator holds what it needs, built once for all checkpoints (dataset, compiled function,
-keys); ``run(step, state, out)`` evaluates one checkpoint and merges its numbers into the
-report ``report_{step}.json`` of ``eval_dir`` (``run.update_report``), in resumable rounds.
-``should_stop`` is polled at round boundaries (one process only: several processes stop at
-checkpoint boundaries, see ``workdir.evaluate_workdir``).
+The pure metrics live below (``metrics``: FD / KID / IS; ``likelihood``: bits/dim; ``digits``);
+an evaluator holds what it needs to apply them to a train state (dataset, compiled function,
+keys, where to write) and is built from what a config gives by ``evaluation.build`` for the
+training loop (``training_evaluators``) and for evaluate.py (``workdir_evaluators``) alike.
+
+* ``LossEvaluator``, ``BpdEvaluator``, ``SampleEvaluator``: one checkpoint of a workdir, with
+  ``eval_dir``: their numbers are merged into ``report_{step}.json`` (``run.update_report``), in
+  resumable rounds; ``should_stop`` is polled at round boundaries (one process only: several
+  processes stop at checkpoint boundaries, see ``workdir.evaluate_workdir``).
+* ``BatchLossEvaluator``, ``SnapshotEvaluator``, ``ReconstructionEvaluator``: the training
+  loop's (one evaluation batch; a sample grid and its metrics; stage-1 reconstructions).
+
+``state`` is a ``train_step.TrainState`` (the EMA parameters are used unless ``use_ema=False``)
+or, for tests, the parameters themselves. Metrics of samples are ``SampleMetric`` records chosen
+by the dataset (``sample_metrics(dataset)``: the digits quality metric for DIGITS), so no
+evaluator or loop branches on a dataset name.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -79,6 +91,54 @@ def format_digits_report(report: dict) -> str:
             f"{100 * report['digits_copy_fraction']:.1f}%")
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleMetric:
+    """A metric of a batch of samples: ``fn(images (N, H, W, C) in [0, 1] or uint8) -> {key:
+    value}``, applied when N >= ``min_samples``; ``scalars`` the keys logged as scalars
+    (TensorBoard), ``format(report)`` one console line."""
+
+    fn: Callable[[Any], dict]
+    format: Callable[[dict], str]
+    scalars: tuple[str, ...] = ()
+    min_samples: int = 2
+
+    def __call__(self, images: Any) -> dict:
+        return self.fn(images)
+
+
+class _DigitsReport:
+    """``digits_report`` with its reference statistics computed once per image size."""
+
+    def __init__(self):
+        self.refs: dict[int, Any] = {}
+
+    def __call__(self, images: Any) -> dict:
+        from score_jax.evaluation import digits
+
+        size = int(np.shape(images)[1])
+        if size not in self.refs:
+            self.refs[size] = digits.digits_reference(size)
+        return digits_report(images, self.refs[size])
+
+
+def sample_metrics(dataset: str | None) -> tuple[SampleMetric, ...]:
+    """The metrics of samples a dataset defines: DIGITS -> the digits quality metric
+    (``digits_report``, logged as ``digits_<DIGITS_KEYS>``); other datasets -> none (their FID /
+    IS / KID need Inception weights: ``SampleEvaluator``)."""
+    if is_digits(dataset):
+        return (SampleMetric(_DigitsReport(), format_digits_report,
+                             tuple(f"digits_{k}" for k in DIGITS_KEYS)),)
+    return ()
+
+
+def params_of(state: Any, use_ema: bool = True) -> Any:
+    """The parameters an evaluator uses: ``state.ema_params`` (or ``state.params`` with
+    ``use_ema=False``) of a ``TrainState``; anything else is taken as the parameters."""
+    if hasattr(state, "ema_params"):
+        return state.ema_params if use_ema else state.params
+    return state
+
+
 class Preempted(Exception):
     """Raised at a round boundary once ``should_stop()`` is true."""
 
@@ -135,13 +195,14 @@ class LossEvaluator:
     key_name = LOSS_KEY
 
     def __init__(self, eval_step: Callable, ds, mesh, key: jax.Array, *, progress: bool,
-                 should_stop: Callable[[], bool]):
+                 should_stop: Callable[[], bool], eval_dir: str):
         self.eval_step, self.ds, self.mesh, self.key = eval_step, ds, mesh, key
-        self.progress, self.should_stop = progress, should_stop
+        self.progress, self.should_stop, self.eval_dir = progress, should_stop, eval_dir
 
-    def run(self, step: int, state: Any, eval_dir: str) -> None:
+    def run(self, step: int, state: Any) -> dict:
         from score_jax import parallel
 
+        eval_dir = self.eval_dir
         losses = []
         bar = tqdm_bar(self.progress, desc=f"step {step}: test loss", unit="batch", leave=False)
         for i, batch in enumerate(self.ds.epoch()):
@@ -156,6 +217,7 @@ class LossEvaluator:
         run_lib.update_report(eval_dir, step, {LOSS_KEY: loss,
                                                "eval_loss_num_batches": len(losses)})
         log.info("step %d: test loss %.5f (%d batches)", step, loss, len(losses))
+        return {LOSS_KEY: loss}
 
 
 class BpdEvaluator:
@@ -166,14 +228,16 @@ class BpdEvaluator:
 
     def __init__(self, logp_fn: Callable, ds, mesh, key: jax.Array, *, num_repeats: int,
                  centered: bool, max_batches: int | None, dataset_name: str, progress: bool,
-                 should_stop: Callable[[], bool]):
+                 should_stop: Callable[[], bool], eval_dir: str, use_ema: bool = True):
         self.logp_fn, self.ds, self.mesh, self.key = logp_fn, ds, mesh, key
+        self.eval_dir, self.use_ema = eval_dir, use_ema
         self.num_repeats, self.centered, self.max_batches = num_repeats, centered, max_batches
         self.dataset_name, self.progress, self.should_stop = dataset_name, progress, should_stop
 
-    def run(self, step: int, params: Any, eval_dir: str) -> None:
+    def run(self, step: int, state: Any) -> dict:
         from score_jax import parallel
 
+        params, eval_dir = params_of(state, self.use_ema), self.eval_dir
         out_dir = run_lib.host_dir(eval_dir, step)
         n_batches = getattr(self.ds, "steps_per_epoch", None)
         if n_batches is not None and self.max_batches is not None:
@@ -199,6 +263,7 @@ class BpdEvaluator:
                                                "bpd_dataset": self.dataset_name})
         log.info("step %d: bits/dim %.5f (%d x %d examples)", step, report[BPD_KEY],
                  self.num_repeats, report["bpd_num"] // self.num_repeats)
+        return {BPD_KEY: report[BPD_KEY]}
 
 
 class SampleEvaluator:
@@ -207,16 +272,18 @@ class SampleEvaluator:
     the samples are saved and a later run with weights scores them instead of sampling again.
 
     ``sample_fn(key, params, n)`` draws ``n`` images in [0, 1] (``sample_lib.sample_built``).
-    With ``digits=True`` (DIGITS configs) the report also gets the digits quality metric of the
-    samples (``digits_report``: digits_fd, digits_fd_floor, digits_fd_ratio, digits_is), on the
-    samples this process drew or saved.
+    Every ``SampleMetric`` of ``metrics`` (``sample_metrics(dataset)``; DIGITS: the digits quality
+    metric, ``digits_report``) is applied to the samples this process drew or saved and merged
+    into the report.
     """
 
     def __init__(self, sample_fn: Callable, key: jax.Array, *, num_samples: int, batch_size: int,
                  inception_fn: Callable | None, reference: Any, save_samples: bool,
-                 progress: bool, should_stop: Callable[[], bool], digits: bool = False):
+                 progress: bool, should_stop: Callable[[], bool], eval_dir: str,
+                 metrics: Sequence[SampleMetric] = (), use_ema: bool = True):
         self.sample_fn, self.key = sample_fn, key
-        self.digits = digits
+        self.eval_dir, self.use_ema = eval_dir, use_ema
+        self.metrics = tuple(metrics)
         self.num_samples, self.batch_size = num_samples, batch_size
         self.inception_fn, self.reference, self.save_samples = inception_fn, reference, save_samples
         self.progress, self.should_stop = progress, should_stop
@@ -229,7 +296,8 @@ class SampleEvaluator:
         else:
             self.key_name = "fid" if reference is not None else "is"
 
-    def run(self, step: int, params: Any, eval_dir: str) -> None:
+    def run(self, step: int, state: Any) -> dict:
+        params, eval_dir = params_of(state, self.use_ema), self.eval_dir
         out_dir = run_lib.host_dir(eval_dir, step)
         done = count_rounds(out_dir, "samples" if self.inception_fn is None else "statistics",
                             self.num_rounds)
@@ -248,7 +316,7 @@ class SampleEvaluator:
             else:
                 images = self.sample_fn(key, params, self.batch_size)
             bar.update(1)
-            if self.digits:
+            if self.metrics:
                 drawn_images.append(run_lib.quantize_samples(images))
             return images
 
@@ -279,20 +347,164 @@ class SampleEvaluator:
             run_lib.update_report(eval_dir, step, {DRAWN_KEY: drawn})
             log.info("step %d: %d samples saved in %s (FID / IS / KID skipped: no Inception "
                      "weights)", step, self.num_rounds * self.batch_size, out_dir)
-            if self.digits:  # every round is saved: score them all, resumed ones included
+            if self.metrics:  # every round is saved: score them all, resumed ones included
                 drawn_images = []
                 for r in range(self.num_rounds):
                     with np.load(os.path.join(out_dir, f"samples_{r}.npz")) as f:
                         drawn_images.append(f["samples"])
         bar.close()
-        if self.digits and drawn_images:
+        if self.metrics and drawn_images:
             images = np.concatenate(drawn_images)[:self.num_samples]
-            if len(images) >= 2:
-                report = digits_report(images)
-                run_lib.update_report(eval_dir, step, report)
-                log.info("step %d: %s", step, format_digits_report(report))
+            for metric in self.metrics:
+                if len(images) >= metric.min_samples:
+                    report = metric(images)
+                    run_lib.update_report(eval_dir, step, report)
+                    log.info("step %d: %s", step, metric.format(report))
+        return run_lib.read_report(eval_dir, step) or {}
 
 
-__all__ = ["DIGITS_KEYS", "is_digits", "digits_report", "format_digits_report",
+# ----------------------------------------------------------------------------------------------
+# The training loop's evaluators
+# ----------------------------------------------------------------------------------------------
+class BatchLossEvaluator:
+    """The evaluation loss of the next batch of ``batches`` (an iterator of host batches):
+    ``eval_step(state, batch, fold_in(key, step))`` (the training loop's ``eval_loss``)."""
+
+    def __init__(self, eval_step: Callable, batches: Iterator, mesh, key: jax.Array):
+        self.eval_step, self.batches, self.mesh, self.key = eval_step, batches, mesh, key
+
+    def run(self, step: int, state: Any) -> dict:
+        from score_jax import parallel
+
+        batch = parallel.to_global(next(self.batches), self.mesh)
+        return {LOSS_KEY: float(self.eval_step(state, batch, jax.random.fold_in(self.key, step)))}
+
+
+# Snapshot warnings: the EMA still holds more than this fraction of the random initialisation
+# (train_step.ema_init_weight), or its samples' FD ratio to the fresh floor is more than
+# EMA_RAW_WARN_RATIO times that of the raw weights' samples and above EMA_RAW_WARN_MIN.
+EMA_INIT_WARN = 0.01
+EMA_RAW_WARN_RATIO = 2.0
+EMA_RAW_WARN_MIN = 3.0
+
+
+def ema_snapshot_warnings(step: int, ema_rate: float, ema_warmup: bool,
+                          ema_fd_ratio: float | None = None,
+                          raw_fd_ratio: float | None = None) -> list[str]:
+    """The snapshot's warnings about the EMA (empty if none): its remaining weight of the random
+    initialisation ``train_step.ema_init_weight(step, ema_rate, ema_warmup)`` above
+    ``EMA_INIT_WARN``; the EMA samples' digits FD ratio (to the fresh floor) above both
+    ``EMA_RAW_WARN_MIN`` and ``EMA_RAW_WARN_RATIO`` times the raw weights' (issue 26: rate
+    0.999 without warmup after 1500 steps kept 22 % of the initialisation and its samples scored
+    20.6x the fresh floor; the raw weights' scored near the floor)."""
+    from score_jax import train_step as ts
+
+    out = []
+    w = ts.ema_init_weight(step, ema_rate, ema_warmup)
+    if w > EMA_INIT_WARN:
+        out.append(f"WARNING step {step}: the EMA (model.ema_rate={ema_rate}, "
+                   f"model.ema_warmup={ema_warmup}) still holds {100 * w:.3g}% of the random "
+                   f"initialisation; its samples are not yet those of the trained network "
+                   f"(sample.py --noema uses the raw weights)")
+    if ema_fd_ratio is not None and raw_fd_ratio is not None and \
+            ema_fd_ratio > max(EMA_RAW_WARN_MIN, EMA_RAW_WARN_RATIO * raw_fd_ratio):
+        out.append(f"WARNING step {step}: the EMA samples score {ema_fd_ratio:.3g}x the fresh "
+                   f"floor, the raw weights' {raw_fd_ratio:.3g}x: the EMA lags the training "
+                   f"(model.ema_rate={ema_rate} too close to 1 for this run's length?)")
+    return out
+
+
+class SnapshotEvaluator:
+    """Samples at a training snapshot: ``num_samples`` draws with key ``fold_in(key, step)``
+    (``sample_fn(key, params, n, labels) -> (images, nfe)``), the first ``num_grid`` saved as
+    ``<workdir>/samples/iter_<step>/samples.{png,npz}`` (process 0) with ``nrow`` images per
+    row, and every ``SampleMetric`` of ``metrics`` applied to all of them; returns the metrics'
+    scalars. ``write`` prints a console line (the progress bar's), ``log`` gets the metric lines.
+    """
+
+    def __init__(self, sample_fn: Callable, key: jax.Array, workdir: str, *, num_samples: int,
+                 num_grid: int, labels: Any = None, nrow: int = 0, scale: int = 1,
+                 metrics: Sequence[SampleMetric] = (), write: Callable[[str], None] = print,
+                 log: logging.Logger = log, use_ema: bool = True,
+                 ema_rate: float | None = None, ema_warmup: bool = True):
+        self.sample_fn, self.key, self.workdir = sample_fn, key, workdir
+        self.num_samples, self.num_grid, self.labels, self.nrow = num_samples, num_grid, labels, nrow
+        self.scale, self.metrics, self.write, self.log = scale, tuple(metrics), write, log
+        self.use_ema, self.ema_rate, self.ema_warmup = use_ema, ema_rate, ema_warmup
+
+    def run(self, step: int, state: Any) -> dict:
+        from score_jax import sample_io
+
+        key = jax.random.fold_in(self.key, step)
+        images, nfe = self.sample_fn(key, params_of(state, self.use_ema), self.num_samples,
+                                     self.labels)
+        # the EMA check: with a metric and an EMA, the raw weights' samples (same key and labels,
+        # the compiled sampler reused) are scored too; every process samples (multi-host)
+        ema_check = self.use_ema and bool(self.ema_rate) and bool(self.metrics)
+        raw_images = None
+        if ema_check:
+            raw_images, _ = self.sample_fn(key, state.params, self.num_samples, self.labels)
+        bad = sample_io.count_nonfinite(images)
+        if bad:
+            self.log.warning("step %d: %d of %d snapshot samples are not finite", step, bad,
+                             len(images))
+        if jax.process_index() != 0:
+            return {}
+        d = os.path.join(self.workdir, "samples", f"iter_{step}")
+        path = sample_io.save_samples(images[:self.num_grid], d, scale=self.scale, nrow=self.nrow)
+        self.write(f"step {step}: samples (nfe {nfe}) -> {path}"
+                   + (f" ({bad} not finite)" if bad else ""))
+        out = {}
+        ema_ratio = raw_ratio = None
+        for metric in self.metrics:
+            if len(images) < metric.min_samples:
+                continue
+            report = metric(images)
+            out.update({k: report[k] for k in metric.scalars})
+            self.write(f"step {step}: {metric.format(report)}")
+            self.log.info("step %d: %s", step, metric.format(report))
+            if raw_images is not None and "digits_fd_ratio_fresh" in report:
+                raw = metric(raw_images)
+                ema_ratio, raw_ratio = report["digits_fd_ratio_fresh"], raw["digits_fd_ratio_fresh"]
+                out["digits_raw_fd_ratio_fresh"] = raw_ratio
+                self.write(f"step {step}: raw weights (not EMA): {metric.format(raw)}")
+        if self.use_ema and self.ema_rate is not None:
+            from score_jax import train_step as ts
+
+            w_init = ts.ema_init_weight(step, self.ema_rate, self.ema_warmup)
+            out["ema_init_weight"] = w_init
+            self.log.info("step %d: the EMA holds %.3g of the initialisation", step, w_init)
+            for w in ema_snapshot_warnings(step, self.ema_rate, self.ema_warmup, ema_ratio,
+                                           raw_ratio):
+                self.write(w)
+                self.log.warning("%s", w)
+        return out
+
+
+class ReconstructionEvaluator:
+    """Stage 1 (autoencoder) snapshot: input / reconstruction pairs of ``images`` in
+    ``<workdir>/samples/iter_<step>`` (``save_fn(params, images, directory) -> {"png", "mse"}``,
+    ``sample_lib.save_reconstructions``), process 0 only; the MSE is printed, nothing returned
+    (no scalar is logged, as before)."""
+
+    def __init__(self, save_fn: Callable, images: Callable[[], np.ndarray], workdir: str, *,
+                 write: Callable[[str], None] = print, use_ema: bool = True):
+        self.save_fn, self.images, self.workdir = save_fn, images, workdir
+        self.write, self.use_ema = write, use_ema
+
+    def run(self, step: int, state: Any) -> dict:
+        if jax.process_index() != 0:
+            return {}
+        d = os.path.join(self.workdir, "samples", f"iter_{step}")
+        out = self.save_fn(jax.device_get(params_of(state, self.use_ema)), self.images(), d)
+        self.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> "
+                   f"{out['png']}")
+        return {}
+
+
+__all__ = ["EMA_INIT_WARN", "EMA_RAW_WARN_RATIO", "EMA_RAW_WARN_MIN", "ema_snapshot_warnings",
+           "SampleMetric", "sample_metrics", "params_of", "BatchLossEvaluator",
+           "SnapshotEvaluator", "ReconstructionEvaluator", "Images", "local_rows",
+           "DIGITS_KEYS", "is_digits", "digits_report", "format_digits_report",
            "Preempted", "round_check", "LossEvaluator", "BpdEvaluator", "SampleEvaluator",
            "LOSS_KEY", "BPD_KEY", "DRAWN_KEY", "count_rounds", "tqdm_bar"]

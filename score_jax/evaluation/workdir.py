@@ -169,7 +169,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       CheckpointError: a kept checkpoint cannot be restored.
     """
     from score_jax import config as config_lib
-    from score_jax import parallel, preemption, sample_lib
+    from score_jax import preemption
     from score_jax.checkpoint import CheckpointError, TrainCheckpointer, checkpoint_dir
 
     should_stop = preemption.never if should_stop is None else should_stop
@@ -180,8 +180,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     num_samples = int(e.num_samples if num_samples is None else num_samples)
     bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
     per_process = int(e.batch_size) // jax.process_count()
-    enable_loss, enable_bpd = bool(e.enable_loss), bool(e.enable_bpd)
-    enable_sampling = bool(e.enable_sampling)
+    enable_bpd, enable_sampling = bool(e.enable_bpd), bool(e.enable_sampling)
     if enable_sampling and num_samples < 2:
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
@@ -219,42 +218,13 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     seed = int(config.seed if seed is None else seed)
     k_loss, k_bpd, k_sample = jax.random.split(
         jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3)
-    common = dict(progress=progress, should_stop=should_stop)
-    evaluators = []
-    if enable_loss:
-        if eval_ds is None:
-            eval_ds = config_lib.dataset_from_config(config, config_lib.eval_split(config),
-                                                     batch_size=e.batch_size, training=False)
-        evaluators.append(ev.LossEvaluator(b.eval_step, eval_ds, mesh, k_loss, **common))
-    if enable_bpd:
-        if bpd_ds is None:
-            bpd_ds = config_lib.dataset_from_config(config, e.bpd_dataset,
-                                                    batch_size=e.batch_size, training=False,
-                                                    uniform_dequantization=False)
-        logp_fn = sample_lib.make_logp_fn(b, rtol=float(config.sampling.rtol),
-                                          atol=float(config.sampling.atol))
-        evaluators.append(ev.BpdEvaluator(
-            logp_fn, bpd_ds, mesh, k_bpd, num_repeats=bpd_repeats, centered=b.centered,
-            max_batches=e.get("bpd_max_batches"), dataset_name=e.bpd_dataset, **common))
-    if enable_sampling:
-        if jax.process_count() == 1:
-            sample_mesh = mesh
-        else:  # every process samples its own rounds (own keys) on its own devices
-            sample_mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()),
-                                            (parallel.DATA_AXIS,))
+    from score_jax.evaluation.build import workdir_evaluators
 
-        def sample_fn(key, params, n):
-            if jax.process_count() > 1:
-                params = parallel.replicate(jax.tree_util.tree_map(
-                    lambda a: np.asarray(a.addressable_data(0)), params), sample_mesh)
-            images, _ = sample_lib.sample_built(key, b, params, n, batch_size=n,
-                                                mesh=sample_mesh)
-            return images
-
-        evaluators.append(ev.SampleEvaluator(
-            sample_fn, k_sample, num_samples=num_samples, batch_size=per_process,
-            inception_fn=inception_fn, reference=reference, save_samples=save_samples,
-            digits=ev.is_digits(config.data.dataset), **common))
+    evaluators = workdir_evaluators(
+        config, b, eval_dir, keys=(k_loss, k_bpd, k_sample), num_samples=num_samples,
+        bpd_repeats=bpd_repeats, per_process=per_process, inception_fn=inception_fn,
+        reference=reference, save_samples=save_samples, progress=progress,
+        should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
     if not evaluators:
         log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
                     "eval.enable_sampling are all False")
@@ -283,8 +253,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         run_lib.update_report(eval_dir, step, {"step": step})
         for x in evaluators:
             if x.key_name in todo:
-                x.run(step, state if isinstance(x, ev.LossEvaluator) else state.ema_params,
-                      eval_dir)
+                x.run(step, state)
         report = run_lib.read_report(eval_dir, step) or {}
         if writer is not None:
             for k, tag in SCALARS.items():
