@@ -5,7 +5,9 @@ Markers (HTML comments, invisible on GitHub):
 - ``<!-- docs-test: skip (reason) -->`` on the line before a fence: the block is not run (it needs
   converted weights, a download or a trained checkpoint). Every skip is listed in ``EXPECTED_SKIPS``
   below, so a new one is a visible change to this file.
-- ``<!-- docs-test: slow -->`` anywhere in a page: the page runs in the slow set (``-m slow``).
+- ``<!-- docs-test: slow (reason) -->`` anywhere in a page: the page runs in the slow set
+  (``-m slow``). Fast pages (README.md, sde, sampling, likelihood, evaluation: about 30 s of CPU
+  together) run in the default suite.
 - ``<!-- docs-test: setup -->`` before a fence: the block runs like any other; it only marks lines
   that give the following blocks their inputs (tiny shapes).
 
