@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     training.reduce_mean = False
     training.sde = "vpsde"
     training.num_devices = placeholder(int)  # None: all devices
+    # gradient accumulation: the batch is cut into this many micro-batches scanned inside the
+    # jitted step (train_step.accumulated_loss_and_grad); one optimiser update per step
+    training.grad_accum_steps = 1
     # score_jax additions: the objective ("score": denoising score matching; "flow_matching":
     # velocity regression on flow_path "condot" or "sde" (the SDE's own Gaussian path), with
     # t ~ U(0, flow_t_max))
@@ -223,6 +226,13 @@ def base_config() -> ml_collections.ConfigDict:
     lat.autoencoder_checkpoint = placeholder(str)
     lat.scale_factor = placeholder(float)
     lat.autoencoder = ml_collections.ConfigDict()
+
+    # parameter sharding (FSDP, score_jax.parallel): devices per parameter-shard group (1: the
+    # state is replicated; the mesh is data x fsdp = (devices / fsdp, fsdp)); leaves of fewer
+    # than fsdp_min_size elements stay replicated
+    config.parallel = par = ml_collections.ConfigDict()
+    par.fsdp = 1
+    par.fsdp_min_size = parallel.MIN_SHARD_SIZE
 
     config.seed = 42
     return config
@@ -560,9 +570,13 @@ def _pos_int(path: str, v: Any, allow_none: bool = False) -> None:
 
 
 def _validate_keys(config) -> None:
-    top = set(SECTIONS) | {"seed", "latent"}
+    top = set(SECTIONS) | {"seed", "latent", "parallel"}
     for k in config.keys():
         _need(k in top, f"config.{k} is not a known config section; valid: {sorted(top)}")
+    valid_par = set(base_config().parallel.keys())
+    for k in (config.get("parallel") or {}).keys():
+        _need(k in valid_par, f"config.parallel.{k} is not a known key; valid keys of "
+                              f"config.parallel: {sorted(valid_par)}")
     for sec, valid in known_keys().items():
         for k in config[sec].keys():
             _need(k in valid, f"config.{sec}.{k} is not a known key; valid keys of "
@@ -660,6 +674,14 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     _need(t.batch_size % ndev == 0,
           f"config.training.batch_size={t.batch_size} is not divisible by the number of devices "
           f"{ndev}; valid choices are multiples of {ndev}")
+    parallel.check_fsdp(fsdp_from_config(config), ndev)
+    _pos_int("parallel.fsdp_min_size", min_shard_size_from_config(config))
+    k = t.get("grad_accum_steps", 1)
+    _pos_int("training.grad_accum_steps", k)
+    _need(t.batch_size % (k * ndev) == 0,
+          f"config.training.grad_accum_steps={k}: the micro-batch batch_size / grad_accum_steps "
+          f"= {t.batch_size} / {k} must be a multiple of the number of devices {ndev}; valid "
+          f"choices: {[d for d in range(1, t.batch_size + 1) if t.batch_size % (d * ndev) == 0]}")
     _pos_int("eval.batch_size", config.eval.batch_size)
     _need(config.eval.batch_size % ndev == 0,
           f"config.eval.batch_size={config.eval.batch_size} is not divisible by the number of "
@@ -723,6 +745,28 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     latent_lib.validate(config)
 
 
+def fsdp_from_config(config) -> Any:
+    """``config.parallel.fsdp`` (1 when the config has no ``parallel`` section)."""
+    return (config.get("parallel") or {}).get("fsdp", 1)
+
+
+def min_shard_size_from_config(config) -> Any:
+    """``config.parallel.fsdp_min_size`` (default ``parallel.MIN_SHARD_SIZE``)."""
+    return (config.get("parallel") or {}).get("fsdp_min_size", parallel.MIN_SHARD_SIZE)
+
+
+def mesh_from_config(config) -> jax.sharding.Mesh:
+    """The ``data x fsdp`` mesh of ``training.num_devices`` devices and ``parallel.fsdp``.
+
+    Raises:
+      ValueError: ``parallel.fsdp`` does not divide the device count (names the valid choices),
+        before anything compiles.
+    """
+    n = config.training.get("num_devices") or jax.device_count()
+    return parallel.make_mesh(config.training.get("num_devices"),
+                              fsdp=parallel.check_fsdp(fsdp_from_config(config), n))
+
+
 # ----------------------------------------------------------------------------------------------
 # build
 # ----------------------------------------------------------------------------------------------
@@ -735,8 +779,8 @@ class Built(NamedTuple):
     tx: optax.GradientTransformation
     schedule: Callable
     image_shape: tuple[int, int, int]  # (H, W, C)
-    init: Callable  # jitted key -> TrainState (replicated)
-    abstract_state: Any  # shape-only TrainState that orbax restores into
+    init: Callable  # jitted key -> TrainState (replicated or FSDP-sharded: parallel.fsdp)
+    abstract_state: Any  # shape-only TrainState with its shardings: what orbax restores into
     train_loss: Callable  # (variables, batch, key) -> (loss, aux), batches in [0, 1]
     eval_loss: Callable
     train_step: Callable  # jitted (state, global batch, key) -> (state, metrics)
@@ -759,14 +803,25 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     """Validate ``config`` (before any compilation), then build every object of a run.
 
     Args:
-      mesh: the device mesh (default ``parallel.make_mesh(training.num_devices)``).
+      mesh: the device mesh (default `mesh_from_config`: ``data x fsdp``); with
+        ``parallel.fsdp`` > 1 it must have an ``"fsdp"`` axis of that size.
       model: replaces the config's network (tests, notebooks).
 
     Raises:
       ValueError: invalid config, naming the value and the valid choices.
     """
-    mesh = mesh or parallel.make_mesh(config.training.get("num_devices"))
-    validate_config(config, num_devices=mesh.devices.size)
+    if mesh is None:
+        validate_config(config)  # a bad parallel.fsdp is refused before the mesh is made
+        mesh = mesh_from_config(config)
+    else:
+        validate_config(config, num_devices=mesh.devices.size)
+    fsdp = int(fsdp_from_config(config))
+    if fsdp != parallel.fsdp_size(mesh):
+        raise ValueError(f"config.parallel.fsdp={fsdp} but the mesh passed to build has an fsdp "
+                         f"axis of size {parallel.fsdp_size(mesh)} ({dict(mesh.shape)}); valid: "
+                         f"parallel.fsdp={parallel.fsdp_size(mesh)}, or build the mesh with "
+                         f"parallel.make_mesh(n, fsdp={fsdp})")
+    min_size = int(min_shard_size_from_config(config))
     parallel.check_batch_size(config.training.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     sde = sde_from_config(config)
@@ -779,10 +834,13 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     num_classes = config.model.get("num_classes")
     if objective_from_config(config) == latent_lib.OBJECTIVE:
-        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh)
+        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh,
+                                                         min_shard_size=min_size)
     else:
         shape = space.latent_shape if space is not None else shape
-        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes)
+        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes,
+                                     min_shard_size=min_size)
+    state_sharding = ts.state_sharding_of(abstract)
     if space is not None:  # latents: encoded on the fly, no [0, 1] -> [-1, 1] scaling
         unscaled = config.copy_and_resolve_references()
         unscaled.data.centered = False
@@ -799,8 +857,11 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     path = flow_path_from_config(config, sde) if objective == "flow_matching" else None
     return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
                  init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
-                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh),
-                 eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
+                 train_step=ts.jit_train_step(
+                     train_loss, tx, schedule, ema_rate, mesh, state_sharding=state_sharding,
+                     grad_accum_steps=int(t.get("grad_accum_steps", 1))),
+                 eval_step=ts.jit_eval_step(eval_loss, mesh, state_sharding=state_sharding),
+                 ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous),
                  centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]
@@ -825,5 +886,6 @@ __all__ = [
     "flow_path_from_config", "precond_from_config", "score_fn_factory", "loss_fn_from_config",
     "DEFAULT_LABEL_DROPOUT", "label_dropout_from_config", "guidance_scale_from_config",
     "method_options", "config_methods", "sampling_methods", "sampling_options_from_config",
-    "validate_config", "Built", "build",
+    "validate_config", "Built", "build", "fsdp_from_config", "min_shard_size_from_config",
+    "mesh_from_config",
 ]

@@ -199,8 +199,10 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     def save(step):
         checkpointer.save(step, state, dict(meta, step=int(step)))
-        if b.objective == latent_lib.OBJECTIVE and is_main:  # stage 1: what stage 2 loads
-            latent_lib.export_autoencoder(workdir, state.ema_params)
+        if b.objective == latent_lib.OBJECTIVE:  # stage 1: what stage 2 loads
+            ema = parallel.to_host(state.ema_params)  # all processes: FSDP shards are gathered
+            if is_main:
+                latent_lib.export_autoencoder(workdir, ema)
 
     data_iter = train_ds.iterate(start)
     eval_iter = eval_ds.iterate(start // eval_freq)
@@ -260,8 +262,9 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 bar.restart_clock()
             if (t.snapshot_sampling and b.objective == latent_lib.OBJECTIVE
                     and (done % int(t.snapshot_freq) == 0 or last)):
+                ema = parallel.to_host(state.ema_params)  # all processes (FSDP shards)
                 if is_main:
-                    _snapshot_reconstructions(config, b, state, eval_ds, workdir, done, bar)
+                    _snapshot_reconstructions(config, b, ema, eval_ds, workdir, done, bar)
                 bar.restart_clock()
             elif t.snapshot_sampling and (done % int(t.snapshot_freq) == 0 or last):
                 digits_ref = _snapshot(config, b, state, done, k_sample, workdir, writer, bar,
@@ -289,11 +292,12 @@ def _resolve_latent(config, workdir, train_ds):
     return latent_lib.resolve_scale_factor(config, workdir, first_batch)
 
 
-def _snapshot_reconstructions(config, b, state, eval_ds, workdir, step, bar):
-    """Stage 1 snapshot: input / reconstruction pairs of the first evaluation batch."""
+def _snapshot_reconstructions(config, b, ema_params, eval_ds, workdir, step, bar):
+    """Stage 1 snapshot: input / reconstruction pairs of the first evaluation batch (EMA
+    parameters on the host)."""
     images = np.asarray(next(eval_ds.iterate(0))["image"])
     d = os.path.join(workdir, "samples", f"iter_{step}")
-    out = sample_lib.save_reconstructions(b.model, jax.device_get(state.ema_params), images, d,
+    out = sample_lib.save_reconstructions(b.model, ema_params, images, d,
                                           scale=max(1, 64 // config.data.image_size))
     bar.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> {out['png']}")
 
