@@ -1,6 +1,8 @@
 """Parameter sharding (FSDP over a data x fsdp mesh) and gradient accumulation, on 8 fake CPU
 devices: the sharded / accumulated step gives the replicated full-batch update, the state holds
 ~1/F of its bytes per device, checkpoints move between meshes, and bad values are refused."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +194,63 @@ def test_accumulated_gradient_is_the_full_batch_gradient():
     assert abs(float(other[0]) - float(full[0])) > 1e-4
     with pytest.raises(ValueError, match=r"grad_accum_steps=3 does not divide the batch size 16"):
         train_step.accumulated_loss_and_grad(b.train_loss, params, batch, keys, 3)
+
+
+def _shrink(config, n_iters):
+    config.training.n_iters = n_iters
+    config.training.batch_size = config.eval.batch_size = 16
+    config.training.log_freq = config.training.eval_freq = 1
+    config.training.snapshot_freq = config.training.snapshot_freq_for_preemption = 2
+    config.training.snapshot_sampling = True
+    config.sampling.num_samples = 8
+    if config.sampling.get("num_steps") is None or config.sampling.num_steps > 3:
+        config.sampling.num_steps = 3
+    return config
+
+
+@pytest.mark.slow  # end to end with snapshot sampling: minutes on the shared CPU
+@pytest.mark.parametrize("arg", ["smoke", "dit_smoke"])
+def test_conditional_and_dit_train_sample_resume_across_meshes(arg, tmp_path):
+    """The class-conditional U-Net and DiT configs train under fsdp = 8 with gradient
+    accumulation (init, train / eval steps, EMA, snapshot sampling, checkpoints), then the run
+    resumes replicated on one device and goes on."""
+    from configs.digits_cond import get_config
+
+    wd = str(tmp_path / arg)
+    config = _shrink(get_config(arg), 2)
+    config.parallel.fsdp = 8
+    config.parallel.fsdp_min_size = 256
+    config.training.grad_accum_steps = 2
+    state = train_lib.train_and_evaluate(config, wd)
+    assert int(state.step) == 2
+    assert any(not x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(state.params))
+    assert os.path.getsize(os.path.join(wd, "samples", "iter_2", "samples.png")) > 100
+    config = _shrink(get_config(arg), 4)
+    config.training.num_devices = 1
+    state = train_lib.train_and_evaluate(config, wd)
+    assert int(state.step) == 4 and all(np.isfinite(x).all() for x in _leaves(state.params))
+
+
+@pytest.mark.slow  # stage 1 + stage 2 end to end: minutes on the shared CPU
+def test_latent_stage1_and_stage2_under_fsdp(tmp_path):
+    """Stage 1 (autoencoder) under fsdp = 8 exports its EMA parameters gathered from the shards
+    (equal to the sharded state's), and stage 2 trains and samples on it under fsdp = 4."""
+    from configs.latent.digits_autoencoder import get_config as ae_config
+    from configs.latent.digits_ldm import get_config as ldm_config
+    from score_jax import latent as latent_lib
+
+    ae_dir = str(tmp_path / "ae")
+    config = ae_config("smoke")
+    config.parallel.fsdp, config.parallel.fsdp_min_size = 8, 256
+    state = train_lib.train_and_evaluate(config, ae_dir)
+    exported = ckpt_lib.load_variables(os.path.join(ae_dir, latent_lib.AUTOENCODER_FILE))
+    for a, c in zip(jax.tree_util.tree_leaves(exported["params"]), _leaves(state.ema_params),
+                    strict=True):
+        np.testing.assert_array_equal(a, c)
+    config = ldm_config("smoke")
+    config.latent.autoencoder_checkpoint = ae_dir
+    config.sampling.num_steps = 3
+    config.parallel.fsdp, config.parallel.fsdp_min_size = 4, 256
+    state = train_lib.train_and_evaluate(config, str(tmp_path / "ldm"))
+    assert int(state.step) == config.training.n_iters
+    assert all(np.isfinite(x).all() for x in _leaves(state.params))
