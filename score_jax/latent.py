@@ -76,16 +76,16 @@ def autoencoder_init_state(key: jax.Array, model: nn.Module, tx: optax.GradientT
 
 
 def jit_autoencoder_init(model: nn.Module, tx: optax.GradientTransformation,
-                         image_shape: tuple[int, int, int], mesh) -> tuple[Callable, Any]:
-    """`train_step.jit_init` for an autoencoder: ``(init_fn(key) -> TrainState (replicated),
-    abstract_state)``."""
+                         image_shape: tuple[int, int, int], mesh, *,
+                         min_shard_size: int = parallel.MIN_SHARD_SIZE) -> tuple[Callable, Any]:
+    """`train_step.jit_init` for an autoencoder: ``(init_fn(key) -> TrainState (replicated, or
+    FSDP-sharded on a mesh with an "fsdp" axis: ``parallel.state_shardings``), abstract_state)``."""
     init = functools.partial(autoencoder_init_state, model=model, tx=tx,
                              image_shape=tuple(image_shape))
-    rep = parallel.replicated(mesh)
     abstract = jax.eval_shape(init, jax.random.key(0))
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-    return jax.jit(init, out_shardings=rep), abstract
+    shardings = parallel.state_shardings(abstract, mesh, min_shard_size)
+    return (jax.jit(init, out_shardings=shardings),
+            parallel.with_shardings(abstract, shardings))
 
 
 def reconstruction_error(x: jax.Array, x_rec: jax.Array, reconstruction: str = "l1") -> jax.Array:

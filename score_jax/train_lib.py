@@ -24,8 +24,7 @@ from score_jax import config as config_lib
 from score_jax import latent as latent_lib
 from score_jax import parallel, preemption
 from score_jax.evaluation.build import SNAPSHOT_DIGITS_SAMPLES, training_evaluators
-from score_jax.evaluation.evaluators import (EMA_INIT_WARN, EMA_RAW_WARN_MIN, EMA_RAW_WARN_RATIO,
-                                             ema_snapshot_warnings)
+from score_jax.evaluation.evaluators import EMA_INIT_WARN, EMA_RAW_WARN_MIN, EMA_RAW_WARN_RATIO, ema_snapshot_warnings
 from score_jax.train_step import TrainState
 
 log = logging.getLogger("score_jax.train")
@@ -156,8 +155,10 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     def save(step):
         checkpointer.save(step, state, dict(meta, step=int(step)))
-        if b.objective == latent_lib.OBJECTIVE and is_main:  # stage 1: what stage 2 loads
-            latent_lib.export_autoencoder(workdir, state.ema_params)
+        if b.objective == latent_lib.OBJECTIVE:  # stage 1: what stage 2 loads
+            ema = parallel.to_host(state.ema_params)  # all processes: FSDP shards are gathered
+            if is_main:
+                latent_lib.export_autoencoder(workdir, ema)
 
     data_iter = train_ds.iterate(start)
     pending: list[tuple[int, dict]] = []

@@ -2,9 +2,12 @@
 
 Everything here takes explicit arguments (a loss function, an optax transformation, a mesh); the
 config is read in ``score_jax.config``. One code path for 1 device, N devices and N hosts: the
-step is ``jax.jit`` over a 1-D ``Mesh`` with the batch sharded ``P("data")`` and the state
-replicated ``P()`` (XLA inserts the gradient all-reduce). Per-step randomness is
-``fold_in(key, step)`` (big_vision ``update_fn``).
+step is ``jax.jit`` over a ``Mesh`` with the batch split over every device and the state either
+replicated ``P()`` (XLA inserts the gradient all-reduce) or FSDP-sharded (``parallel.fsdp_spec``:
+XLA all-gathers each weight and reduce-scatters its gradient). Per-step randomness is
+``fold_in(key, step)`` (big_vision ``update_fn``), and each example of the global batch draws
+its noise from ``fold_in(step_key, index in the batch)``, so the update does not depend on how
+the batch is cut into micro-batches (gradient accumulation) or devices.
 """
 from __future__ import annotations
 
@@ -166,10 +169,80 @@ def ema_init_weight(num_updates: int, rate: float, warmup: bool = True) -> float
     return math.exp(log_w)
 
 
+def example_keys(step_key: Array, batch_size: int) -> Array:
+    """The per-example keys of a step: ``fold_in(step_key, i)`` for i in [0, batch_size)."""
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(batch_size))
+
+
+def _batch_size(batch: Any) -> int:
+    return int(jax.tree_util.tree_leaves(batch)[0].shape[0])
+
+
+def loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array) -> tuple[Array, Any]:
+    """The mean over the batch of the per-example losses ``loss_fn({"params": params},
+    example[None], keys[i])`` (vmapped: the network sees the whole batch), and its gradient.
+
+    The mean of per-example batch-means is the batch mean of every objective here (each
+    reduces over the batch with a mean), so this is the full-batch loss with example i's noise
+    drawn from ``keys[i]``.
+    """
+    def per_example(p, example, k):
+        loss, _ = loss_fn({"params": p}, jax.tree_util.tree_map(lambda a: a[None], example), k)
+        return loss
+
+    def objective(p):
+        return jnp.mean(jax.vmap(per_example, in_axes=(None, 0, 0))(p, batch, keys))
+
+    return jax.value_and_grad(objective)(params)
+
+
+def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array,
+                              grad_accum_steps: int) -> tuple[Array, Any]:
+    """`loss_and_grad` of the batch computed over ``grad_accum_steps`` micro-batches in a
+    ``lax.scan`` (activations of one micro-batch live at a time).
+
+    Micro-batch j holds the examples ``j, j + k, j + 2k, ...`` (k = ``grad_accum_steps``): with
+    the batch split over devices along its leading axis, every device keeps its own rows (no
+    data movement) when ``batch_size / k`` is a multiple of the device count. Each example keeps
+    its key, so the result equals the full-batch `loss_and_grad` up to float round-off: the mean
+    of the k micro-batch means, and the mean of their gradients.
+
+    Raises:
+      ValueError: the batch size is not a multiple of ``grad_accum_steps``.
+    """
+    k = int(grad_accum_steps)
+    if k == 1:
+        return loss_and_grad(loss_fn, params, batch, keys)
+    b = _batch_size(batch)
+    if b % k:
+        raise ValueError(f"training.grad_accum_steps={k} does not divide the batch size {b}; "
+                         f"valid choices: {[d for d in range(1, b + 1) if b % d == 0]}")
+
+    def split(a):  # (B, ...) -> (k, B / k, ...): micro-batch j = rows j, j + k, ...
+        return jnp.swapaxes(a.reshape((b // k, k) + a.shape[1:]), 0, 1)
+
+    micro = jax.tree_util.tree_map(split, (batch, keys))
+
+    def body(carry, mb):
+        loss_sum, grad_sum = carry
+        loss, grads = loss_and_grad(loss_fn, params, *mb)
+        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
+    return loss / k, jax.tree_util.tree_map(lambda g: g / k, grads)
+
+
 def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: Callable,
-               ema_rate: float, ema_warmup: bool = True) -> tuple[TrainState, dict]:
-    """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``.
+               ema_rate: float, ema_warmup: bool = True,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``;
+    example i of the batch draws its noise from ``fold_in(fold_in(key, step), i)``.
+
+    ``grad_accum_steps`` k > 1: the gradient is accumulated over k micro-batches inside the step
+    (`accumulated_loss_and_grad`, a ``lax.scan``; equal to the k = 1 update up to round-off, as
+    every example keeps its noise), then one optimiser / EMA update.
 
     ema <- ema * d + params * (1 - d) after the update, with ``d = ema_decay(state.step + 1,
     ema_rate, ema_warmup)`` = min(rate, (1 + n) / (10 + n)) for the n-th update
@@ -182,20 +255,23 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
       ``(new_state, metrics)`` with scalar metrics loss, grad_norm, lr, finite.
     """
     step_key = jax.random.fold_in(key, state.step)
-
-    def objective(params):
-        return loss_fn({"params": params}, batch, step_key)
-
-    (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    keys = example_keys(step_key, _batch_size(batch))
+    loss, grads = accumulated_loss_and_grad(loss_fn, state.params, batch, keys, grad_accum_steps)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = ema_decay(state.step + 1, ema_rate, ema_warmup)
-    ema = jax.tree_util.tree_map(lambda e, p: (e * decay + p * (1.0 - decay)).astype(e.dtype),
-                                 state.ema_params, params)
-    new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+    def update(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay(state.step + 1, ema_rate, ema_warmup)
+        ema = jax.tree_util.tree_map(lambda e, p: (e * decay + p * (1.0 - decay)).astype(e.dtype),
+                                     state.ema_params, params)
+        return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+
+    # A branch, not jnp.where(finite, new, old) over the state: the select needs the old values
+    # after the update has written into the donated buffers, so XLA copied the parameters and
+    # Adam's moments every step (2.5x the update's time on CPU; bench/bench_step_breakdown.py).
+    new = jax.lax.cond(finite, update, lambda s: s, state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "finite": finite}
     return new, metrics
@@ -207,40 +283,60 @@ def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable) -
     return loss
 
 
+def _state_sharding(state_sharding: Any, mesh) -> Any:
+    return parallel.replicated(mesh) if state_sharding is None else state_sharding
+
+
 def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                   ema_rate: float, mesh, *, ema_warmup: bool = True) -> Callable:
-    """``train_step`` jitted over ``mesh``: state replicated and donated, batch on ``"data"``.
+                   ema_rate: float, mesh, *, ema_warmup: bool = True, state_sharding: Any = None,
+                   grad_accum_steps: int = 1) -> Callable:
+    """``train_step`` jitted over ``mesh``: state donated and laid out as ``state_sharding`` (a
+    sharding or a TrainState-shaped tree of them, e.g. the shardings of `jit_init`'s abstract
+    state; default: replicated), batch split over the devices (``parallel.data_sharding``).
 
     The returned function holds its own compilation cache: build it once (``config.build``)
     and pass it around to reuse the compiled step.
     """
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    st = _state_sharding(state_sharding, mesh)
     fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, schedule=schedule,
-                           ema_rate=float(ema_rate), ema_warmup=bool(ema_warmup))
-    return jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
+                           ema_rate=float(ema_rate), ema_warmup=bool(ema_warmup),
+                           grad_accum_steps=int(grad_accum_steps))
+    return jax.jit(fn, in_shardings=(st, dat, rep), out_shardings=(st, rep), donate_argnums=0)
 
 
-def jit_eval_step(loss_fn: Callable, mesh) -> Callable:
-    """``eval_step`` jitted over ``mesh`` (state replicated, batch on ``"data"``)."""
+def jit_eval_step(loss_fn: Callable, mesh, *, state_sharding: Any = None) -> Callable:
+    """``eval_step`` jitted over ``mesh`` (state as ``state_sharding``, default replicated;
+    batch split over the devices)."""
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn), in_shardings=(rep, dat, rep),
+    st = _state_sharding(state_sharding, mesh)
+    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn), in_shardings=(st, dat, rep),
                    out_shardings=rep)
 
 
 def jit_init(model: nn.Module, tx: optax.GradientTransformation,
              image_shape: tuple[int, int, int], mesh, *,
-             num_classes: int | None = None) -> tuple[Callable, Any]:
-    """``init_state`` jitted with replicated output, and the abstract (shape-only, sharded)
-    state that orbax restores into. Returns ``(init_fn(key) -> TrainState, abstract_state)``."""
+             num_classes: int | None = None,
+             min_shard_size: int = parallel.MIN_SHARD_SIZE) -> tuple[Callable, Any]:
+    """``init_state`` jitted straight into its shardings (``parallel.state_shardings``:
+    replicated, or FSDP-sharded on a mesh with an ``"fsdp"`` axis, leaves of at least
+    ``min_shard_size`` elements), and the abstract (shape-only, sharded) state that orbax
+    restores into. Returns ``(init_fn(key) -> TrainState, abstract_state)``; the shardings are
+    ``jax.tree.map(lambda a: a.sharding, abstract_state)``."""
     init = functools.partial(init_state, model=model, tx=tx, image_shape=tuple(image_shape),
                              num_classes=num_classes)
-    rep = parallel.replicated(mesh)
     abstract = jax.eval_shape(init, jax.random.key(0))
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-    return jax.jit(init, out_shardings=rep), abstract
+    shardings = parallel.state_shardings(abstract, mesh, min_shard_size)
+    return (jax.jit(init, out_shardings=shardings),
+            parallel.with_shardings(abstract, shardings))
+
+
+def state_sharding_of(abstract_state: Any) -> Any:
+    """The tree of shardings carried by an abstract state (`jit_init`)."""
+    return jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
 
 
 __all__ = ["TrainState", "OPTIMIZERS", "make_optimizer", "init_state", "ema_decay", "ema_init_weight",
            "train_step", "eval_step",
-           "jit_train_step", "jit_eval_step", "jit_init"]
+           "jit_train_step", "jit_eval_step", "jit_init", "example_keys", "loss_and_grad",
+           "accumulated_loss_and_grad", "state_sharding_of"]

@@ -57,7 +57,7 @@ from score_jax.config.schema import (
                                        known_keys,
                                        placeholder,
 )
-from score_jax.config.validation import validate_config
+from score_jax.config.validation import fsdp_from_config, mesh_from_config, min_shard_size_from_config, validate_config
 
 __all__ = [
     "LIKELIHOOD_EPS", "FLOW_METHOD", "OBJECTIVES", "OPTION_ALIASES", "DATASET_NUM_CLASSES",
@@ -67,5 +67,6 @@ __all__ = [
     "DEFAULT_LABEL_DROPOUT", "label_dropout_from_config", "guidance_scale_from_config",
     "method_options", "config_methods", "sampling_methods", "sampling_options_from_config",
     "validate_config", "Built", "build", "SECTIONS", "placeholder", "OBJECTIVE_SPECS", "Objective",
-    "objective_spec", "register_objective", "set_sampler",
+    "objective_spec", "register_objective", "set_sampler", "fsdp_from_config",
+    "min_shard_size_from_config", "mesh_from_config",
 ]

@@ -22,8 +22,8 @@ class Built(NamedTuple):
     tx: optax.GradientTransformation
     schedule: Callable
     image_shape: tuple[int, int, int]  # (H, W, C)
-    init: Callable  # jitted key -> TrainState (replicated)
-    abstract_state: Any  # shape-only TrainState that orbax restores into
+    init: Callable  # jitted key -> TrainState (replicated or FSDP-sharded: parallel.fsdp)
+    abstract_state: Any  # shape-only TrainState with its shardings: what orbax restores into
     train_loss: Callable  # (variables, batch, key) -> (loss, aux), batches in [0, 1]
     eval_loss: Callable
     train_step: Callable  # jitted (state, global batch, key) -> (state, metrics)
@@ -48,7 +48,8 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     """Validate ``config`` (before any compilation), then build every object of a run.
 
     Args:
-      mesh: the device mesh (default ``parallel.make_mesh(training.num_devices)``).
+      mesh: the device mesh (default `mesh_from_config`: ``data x fsdp``); with
+        ``parallel.fsdp`` > 1 it must have an ``"fsdp"`` axis of that size.
       model: replaces the config's network (tests, notebooks).
 
     Raises:
@@ -58,8 +59,18 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     # test: ``monkeypatch.setattr(config, "model_from_config", ...)``) is what build uses.
     from score_jax import config as api
 
-    mesh = mesh or parallel.make_mesh(config.training.get("num_devices"))
-    api.validate_config(config, num_devices=mesh.devices.size)
+    if mesh is None:
+        api.validate_config(config)  # a bad parallel.fsdp is refused before the mesh is made
+        mesh = api.mesh_from_config(config)
+    else:
+        api.validate_config(config, num_devices=mesh.devices.size)
+    fsdp = int(api.fsdp_from_config(config))
+    if fsdp != parallel.fsdp_size(mesh):
+        raise ValueError(f"config.parallel.fsdp={fsdp} but the mesh passed to build has an fsdp "
+                         f"axis of size {parallel.fsdp_size(mesh)} ({dict(mesh.shape)}); valid: "
+                         f"parallel.fsdp={parallel.fsdp_size(mesh)}, or build the mesh with "
+                         f"parallel.make_mesh(n, fsdp={fsdp})")
+    min_size = int(api.min_shard_size_from_config(config))
     parallel.check_batch_size(config.training.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     sde = api.sde_from_config(config)
@@ -76,10 +87,13 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     num_classes = config.model.get("num_classes")
     if api.objective_from_config(config) == latent_lib.OBJECTIVE:  # init(key, x): no labels
-        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh)
+        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh,
+                                                         min_shard_size=min_size)
     else:
         shape = space.latent_shape if space is not None else shape
-        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes)
+        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes,
+                                     min_shard_size=min_size)
+    state_sharding = ts.state_sharding_of(abstract)
     if space is not None:  # latents: encoded on the fly, no [0, 1] -> [-1, 1] scaling
         unscaled = config.copy_and_resolve_references()
         unscaled.data.centered = False
@@ -98,9 +112,12 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
     path = api.flow_path_from_config(config, sde) if spec.sampler == api.FLOW_METHOD else None
     return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
                  init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
-                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh,
-                                              ema_warmup=ema_warmup),
-                 eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
+                 train_step=ts.jit_train_step(
+                     train_loss, tx, schedule, ema_rate, mesh, ema_warmup=ema_warmup,
+                     state_sharding=state_sharding,
+                     grad_accum_steps=int(t.get("grad_accum_steps", 1))),
+                 eval_step=ts.jit_eval_step(eval_loss, mesh, state_sharding=state_sharding),
+                 ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous),
                  centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]

@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from score_jax import likelihood, sampling
+from score_jax import likelihood, parallel, sampling
 from score_jax import sde as sde_lib
 
 placeholder = ml_collections.config_dict.placeholder
@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     training.reduce_mean = False
     training.sde = "vpsde"
     training.num_devices = placeholder(int)  # None: all devices
+    # gradient accumulation: the batch is cut into this many micro-batches scanned inside the
+    # jitted step (train_step.accumulated_loss_and_grad); one optimiser update per step
+    training.grad_accum_steps = 1
     # score_jax additions: the objective ("score": denoising score matching; "flow_matching":
     # velocity regression on flow_path "condot" or "sde" (the SDE's own Gaussian path), with
     # t ~ U(0, flow_t_max))
@@ -201,6 +204,13 @@ def base_config() -> ml_collections.ConfigDict:
     lat.autoencoder_checkpoint = placeholder(str)
     lat.scale_factor = placeholder(float)
     lat.autoencoder = ml_collections.ConfigDict()
+
+    # parameter sharding (FSDP, score_jax.parallel): devices per parameter-shard group (1: the
+    # state is replicated; the mesh is data x fsdp = (devices / fsdp, fsdp)); leaves of fewer
+    # than fsdp_min_size elements stay replicated
+    config.parallel = par = ml_collections.ConfigDict()
+    par.fsdp = 1
+    par.fsdp_min_size = parallel.MIN_SHARD_SIZE
 
     config.seed = 42
     return config

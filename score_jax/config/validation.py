@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from score_jax import data as data_lib
-from score_jax import flow, sampling
+from score_jax import flow, parallel, sampling
 from score_jax import latent as latent_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
@@ -49,9 +49,15 @@ def _discrete_sdes() -> list[str]:
 
 
 def _validate_keys(config) -> None:
-    top = set(SECTIONS) | {"seed", "latent"}
+    top = set(SECTIONS) | {"seed", "latent", "parallel"}
     for k in config.keys():
         _need(k in top, f"config.{k} is not a known config section; valid: {sorted(top)}")
+    from score_jax.config.schema import base_config
+
+    valid_par = set(base_config().parallel.keys())
+    for k in (config.get("parallel") or {}).keys():
+        _need(k in valid_par, f"config.parallel.{k} is not a known key; valid keys of "
+                              f"config.parallel: {sorted(valid_par)}")
     for sec, valid in known_keys().items():
         for k in config[sec].keys():
             _need(k in valid, f"config.{sec}.{k} is not a known key; valid keys of "
@@ -124,6 +130,28 @@ def _validate_guidance(config) -> None:
           f"guidance_scale=None (command line: --config.sampling.guidance_scale=None)")
 
 
+def fsdp_from_config(config) -> Any:
+    """``config.parallel.fsdp`` (1 when the config has no ``parallel`` section)."""
+    return (config.get("parallel") or {}).get("fsdp", 1)
+
+
+def min_shard_size_from_config(config) -> Any:
+    """``config.parallel.fsdp_min_size`` (default ``parallel.MIN_SHARD_SIZE``)."""
+    return (config.get("parallel") or {}).get("fsdp_min_size", parallel.MIN_SHARD_SIZE)
+
+
+def mesh_from_config(config) -> jax.sharding.Mesh:
+    """The ``data x fsdp`` mesh of ``training.num_devices`` devices and ``parallel.fsdp``.
+
+    Raises:
+      ValueError: ``parallel.fsdp`` does not divide the device count (names the valid choices),
+        before anything compiles.
+    """
+    n = config.training.get("num_devices") or jax.device_count()
+    return parallel.make_mesh(config.training.get("num_devices"),
+                              fsdp=parallel.check_fsdp(fsdp_from_config(config), n))
+
+
 def validate_config(config, *, num_devices: int | None = None) -> None:
     """Check keys and values of a training / sampling config; raise ValueError naming the bad
     key or value and the valid choices. Runs before anything is built or compiled, and needs no
@@ -149,6 +177,14 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     _need(t.batch_size % ndev == 0,
           f"config.training.batch_size={t.batch_size} is not divisible by the number of devices "
           f"{ndev}; valid choices are multiples of {ndev}")
+    parallel.check_fsdp(fsdp_from_config(config), ndev)
+    _pos_int("parallel.fsdp_min_size", min_shard_size_from_config(config))
+    k = t.get("grad_accum_steps", 1)
+    _pos_int("training.grad_accum_steps", k)
+    _need(t.batch_size % (k * ndev) == 0,
+          f"config.training.grad_accum_steps={k}: the micro-batch batch_size / grad_accum_steps "
+          f"= {t.batch_size} / {k} must be a multiple of the number of devices {ndev}; valid "
+          f"choices: {[d for d in range(1, t.batch_size + 1) if t.batch_size % (d * ndev) == 0]}")
     _pos_int("eval.batch_size", config.eval.batch_size)
     _need(config.eval.batch_size % ndev == 0,
           f"config.eval.batch_size={config.eval.batch_size} is not divisible by the number of "

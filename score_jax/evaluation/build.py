@@ -115,8 +115,12 @@ def workdir_evaluators(config, built, eval_dir: str, *, keys: tuple, num_samples
 
         def sample_fn(key, params, n):
             if jax.process_count() > 1:
-                params = parallel.replicate(jax.tree_util.tree_map(
-                    lambda a: np.asarray(a.addressable_data(0)), params), sample_mesh)
+                if all(a.sharding.is_fully_replicated for a in jax.tree_util.tree_leaves(params)):
+                    params = jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)),
+                                                    params)
+                else:  # FSDP-sharded (parallel.fsdp > 1): gathered by every process
+                    params = parallel.to_host(params)
+                params = parallel.replicate(params, sample_mesh)
             images, _ = sample_lib.sample_built(key, built, params, n, batch_size=n,
                                                 mesh=sample_mesh)
             return images

@@ -493,10 +493,13 @@ class ReconstructionEvaluator:
         self.write, self.use_ema = write, use_ema
 
     def run(self, step: int, state: Any) -> dict:
+        from score_jax import parallel
+
+        params = parallel.to_host(params_of(state, self.use_ema))  # all processes (FSDP shards)
         if jax.process_index() != 0:
             return {}
         d = os.path.join(self.workdir, "samples", f"iter_{step}")
-        out = self.save_fn(jax.device_get(params_of(state, self.use_ema)), self.images(), d)
+        out = self.save_fn(params, self.images(), d)
         self.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> "
                    f"{out['png']}")
         return {}

@@ -26,6 +26,7 @@ its latent space): `gaussian_kl` (KL(q || N(0, I))), `autoencoder_loss`, `encode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from .base import Network
-from .utils import check_choice, check_image, check_image_size
+from .utils import check_choice, check_image, check_image_size, dot_product_attention, float_dtype
 
 Array = jnp.ndarray
 
@@ -42,14 +43,17 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # ldm DiagonalGaussianDistribution's clamp
 _EPS = 1e-6
 
 
-def _group_norm(groups: int, name: str) -> nn.GroupNorm:
-    # Two-pass variance (torch's GroupNorm) for float32 agreement with the reference.
-    return nn.GroupNorm(num_groups=groups, epsilon=_EPS, use_fast_variance=False, name=name)
+def _group_norm(groups: int, name: str, dtype: Any = None) -> nn.GroupNorm:
+    # Two-pass variance (torch's GroupNorm) for float32 agreement with the reference; flax
+    # computes the statistics in float32 at least whatever the compute dtype.
+    return nn.GroupNorm(num_groups=groups, epsilon=_EPS, use_fast_variance=False, name=name,
+                        dtype=dtype)
 
 
-def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
+def _conv(features: int, kernel: int, name: str, stride: int = 1, dtype: Any = None) -> nn.Conv:
     pad = "VALID" if stride != 1 or kernel == 1 else ((1, 1), (1, 1))
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, name=name)
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, name=name,
+                   dtype=dtype)
 
 
 class ResnetBlock(nn.Module):
@@ -58,15 +62,16 @@ class ResnetBlock(nn.Module):
 
     out_channels: int
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = nn.silu(_group_norm(self.groups, "norm1")(x))
-        h = _conv(self.out_channels, 3, "conv1")(h)
-        h = nn.silu(_group_norm(self.groups, "norm2")(h))
-        h = _conv(self.out_channels, 3, "conv2")(h)
+        h = nn.silu(_group_norm(self.groups, "norm1", self.dtype)(x))
+        h = _conv(self.out_channels, 3, "conv1", dtype=self.dtype)(h)
+        h = nn.silu(_group_norm(self.groups, "norm2", self.dtype)(h))
+        h = _conv(self.out_channels, 3, "conv2", dtype=self.dtype)(h)
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, "conv_shortcut")(x)
+            x = _conv(self.out_channels, 1, "conv_shortcut", dtype=self.dtype)(x)
         return x + h
 
 
@@ -76,18 +81,16 @@ class AttentionBlock(nn.Module):
     ``heads = 1``; ldm ``AttnBlock``, which stores the projections as 1x1 convs)."""
 
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
-        y = _group_norm(self.groups, "group_norm")(x).reshape(b, h * w, c)
-        q = nn.Dense(c, name="to_q")(y)
-        k = nn.Dense(c, name="to_k")(y)
-        v = nn.Dense(c, name="to_v")(y)
-        logits = jnp.einsum("bqc,bkc->bqk", q, k) / jnp.sqrt(jnp.asarray(c, q.dtype))
-        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)),
-                                 axis=-1).astype(v.dtype)
-        out = nn.Dense(c, name="to_out_0")(jnp.einsum("bqk,bkc->bqc", weights, v))
+        y = _group_norm(self.groups, "group_norm", self.dtype)(x).reshape(b, h * w, c)
+        q, k, v = (nn.Dense(c, name=f"to_{n}", dtype=self.dtype)(y)[:, :, None, :]
+                   for n in "qkv")
+        out = dot_product_attention(q, k, v, 1.0 / math.sqrt(c))[:, :, 0, :]
+        out = nn.Dense(c, name="to_out_0", dtype=self.dtype)(out)
         return x + out.reshape(b, h, w, c)
 
 
@@ -95,32 +98,37 @@ class MidBlock(nn.Module):
     """ResNet -> attention -> ResNet at the lowest resolution (diffusers ``UNetMidBlock2D``)."""
 
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
-        x = ResnetBlock(c, self.groups, name="resnets_0")(x)
-        x = AttentionBlock(self.groups, name="attentions_0")(x)
-        return ResnetBlock(c, self.groups, name="resnets_1")(x)
+        x = ResnetBlock(c, self.groups, dtype=self.dtype, name="resnets_0")(x)
+        x = AttentionBlock(self.groups, dtype=self.dtype, name="attentions_0")(x)
+        return ResnetBlock(c, self.groups, dtype=self.dtype, name="resnets_1")(x)
 
 
 class Downsample(nn.Module):
     """Pad bottom / right by one, then a 3x3 stride-2 conv (ldm ``Downsample``; diffusers
     ``Downsample2D`` with ``padding=0``): H x W -> H/2 x W/2."""
 
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        return _conv(x.shape[-1], 3, "conv", stride=2)(x)
+        return _conv(x.shape[-1], 3, "conv", stride=2, dtype=self.dtype)(x)
 
 
 class Upsample(nn.Module):
     """Nearest-neighbour 2x up-sampling, then a 3x3 conv (ldm / diffusers ``Upsample``)."""
 
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv(x.shape[-1], 3, "conv")(x)
+        return _conv(x.shape[-1], 3, "conv", dtype=self.dtype)(x)
 
 
 class DownBlock(nn.Module):
@@ -128,13 +136,15 @@ class DownBlock(nn.Module):
     num_layers: int
     groups: int
     downsample: bool
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         for j in range(self.num_layers):
-            x = ResnetBlock(self.out_channels, self.groups, name=f"resnets_{j}")(x)
+            x = ResnetBlock(self.out_channels, self.groups, dtype=self.dtype,
+                            name=f"resnets_{j}")(x)
         if self.downsample:
-            x = Downsample(name="downsamplers_0")(x)
+            x = Downsample(dtype=self.dtype, name="downsamplers_0")(x)
         return x
 
 
@@ -143,13 +153,15 @@ class UpBlock(nn.Module):
     num_layers: int
     groups: int
     upsample: bool
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         for j in range(self.num_layers):
-            x = ResnetBlock(self.out_channels, self.groups, name=f"resnets_{j}")(x)
+            x = ResnetBlock(self.out_channels, self.groups, dtype=self.dtype,
+                            name=f"resnets_{j}")(x)
         if self.upsample:
-            x = Upsample(name="upsamplers_0")(x)
+            x = Upsample(dtype=self.dtype, name="upsamplers_0")(x)
         return x
 
 
@@ -160,17 +172,18 @@ class Encoder(nn.Module):
     layers_per_block: int
     latent_channels: int
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         chans = self.block_out_channels
-        h = _conv(chans[0], 3, "conv_in")(x)
+        h = _conv(chans[0], 3, "conv_in", dtype=self.dtype)(x)
         for i, c in enumerate(chans):
             h = DownBlock(c, self.layers_per_block, self.groups, i < len(chans) - 1,
                           name=f"down_blocks_{i}")(h)
-        h = MidBlock(self.groups, name="mid_block")(h)
-        h = nn.silu(_group_norm(self.groups, "conv_norm_out")(h))
-        return _conv(2 * self.latent_channels, 3, "conv_out")(h)
+        h = MidBlock(self.groups, dtype=self.dtype, name="mid_block")(h)
+        h = nn.silu(_group_norm(self.groups, "conv_norm_out", self.dtype)(h))
+        return _conv(2 * self.latent_channels, 3, "conv_out", dtype=self.dtype)(h)
 
 
 class Decoder(nn.Module):
@@ -180,17 +193,18 @@ class Decoder(nn.Module):
     layers_per_block: int
     out_channels: int
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, z: Array) -> Array:
         chans = tuple(reversed(self.block_out_channels))
-        h = _conv(chans[0], 3, "conv_in")(z)
-        h = MidBlock(self.groups, name="mid_block")(h)
+        h = _conv(chans[0], 3, "conv_in", dtype=self.dtype)(z)
+        h = MidBlock(self.groups, dtype=self.dtype, name="mid_block")(h)
         for i, c in enumerate(chans):
             h = UpBlock(c, self.layers_per_block + 1, self.groups, i < len(chans) - 1,
                         name=f"up_blocks_{i}")(h)
-        h = nn.silu(_group_norm(self.groups, "conv_norm_out")(h))
-        return _conv(self.out_channels, 3, "conv_out")(h)
+        h = nn.silu(_group_norm(self.groups, "conv_norm_out", self.dtype)(h))
+        return _conv(self.out_channels, 3, "conv_out", dtype=self.dtype)(h)
 
 
 class AutoencoderKL(Network):
@@ -204,6 +218,8 @@ class AutoencoderKL(Network):
       norm_num_groups: GroupNorm groups; must divide every width.
       num_channels: image channels (from ``config.data``).
       image_size: optional expected H = W (from ``config.data``); checked when given.
+      dtype: compute dtype (e.g. bfloat16; parameters stay float32, the posterior moments and
+        the decoder output are returned in float32 at least); None: that of inputs / params.
 
     Methods (all NHWC, dtype follows inputs / params, so float64 under x64):
       ``model.init(key, x)`` builds encoder and decoder (``__call__``);
@@ -223,6 +239,7 @@ class AutoencoderKL(Network):
     norm_num_groups: int = 32
     num_channels: int = 3
     image_size: int | None = None
+    dtype: Any = None
 
     @property
     def downsampling_factor(self) -> int:
@@ -247,18 +264,21 @@ class AutoencoderKL(Network):
     def setup(self) -> None:
         chans = tuple(int(c) for c in self.block_out_channels)
         self.encoder = Encoder(chans, self.layers_per_block, self.latent_channels,
-                               self.norm_num_groups)
+                               self.norm_num_groups, dtype=self.dtype)
         self.decoder = Decoder(chans, self.layers_per_block, self.num_channels,
-                               self.norm_num_groups)
-        self.quant_conv = nn.Conv(2 * self.latent_channels, (1, 1))
-        self.post_quant_conv = nn.Conv(self.latent_channels, (1, 1))
+                               self.norm_num_groups, dtype=self.dtype)
+        self.quant_conv = nn.Conv(2 * self.latent_channels, (1, 1), dtype=self.dtype)
+        self.post_quant_conv = nn.Conv(self.latent_channels, (1, 1), dtype=self.dtype)
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """Posterior q(z | x) = N(mean, exp(logvar)): returns (mean, logvar), logvar clamped to
         [-30, 20] (ldm ``DiagonalGaussianDistribution``)."""
         check_image(x, model="autoencoder_kl", image_size=self.image_size,
                     num_channels=self.num_channels, divisor=self.downsampling_factor)
-        moments = self.quant_conv(self.encoder(x))
+        if self.dtype is None:
+            moments = self.quant_conv(self.encoder(x))
+        else:  # bf16 compute, moments (and so KL, sampling) in float32 at least
+            moments = self.quant_conv(self.encoder(x.astype(self.dtype))).astype(float_dtype(x))
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
@@ -267,7 +287,9 @@ class AutoencoderKL(Network):
         if z.ndim != 4 or z.shape[-1] != self.latent_channels:
             raise ValueError(f"autoencoder_kl: z must be (B, h, w, {self.latent_channels}), "
                              f"got shape {z.shape}")
-        return self.decoder(self.post_quant_conv(z))
+        if self.dtype is None:
+            return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z.astype(self.dtype))).astype(float_dtype(z))
 
     def __call__(self, x: Array, key: jax.Array | None = None) -> tuple[Array, Array, Array]:
         mean, logvar = self.encode(x)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .base import Network
-from .utils import check_image, check_image_size, float_dtype
+from .utils import check_image, check_image_size, dot_product_attention, float_dtype
 
 Array = jnp.ndarray
 
@@ -144,10 +144,7 @@ class Attention(nn.Module):
         hd = d // self.num_heads
         qkv = _dense(3 * d, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)
-        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)),
-                                 axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+        out = dot_product_attention(q, k, v, hd ** -0.5).reshape(b, n, d)
         return _dense(d, "proj", self.dtype)(out)
 
 

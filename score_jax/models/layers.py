@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from .up_or_down_sampling import naive_downsample_2d, naive_upsample_2d
+from .utils import dot_product_attention
 
 Array = jnp.ndarray
 
@@ -141,15 +142,12 @@ def attention(h: Array, q_nin: NIN, k_nin: NIN, v_nin: NIN) -> Array:
     """Spatial self-attention over all H*W positions (one head, width C):
 
         w = softmax_{(H',W')}(q . k / sqrt(C)),   out = sum_{H',W'} w v
-    (softmax in float32 at least).
+    (softmax in float32 at least; `utils.dot_product_attention`: the fused cuDNN kernel on GPU
+    for bf16).
     """
     b, hh, ww, c = h.shape
-    q, k, v = q_nin(h), k_nin(h), v_nin(h)
-    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(c) ** -0.5)
-    logits = logits.reshape(b, hh, ww, hh * ww)
-    w = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-    w = w.astype(v.dtype).reshape(b, hh, ww, hh, ww)
-    return jnp.einsum("bhwHW,bHWc->bhwc", w, v)
+    q, k, v = (f(h).reshape(b, hh * ww, 1, c) for f in (q_nin, k_nin, v_nin))
+    return dot_product_attention(q, k, v, int(c) ** -0.5).reshape(b, hh, ww, c)
 
 
 class AttnBlock(nn.Module):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -134,3 +135,39 @@ def add_label_embedding(temb: Array | None, y: Array | None, batch: int,
     emb = nn.Embed(num_classes + 1, dim, name="label_embed")(jnp.asarray(y).astype(jnp.int32))
     emb = emb.astype(dtype)
     return emb if temb is None else temb + emb
+
+
+# dtypes the fused cuDNN attention kernel takes (jax.nn.dot_product_attention, implementation
+# "cudnn"); float32 and float64 run XLA's path
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def _cudnn_attention(q: Array, k: Array, v: Array, scale: float) -> Array | None:
+    """The fused cuDNN kernel on a GPU for bf16 / f16 inputs, None where it does not apply (no
+    GPU, another dtype, or a shape the kernel refuses at trace time)."""
+    if q.dtype not in _CUDNN_DTYPES or jax.default_backend() != "gpu":
+        return None
+    try:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+    except (ValueError, NotImplementedError, RuntimeError, TypeError):
+        return None
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
+    """softmax(q k^T * scale) v per head, softmax in at least float32.
+
+    Shapes: q (B, T, N, H), k and v (B, S, N, H) -> (B, T, N, H) (N heads of width H), q's
+    dtype. Goes through ``jax.nn.dot_product_attention``: the fused cuDNN kernel on a GPU for
+    bf16 / f16 (flash attention: no (T, S) logits in memory), XLA's path otherwise, which
+    computes logits = einsum(q, k) in float32 (``preferred_element_type``), times ``scale``,
+    softmax in float32, then einsum with v: in float32 the same operations as the attention
+    written out before (Vaswani et al. 2017, eq. 1). float64 inputs (x64 tests) keep float64
+    throughout (JAX's path would round the softmax to float32).
+    """
+    if q.dtype == jnp.float64:
+        logits = jnp.einsum("btnh,bsnh->bnts", q, k) * scale
+        return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1), v)
+    out = _cudnn_attention(q, k, v, scale)
+    if out is None:
+        out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
+    return out
