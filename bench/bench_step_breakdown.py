@@ -8,12 +8,15 @@ Ours (the config of ``bench_vs_torch.py``, built by ``score_jax.config.build``),
 once and then timed interleaved (one call of each per round, ``--repeats`` rounds, so that the
 machine's load hits all alike):
 
-* ``forward``: the network in eval mode; ``loss``: the training loss (noise, forward, DSM);
-* ``grad``: loss + gradient (``jax.value_and_grad``), nothing else;
+* ``forward``: the network in eval mode;
+* ``grad``: the training loss (noise, forward, DSM) + its gradient (``jax.value_and_grad``);
 * ``step``: the library's jitted train step (``Built.train_step``: loss, gradient, clip, Adam,
-  EMA, the non-finite guard), and copies of it with one part removed: ``step_no_ema``,
-  ``step_no_clip``, ``step_sgd`` (plain ``p - lr g`` instead of clip + Adam), ``step_no_guard``
-  (no ``jnp.where`` over the state for a non-finite loss).
+  EMA, the non-finite guard);
+* ``update``: what the step does after the gradient (clip, Adam, EMA, guard), alone on a fixed
+  gradient (state donated, as in the step), and with one part removed: ``update_no_ema``,
+  ``update_no_clip``, ``update_no_guard`` (no ``jnp.where`` over the state for a non-finite
+  loss), ``update_sgd`` (``p - lr g`` only). Separate small compiles, so that the network's
+  backward is compiled twice only (``grad`` and ``step``).
 
 FLOPs per call from XLA's cost analysis of each compiled function
 (``jit(f).lower(...).compile().cost_analysis()["flops"]``). PyTorch side (``--reference_path``):
@@ -78,12 +81,11 @@ def our_variants(name: str, batch: int, seed: int, smoke: bool):
     plain = {
         "forward": (jax.jit(lambda p: b.model.apply({"params": p}, x, labels, train=False)),
                     (params,)),
-        "loss": (jax.jit(loss), (params,)),
         "grad": (jax.jit(jax.value_and_grad(loss)), (params,)),
     }
-    out = {}
+    out, compiled = {}, {}
     for label, (fn, args) in plain.items():
-        c = fn.lower(*args).compile()
+        c = compiled[label] = fn.lower(*args).compile()
         jax.block_until_ready(c(*args))
         out[label] = (functools.partial(lambda c, a: jax.block_until_ready(c(*a)), c, args),
                       _flops(c))
@@ -95,11 +97,8 @@ def our_variants(name: str, batch: int, seed: int, smoke: bool):
     sgd = optax.sgd(lr)
     rate = b.ema_rate
 
-    def step(state, batch, key, *, tx=b.tx, ema=True, guard=True):
-        """``train_step.train_step`` with parts switched off (``ema``, ``guard``, ``tx``)."""
-        step_key = jax.random.fold_in(key, state.step)
-        (loss_v, _), grads = jax.value_and_grad(
-            lambda p: b.train_loss({"params": p}, batch, step_key), has_aux=True)(state.params)
+    def update(state, grads, loss_v, *, tx=b.tx, ema=True, guard=True):
+        """The part of ``train_step.train_step`` after the gradient, with parts switched off."""
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         p = optax.apply_updates(state.params, updates)
@@ -109,27 +108,36 @@ def our_variants(name: str, batch: int, seed: int, smoke: bool):
         if guard:
             finite = jnp.isfinite(loss_v) & jnp.isfinite(grad_norm)
             new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
-        return new, {"loss": loss_v, "grad_norm": grad_norm}
+        return new
 
-    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    steps = {"step": (b.train_step, b.tx),
-             "step_copy": (functools.partial(step), b.tx),
-             "step_no_ema": (functools.partial(step, ema=False), b.tx),
-             "step_no_guard": (functools.partial(step, guard=False), b.tx),
-             "step_no_clip": (functools.partial(step, tx=no_clip), no_clip),
-             "step_sgd": (functools.partial(step, tx=sgd), sgd)}
-    for label, (fn, tx) in steps.items():
-        if label != "step":
-            fn = jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
-                         donate_argnums=0)
+    # The library's step (one more compile of the backward), then the update alone on a fixed
+    # gradient with parts removed: the gradient is compiled once, the updates are cheap.
+    st = b.init(jax.random.key(seed))
+    c = b.train_step.lower(st, batch_j, key).compile()
+    holder = {"s": st}
+
+    def run_step(c=c, holder=holder):
+        holder["s"], m = c(holder["s"], batch_j, key)
+        jax.block_until_ready(m["loss"])
+
+    run_step()
+    out["step"] = (run_step, _flops(c))
+    _, grads = compiled["grad"](params)
+    loss_v = jnp.float32(1.0)
+    updates = {"update": (update, b.tx),
+               "update_no_ema": (functools.partial(update, ema=False), b.tx),
+               "update_no_guard": (functools.partial(update, guard=False), b.tx),
+               "update_no_clip": (functools.partial(update, tx=no_clip), no_clip),
+               "update_sgd": (functools.partial(update, tx=sgd, ema=False, guard=False), sgd)}
+    for label, (fn, tx) in updates.items():
         st = b.init(jax.random.key(seed))
         st = st.replace(opt_state=tx.init(st.params))
-        c = fn.lower(st, batch_j, key).compile()
+        c = jax.jit(fn, donate_argnums=0).lower(st, grads, loss_v).compile()
         holder = {"s": st}
 
         def run(c=c, holder=holder):
-            holder["s"], m = c(holder["s"], batch_j, key)
-            jax.block_until_ready(m["loss"])
+            holder["s"] = c(holder["s"], grads, loss_v)
+            jax.block_until_ready(holder["s"].step)
 
         run()
         out[label] = (run, _flops(c))
