@@ -11,12 +11,14 @@ machine's load hits all alike):
 * ``forward``: the network in eval mode;
 * ``grad``: the training loss (noise, forward, DSM) + its gradient (``jax.value_and_grad``);
 * ``step``: the library's jitted train step (``Built.train_step``: loss, gradient, clip, Adam,
-  EMA, the non-finite guard);
+  EMA, the non-finite guard); ``step_before``: the same with the guard as it was before
+  (``jnp.where(finite, new, old)`` over the state instead of ``lax.cond``);
 * ``update``: what the step does after the gradient (clip, Adam, EMA, guard), alone on a fixed
-  gradient (state donated, as in the step), and with one part removed: ``update_no_ema``,
-  ``update_no_clip``, ``update_no_guard`` (no ``jnp.where`` over the state for a non-finite
-  loss), ``update_sgd`` (``p - lr g`` only). Separate small compiles, so that the network's
-  backward is compiled twice only (``grad`` and ``step``).
+  gradient (state donated, as in the step), and with one part changed: ``update_where_guard``
+  (the guard before), ``update_no_guard``, ``update_no_ema``, ``update_no_clip``,
+  ``update_sgd`` (``p - lr g`` only). Separate small compiles: the network's backward is
+  compiled for ``grad``, ``step`` and ``step_before`` only (``--no_grad`` / ``--no_before``
+  leave those out).
 
 FLOPs per call from XLA's cost analysis of each compiled function
 (``jit(f).lower(...).compile().cost_analysis()["flops"]``). PyTorch side (``--reference_path``):
@@ -51,7 +53,8 @@ def _flops(compiled) -> float | None:
     return None if not ca or "flops" not in ca else float(ca["flops"])
 
 
-def our_variants(name: str, batch: int, seed: int, smoke: bool):
+def our_variants(name: str, batch: int, seed: int, smoke: bool, with_grad: bool = True,
+                 with_before: bool = True):
     """{label: (run() -> None, flops)} of our compiled functions (see module doc)."""
     import jax
     import jax.numpy as jnp
@@ -81,11 +84,12 @@ def our_variants(name: str, batch: int, seed: int, smoke: bool):
     plain = {
         "forward": (jax.jit(lambda p: b.model.apply({"params": p}, x, labels, train=False)),
                     (params,)),
-        "grad": (jax.jit(jax.value_and_grad(loss)), (params,)),
     }
-    out, compiled = {}, {}
+    if with_grad:
+        plain["grad"] = (jax.jit(jax.value_and_grad(loss)), (params,))
+    out = {}
     for label, (fn, args) in plain.items():
-        c = compiled[label] = fn.lower(*args).compile()
+        c = fn.lower(*args).compile()
         jax.block_until_ready(c(*args))
         out[label] = (functools.partial(lambda c, a: jax.block_until_ready(c(*a)), c, args),
                       _flops(c))
@@ -97,38 +101,62 @@ def our_variants(name: str, batch: int, seed: int, smoke: bool):
     sgd = optax.sgd(lr)
     rate = b.ema_rate
 
-    def update(state, grads, loss_v, *, tx=b.tx, ema=True, guard=True):
-        """The part of ``train_step.train_step`` after the gradient, with parts switched off."""
+    def update(state, grads, loss_v, *, tx=b.tx, ema=True, guard="cond"):
+        """The part of ``train_step.train_step`` after the gradient, with parts switched off;
+        ``guard``: "cond" (the library's ``lax.cond``), "where" (``jnp.where`` over the state,
+        the library before), None (no guard)."""
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        p = optax.apply_updates(state.params, updates)
-        e = (jax.tree_util.tree_map(lambda a, q: a * rate + q * (1.0 - rate), state.ema_params, p)
-             if ema else state.ema_params)
-        new = ts.TrainState(step=state.step + 1, params=p, ema_params=e, opt_state=opt_state)
-        if guard:
-            finite = jnp.isfinite(loss_v) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(loss_v) & jnp.isfinite(grad_norm)
+
+        def apply(state):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            p = optax.apply_updates(state.params, updates)
+            e = (jax.tree_util.tree_map(lambda a, q: a * rate + q * (1.0 - rate),
+                                        state.ema_params, p) if ema else state.ema_params)
+            return ts.TrainState(step=state.step + 1, params=p, ema_params=e, opt_state=opt_state)
+
+        if guard == "cond":
+            return jax.lax.cond(finite, apply, lambda s: s, state)
+        new = apply(state)
+        if guard == "where":
             new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
         return new
 
-    # The library's step (one more compile of the backward), then the update alone on a fixed
-    # gradient with parts removed: the gradient is compiled once, the updates are cheap.
-    st = b.init(jax.random.key(seed))
-    c = b.train_step.lower(st, batch_j, key).compile()
-    holder = {"s": st}
+    def step_before(state, batch, key):
+        """The library's train step before the guard became a ``lax.cond``."""
+        step_key = jax.random.fold_in(key, state.step)
+        (loss_v, _), grads = jax.value_and_grad(
+            lambda p: b.train_loss({"params": p}, batch, step_key), has_aux=True)(state.params)
+        new = update(state, grads, loss_v, guard="where")
+        return new, {"loss": loss_v}
 
-    def run_step(c=c, holder=holder):
-        holder["s"], m = c(holder["s"], batch_j, key)
-        jax.block_until_ready(m["loss"])
+    # The library's step and the step before (each one more compile of the backward), then the
+    # update alone on a fixed gradient with parts removed (small compiles).
+    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    steps = {"step": b.train_step}
+    if with_before:
+        steps["step_before"] = jax.jit(step_before, in_shardings=(rep, dat, rep),
+                                       out_shardings=(rep, rep), donate_argnums=0)
+    for label, fn in steps.items():
+        st = b.init(jax.random.key(seed))
+        c = fn.lower(st, batch_j, key).compile()
+        holder = {"s": st}
 
-    run_step()
-    out["step"] = (run_step, _flops(c))
-    _, grads = compiled["grad"](params)
+        def run_step(c=c, holder=holder):
+            holder["s"], m = c(holder["s"], batch_j, key)
+            jax.block_until_ready(m["loss"])
+
+        run_step()
+        out[label] = (run_step, _flops(c))
+    # the update's cost does not depend on the gradient's values (no NaN, no denormals)
+    grads = jax.tree_util.tree_map(lambda a: jnp.full(a.shape, 1e-3, a.dtype), params)
     loss_v = jnp.float32(1.0)
     updates = {"update": (update, b.tx),
+               "update_where_guard": (functools.partial(update, guard="where"), b.tx),
+               "update_no_guard": (functools.partial(update, guard=None), b.tx),
                "update_no_ema": (functools.partial(update, ema=False), b.tx),
-               "update_no_guard": (functools.partial(update, guard=False), b.tx),
                "update_no_clip": (functools.partial(update, tx=no_clip), no_clip),
-               "update_sgd": (functools.partial(update, tx=sgd, ema=False, guard=False), sgd)}
+               "update_sgd": (functools.partial(update, tx=sgd, ema=False, guard=None), sgd)}
     for label, (fn, tx) in updates.items():
         st = b.init(jax.random.key(seed))
         st = st.replace(opt_state=tx.init(st.params))
@@ -195,8 +223,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference_path", default=None,
                     help="score_sde_pytorch checkout: also time the PyTorch side")
-    ap.add_argument("--only", default=None,
-                    help="comma-separated labels of ours to time (default all)")
+    ap.add_argument("--no_grad", action="store_true",
+                    help="skip ours 'grad' (one compile of the backward less)")
+    ap.add_argument("--no_before", action="store_true",
+                    help="skip ours 'step_before' (one compile of the backward less)")
     ap.add_argument("--smoke", action="store_true",
                     help="shrunk networks, batch 2, 1 repeat: checks the script runs")
     args = ap.parse_args()
@@ -211,10 +241,8 @@ def main():
         torch.set_num_threads(2)
     names = ["ddpmpp", "ncsnpp"] if args.model == "both" else [args.model]
     for name in names:
-        runs, n_params = our_variants(name, args.batch_size, args.seed, args.smoke)
-        if args.only:
-            keep = args.only.split(",")
-            runs = {k: v for k, v in runs.items() if k in keep or k == "forward"}
+        runs, n_params = our_variants(name, args.batch_size, args.seed, args.smoke,
+                                      not args.no_grad, not args.no_before)
         runs = {"ours " + k: v for k, v in runs.items()}
         if args.reference_path:
             runs.update({"torch " + k: v for k, v in torch_variants(
