@@ -7,6 +7,7 @@ images. Each network is timed on its jitted forward pass and on a full training 
 ``--iters`` calls after compilation (compile time reported separately).
 
     python bench/bench_dit.py --batch-size 8 --iters 5
+    python bench/bench_dit.py --smoke       # both networks shrunk, batch 1: seconds
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ CONFIGS = {
 }
 
 
-def bench(name: str, batch: int, iters: int) -> dict:
-    model = get_model(CONFIGS[name], **DATA)
+# --smoke: both networks shrunk to CPU seconds (same layer types)
+SMOKE = {"dit_p2_h128_d8": dict(hidden_size=32, depth=1),
+         "ddpmpp_nf32_nrb2": dict(nf=16, ch_mult=(1, 2), num_res_blocks=1)}
+
+
+def bench(name: str, batch: int, iters: int, smoke: bool = False) -> dict:
+    model = get_model(dict(CONFIGS[name], **(SMOKE[name] if smoke else {})), **DATA)
     key = jax.random.key(0)
     x = jax.random.normal(key, (batch, 32, 32, 3))
     labels = jnp.linspace(1.0, 999.0, batch)
@@ -84,14 +90,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true",
+                    help="shrunk networks, batch 1, 1 iteration: checks the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.batch_size, args.iters = 1, 1
     dev = jax.devices()[0]
     print(json.dumps({"device": f"{dev.platform}: {dev.device_kind}", "cpu_count": os.cpu_count(),
                       "load_avg_1m": os.getloadavg()[0], "jax": jax.__version__,
                       "python": platform.python_version()}))
     res = {}
     for name in CONFIGS:
-        res[name] = bench(name, args.batch_size, args.iters)
+        res[name] = bench(name, args.batch_size, args.iters, args.smoke)
         print(json.dumps(res[name]))
     dit, unet = res["dit_p2_h128_d8"], res["ddpmpp_nf32_nrb2"]
     print(f"params DiT/DDPM++ = {dit['n_params'] / unet['n_params']:.3f}; "

@@ -3,6 +3,7 @@
     python bench/bench_fast_samplers.py              # 2-D (VP, sub-VP, VE) and 3072-D (VP, VE)
     python bench/bench_fast_samplers.py --quick      # fewer settings, smaller 3072-D batch
     python bench/bench_fast_samplers.py --plot-only  # redraw bench/quality_vs_nfe.png from the CSV
+    python bench/bench_fast_samplers.py --smoke --out_dir /tmp/x  # tiny sizes, CSV + PNG in /tmp/x
 
 Every sampler gets the same exact score of the diffused mixture (``toy.GaussianMixture``), so the
 numbers measure the solvers alone. Metrics (``bench/bench_samplers.py::mixture_metrics``):
@@ -39,7 +40,11 @@ CSV = os.path.join(HERE, "fast_samplers.csv")
 PNG = os.path.join(HERE, "quality_vs_nfe.png")
 
 
-def settings(quick: bool):
+def settings(quick: bool, smoke: bool = False):
+    if smoke:
+        return [("ddim", "ddim N=2", "ddim", dict(num_steps=2)),
+                ("dpm_solver2", "dpm_solver2 N=2", "dpm_solver", dict(num_steps=2, order=2)),
+                ("heun", "heun N=2", "heun", dict(num_steps=2))]
     """(family, label, method, options) for the SDE samplers."""
     out = [("pc", "pc rd+langevin N=1000", "pc", dict(num_steps=1000)),
            ("pc", "pc rd+langevin N=100", "pc", dict(num_steps=100)),
@@ -56,7 +61,9 @@ def settings(quick: bool):
     return out
 
 
-def flow_settings(quick: bool):
+def flow_settings(quick: bool, smoke: bool = False):
+    if smoke:
+        return [("flow heun", "flow heun N=2", dict(solver="heun", num_steps=2))]
     out = [("flow euler", f"flow euler N={n}", dict(solver="euler", num_steps=n))
            for n in ([10, 20, 50] if not quick else [20])]
     out += [("flow heun", f"flow heun N={n}", dict(solver="heun", num_steps=n))
@@ -64,17 +71,17 @@ def flow_settings(quick: bool):
     return out
 
 
-def run(quick: bool):
-    problems = [("2-D ring (8 modes)", ring_mixture(8, radius=2.0, std=0.1), 10000,
-                 [VPSDE(), subVPSDE(), VESDE()]),
+def run(quick: bool, smoke: bool = False):
+    problems = [("2-D ring (8 modes)", ring_mixture(8, radius=2.0, std=0.1), 64 if smoke else 10000,
+                 [VPSDE()] if smoke else [VPSDE(), subVPSDE(), VESDE()]),
                 ("3072-D image mixture (4 modes)",
-                 image_mixture(jax.random.key(0), 4, (32, 32, 3), std=0.1), 256 if quick else 512,
-                 [VPSDE(), VESDE()])]
+                 image_mixture(jax.random.key(0), 4, (32, 32, 3), std=0.1),
+                 8 if smoke else 256 if quick else 512, [VPSDE()] if smoke else [VPSDE(), VESDE()])]
     rows = []
     for pname, m, n, sdes in problems:
         shape = (n,) + m.event_shape
         for sde in sdes:
-            for family, label, method, opts in settings(quick):
+            for family, label, method, opts in settings(quick, smoke):
                 t0 = time.perf_counter()
                 x, nfe = sampling.sample(jax.random.key(1), sde, m.score_fn(sde), shape, method,
                                          **opts)
@@ -85,7 +92,7 @@ def run(quick: bool):
                                  nfe=int(nfe), wall_s=dt, **met))
                 print(_fmt(rows[-1]), flush=True)
         path = flow.CondOTPath()
-        for family, label, opts in flow_settings(quick):
+        for family, label, opts in flow_settings(quick, smoke):
             t0 = time.perf_counter()
             x, nfe = flow.flow_sample(jax.random.key(1), flow.MixtureVelocity(m, path), shape,
                                       path=path, **opts)
@@ -155,10 +162,21 @@ def plot(rows):
 
 
 def main():
+    global CSV, PNG
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes (checks the script runs); needs --out_dir")
+    ap.add_argument("--out_dir", default=None,
+                    help="write fast_samplers.csv and quality_vs_nfe.png here (default bench/)")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
+    if args.smoke and args.out_dir is None:
+        ap.error("--smoke needs --out_dir (the repository's CSV and plot are not overwritten)")
+    if args.out_dir is not None:
+        os.makedirs(args.out_dir, exist_ok=True)
+        CSV = os.path.join(args.out_dir, os.path.basename(CSV))
+        PNG = os.path.join(args.out_dir, os.path.basename(PNG))
     if args.plot_only:
         plot(read_csv())
         return
@@ -167,7 +185,7 @@ def main():
           f"{time.strftime('%Y-%m-%d')}")
     print("| data | SDE | sampler | NFE | dlogp/dim | std ratio | mode err | SW2/floor | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = run(args.quick)
+    rows = run(args.quick, args.smoke)
     write_csv(rows)
     plot(rows)
 

@@ -57,7 +57,8 @@ def _since(t):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="default_digits", help="module under configs/")
+    ap.add_argument("--config", default="default_digits",
+                    help="module under configs/, optionally with a variant: default_digits:smoke")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     ap.add_argument("--sampler", action="append", default=[],
                     help="sampling overrides k=v,k=v (repeatable; none: the config's sampler)")
@@ -75,7 +76,9 @@ def main():
     from score_jax import sample_lib, train_lib
     from score_jax.evaluation import digits
 
-    config = importlib.import_module("configs." + args.config.replace("/", ".")).get_config()
+    module, _, variant = args.config.partition(":")
+    config = importlib.import_module("configs." + module.replace("/", ".")).get_config(
+        variant or None)
     apply_overrides(config, args.set)
     config.training.snapshot_sampling = False
     common = {"tag": args.tag, "config": args.config, "set": args.set}

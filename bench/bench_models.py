@@ -8,6 +8,7 @@ separately.
 
     python bench/bench_models.py --batch-size 8 --iters 5
     python bench/bench_models.py --dtype bfloat16        # on an accelerator
+    python bench/bench_models.py --smoke                 # shrunk networks, batch 1: seconds
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def _peak_memory_mb() -> dict[str, float]:
     return out
 
 
+# --smoke: each network shrunk to CPU seconds (same layer types)
+SMOKE = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
+
+
 def median_seconds(fn, iters: int) -> float:
     """Median seconds per call of an already compiled ``fn`` (blocks on the result)."""
     times = []
@@ -62,8 +67,10 @@ def median_seconds(fn, iters: int) -> float:
     return float(np.median(times))
 
 
-def bench(name: str, batch: int, iters: int, dtype: str | None) -> dict:
+def bench(name: str, batch: int, iters: int, dtype: str | None, smoke: bool = False) -> dict:
     model_cfg, data = CONFIGS[name]
+    if smoke:
+        model_cfg = dict(model_cfg, **SMOKE)
     model = get_model(dict(model_cfg, dtype=dtype), **data)
     key = jax.random.key(0)
     x = jax.random.uniform(key, (batch, 32, 32, 3))
@@ -125,7 +132,11 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 (params f32)")
     ap.add_argument("--models", nargs="+", default=sorted(CONFIGS), choices=sorted(CONFIGS))
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--smoke", action="store_true",
+                    help="shrunk networks, batch 1, 1 iteration: checks the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.batch_size, args.iters = 1, 1
     dev = jax.devices()[0]
     env = {"device": f"{dev.platform}: {dev.device_kind}", "n_devices": jax.device_count(),
            "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
@@ -133,7 +144,7 @@ def main() -> None:
     print(json.dumps(env))
     results = []
     for name in args.models:
-        r = bench(name, args.batch_size, args.iters, args.dtype)
+        r = bench(name, args.batch_size, args.iters, args.dtype, args.smoke)
         results.append(r)
         print(json.dumps(r))
     env["load_avg_1m_end"] = os.getloadavg()[0]

@@ -1,7 +1,8 @@
 """Sampler quality vs NFE on Gaussian mixtures with exact scores; SDE-solver overhead; likelihood error.
 
     python bench/bench_samplers.py            # full run (2-D and 3072-D, every sampler)
-    python bench/bench_samplers.py --quick    # fewer settings, for a smoke check
+    python bench/bench_samplers.py --quick    # fewer settings
+    python bench/bench_samplers.py --smoke    # tiny sizes, one setting per family: runs in seconds
 
 Three parts, each printing a markdown table:
 1. Quality vs NFE: for each SDE and sampler, metrics of samples from a mixture with known density:
@@ -102,7 +103,12 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def sampler_settings(quick):
+def sampler_settings(quick, smoke=False):
+    if smoke:  # VP's discrete chain needs N > beta_max = 20
+        return [("pc rd+langevin N=24", "pc", dict(predictor="reverse_diffusion",
+                                                   corrector="langevin", num_steps=24)),
+                ("ode tsit5 tol=1e-2", "ode", dict(rtol=1e-2, atol=1e-2)),
+                ("sde euler N=4", "sde", dict(num_steps=4))]
     steps = [100, 1000] if quick else [100, 250, 1000]
     out = []
     for n in steps:
@@ -121,15 +127,15 @@ def sampler_settings(quick):
     return out
 
 
-def quality_table(quick):
+def quality_table(quick, smoke=False):
     rows = []
-    problems = [("2-D ring (8 modes)", ring_mixture(8, radius=2.0, std=0.1), 10000)]
+    problems = [("2-D ring (8 modes)", ring_mixture(8, radius=2.0, std=0.1), 64 if smoke else 10000)]
     problems.append(("3072-D image mixture (4 modes)", image_mixture(jax.random.key(0), 4, (32, 32, 3), std=0.1),
-                     256 if quick else 512))
-    sdes = [VPSDE(), VESDE()] if quick else [VPSDE(), subVPSDE(), VESDE()]
+                     8 if smoke else 256 if quick else 512))
+    sdes = [VPSDE()] if smoke else [VPSDE(), VESDE()] if quick else [VPSDE(), subVPSDE(), VESDE()]
     for pname, m, n in problems:
         for sde in sdes:
-            for label, method, opts in sampler_settings(quick):
+            for label, method, opts in sampler_settings(quick, smoke):
                 key = jax.random.key(1)
                 f = lambda k: sampling.sample(k, sde, m.score_fn(sde), (n,) + m.event_shape, method, **opts)
                 (x, nfe), dt = _timed(f, key)
@@ -140,12 +146,12 @@ def quality_table(quick):
     return rows
 
 
-def sde_overhead(quick):
+def sde_overhead(quick, smoke=False):
     """diffrax reverse-SDE sampler vs a minimal lax.scan Euler-Maruyama loop, same steps."""
     sde = VPSDE()
     m = image_mixture(jax.random.key(0), 4, (32, 32, 3), std=0.1)
     sf = m.score_fn(sde)
-    B, N, eps = (64, 100, 1e-3) if quick else (256, 1000, 1e-3)
+    B, N, eps = (2, 4, 1e-3) if smoke else (64, 100, 1e-3) if quick else (256, 1000, 1e-3)
     shape = (B, 32, 32, 3)
 
     def scan_em(key):
@@ -169,7 +175,7 @@ def sde_overhead(quick):
     for fn in fns.values():
         fn(jax.random.key(0)).block_until_ready()
     res = {k: float("inf") for k in fns}
-    for r in range(5):  # interleaved, min of 5: robust to load from other processes
+    for r in range(1 if smoke else 5):  # interleaved, min of 5: robust to load from other processes
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn(jax.random.key(r + 1)).block_until_ready()
@@ -179,15 +185,15 @@ def sde_overhead(quick):
     return B, N, res
 
 
-def likelihood_error(quick):
+def likelihood_error(quick, smoke=False):
     """bits/dim error of the ODE likelihood on a 3072-D Gaussian vs the exact log-density."""
     rows = []
     D = 3072
     g = gaussian(jnp.linspace(-0.3, 0.3, D).reshape(32, 32, 3), 0.3)
-    B = 8 if quick else 32
+    B = 2 if smoke else 8 if quick else 32
     x, _ = g.sample(jax.random.key(3), B)
-    for sde in [VPSDE(), subVPSDE(), VESDE()]:
-        for tol in [1e-5] if quick else [1e-3, 1e-5]:
+    for sde in [VPSDE()] if smoke else [VPSDE(), subVPSDE(), VESDE()]:
+        for tol in [1e-2] if smoke else [1e-5] if quick else [1e-3, 1e-5]:
             fn = jax.jit(lambda k, x: likelihood.log_likelihood(k, sde, g.score_fn(sde), x, rtol=tol, atol=tol))
             (logp, _, nfe), dt = _timed(fn, jax.random.key(0), x)
             a, s = sde.marginal_coeffs(jnp.full((B,), 1e-5))
@@ -202,26 +208,27 @@ def likelihood_error(quick):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     ap.add_argument("--parts", default="quality,overhead,likelihood")
     args = ap.parse_args()
     parts = args.parts.split(",")
     print(f"# bench_samplers on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__}, backend {jax.default_backend()}, {time.strftime('%Y-%m-%d')}")
     if "quality" in parts:
-        rows = quality_table(args.quick)
+        rows = quality_table(args.quick, args.smoke)
         print("\n| data | SDE | sampler | NFE | dlogp/dim | std ratio | mode err | SW2/floor | wall s |")
         print("|---|---|---|---|---|---|---|---|---|")
         for pname, sname, label, nfe, met, dt in rows:
             print(f"| {pname} | {sname} | {label} | {nfe} | {met['dlogp']:+.4f} | {met['std_ratio']:.3f} | "
                   f"{met['mode_err']:.3f} | {met['sw2_ratio']:.2f} | {dt:.2f} |")
     if "overhead" in parts:
-        B, N, res = sde_overhead(args.quick)
+        B, N, res = sde_overhead(args.quick, args.smoke)
         print(f"\n| SDE sampler, B={B} x 3072, N={N} | wall s | ratio |\n|---|---|---|")
         base = res["lax.scan EM"]
         for k, v in res.items():
             print(f"| {k} | {v:.3f} | {v / base:.3f} |")
     if "likelihood" in parts:
-        rows = likelihood_error(args.quick)
+        rows = likelihood_error(args.quick, args.smoke)
         print("\n| SDE | rtol=atol | mean abs err (bpd) | max abs err (bpd) | NFE | wall s |\n|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r[0]} | {r[1]:g} | {r[2]:.2e} | {r[3]:.2e} | {r[4]} | {r[5]:.2f} |")

@@ -2,6 +2,7 @@
 
     python bench/bench_train.py [--configs vp/cifar10_ddpmpp_continuous ve/cifar10_ncsnpp_continuous]
                                 [--batch_size 8] [--steps 3]
+    python bench/bench_train.py --smoke     # the configs' :smoke variants, 1 step: seconds
 
 Uses the real configs (networks, objective, optimiser, EMA, the jitted mesh step of train_lib)
 with synthetic uniform images of the config's shape, so that no dataset is needed. Reports, per
@@ -28,7 +29,9 @@ def bench(name: str, batch_size: int, steps: int) -> dict:
     from score_jax import config as config_lib
     from score_jax import parallel, train_step
 
-    config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
+    module, _, variant = name.partition(":")  # "vp/cifar10_ddpmpp_continuous:smoke"
+    config = importlib.import_module("configs." + module.replace("/", ".")).get_config(
+        variant or None)
     nd = jax.device_count()
     config.training.batch_size = batch_size
     mesh = parallel.make_mesh()
@@ -68,7 +71,12 @@ def main():
                                                      "ve/cifar10_ncsnpp_continuous"])
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true",
+                    help="each config's :smoke variant, 1 step: checks the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.configs = [c if ":" in c else c + ":smoke" for c in args.configs]
+        args.steps = 1
     for name in args.configs:
         print(json.dumps(bench(name, args.batch_size, args.steps)), flush=True)
 

@@ -3,6 +3,7 @@
     python bench/bench_vs_torch.py --reference_path /tmp/ssp [--model ddpmpp|ncsnpp|both]
                                    [--repeats 5] [--batch_size 8]
     python bench/bench_vs_torch.py --flag_sweep [--repeats 3]      # no torch needed
+    python bench/bench_vs_torch.py --smoke [--reference_path ...]  # runs in seconds (tests)
 
 Default mode: builds the reference network (score_sde_pytorch, ``models/ncsnpp.py`` from the
 reference config ``configs/vp/cifar10_ddpmpp_continuous.py`` or
@@ -13,9 +14,9 @@ project's config of the same name, checks that both forwards agree, and then tim
 (ours, theirs, ours, theirs, ...) so that the machine's load hits both alike:
 
 * forward: ``model(x, labels)`` in eval mode, batch ``--batch_size`` of 32x32x3;
-* train step: loss (reference ``losses.get_sde_loss_fn`` / our ``train_lib.loss_fn_from_config``)
+* train step: loss (reference ``losses.get_sde_loss_fn`` / our ``config.build(...).train_loss``)
   + gradient + clip + Adam update + EMA (reference ``losses.get_step_fn`` with
-  ``optimization_manager`` and ``ExponentialMovingAverage``; ours ``train_lib.jit_train_step``).
+  ``optimization_manager`` and ``ExponentialMovingAverage``; ours ``config.build(...).train_step``).
 
 torch runs with ``torch.set_num_threads(2)``, XLA on its CPU thread pool (one thread per core; this
 machine has 2). The reference's CUDA ops (``op/upfirdn2d``, ``op/fused_act``) compile a CUDA
@@ -50,6 +51,10 @@ sys.path.insert(0, ROOT)
 
 CONFIGS = {"ddpmpp": "vp/cifar10_ddpmpp_continuous", "ncsnpp": "ve/cifar10_ncsnpp_continuous"}
 
+# --smoke: the same networks shrunk (applied to our config and the reference's alike), batch 2,
+# one repeat: checks that the script runs end to end in seconds, times nothing worth reading.
+SMOKE_MODEL = {"nf": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (16,)}
+
 # Candidate XLA CPU flag sets for --flag_sweep. jaxlib 0.10.2 sends convolutions, dots and
 # reductions to YNNPACK by default ("__ynn_fusion" in the compiled HLO); of the flags listed by
 # `strings libjax_common.so | grep xla_cpu_`, only xla_cpu_experimental_ynn_fusion_type changes
@@ -67,8 +72,17 @@ SWEEP = {
 }
 
 
-def _load_our_config(name: str):
-    return importlib.import_module("configs." + CONFIGS[name].replace("/", ".")).get_config()
+def _shrink(config, smoke: bool):
+    """Apply `SMOKE_MODEL` to ``config.model`` (ours or the reference's) when ``smoke``."""
+    if smoke:
+        for k, v in SMOKE_MODEL.items():
+            setattr(config.model, k, v)
+    return config
+
+
+def _load_our_config(name: str, smoke: bool = False):
+    config = importlib.import_module("configs." + CONFIGS[name].replace("/", ".")).get_config()
+    return _shrink(config, smoke)
 
 
 @contextlib.contextmanager
@@ -88,7 +102,7 @@ def _reference_on_path(reference_path: str):
         sys.modules.update(ours)
 
 
-def build_reference(name: str, reference_path: str, seed: int):
+def build_reference(name: str, reference_path: str, seed: int, smoke: bool = False):
     """(config, torch module, sde, step_fn, make_state) of the reference network."""
     import torch
     import torch.utils.cpp_extension as cpp_ext
@@ -102,6 +116,7 @@ def build_reference(name: str, reference_path: str, seed: int):
             cpp_ext.load = real_load
         config = importlib.import_module(
             "configs." + CONFIGS[name].replace("/", ".")).get_config()
+        _shrink(config, smoke)
         config.device = torch.device("cpu")
         mutils = importlib.import_module("models.utils")
         importlib.import_module("models.ncsnpp")
@@ -157,24 +172,26 @@ def _timed(fn):
 
 
 def bench_pair(name: str, reference_path: str, repeats: int, batch: int, seed: int,
-               skip_train: bool, compiler_options: dict | None = None) -> dict:
+               skip_train: bool, compiler_options: dict | None = None,
+               smoke: bool = False) -> dict:
     import jax
     import numpy as np
     import torch
 
-    from score_jax import parallel, train_lib
+    from score_jax import config as config_lib
+    from score_jax import parallel
     from score_jax.convert import convert_pytorch
 
-    ref_config, tmodel, _, tstep, make_tstate = build_reference(name, reference_path, seed)
-    config = _load_our_config(name)
+    ref_config, tmodel, _, tstep, make_tstate = build_reference(name, reference_path, seed, smoke)
+    config = _load_our_config(name, smoke)
     config.training.batch_size = batch
     sd = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
     variables = convert_pytorch(sd, config.model, image_size=config.data.image_size,
                                 num_channels=config.data.num_channels,
                                 centered=config.data.centered)
     mesh = parallel.make_mesh(1)
-    b = train_lib.build(config, mesh=mesh)
-    model = b["model"]
+    b = config_lib.build(config, mesh=mesh)
+    model = b.model
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 32, 32, 3)).astype(np.float32)
@@ -228,9 +245,7 @@ def bench_pair(name: str, reference_path: str, repeats: int, batch: int, seed: i
         times["fwd_theirs"].append(_timed(theirs_fwd))
 
     if not skip_train:
-        loss_fn = train_lib.loss_fn_from_config(config, b["sde"], model, train=True)
-        jstep = train_lib.jit_train_step(loss_fn, b["tx"], b["schedule"], config.model.ema_rate,
-                                         mesh)
+        jstep = b.train_step  # loss + grad + clip + Adam + EMA, as train.py runs it
         # Images in [0, 1]: our loss scales them to the model range like the reference's scaler.
         img = rng.random((batch, 32, 32, 3), dtype=np.float32)
         batch_j = parallel.to_global({"image": img, "label": np.zeros(batch, np.int32)}, mesh)
@@ -240,9 +255,9 @@ def bench_pair(name: str, reference_path: str, repeats: int, batch: int, seed: i
 
         def make_ours_step(options):
             """A compiled train step (with its own state: the step donates it) and its timer."""
-            state = b["init"](jax.random.key(seed))
+            state = b.init(jax.random.key(seed))
             p = jax.device_put(variables["params"])
-            state = state.replace(params=p, opt_state=b["tx"].init(p),
+            state = state.replace(params=p, opt_state=b.tx.init(p),
                                   ema_params=jax.tree_util.tree_map(lambda a: a.copy(), p))
             t0 = time.perf_counter()
             compiled = jstep.lower(state, batch_j, key).compile(compiler_options=options)
@@ -313,16 +328,17 @@ def summary(results: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Flag sweep (ours only)
 # ---------------------------------------------------------------------------------------------
-def sweep_worker(repeats: int, batch: int, workdir: str, index: int, train: bool = False) -> None:
+def sweep_worker(repeats: int, batch: int, workdir: str, index: int, train: bool = False,
+                 smoke: bool = False) -> None:
     """Compile our DDPM++ forward under this process's XLA_FLAGS, save its output, then run it
     whenever the coordinator drops ``go_<index>_<round>`` into ``workdir`` (turn taking, so
     that all flag sets see the same load)."""
     import jax
     import numpy as np
 
-    from score_jax import train_lib
+    from score_jax import config as config_lib
 
-    model = train_lib.model_from_config(_load_our_config("ddpmpp"))
+    model = config_lib.model_from_config(_load_our_config("ddpmpp", smoke))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 32, 32, 3)).astype(np.float32)
     labels = labels_for("ddpmpp", rng.uniform(1e-3, 1.0, batch))
@@ -341,15 +357,13 @@ def sweep_worker(repeats: int, batch: int, workdir: str, index: int, train: bool
     if train:  # the full train step instead (loss + grad + clip + Adam + EMA); output: new params
         from score_jax import parallel
 
-        config = _load_our_config("ddpmpp")
+        config = _load_our_config("ddpmpp", smoke)
         config.training.batch_size = batch
         mesh = parallel.make_mesh(1)
-        b = train_lib.build(config, mesh=mesh, model=model)
-        loss_fn = train_lib.loss_fn_from_config(config, b["sde"], model, train=True)
-        jstep = train_lib.jit_train_step(loss_fn, b["tx"], b["schedule"], config.model.ema_rate,
-                                         mesh)
+        b = config_lib.build(config, mesh=mesh, model=model)
+        jstep = b.train_step
         p = variables["params"]
-        state = b["init"](jax.random.key(0)).replace(params=p, opt_state=b["tx"].init(p))
+        state = b.init(jax.random.key(0)).replace(params=p, opt_state=b.tx.init(p))
         img = parallel.to_global({"image": (rng.random((batch, 32, 32, 3)) * 1).astype(
             np.float32), "label": np.zeros(batch, np.int32)}, mesh)
         key = jax.random.key(1)
@@ -393,7 +407,8 @@ def _wait(path: str, procs) -> str:
         return f.read()
 
 
-def flag_sweep(repeats: int, batch: int, names: list[str], train: bool = False) -> list[dict]:
+def flag_sweep(repeats: int, batch: int, names: list[str], train: bool = False,
+               smoke: bool = False) -> list[dict]:
     """All flag sets compiled in parallel worker processes, then timed in turns: round r runs
     set 0, 1, ..., n-1 one after the other (the order rotates each round)."""
     import tempfile
@@ -408,7 +423,7 @@ def flag_sweep(repeats: int, batch: int, names: list[str], train: bool = False) 
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--_sweep_worker", tmp, str(i),
                  "--repeats", str(repeats), "--batch_size", str(batch)]
-                + (["--sweep_train"] if train else []),
+                + (["--sweep_train"] if train else []) + (["--smoke"] if smoke else []),
                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
             # compile one at a time: parallel compiles would only fight over the two cores
             _wait(os.path.join(tmp, f"ready_{i}"), procs)
@@ -455,12 +470,16 @@ def main():
     ap.add_argument("--sweep_train", action="store_true",
                     help="--flag_sweep times the DDPM++ train step instead of the forward "
                          "(deviation: of the first step's loss)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="shrunk networks (both sides), batch 2, 1 repeat: checks the script runs")
     ap.add_argument("--_sweep_worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats, args.batch_size = 1, 2
 
     if args._sweep_worker:
         sweep_worker(args.repeats, args.batch_size, args._sweep_worker[0],
-                     int(args._sweep_worker[1]), args.sweep_train)
+                     int(args._sweep_worker[1]), args.sweep_train, args.smoke)
         return
     if args.flag_sweep is not None:
         names = args.flag_sweep or list(SWEEP)
@@ -469,7 +488,7 @@ def main():
             raise ValueError(f"--flag_sweep {bad} unknown; valid choices: {list(SWEEP)}")
         if names[0] != "default":
             names = ["default"] + names
-        flag_sweep(args.repeats, args.batch_size, names, args.sweep_train)
+        flag_sweep(args.repeats, args.batch_size, names, args.sweep_train, args.smoke)
         return
     if not args.reference_path:
         ap.error("--reference_path is required (or use --flag_sweep)")
@@ -484,7 +503,8 @@ def main():
     torch.set_num_threads(2)
     names = ["ddpmpp", "ncsnpp"] if args.model == "both" else [args.model]
     results = [bench_pair(n, os.path.abspath(args.reference_path), args.repeats, args.batch_size,
-                          args.seed, args.skip_train, args.compiler_options) for n in names]
+                          args.seed, args.skip_train, args.compiler_options, args.smoke)
+               for n in names]
     print(summary(results))
 
 
