@@ -40,7 +40,7 @@ def _run_ema(targets, rate, warmup=True):
 
     emas = []
     for _ in targets:
-        state, _ = ts.train_step(state, None, jax.random.key(0), loss_fn=loss_fn, tx=tx,
+        state, _ = ts.train_step(state, jnp.zeros((1,)), jax.random.key(0), loss_fn=loss_fn, tx=tx,
                                  schedule=lambda s: 0.0, ema_rate=rate, ema_warmup=warmup)
         emas.append(float(state.ema_params["w"]))
     return np.array(emas)
