@@ -95,22 +95,29 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch, capsys):
     """Runs the page's python blocks in order in one namespace; a failing block names its line."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(ROOT)
+    from score_jax import sampling
+
     blocks, _ = parse(page)
     ns = {"__name__": "__docs__"}
     ran, skipped = 0, []
-    for b in blocks:
-        if b["lang"] != "python":
-            continue
-        if b["skip"]:
-            skipped.append((b["line"], b["skip"]))
-            continue
-        code = compile(b["code"], f"{rel(page)}:{b['line']}", "exec")
-        try:
-            exec(code, ns)
-        except Exception as e:  # noqa: BLE001 — re-raised with the block's place
-            raise AssertionError(f"{rel(page)}: the python block at line {b['line']} failed: "
-                                 f"{type(e).__name__}: {e}") from e
-        ran += 1
+    methods = dict(sampling.METHODS)  # a page may register a sampler (docs/sampling.md)
+    try:
+        for b in blocks:
+            if b["lang"] != "python":
+                continue
+            if b["skip"]:
+                skipped.append((b["line"], b["skip"]))
+                continue
+            code = compile(b["code"], f"{rel(page)}:{b['line']}", "exec")
+            try:
+                exec(code, ns)
+            except Exception as e:  # noqa: BLE001 — re-raised with the block's place
+                raise AssertionError(f"{rel(page)}: the python block at line {b['line']} failed: "
+                                     f"{type(e).__name__}: {e}") from e
+            ran += 1
+    finally:
+        sampling.METHODS.clear()
+        sampling.METHODS.update(methods)
     with capsys.disabled():
         print(f"\n{rel(page)}: ran {ran} python blocks; skipped {len(skipped)}: {skipped}")
     assert ran > 0 or skipped
@@ -210,4 +217,4 @@ def test_quick_start_commands(tmp_path):
              if f == "metrics.json"]
     assert found, os.listdir(os.path.join(wd, "samples"))
     metrics = json.load(open(found[0]))
-    assert metrics["num_samples"] == 16 and metrics["fd"] > 0
+    assert metrics["digits_num_samples"] == 16 and metrics["digits_fd"] > 0
