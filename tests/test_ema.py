@@ -167,3 +167,25 @@ def test_digits_cond_shortened_ema_samples_are_digits_of_their_class(tmp_path):
     m = D.digits_metrics(out["images"])
     assert acc >= DIGITS_COND_MIN_ACCURACY, (acc, m["fd_ratio_fresh"])
     assert m["fd_ratio_fresh"] <= DIGITS_COND_MAX_FD_RATIO, (acc, m["fd_ratio_fresh"])
+
+
+@pytest.mark.slow  # a snapshot with sampling and the digits metric: ~1 min on a loaded CPU
+def test_snapshot_prints_the_raw_weights_metric_and_the_ema_warning(tmp_path, caplog,
+                                                                    monkeypatch):
+    """With the old constant decay (``model.ema_warmup=False``) a 4-step run's EMA keeps
+    0.999**4 = 99.6 % of the initialisation: the snapshot says so, and scores the raw weights."""
+    from test_train_helpers import TinyNet
+
+    from score_jax import train_lib
+
+    config = tiny_config(training__snapshot_sampling=True, model__ema_rate=0.999)
+    config.sampling.num_steps = 3
+    config.training.snapshot_metric_samples = 16
+    config.model.ema_warmup = False
+    lines = []
+    monkeypatch.setattr(train_lib._Progress, "write", lambda self, msg: lines.append(msg))
+    with caplog.at_level("WARNING", logger="score_jax.train"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "wd"), model=TinyNet())
+    assert any("raw weights (not EMA): digits FD" in m for m in lines), lines
+    assert any("still holds 99.6% of the random initialisation" in m for m in lines), lines
+    assert any("99.6%" in r.getMessage() for r in caplog.records)
