@@ -229,12 +229,15 @@ class DatasetRecipe:
       num_classes: label classes (None: unlabelled); class-conditional configs need
         ``model.num_classes >= num_classes``.
       eval_split: the split evaluation reads.
+      needs_path: ``config.data.path`` must be set (checked by config validation, before
+        anything is compiled).
     """
 
     name: str
     source: Callable
     num_classes: int | None = None
     eval_split: str = "test"
+    needs_path: bool = False
 
 
 DATASET_RECIPES: dict[str, DatasetRecipe] = {}
@@ -591,5 +594,5 @@ def num_batches(n: int, batch_size: int) -> int:
     return math.floor(n / batch_size)
 
 
-register_dataset(DatasetRecipe("FOLDER", folder_source))
-register_dataset(DatasetRecipe("NPZ", npz_source))
+register_dataset(DatasetRecipe("FOLDER", folder_source, needs_path=True))
+register_dataset(DatasetRecipe("NPZ", npz_source, needs_path=True))

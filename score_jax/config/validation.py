@@ -190,6 +190,10 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
         sampling.validate_options(method, sde_from_config(config), options)
     _need(d.dataset.upper() in data_lib.dataset_names(),
           f"config.data.dataset={d.dataset!r} unknown; valid choices: {data_lib.dataset_names()}")
+    recipe = data_lib.DATASET_RECIPES.get(d.dataset.upper())
+    _need(recipe is None or not recipe.needs_path or bool(d.get("path")),
+          f"config.data.dataset={d.dataset!r} needs config.data.path (a folder of images for "
+          f"'folder', an .npz file for 'npz'); got {d.get('path')!r}")
     _pos_int("data.image_size", d.image_size)
     _need(d.num_channels in (1, 3), f"config.data.num_channels={d.num_channels!r} invalid; "
                                     "valid choices: [1, 3]")
