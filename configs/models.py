@@ -1,4 +1,10 @@
-"""Network presets shared by the configs (reference values, applied with ``model.update``)."""
+"""The recipes module of the configs: network presets (reference values, applied with
+``model.update``) and the training recipes the config files share (``ncsn_recipe``,
+``ddpmpp_continuous_vp``, ``edm_recipe``). Config files import from here and from
+``configs/common.py`` (the schema and the variants), never from each other's recipes, so the
+import graph of ``configs/`` is a tree (``tests/test_imports.py``).
+"""
+from score_jax import config as config_lib
 
 NCSNPP = dict(  # NCSN++ (VE, Fourier features, FIR, residual input pyramid)
     name="ncsnpp", scale_by_sigma=True, ema_rate=0.999, normalization="GroupNorm",
@@ -47,4 +53,24 @@ def ddpmpp_continuous_vp(config):
     config.sampling.update(dict(method="pc", predictor="euler_maruyama", corrector="none"))
     config.model.update(DDPMPP)
     config.data.centered = True
+    return config
+
+
+def edm_recipe(config, *, precond="edm", sigma_data=0.5, p_mean=-1.2, p_std=1.2):
+    """EDM (Karras et al. 2022) on ``config`` (in place): objective "edm" with its
+    preconditioning and log-normal noise levels ln sigma ~ N(p_mean, p_std^2), EDM's sampling SDE
+    (VESDE, sigma in [0.002, 80] = ``EDMPrecond().sampling_sde()``), the network's
+    ``scale_by_sigma`` off (the preconditioning scales), and EDM's Heun sampler (18 steps on the
+    rho = 7 grid, 35 NFE; ``set_sampler`` drops the previous sampler's options)."""
+    t = config.training
+    t.objective = "edm"
+    t.precond = precond
+    t.sigma_data = sigma_data
+    t.p_mean = p_mean
+    t.p_std = p_std
+    t.sde = "vesde"
+    config.model.sigma_min = 0.002
+    config.model.sigma_max = 80.0
+    config.model.scale_by_sigma = False
+    config_lib.set_sampler(config, "heun", num_steps=18, schedule="edm", rho=7.0)
     return config

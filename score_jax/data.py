@@ -213,6 +213,173 @@ def load_digits_images(image_size: int = 16, split: str = "train") -> tuple[np.n
 
 
 # ----------------------------------------------------------------------------------------------
+# Dataset recipes: the one place to add a random-access dataset
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DatasetRecipe:
+    """A random-access dataset that ``config.data.dataset = name`` trains on.
+
+    Fields:
+      name: the upper-case ``config.data.dataset`` name.
+      source: ``source(split, *, image_size, num_channels, path, process_index, process_count)
+        -> (images, labels)`` numpy arrays for THIS process's part of ``split`` ("train" /
+        "test"): images (n, image_size, image_size, num_channels) float32 in [0, 1], labels
+        (n,) int32 (zeros if unlabelled); use `process_slice` to shard. Or any object with
+        ``len()`` and ``source[indices] -> (images, labels)`` (loaded lazily).
+      num_classes: label classes (None: unlabelled); class-conditional configs need
+        ``model.num_classes >= num_classes``.
+      eval_split: the split evaluation reads.
+      needs_path: ``config.data.path`` must be set (checked by config validation, before
+        anything is compiled).
+    """
+
+    name: str
+    source: Callable
+    num_classes: int | None = None
+    eval_split: str = "test"
+    needs_path: bool = False
+
+
+DATASET_RECIPES: dict[str, DatasetRecipe] = {}
+
+
+def register_dataset(recipe: DatasetRecipe, *, replace: bool = False) -> DatasetRecipe:
+    """Add ``recipe`` (``config.data.dataset = recipe.name`` then trains on it).
+
+    Raises:
+      ValueError: the name is taken by a built-in or registered dataset (``replace=True`` to
+        override a registered one on purpose).
+    """
+    key = recipe.name.upper()
+    if key in DATASETS or (key in DATASET_RECIPES and not replace):
+        raise ValueError(f"dataset {recipe.name!r} already exists; taken: {dataset_names()}")
+    DATASET_RECIPES[key] = dataclasses.replace(recipe, name=key)
+    return DATASET_RECIPES[key]
+
+
+def dataset_names() -> list[str]:
+    """Every valid ``config.data.dataset``: the built-ins and the registered recipes."""
+    return list(DATASETS) + [k for k in DATASET_RECIPES if k not in DATASETS]
+
+
+def dataset_num_classes(dataset: str) -> int | None:
+    """Label classes of a registered recipe (None: unknown / unlabelled)."""
+    r = DATASET_RECIPES.get(dataset.upper())
+    return None if r is None else r.num_classes
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _to_square(img, image_size: int, num_channels: int) -> np.ndarray:
+    """A PIL image -> (image_size, image_size, num_channels) float32 in [0, 1]: grey ("L") or
+    RGB, central square crop, antialiased bicubic resize (PIL)."""
+    from PIL import Image
+
+    img = img.convert("L" if num_channels == 1 else "RGB")
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    if s != image_size:
+        img = img.resize((image_size, image_size), Image.BICUBIC)
+    x = np.asarray(img, np.float32) / 255.0
+    return x.reshape(image_size, image_size, num_channels)
+
+
+def _folder_files(root: str) -> tuple[list[str], list[int], list[str]]:
+    """Sorted image files under ``root`` and their labels: the index of the first-level
+    sub-folder in sorted order (torchvision ImageFolder's convention), 0 for files directly in
+    ``root``. Returns (files, labels, class names)."""
+    if not os.path.isdir(root):
+        raise ValueError(f"config.data.path={root!r} is not a folder of images")
+    files = []
+    for d, _, names in os.walk(root):
+        files += [os.path.join(d, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    files.sort()
+    classes = sorted({os.path.relpath(f, root).split(os.sep)[0] for f in files
+                      if os.sep in os.path.relpath(f, root)})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [index.get(os.path.relpath(f, root).split(os.sep)[0], 0) for f in files]
+    return files, labels, classes
+
+
+class ImageFolderSource:
+    """The images of a folder, read lazily with PIL (random access by index)."""
+
+    def __init__(self, files, labels, image_size: int, num_channels: int):
+        self.files, self.labels = list(files), np.asarray(labels, np.int32)
+        self.image_size, self.num_channels = image_size, num_channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx):
+        from PIL import Image
+
+        idx = np.atleast_1d(idx)
+        images = []
+        for i in idx:
+            with Image.open(self.files[int(i)]) as img:
+                images.append(_to_square(img, self.image_size, self.num_channels))
+        return np.stack(images), self.labels[idx]
+
+
+def _split_root(path: str, split: str) -> str:
+    sub = os.path.join(path, split)
+    return sub if os.path.isdir(os.path.join(path, "train")) else path
+
+
+def folder_source(split: str, *, image_size: int, num_channels: int, path: str | None,
+                  process_index: int, process_count: int):
+    """``data.dataset="FOLDER"``: the images under ``data.path`` (png / jpg / ...; sub-folders
+    are classes, sorted). With ``train/`` and ``test/`` sub-folders each split reads its own;
+    otherwise both splits are the whole folder. Files are sorted, so the order (and the
+    per-process shard, `process_slice`) is the same on every host."""
+    if not path:
+        raise ValueError("data.dataset='FOLDER' needs config.data.path (a folder of images)")
+    root = _split_root(path, split)
+    files, labels, _ = _folder_files(root)
+    if not files:
+        raise ValueError(f"config.data.path={root!r} holds no images ({list(IMAGE_EXTENSIONS)})")
+    sl = process_slice(len(files), process_index, process_count)
+    return ImageFolderSource(files[sl], labels[sl], image_size, num_channels)
+
+
+def npz_source(split: str, *, image_size: int, num_channels: int, path: str | None,
+               process_index: int, process_count: int):
+    """``data.dataset="NPZ"``: the arrays of ``data.path`` (``numpy.savez``): ``images`` (N, H, W)
+    or (N, H, W, C), uint8 in 0..255 or float in [0, 1], optional ``labels`` (N,); or
+    ``train_images`` / ``test_images`` (+ ``train_labels`` / ``test_labels``) per split
+    (otherwise both splits are ``images``). Square images of another size are resized
+    (antialiased bilinear, `resize`); channels must match ``data.num_channels`` (1 <-> 3 by
+    repeating / averaging grey)."""
+    if not path:
+        raise ValueError("data.dataset='NPZ' needs config.data.path (an .npz of images)")
+    if not os.path.isfile(path):
+        raise ValueError(f"config.data.path={path!r} is not a file")
+    with np.load(path) as f:
+        key = f"{split}_images" if f"{split}_images" in f else "images"
+        if key not in f:
+            raise ValueError(f"{path}: no array 'images' or '{split}_images'; arrays: {list(f)}")
+        x = np.asarray(f[key])
+        lkey = f"{split}_labels" if key != "images" else "labels"
+        y = np.asarray(f[lkey], np.int32) if lkey in f else np.zeros(len(x), np.int32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"{path}: images of shape {x.shape}; valid: (N, S, S) or (N, S, S, C)")
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if x.shape[-1] != num_channels:
+        x = (np.repeat(x[..., :1], num_channels, -1) if num_channels == 3
+             else x.mean(-1, keepdims=True))
+    sl = process_slice(len(x), process_index, process_count)
+    x, y = x[sl], y[sl]
+    if x.shape[1] != image_size:
+        x = np.clip(resize(x, image_size), 0.0, 1.0)
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------
 # TFDS (array_record, random access through tfds.data_source: no TensorFlow needed)
 # ----------------------------------------------------------------------------------------------
 def tfds_name(dataset: str, category: str | None = None) -> str:
@@ -366,7 +533,8 @@ def get_dataset(dataset: str, *, split: str, batch_size: int, image_size: int, t
                 seed: int = 0, random_flip: bool = False, uniform_dequantization: bool = False,
                 category: str | None = None, data_dir: str | None = None,
                 tfrecords_path: str | None = None, process_index: int | None = None,
-                process_count: int | None = None, num_channels: int | None = None):
+                process_count: int | None = None, num_channels: int | None = None,
+                path: str | None = None):
     """Build the pipeline of ``dataset`` for this process.
 
     Args:
@@ -377,6 +545,7 @@ def get_dataset(dataset: str, *, split: str, batch_size: int, image_size: int, t
       uniform_dequantization: add U[0, 1)/256 noise (likelihood training / evaluation).
       num_channels: for the grey-level digits, 3 repeats the grey channel (smoke runs of RGB
         configs); RGB datasets must be asked for 3.
+      path: the folder / file of a `DatasetRecipe` that reads one ("FOLDER", "NPZ").
 
     Returns:
       An object with ``iterate(start_step)`` (endless batches from ``start_step``) and
@@ -405,12 +574,17 @@ def get_dataset(dataset: str, *, split: str, batch_size: int, image_size: int, t
             raise ValueError(f"data.num_channels={num_channels} invalid for {key}; valid: [3]")
         source = TFDSSource(key, split, image_size, category=category, data_dir=data_dir,
                             process_index=pi, process_count=pc)
+    elif key in DATASET_RECIPES:
+        out = DATASET_RECIPES[key].source(split, image_size=image_size,
+                                          num_channels=num_channels or 3, path=path,
+                                          process_index=pi, process_count=pc)
+        source = ArraySource(*out) if isinstance(out, tuple) else out
     elif key in TFRECORD_DATASETS:
         return TFRecordPipeline(tfrecords_path, batch_size, image_size, seed=seed,
                                 random_flip=flip, uniform_dequantization=uniform_dequantization,
                                 process_index=pi, process_count=pc, shuffle=training)
     else:
-        raise ValueError(f"data.dataset={dataset!r} unknown; valid choices: {list(DATASETS)}")
+        raise ValueError(f"data.dataset={dataset!r} unknown; valid choices: {dataset_names()}")
     return RandomAccessPipeline(source, batch_size, seed=seed, shuffle=training, random_flip=flip,
                                 uniform_dequantization=uniform_dequantization, process_index=pi)
 
@@ -418,3 +592,7 @@ def get_dataset(dataset: str, *, split: str, batch_size: int, image_size: int, t
 def num_batches(n: int, batch_size: int) -> int:
     """Number of full batches of ``batch_size`` in n examples."""
     return math.floor(n / batch_size)
+
+
+register_dataset(DatasetRecipe("FOLDER", folder_source, needs_path=True))
+register_dataset(DatasetRecipe("NPZ", npz_source, needs_path=True))

@@ -77,3 +77,13 @@ def test_sampling_options_names_every_refused_key():
     msg = str(e.value)
     assert "sampling.eta=0.5 is not an option of method 'pc'" in msg
     assert "sampling.rho=7.0 is not an option of method 'pc'" in msg
+
+
+def test_own_images_from_the_command_line(tmp_path):
+    """--config.data.dataset=folder|npz --config.data.path=... parse and validate (the training
+    itself: tests/test_recipes.py::test_train_on_an_image_folder_and_an_npz)."""
+    for dataset in ("folder", "npz"):
+        r = _cli(f"--config.data.dataset={dataset}", f"--config.data.path={tmp_path}")
+        assert r.returncode == 0 and "PARSED" in r.stdout, r.stderr[-2000:]
+    r = _cli("--config.data.dataset=folder")
+    assert r.returncode != 0 and "needs config.data.path" in r.stderr

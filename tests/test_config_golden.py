@@ -111,3 +111,27 @@ def test_main_job_config_is_pinned(current):
     assert (c["training.objective"], c["training.sde"], c["model.name"], c["sampling.method"],
             c["sampling.num_steps"], c["training.n_iters"], c["model.ema_rate"]) == (
         "edm", "vesde", "ncsnpp", "heun", 18, 3000, 0.99)
+
+
+def _is_thin(path) -> bool:
+    """A file that re-uses another config's ``get_config`` (it defines no function)."""
+    import ast
+
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    return not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in tree.body)
+
+
+def test_no_verbatim_twins(current):
+    """Issue 21: default_cifar10.py and vp/cifar10_ddpmpp_continuous.py were identical copies;
+    digits_edm.py re-applied the default's own recipe. Two files that give the same config: one
+    is a thin file that imports the other's ``get_config``."""
+    by_value: dict[str, list[str]] = {}
+    for name, c in current.items():
+        path, _, arg = name.partition(":")
+        if arg == "":
+            by_value.setdefault(json.dumps(c, sort_keys=True), []).append(path)
+    twins = [paths for paths in by_value.values() if len(paths) > 1]
+    assert twins, "the thin files (digits_edm, vp/cifar10_ddpmpp_continuous) are expected here"
+    for paths in twins:
+        thick = [p for p in paths if not _is_thin(p)]
+        assert len(thick) == 1, paths

@@ -10,14 +10,17 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "score_jax")
 
 
-def _modules() -> dict[str, str]:
-    """module name -> file, for every .py file of the package."""
+CONFIGS = os.path.join(os.path.dirname(ROOT), "configs")
+
+
+def _modules(root: str = ROOT) -> dict[str, str]:
+    """module name -> file, for every .py file of the package at ``root``."""
     out = {}
-    for d, _, files in os.walk(ROOT):
+    for d, _, files in os.walk(root):
         for f in files:
             if f.endswith(".py"):
                 path = os.path.join(d, f)
-                rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].split(os.sep)
+                rel = os.path.relpath(path, os.path.dirname(root))[:-3].split(os.sep)
                 if rel[-1] == "__init__":
                     rel = rel[:-1]
                 out[".".join(rel)] = path
@@ -50,10 +53,10 @@ def _targets(node, name: str, is_pkg: bool, modules) -> list[str]:
     return sorted(out)
 
 
-def import_graph() -> dict[str, list[str]]:
+def import_graph(root: str = ROOT) -> dict[str, list[str]]:
     """module -> modules of the package it imports, from the source (every import statement,
     also those inside functions: a deferred import hides a cycle, it does not remove it)."""
-    modules = _modules()
+    modules = _modules(root)
     graph = {}
     for name, path in modules.items():
         with open(path) as f:
@@ -103,6 +106,15 @@ def test_import_graph_has_no_cycle():
     graph = import_graph()
     assert "score_jax.sampling" in graph["score_jax.guidance.inpainting"]
     assert find_cycle(graph) is None, find_cycle(graph)
+
+
+def test_configs_import_graph_has_no_cycle():
+    """Issue 21: configs/default_digits.py and configs/edm/digits_edm.py imported each other (a
+    deferred import hid the cycle)."""
+    graph = import_graph(CONFIGS)
+    assert "configs.default_digits" in graph["configs.edm.digits_edm"]
+    assert find_cycle(graph) is None, find_cycle(graph)
+    assert "configs.edm.digits_edm" not in graph["configs.default_digits"]
 
 
 def test_layers_point_one_way():

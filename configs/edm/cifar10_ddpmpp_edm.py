@@ -15,7 +15,7 @@ EDM keys: see ``configs/edm/digits_edm.py``.
 from configs import models
 from configs.common import apply_variant
 from configs.default_cifar10 import get_default_configs
-from configs.edm.digits_edm import edm_recipe
+from configs.models import edm_recipe
 
 
 def get_config(arg=None):

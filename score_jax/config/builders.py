@@ -95,12 +95,16 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
                                 uniform_dequantization=bool(deq), seed=int(config.seed),
                                 category=d.get("category"), data_dir=d.get("data_dir"),
                                 tfrecords_path=d.get("tfrecords_path"),
-                                num_channels=d.num_channels)
+                                num_channels=d.num_channels, path=d.get("path"))
 
 
 def eval_split(config) -> str:
-    """The evaluation split of ``config.data.dataset``: "validation" for CelebA, else "test"."""
-    return "validation" if config.data.dataset.upper() == "CELEBA" else "test"
+    """The evaluation split of ``config.data.dataset``: "validation" for CelebA, a registered
+    recipe's ``eval_split``, else "test"."""
+    key = config.data.dataset.upper()
+    if key in data_lib.DATASET_RECIPES:
+        return data_lib.DATASET_RECIPES[key].eval_split
+    return "validation" if key == "CELEBA" else "test"
 
 
 

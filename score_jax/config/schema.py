@@ -174,6 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
     data.category = placeholder(str)  # LSUN category
     data.tfrecords_path = placeholder(str)  # FFHQ / CelebA-HQ
     data.data_dir = placeholder(str)  # TFDS data_dir
+    data.path = placeholder(str)  # dataset "FOLDER": a folder of images; "NPZ": an .npz file
 
     config.model = model = ml_collections.ConfigDict()
     model.sigma_min = 0.01

@@ -92,7 +92,7 @@ def _validate_labels(config) -> None:
         return
     _pos_int("model.num_classes", nc)
     dataset = config.data.dataset.upper()
-    have = DATASET_NUM_CLASSES.get(dataset)
+    have = DATASET_NUM_CLASSES.get(dataset, data_lib.dataset_num_classes(dataset))
     _need(have is None or nc >= have,
           f"config.model.num_classes={nc} is smaller than the {have} classes of "
           f"data.dataset={config.data.dataset!r} (labels 0..{have - 1 if have else 0}); label "
@@ -224,8 +224,12 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
         _validate_flow_sampler(options)
     else:
         sampling.validate_options(method, sde_from_config(config), options)
-    _need(d.dataset.upper() in data_lib.DATASETS,
-          f"config.data.dataset={d.dataset!r} unknown; valid choices: {list(data_lib.DATASETS)}")
+    _need(d.dataset.upper() in data_lib.dataset_names(),
+          f"config.data.dataset={d.dataset!r} unknown; valid choices: {data_lib.dataset_names()}")
+    recipe = data_lib.DATASET_RECIPES.get(d.dataset.upper())
+    _need(recipe is None or not recipe.needs_path or bool(d.get("path")),
+          f"config.data.dataset={d.dataset!r} needs config.data.path (a folder of images for "
+          f"'folder', an .npz file for 'npz'); got {d.get('path')!r}")
     _pos_int("data.image_size", d.image_size)
     _need(d.num_channels in (1, 3), f"config.data.num_channels={d.num_channels!r} invalid; "
                                     "valid choices: [1, 3]")
