@@ -13,7 +13,8 @@ from score_jax.flow.paths import CondOTPath
 from score_jax.likelihood import ode_log_likelihood
 from score_jax.ode import ODE_SOLVERS, check_solve_options, solve_ode
 from score_jax.runner import run_sampler
-from score_jax.sde import batch_mul, sde_solve
+from score_jax.sde import batch_mul
+from score_jax.sde_simulator import sde_solve
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]
