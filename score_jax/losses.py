@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.score import ModelScoreFn, get_score_fn
-from score_jax.sde import AbstractSDE, batch_mul
+from score_jax.sde import SDECore, batch_mul
 
 Array = jax.Array
 
@@ -50,7 +50,7 @@ def dsm_loss(
     """
     key_t, key_z = jax.random.split(key)
     B = x0.shape[0]
-    if not isinstance(sde, AbstractSDE):
+    if not isinstance(sde, SDECore):
         raise ValueError(f"dsm_loss needs an SDE (VPSDE, subVPSDE, VESDE, ...); got "
                          f"{type(sde).__name__}. For a flow path (CondOTPath, GaussianPath, ...) "
                          f"use flow.score_matching_loss(key, score_fn, path, x1, weighting=...)")

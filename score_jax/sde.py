@@ -26,19 +26,24 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
-import inspect
 import math
 import typing
 from typing import Callable
 
-import diffrax as dfx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from flax import struct
 
 from score_jax import pytree
+from score_jax.sde_simulator import (  # noqa: F401 (re-exported: the simulator moved there)
+    SIMULATE_SOLVERS,
+    _check_simulate,
+    _diag,
+    _grid,
+    _simulate,
+    _traced_fn,
+    sde_solve,
+)
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -87,27 +92,27 @@ class GaussianPrior:
         return self.prior_std * jax.random.normal(key, shape, dtype)
 
 
-class AbstractSDE(GaussianPrior, abc.ABC):
-    """The declared interface of a linear forward SDE dx = f(t) x dt + g(t) dW on t in [0, T].
+class SDECore(GaussianPrior, abc.ABC):
+    """The core of a linear forward SDE dx = f(t) x dt + g(t) dW on t in [0, T]: what the
+    continuous-time samplers (probability-flow ODE, reverse SDE, DPM-Solver / DDIM / UniPC, EDM
+    Heun), the likelihood, DSM training and the score <-> head conversions need.
 
     Abstract (a subclass must implement each, else instantiating it raises ``TypeError``):
 
-    - ``N`` (int, static): number of discretisation steps; ``name`` (str): the key in ``SDES``;
-      ``prior_std``: std of the prior N(0, prior_std^2 I) at t = T; ``sampling_eps``: the default
-      final time of samplers (the reference's ``sampling_eps``).
+    - ``N`` (int, static): number of discretisation steps (the default sampler grid); ``name``
+      (str): the key in ``SDES``; ``prior_std``: std of the prior N(0, prior_std^2 I) at t = T;
+      ``sampling_eps``: the default final time of samplers (the reference's ``sampling_eps``).
     - ``marginal_coeffs(t) -> (a_t, s_t)``: p_0t(x_t | x_0) = N(a_t x_0, s_t^2 I).
     - ``drift_coeff(t) -> f(t)`` and ``diffusion_coeff(t) -> g(t)``.
-    - ``discretize(x, t) -> (f_i, G_i)``: the discrete chain x_{i+1} = x_i + f_i + G_i z.
-    - ``ancestral_step(x, t, score, key) -> (x, x_mean)``: one reverse ancestral step.
-    - ``langevin_alpha(t)``: the step-size factor alpha_i of the reference Langevin corrector.
-    - ``network_labels(t, continuous)`` and ``output_to_score(out, t, labels, continuous)``: the
-      reference wiring of a network (``models/utils.py::get_score_fn``).
-    - ``discrete_objective()`` and ``discrete_perturbation(labels, x0, noise)``: the reference's
-      discrete training objective (SMLD / DDPM), or ``ValueError`` when the SDE has none.
 
     Concrete, written only in terms of the above: ``sde``, ``marginal_prob``, ``perturb``,
-    ``log_snr``, ``ancestral_posterior``, ``reverse``, ``time_index``, ``prior_logp``,
-    ``prior_sampling``, ``euler_maruyama_discretize``, ``posterior_ancestral_step``.
+    ``log_snr``, ``ancestral_posterior``, ``reverse``, ``prior_logp``, ``prior_sampling``.
+
+    Optional declared capabilities (mixins; ``isinstance(sde, DiscreteChain)`` tells):
+    ``DiscreteChain`` (the reference's discrete chain: predictors ``reverse_diffusion`` /
+    ``ancestral_sampling``, the Langevin corrector, SMLD / DDPM training) and
+    ``ReferenceWiring`` (score_sde's network labels and output scaling). ``AbstractSDE`` is the
+    three together: the full interface of the built-in SDEs.
     """
 
     T = 1.0
@@ -147,47 +152,6 @@ class AbstractSDE(GaussianPrior, abc.ABC):
     @abc.abstractmethod
     def diffusion_coeff(self, t: Array) -> Array:
         """g(t); shape of t (d s_t^2 / dt = 2 f(t) s_t^2 + g(t)^2)."""
-
-    # --- declared discrete-time quantities ------------------------------------------------------
-    @abc.abstractmethod
-    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
-        """(f_i, G_i) of the forward chain x_{i+1} = x_i + f_i + G_i z at the step of time t:
-        f_i shaped like x, G_i shape (B,)."""
-
-    @abc.abstractmethod
-    def ancestral_step(self, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
-        """One reverse ancestral sampling step from time t given ``score`` = score(x, t);
-        returns ``(x_next, x_mean)`` (the mean is the noise-free last step)."""
-
-    @abc.abstractmethod
-    def langevin_alpha(self, t: Array) -> Array:
-        """alpha_i of the reference Langevin corrector's step size
-        2 alpha_i (snr |z| / |score|)^2; shape of t."""
-
-    # --- declared network wiring ----------------------------------------------------------------
-    @abc.abstractmethod
-    def network_labels(self, t: Array, continuous: bool) -> Array:
-        """The time label the reference feeds its network at SDE time t (shape (B,)).
-
-        ``continuous=False`` selects the labels of the discrete (SMLD / DDPM) training."""
-
-    @abc.abstractmethod
-    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
-        """The reference's conversion of the network output ``out`` (shaped like x) at time t,
-        fed ``labels = network_labels(t, continuous)``, into the score."""
-
-    # --- declared discrete training objective ---------------------------------------------------
-    @abc.abstractmethod
-    def discrete_objective(self) -> str:
-        """Name of the reference's discrete training objective ("smld" or "ddpm"); raises
-        ``ValueError`` when the SDE has no discrete chain to train on."""
-
-    @abc.abstractmethod
-    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
-        """The discrete objective at integer network labels ``labels`` (B,) in [0, N): returns
-        ``(x_i, target, weight)`` with x_i = a_i x0 + s_i noise, the regression target of the
-        network output, and the per-example weight (B,); the loss is weight |out - target|^2.
-        Raises ``ValueError`` when the SDE has no discrete chain."""
 
     # --- concrete, from the declared methods ----------------------------------------------------
     def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
@@ -237,6 +201,47 @@ class AbstractSDE(GaussianPrior, abc.ABC):
         """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn`` (Song et al. eq. 6, 13)."""
         return ReverseSDE(self, score_fn, probability_flow)
 
+
+
+class DiscreteChain(abc.ABC):
+    """Capability: the reference's discrete chain of an `SDECore` (mixed into an SDE class).
+
+    Abstract: ``discretize(x, t) -> (f_i, G_i)`` (the chain x_{i+1} = x_i + f_i + G_i z),
+    ``ancestral_step(x, t, score, key) -> (x, x_mean)``, ``langevin_alpha(t)``,
+    ``discrete_objective()`` and ``discrete_perturbation(labels, x0, noise)`` (the SMLD / DDPM
+    training objective, or ``ValueError`` when the SDE has none). Concrete: ``time_index``,
+    ``euler_maruyama_discretize``, ``posterior_ancestral_step`` (in terms of the core).
+    """
+
+    # --- declared discrete-time quantities ------------------------------------------------------
+    @abc.abstractmethod
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """(f_i, G_i) of the forward chain x_{i+1} = x_i + f_i + G_i z at the step of time t:
+        f_i shaped like x, G_i shape (B,)."""
+
+    @abc.abstractmethod
+    def ancestral_step(self, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
+        """One reverse ancestral sampling step from time t given ``score`` = score(x, t);
+        returns ``(x_next, x_mean)`` (the mean is the noise-free last step)."""
+
+    @abc.abstractmethod
+    def langevin_alpha(self, t: Array) -> Array:
+        """alpha_i of the reference Langevin corrector's step size
+        2 alpha_i (snr |z| / |score|)^2; shape of t."""
+
+    # --- declared discrete training objective ---------------------------------------------------
+    @abc.abstractmethod
+    def discrete_objective(self) -> str:
+        """Name of the reference's discrete training objective ("smld" or "ddpm"); raises
+        ``ValueError`` when the SDE has no discrete chain to train on."""
+
+    @abc.abstractmethod
+    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
+        """The discrete objective at integer network labels ``labels`` (B,) in [0, N): returns
+        ``(x_i, target, weight)`` with x_i = a_i x0 + s_i noise, the regression target of the
+        network output, and the per-example weight (B,); the loss is weight |out - target|^2.
+        Raises ``ValueError`` when the SDE has no discrete chain."""
+
     def time_index(self, t: Array) -> Array:
         """Index of the discrete step for time t: i = floor(t (N-1) / T), clipped to [0, N-1].
 
@@ -262,6 +267,38 @@ class AbstractSDE(GaussianPrior, abc.ABC):
         mean, std = self.ancestral_posterior(x, t, s_time, x0_hat)
         z = jax.random.normal(key, x.shape, x.dtype)
         return mean + batch_mul(std, z), mean
+
+
+
+
+class ReferenceWiring(abc.ABC):
+    """Capability: score_sde's wiring of a network to an SDE (``models/utils.py::get_score_fn``):
+    ``network_labels(t, continuous)`` and ``output_to_score(out, t, labels, continuous)``."""
+
+    # --- declared network wiring ----------------------------------------------------------------
+    @abc.abstractmethod
+    def network_labels(self, t: Array, continuous: bool) -> Array:
+        """The time label the reference feeds its network at SDE time t (shape (B,)).
+
+        ``continuous=False`` selects the labels of the discrete (SMLD / DDPM) training."""
+
+    @abc.abstractmethod
+    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+        """The reference's conversion of the network output ``out`` (shaped like x) at time t,
+        fed ``labels = network_labels(t, continuous)``, into the score."""
+
+
+
+class AbstractSDE(SDECore, DiscreteChain, ReferenceWiring):
+    """The full declared interface of the built-in SDEs: the core (`SDECore`) with the discrete
+    chain (`DiscreteChain`) and the reference network wiring (`ReferenceWiring`).
+
+    Abstract (a subclass must implement each, else instantiating it raises ``TypeError``):
+    ``N``, ``name``, ``prior_std``, ``sampling_eps``, ``marginal_coeffs``, ``drift_coeff``,
+    ``diffusion_coeff`` (core); ``discretize``, ``ancestral_step``, ``langevin_alpha``,
+    ``discrete_objective``, ``discrete_perturbation`` (chain); ``network_labels``,
+    ``output_to_score`` (wiring). Everything else is concrete (see the three bases).
+    """
 
 
 @pytree.dataclass
@@ -641,116 +678,6 @@ class OUProcess:
     def stationary_std(self):
         """sigma / sqrt(2 theta) (infinite for theta = 0)."""
         return self.sigma / jnp.sqrt(2.0 * jnp.asarray(self.theta))
-
-
-# ----------------------------------------------------------------------------------------------
-# Simulation of a given SDE dX = drift(X, t) dt + diffusion(X, t) dW (public API:
-# ``sampling.simulate_sde``; ``sde_solve`` is also the integrator of ``flow.flow_sample``'s SDE
-# extension, which may not import the sampler package).
-# ----------------------------------------------------------------------------------------------
-# name -> (diffrax solver class, Levy area). "euler_maruyama" is the lax.scan stepper (no diffrax).
-# "euler" is Ito Euler-Maruyama through diffrax; "heun" converges to the Stratonovich solution
-# (equal to Ito for additive noise); "sea", "sra1", "shark" assume additive noise (a diffusion
-# that does not depend on x).
-SIMULATE_SOLVERS = {
-    "euler_maruyama": None,
-    "euler": (dfx.Euler, dfx.BrownianIncrement),
-    "heun": (dfx.Heun, dfx.BrownianIncrement),
-    "sea": (dfx.SEA, dfx.SpaceTimeLevyArea),
-    "sra1": (dfx.SRA1, dfx.SpaceTimeLevyArea),
-    "shark": (dfx.ShARK, dfx.SpaceTimeLevyArea),
-}
-
-
-def _traced_fn(fn: Callable):
-    """A pytree stand-in for ``fn``: a bound method of a pytree becomes ``Partial(func, self)``
-    (self traced); other callables go through ``runner.as_pytree_fn``."""
-    if inspect.ismethod(fn):
-        self = fn.__self__
-        leaves = jax.tree_util.tree_leaves(self)
-        if not (len(leaves) == 1 and leaves[0] is self):
-            return jax.tree_util.Partial(fn.__func__, self)
-    leaves = jax.tree_util.tree_leaves(fn)
-    if len(leaves) == 1 and leaves[0] is fn:  # a plain callable: static
-        return jax.tree_util.Partial(fn)
-    return fn
-
-
-def _diag(g: Array, x: Array) -> Array:
-    """The diffusion's value as an array of x's shape: a scalar, (B,) (per example) or x.shape."""
-    g = jnp.asarray(g, x.dtype)
-    if g.ndim == 1 and g.shape[0] == x.shape[0] and x.ndim > 1:
-        return batch_mul(g, jnp.ones_like(x))
-    return jnp.broadcast_to(g, x.shape)
-
-
-def _check_simulate(solver: str, substeps, x0) -> None:
-    if solver not in SIMULATE_SOLVERS:
-        raise ValueError(f"Unknown SDE solver {solver!r}; valid choices: {list(SIMULATE_SOLVERS)}")
-    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
-        raise ValueError(f"substeps must be an int >= 1; got {substeps!r}")
-    if jnp.ndim(x0) < 1:
-        raise ValueError(f"x0 must have shape (B, ...); got shape {jnp.shape(x0)}")
-
-
-def _grid(ts: Array, substeps: int) -> Array:
-    """ts refined by ``substeps`` equal steps per interval, shape ((len(ts) - 1) substeps + 1,)."""
-    frac = jnp.arange(substeps, dtype=ts.dtype) / substeps
-    inner = (ts[:-1, None] + frac[None] * (ts[1:] - ts[:-1])[:, None]).reshape(-1)
-    return jnp.concatenate([inner, ts[-1:]])
-
-
-@functools.partial(jax.jit, static_argnames=("solver", "substeps"))
-def _simulate(key, drift, diffusion, x0, ts, solver, substeps):
-    B = x0.shape[0]
-    grid = _grid(ts, substeps)
-
-    def tb(t):
-        return jnp.full((B,), t, x0.dtype)
-
-    if solver == "euler_maruyama":
-        def step(x, inp):
-            t, dt, k = inp
-            z = jax.random.normal(k, x.shape, x.dtype)
-            x = x + drift(x, tb(t)) * dt + _diag(diffusion(x, tb(t)), x) * jnp.sqrt(dt) * z
-            return x, x
-
-        dts = grid[1:] - grid[:-1]
-        keys = jax.random.split(key, dts.shape[0])
-        _, xs = jax.lax.scan(step, x0, (grid[:-1], dts, keys))
-        xs = jnp.concatenate([x0[None], xs])[::substeps]
-        return xs
-    solver_cls, levy = SIMULATE_SOLVERS[solver]
-    terms = dfx.MultiTerm(
-        dfx.ODETerm(lambda t, x, a: drift(x, tb(t))),
-        dfx.ControlTerm(lambda t, x, a: lx.DiagonalLinearOperator(_diag(diffusion(x, tb(t)), x)),
-                        dfx.UnsafeBrownianPath(shape=x0.shape, key=key, levy_area=levy)))
-    sol = dfx.diffeqsolve(terms, solver_cls(), t0=grid[0], t1=grid[-1], dt0=None, y0=x0,
-                          saveat=dfx.SaveAt(ts=ts), adjoint=dfx.ForwardMode(),
-                          stepsize_controller=dfx.StepTo(ts=grid), max_steps=grid.shape[0] - 1)
-    return sol.ys
-
-
-def sde_solve(key: Array, drift: Callable, diffusion: Callable, x0: Array, t0: float, t1: float,
-              num_steps: int, *, solver: str = "euler_maruyama") -> tuple[Array, int]:
-    """The state at t1 of ``simulate_sde`` on a uniform grid of ``num_steps`` steps from t0 to t1
-    (traceable: callers jit it). Returns ``(x, nfe)``, nfe the number of drift evaluations
-    (diffrax "heun" evaluates it twice per step, SRK solvers once per stage)."""
-    _check_simulate(solver, num_steps, x0)
-    ts = jnp.asarray([t0, t1], x0.dtype)
-    x = _simulate(key, _traced_fn(drift), _traced_fn(diffusion), x0, ts, solver, num_steps)[-1]
-    if solver == "euler_maruyama":
-        return x, num_steps
-    slv = SIMULATE_SOLVERS[solver][0]()
-    if isinstance(slv, dfx.Euler):
-        per = 1
-    elif isinstance(slv, dfx.Heun):
-        per = 2
-    else:  # stochastic RK: one drift evaluation per stage not flagged ignore_stage_f
-        tab = slv.tableau
-        per = len(tab.c) + 1 - int(sum(bool(v) for v in (getattr(tab, "ignore_stage_f", None)
-                                                          or ())))
-    return x, per * num_steps
 
 
 SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}

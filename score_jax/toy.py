@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import pytree
+from score_jax.score import marginal_coeffs_and_derivs
 
 Array = jax.Array
 
@@ -60,6 +61,24 @@ class GaussianMixture:
         B = x.shape[0]
         g = jnp.sum(r[..., None] * (mu - x.reshape(B, 1, -1)) / v[..., None], axis=1)
         return g.reshape(x.shape)
+
+    def posterior_t(self, x: Array, a: Array, s: Array) -> tuple[Array, Array]:
+        """(E[x1 | x_t = x], E[eps | x_t = x]) for x_t = a x1 + s eps (coefficients (B,)):
+
+            E[x1 | x] = sum_k r_k (mu_k + a sd_k^2 (x - a mu_k) / v_k),
+            E[eps | x] = sum_k r_k s (x - a mu_k) / v_k,      v_k = a^2 sd_k^2 + s^2,
+
+        r_k the posterior component probabilities; finite at a = 0 and at s = 0 (no division by
+        a or s)."""
+        logits, amu, v = self._component_logits(x, a, s)
+        B = x.shape[0]
+        r = jax.nn.softmax(logits, axis=-1)[..., None]  # (B, K, 1)
+        resid = x.reshape(B, 1, -1) - amu  # (B, K, D)
+        sd2 = jnp.square(self.stds).reshape(1, -1, 1)
+        mu = self.means.reshape(1, self.means.shape[0], -1)
+        x1 = jnp.sum(r * (mu + a.reshape(B, 1, 1) * sd2 / v[..., None] * resid), 1)
+        eps = jnp.sum(r * (s.reshape(B, 1, 1) / v[..., None]) * resid, 1)
+        return x1.reshape(x.shape), eps.reshape(x.shape)
 
     def score(self, x: Array) -> Array:
         """grad_x log p_0(x), the time-independent score of the mixture itself (Langevin target)."""
@@ -105,6 +124,35 @@ class MixtureScore:
     def log_prob(self, x: Array, t: Array) -> Array:
         a, s = self.sde.marginal_coeffs(t)
         return self.mixture.log_prob_t(x, a, s)
+
+
+@pytree.dataclass
+class MixtureVelocity:
+    """The exact marginal velocity of Gaussian-mixture data on ``path`` (flow time t; any object
+    with ``marginal_coeffs``), the ground truth for flow-matching tests and benchmarks:
+
+        u(x, t) = alpha'_t E[x1 | x_t = x] + sigma'_t E[eps | x_t = x]
+
+    with the posterior means of ``GaussianMixture.posterior_t`` (the same component posterior
+    as `MixtureScore`: one ground truth). Finite at both ends of the path. Also
+    ``flow.MixtureVelocity``.
+    """
+
+    mixture: GaussianMixture
+    path: object
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        a, s, da, ds = marginal_coeffs_and_derivs(self.path, t)
+        x1_hat, eps_hat = self.mixture.posterior_t(x, a, s)
+        B = x.shape[0]
+        u = (da.reshape((B,) + (1,) * (x.ndim - 1)) * x1_hat
+             + ds.reshape((B,) + (1,) * (x.ndim - 1)) * eps_hat)
+        return u.astype(x.dtype)
+
+    def score(self, x: Array, t: Array) -> Array:
+        """The score of the same diffused mixture (= ``MixtureScore(mixture, path)(x, t)``)."""
+        return MixtureScore(self.mixture, self.path)(x, t)
 
 
 def gaussian(mean: Array, std: float) -> GaussianMixture:

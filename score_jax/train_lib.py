@@ -92,7 +92,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     Writes ``<workdir>/checkpoints`` (orbax: the latest, plus every multiple of
     ``training.snapshot_freq``), ``<workdir>/samples/iter_<step>/samples.{png,npz}`` at
-    snapshots (with the dataset's sample metrics, e.g. the digits quality metric:
+    snapshots (with the dataset's sample metrics, e.g. the quality metric of the 8x8 set:
     ``evaluation.build.training_evaluators``, which builds every evaluator the loop runs), and
     TensorBoard events in ``<workdir>/tensorboard``. When ``should_stop()``
     becomes true (all processes agree at log steps), it saves at the next step boundary and

@@ -324,7 +324,7 @@ def test_sample_py_bpd_runs_the_dataset_bits_per_dim_of_evaluate(trained, tmp_pa
                                       atol=float(config.sampling.atol))
     ds = config_lib.dataset_from_config(config, e.bpd_dataset, batch_size=e.batch_size,
                                         training=False)
-    batches = [bt["image"] for i, bt in zip(range(e.bpd_max_batches), ds.epoch())]
+    batches = [bt["image"] for i, bt in zip(range(e.bpd_max_batches), ds.epoch(), strict=False)]
     want = likelihood.dataset_bits_per_dim(lambda k, y: logp_fn(k, params, y)[0], batches,
                                            jax.random.key(3), num_repeats=e.bpd_num_repeats,
                                            centered=b.centered)

@@ -201,3 +201,18 @@ def test_errors_name_bad_values():
     with pytest.raises(ValueError, match="t_min < t_max"):
         flow.flow_matching_loss(jax.random.key(0), u, flow.CondOTPath(), jnp.zeros((2, 2)),
                                 t_min=0.5, t_max=0.5)
+
+
+def test_mixture_velocity_and_score_are_one_ground_truth():
+    """toy.MixtureVelocity (also flow.MixtureVelocity) and toy.MixtureScore share the mixture's
+    component posterior: on a path, u = score_to_velocity(score) (the Gaussian-path identity)."""
+    from score_jax import toy
+
+    assert flow.MixtureVelocity is toy.MixtureVelocity
+    m = toy.ring_mixture(4, dim=2, std=0.3)
+    path = flow.CondOTPath()
+    x = jax.random.normal(jax.random.key(0), (16, 2))
+    t = jnp.linspace(0.1, 0.9, 16)
+    u = flow.MixtureVelocity(m, path)(x, t)
+    s = toy.MixtureScore(m, path)(x, t)
+    np.testing.assert_allclose(u, flow.score_to_velocity(s, x, t, path), rtol=1e-4, atol=1e-5)

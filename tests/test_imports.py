@@ -119,7 +119,9 @@ def test_configs_import_graph_has_no_cycle():
 
 def test_layers_point_one_way():
     """ode below sampling; likelihood and flow use ode and never the sampler package; sampling
-    never imports guidance; __init__ of the root only re-exports."""
+    never imports guidance; __init__ of the root only re-exports; the checkpoint converters sit
+    below the evaluation package (Inception's weights included), and pure metrics below the
+    evaluators (metrics / likelihood / digits never reach an evaluator, sample_lib or config)."""
     graph = import_graph()
 
     def reach(n, seen=None):
@@ -136,7 +138,22 @@ def test_layers_point_one_way():
     for m in sampler_pkg:
         assert not any(d.startswith("score_jax.guidance") for d in reach(m)), m
     assert "score_jax.ode" in graph["score_jax.likelihood"]
-    assert "score_jax.ode" in graph["score_jax.flow"]
+    assert "score_jax.ode" in graph["score_jax.flow.sampling"]
+    flow_pkg = {m for m in graph if m.startswith("score_jax.flow")}
+    for m in flow_pkg:
+        assert not (reach(m) & sampler_pkg), m
+    convert_pkg = {m for m in graph if m.startswith("score_jax.convert")}
+    for m in convert_pkg:
+        assert not any(d.startswith("score_jax.evaluation") for d in reach(m)), m
+    above_metrics = {"score_jax.evaluation.evaluators", "score_jax.evaluation.build",
+                     "score_jax.evaluation.workdir", "score_jax.sample_lib", "score_jax.config"}
+    for low in ("score_jax.evaluation.metrics", "score_jax.likelihood",
+                "score_jax.evaluation.digits", "score_jax.files", "score_jax.convert.reader"):
+        assert not (reach(low) & above_metrics), (low, reach(low) & above_metrics)
+    # one home per reader: every converter reads through convert.reader
+    for m in ("score_jax.convert.score_sde", "score_jax.convert.dit",
+              "score_jax.convert.autoencoder", "score_jax.convert.inception"):
+        assert "score_jax.convert.reader" in graph[m], m
 
 
 def _fresh_import(mods):
@@ -148,7 +165,10 @@ def _fresh_import(mods):
 
 
 LAYERED = ["score_jax.guidance.colorization", "score_jax.guidance", "score_jax.sampling.fast",
-           "score_jax.flow", "score_jax.likelihood", "score_jax.ode"]
+           "score_jax.flow", "score_jax.flow.sampling", "score_jax.likelihood", "score_jax.ode",
+           "score_jax.convert", "score_jax.convert.inception", "score_jax.evaluation.inception",
+           "score_jax.evaluation.build", "score_jax.labels", "score_jax.sample_io",
+           "score_jax.files"]
 
 
 @pytest.mark.parametrize("mod", LAYERED)

@@ -72,7 +72,11 @@ def test_smoke_snapshot_logs_digits_metric_and_sample_py_writes_metrics_json(tmp
 
     out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=16,
                                            output_dir=str(tmp_path / "s"))
+    # the library is the one writer of metrics.json; sample.py only prints it
+    assert out["metrics_path"] == str(tmp_path / "s" / "metrics.json")
+    before = (tmp_path / "s" / "metrics.json").read_bytes()
     sample._print_digits_metrics(config, out)
+    assert (tmp_path / "s" / "metrics.json").read_bytes() == before
     with open(tmp_path / "s" / "metrics.json") as f:
         m = json.load(f)
     assert m["digits_num_samples"] == 16 and m["nfe"] == out["nfe"]
@@ -102,3 +106,19 @@ def test_sample_evaluator_reports_digits_metric(tmp_path):
                                         metrics=evaluators.sample_metrics("CIFAR10"))
     ev_off.run(2, None)
     assert "digits_fd" not in run_lib.read_report(str(tmp_path), 2)
+
+
+def test_training_loop_has_no_dataset_branch_and_one_evaluator_signature():
+    """train_lib runs evaluators; which metrics apply to which dataset is decided by
+    ``evaluators.sample_metrics`` (issue 21 item 4); every evaluator has run(step, state)."""
+    import inspect
+
+    src = inspect.getsource(train_lib.train_and_evaluate)
+    assert "digits" not in src.lower() and "dataset ==" not in src
+    for cls in (evaluators.LossEvaluator, evaluators.BpdEvaluator, evaluators.SampleEvaluator,
+                evaluators.BatchLossEvaluator, evaluators.SnapshotEvaluator,
+                evaluators.ReconstructionEvaluator):
+        assert list(inspect.signature(cls.run).parameters) == ["self", "step", "state"], cls
+    assert evaluators.sample_metrics("CIFAR10") == ()
+    (m,) = evaluators.sample_metrics("DIGITS")
+    assert m.scalars == tuple(f"digits_{k}" for k in evaluators.DIGITS_KEYS)

@@ -34,6 +34,7 @@ the current round finishes, then `evaluate_workdir` returns with ``preempted=Tru
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -170,16 +171,76 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     """
     from score_jax import config as config_lib
     from score_jax import preemption
-    from score_jax.checkpoint import CheckpointError, TrainCheckpointer, checkpoint_dir
+    from score_jax.checkpoint import TrainCheckpointer
+    from score_jax.evaluation.build import workdir_evaluators
 
     should_stop = preemption.never if should_stop is None else should_stop
-    e, t = config.eval, config.training
     b = config_lib.build(config, mesh=mesh, model=model)  # validates the config
-    mesh = b.mesh
+    opts = _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
+                    wait)
+    per_process = int(config.eval.batch_size) // jax.process_count()
+    inception_fn, reference = _inception_and_reference(
+        opts, inception_path, inception_fn, reference_stats, per_process)
+    seed = int(config.seed if seed is None else seed)
+    keys = tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3))
+    evaluators = workdir_evaluators(
+        config, b, opts.eval_dir, keys=keys, num_samples=opts.num_samples,
+        bpd_repeats=opts.bpd_repeats, per_process=per_process, inception_fn=inception_fn,
+        reference=reference, save_samples=save_samples, progress=progress,
+        should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
+    if not evaluators:
+        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
+                    "eval.enable_sampling are all False")
+    writer = None
+    if jax.process_index() == 0:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(opts.eval_dir, "tensorboard"))
+    checkpointer = TrainCheckpointer(workdir, read_only=True)
+    walk = _Walk(config, workdir, opts, evaluators, b.abstract_state, checkpointer, writer,
+                 should_stop, progress, poll_seconds)
+    try:
+        walk.run()
+    except Preempted:
+        walk.preempted = True
+        log.warning("preemption requested: stopped after the current round; rerun the same "
+                    "command to resume (finished rounds and checkpoints are kept in %s)",
+                    opts.eval_dir)
+    finally:
+        walk.close()
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+    summary_path = write_summary(opts.eval_dir) if jax.process_index() == 0 else None
+    return {"eval_dir": opts.eval_dir, "reports": walk.reports, "evaluated": walk.evaluated,
+            "skipped": walk.skipped, "preempted": walk.preempted, "summary": summary_path}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """What evaluate_workdir was asked for, checked: the step range, the sample and repeat
+    counts, what is enabled, the results folder and the last snapshot to wait for."""
+
+    eval_dir: str
+    lo: int
+    hi: float
+    num_samples: int
+    bpd_repeats: int
+    enable_bpd: bool
+    enable_sampling: bool
+    wait: bool
+    last: int | None
+
+
+def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
+             wait) -> _Options:
+    """Check the options (ValueError / FileNotFoundError before anything is computed) and create
+    ``<workdir>/<eval_folder>``."""
+    from score_jax.checkpoint import checkpoint_dir
+
+    e, t = config.eval, config.training
     lo, hi = step_range(config, begin_step, end_step)
     num_samples = int(e.num_samples if num_samples is None else num_samples)
     bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
-    per_process = int(e.batch_size) // jax.process_count()
     enable_bpd, enable_sampling = bool(e.enable_bpd), bool(e.enable_sampling)
     if enable_sampling and num_samples < 2:
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
@@ -188,12 +249,24 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ folder; train first "
                                 f"with python train.py --workdir={workdir}")
+    last = None
+    if wait:  # the last kept snapshot in range: training writes nothing after it
+        n_iters, freq = int(t.n_iters), int(t.snapshot_freq)
+        last = n_iters if hi >= n_iters else int(hi) // freq * freq
+        if last < lo:
+            raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
+                             f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
     eval_dir = os.path.join(workdir, eval_folder)
     os.makedirs(eval_dir, exist_ok=True)
-    is_main = jax.process_index() == 0
+    return _Options(eval_dir, lo, hi, num_samples, bpd_repeats, enable_bpd, enable_sampling,
+                    bool(wait), last)
 
-    # Inception and reference statistics: FID / KID need both, IS only the network.
-    if inception_fn is None and inception_path is not None and enable_sampling:
+
+def _inception_and_reference(opts: _Options, inception_path, inception_fn, reference_stats,
+                             per_process: int):
+    """The Inception feature function (from ``inception_path`` unless given) and the reference
+    statistics; FID / KID need both, IS only the network (what is skipped is logged)."""
+    if inception_fn is None and inception_path is not None and opts.enable_sampling:
         from score_jax.evaluation.inception import get_inception_fn
         if not os.path.exists(inception_path):
             raise FileNotFoundError(f"--inception={inception_path!r} does not exist")
@@ -203,139 +276,137 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         inception_fn = get_inception_fn(inception_path, batch_size=chunk)
     reference = (load_stats(reference_stats) if isinstance(reference_stats, str | os.PathLike)
                  else reference_stats)
-    if enable_sampling:
+    if opts.enable_sampling:
         if inception_fn is None:
             log.warning("FID / IS / KID skipped: no Inception weights given (--inception=PATH to "
                         "pt_inception-2015-12-05-6726825d.pth or its .npz; they cannot be "
                         "downloaded here). The %d samples per checkpoint are drawn and saved in "
                         "%s/ckpt_<step>_host_<h>/; a rerun with --inception computes the "
-                        "metrics from them.", num_samples, eval_dir)
+                        "metrics from them.", opts.num_samples, opts.eval_dir)
         elif reference is None:
             log.warning("FID and KID skipped: no reference statistics (--ref_stats=PATH, written "
                         "by python -m score_jax.evaluation.stats); computing IS only.")
+    return inception_fn, reference
 
-    # Evaluators, built once for all checkpoints (only the enabled parts).
-    seed = int(config.seed if seed is None else seed)
-    k_loss, k_bpd, k_sample = jax.random.split(
-        jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3)
-    from score_jax.evaluation.build import workdir_evaluators
 
-    evaluators = workdir_evaluators(
-        config, b, eval_dir, keys=(k_loss, k_bpd, k_sample), num_samples=num_samples,
-        bpd_repeats=bpd_repeats, per_process=per_process, inception_fn=inception_fn,
-        reference=reference, save_samples=save_samples, progress=progress,
-        should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
-    if not evaluators:
-        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
-                    "eval.enable_sampling are all False")
-    needed = [x.key_name for x in evaluators]
+_STRONGER = {DRAWN_KEY: ("is", "fid"), "is": ("fid",)}  # FID implies IS implies drawn
 
-    writer = None
-    if is_main:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(eval_dir, "tensorboard"))
 
-    stronger = {DRAWN_KEY: ("is", "fid"), "is": ("fid",)}  # FID implies IS implies drawn
+class _Walk:
+    """The walk over the checkpoints: which parts of a step are missing, evaluating one
+    checkpoint (every evaluator's ``run(step, state)``), and polling for new ones (``wait``)."""
 
-    def missing(step: int) -> list[str]:
+    def __init__(self, config, workdir, opts: _Options, evaluators, abstract_state, checkpointer,
+                 writer, should_stop, progress, poll_seconds):
+        self.config, self.workdir, self.opts = config, workdir, opts
+        self.poll_seconds = float(poll_seconds)
+        self.evaluators, self.abstract_state = evaluators, abstract_state
+        self.checkpointer, self.writer, self.should_stop = checkpointer, writer, should_stop
+        self.needed = [x.key_name for x in evaluators]
+        self.reports: dict[int, dict] = {}
+        self.evaluated: list[int] = []
+        self.skipped: list[int] = []
+        self.seen: set[int] = set()
+        self.preempted = False
+        self.outer = _tqdm(progress, desc="checkpoints", unit="ckpt")
+
+    def close(self) -> None:
+        self.outer.close()
+
+    def missing(self, step: int) -> list[str]:
+        """The parts (evaluator keys) of ``step`` not in its report yet; a report made with
+        other sample / repeat counts is kept, with a warning."""
+        opts, eval_dir = self.opts, self.opts.eval_dir
         report = run_lib.read_report(eval_dir, step) or {}
-        for key, want, on in (("num_samples", num_samples, enable_sampling),
-                              ("bpd_num_repeats", bpd_repeats, enable_bpd)):
+        for key, want, on in (("num_samples", opts.num_samples, opts.enable_sampling),
+                              ("bpd_num_repeats", opts.bpd_repeats, opts.enable_bpd)):
             if on and report.get(key) not in (None, want):
                 log.warning("step %d: the saved report has %s=%s, this run asks for %s; it is "
                             "kept (delete %s or use another --eval_folder to recompute)", step,
                             key, report[key], want, run_lib.report_path(eval_dir, step))
-        return [k for k in needed
-                if k not in report and not any(h in report for h in stronger.get(k, ()))]
+        return [k for k in self.needed
+                if k not in report and not any(h in report for h in _STRONGER.get(k, ()))]
 
-    def evaluate_one(step: int, todo: list[str]) -> dict[str, Any]:
-        state, _ = checkpointer.restore(b.abstract_state, step)
+    def evaluate_one(self, step: int, todo: list[str]) -> dict[str, Any]:
+        """Restore ``step`` and run the evaluators of ``todo``; TensorBoard gets the scalars."""
+        eval_dir = self.opts.eval_dir
+        state, _ = self.checkpointer.restore(self.abstract_state, step)
         run_lib.update_report(eval_dir, step, {"step": step})
-        for x in evaluators:
+        for x in self.evaluators:
             if x.key_name in todo:
                 x.run(step, state)
         report = run_lib.read_report(eval_dir, step) or {}
-        if writer is not None:
+        if self.writer is not None:
             for k, tag in SCALARS.items():
                 if isinstance(report.get(k), int | float):
-                    writer.add_scalar(tag, report[k], step)
-            writer.flush()
+                    self.writer.add_scalar(tag, report[k], step)
+            self.writer.flush()
         return report
 
-    # ------------------------------------------------------------------ the walk
-    if wait:  # the last kept snapshot in range: training writes nothing after it
-        n_iters, freq = int(t.n_iters), int(t.snapshot_freq)
-        last = n_iters if hi >= n_iters else int(hi) // freq * freq
-        if last < lo:
-            raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
-                             f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
-    checkpointer = TrainCheckpointer(workdir, read_only=True)
-    reports: dict[int, dict] = {}
-    evaluated, skipped, seen = [], [], set()
-    preempted = False
-    waiting_logged = False
-    outer = _tqdm(progress, desc="checkpoints", unit="ckpt")
-    try:
+    def new_steps(self) -> list[int]:
+        """Saved steps in range not seen yet (with ``wait``: the kept snapshots only)."""
+        o = self.opts
+        return [st for st in saved_steps(self.workdir, self.checkpointer)
+                if o.lo <= st <= o.hi and st not in self.seen
+                and (not o.wait or _is_kept(st, self.config))]
+
+    def visit(self, step: int) -> None:
+        """Evaluate what ``step`` misses (or skip it when nothing is)."""
+        from score_jax import preemption
+        from score_jax.checkpoint import CheckpointError
+
+        if preemption.agree(self.should_stop, sync=True):
+            raise Preempted
+        self.seen.add(step)
+        eval_dir = self.opts.eval_dir
+        todo = self.missing(step)
+        if not todo:
+            self.skipped.append(step)
+            log.info("step %d: already evaluated (%s), skipped", step,
+                     run_lib.report_path(eval_dir, step))
+        else:
+            self.outer.set_postfix(step=step)
+            try:
+                self.evaluate_one(step, todo)
+            except CheckpointError:
+                if (_is_kept(step, self.config)
+                        or step in saved_steps(self.workdir, self.checkpointer)):
+                    raise
+                log.warning("step %d: the rolling checkpoint was replaced by training "
+                            "before it was restored; skipped", step)
+                return
+            self.evaluated.append(step)
+        self.reports[step] = run_lib.read_report(eval_dir, step) or {}
+        self.outer.update(1)
+
+    def run(self) -> None:
+        """Visit the checkpoints in step order; with ``wait``, poll until the last snapshot."""
+        o, e, t = self.opts, self.config.eval, self.config.training
+        waiting_logged = False
         while True:
-            steps = [st for st in saved_steps(workdir, checkpointer)
-                     if lo <= st <= hi and st not in seen and (not wait or _is_kept(st, config))]
-            if not steps and not seen and not wait:
+            steps = self.new_steps()
+            if not steps and not self.seen and not o.wait:
                 raise ValueError(
-                    f"no checkpoint of {workdir} lies in steps [{lo}, {hi}] (config "
+                    f"no checkpoint of {self.workdir} lies in steps [{o.lo}, {o.hi}] (config "
                     f"eval.begin_ckpt={e.get('begin_ckpt')}, eval.end_ckpt={e.get('end_ckpt')} "
                     f"x training.snapshot_freq={t.snapshot_freq}); saved steps: "
-                    f"{saved_steps(workdir, checkpointer)}. Choose with --begin_step / "
+                    f"{saved_steps(self.workdir, self.checkpointer)}. Choose with --begin_step / "
                     f"--end_step or --config.eval.begin_ckpt / --config.eval.end_ckpt")
-            outer.total = (outer.total or 0) + len(steps)
-            outer.refresh()
+            self.outer.total = (self.outer.total or 0) + len(steps)
+            self.outer.refresh()
             for step in steps:
-                if preemption.agree(should_stop, sync=True):
-                    raise Preempted
-                seen.add(step)
-                todo = missing(step)
-                if not todo:
-                    skipped.append(step)
-                    log.info("step %d: already evaluated (%s), skipped", step,
-                             run_lib.report_path(eval_dir, step))
-                else:
-                    outer.set_postfix(step=step)
-                    try:
-                        evaluate_one(step, todo)
-                    except CheckpointError:
-                        if _is_kept(step, config) or step in saved_steps(workdir, checkpointer):
-                            raise
-                        log.warning("step %d: the rolling checkpoint was replaced by training "
-                                    "before it was restored; skipped", step)
-                        continue
-                    evaluated.append(step)
-                reports[step] = run_lib.read_report(eval_dir, step) or {}
-                outer.update(1)
-            if not wait:
-                break
-            if seen and max(seen) >= last:
-                break
+                self.visit(step)
+            if not o.wait or (self.seen and max(self.seen) >= o.last):
+                return
             if not waiting_logged:
                 log.info("waiting for checkpoints up to step %s in %s (polling every %.0f s)",
-                         last, workdir, poll_seconds)
+                         o.last, self.workdir, self.poll_seconds)
                 waiting_logged = True
-            deadline = time.monotonic() + poll_seconds
+            deadline = time.monotonic() + self.poll_seconds
             while time.monotonic() < deadline:
-                if should_stop():
+                if self.should_stop():
                     raise Preempted
-                time.sleep(min(1.0, poll_seconds))
-    except Preempted:
-        preempted = True
-        log.warning("preemption requested: stopped after the current round; rerun the same "
-                    "command to resume (finished rounds and checkpoints are kept in %s)",
-                    eval_dir)
-    finally:
-        outer.close()
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
-    summary_path = write_summary(eval_dir) if is_main else None
-    return {"eval_dir": eval_dir, "reports": reports, "evaluated": evaluated, "skipped": skipped,
-            "preempted": preempted, "summary": summary_path}
+                time.sleep(min(1.0, self.poll_seconds))
 
 
 def write_summary(eval_dir: str) -> str:
