@@ -48,6 +48,7 @@ SMOKE: dict[str, list[str]] = {
     "bench_samplers.py": ["--smoke"],
     "bench_step_breakdown.py": ["--smoke"],
     "bench_train.py": ["--smoke"],
+    "bench_update_vs_torch.py": ["--smoke"],  # the PyTorch side too where torch is installed
     "bench_vs_torch.py": ["--smoke", "--flag_sweep", "default", "--sweep_train"],  # no torch
 }
 # Runs that need torch and the reference checkout (skipped without them).
