@@ -261,7 +261,7 @@ def test_fid_with_inception_weights_file(trained, tmp_path):
     config.eval.num_samples = 8
     path = str(tmp_path / "pt_inception.npz")
     np.savez(path, **synthetic_state_dict())
-    inception = get_inception_fn(path, batch_size=8)
+    inception = get_inception_fn(path, batch_size=8, sha256=None)  # synthetic: no pinned hash
     ref_images = np.random.default_rng(5).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
     pool, _ = inception(ref_images)
     stats_path = str(tmp_path / "ref.npz")
@@ -269,6 +269,7 @@ def test_fid_with_inception_weights_file(trained, tmp_path):
                features=pool)
     out = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_inception", model=TinyNet(),
                                   end_step=2, inception_path=path, reference_stats=stats_path,
+                                  inception_sha256=None,
                                   progress=False)
     r = out["reports"][2]
     assert r["num_samples"] == 8 and np.isfinite(r["fid"]) and r["fid"] > 0

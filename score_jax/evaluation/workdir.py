@@ -46,7 +46,7 @@ import numpy as np
 
 from score_jax.evaluation import evaluators as ev
 from score_jax.evaluation import run as run_lib
-from score_jax.evaluation.metrics import load_stats
+from score_jax.evaluation.metrics import DEFAULT_RESIZE, check_resize, check_stats_resize, load_stats
 from score_jax.files import atomic_write_json
 
 log = logging.getLogger("score_jax.evaluate")
@@ -120,6 +120,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                      inception_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
                      | None = None,
                      reference_stats: str | Mapping[str, Any] | None = None,
+                     inception_sha256: str | None = "pinned",
+                     ref_stats_resize: str | None = None,
                      begin_step: int | None = None, end_step: int | None = None,
                      wait: bool = False, poll_seconds: float = 60.0,
                      num_samples: int | None = None, bpd_repeats: int | None = None,
@@ -144,7 +146,12 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       inception_fn: instead of ``inception_path``, any ``uint8 images -> (pool_3, logits)``
         (e.g. an ``InceptionFeatures``).
       reference_stats: ``save_stats`` file (or its ``load_stats`` dict) of the data; without it
-        only IS is computed. KID needs its ``pool_3`` rows.
+        only IS is computed. KID needs its ``pool_3`` rows. Its resize convention (the
+        ``"resize"`` key) must equal ``config.eval.fid_resize`` (``ValueError`` otherwise).
+      inception_sha256: expected sha256 of ``inception_path`` (``"pinned"``: pytorch-fid's
+        ``PT_INCEPTION_SHA256``; None: no check), see ``inception.check_inception_sha256``.
+      ref_stats_resize: the convention of a statistics file that does not record one
+        (``load_stats(resize_if_missing=...)``).
       begin_step / end_step: inclusive step range; default ``eval.begin_ckpt`` /
         ``eval.end_ckpt`` times ``training.snapshot_freq`` (the reference's numbering).
       wait: keep polling (every ``poll_seconds``) for new snapshots until the last one in range
@@ -181,6 +188,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
     per_process = int(e.batch_size) // jax.process_count()
     enable_bpd, enable_sampling = bool(e.enable_bpd), bool(e.enable_sampling)
+    fid_resize = check_resize(e.get("fid_resize", DEFAULT_RESIZE))
     if enable_sampling and num_samples < 2:
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
@@ -200,9 +208,19 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
         n_local = jax.local_device_count()
         # one compiled batch: a sampling round, or chunks of about 200 (padding is wasted work)
         chunk = max(n_local, min(per_process, 200) // n_local * n_local)
-        inception_fn = get_inception_fn(inception_path, batch_size=chunk)
-    reference = (load_stats(reference_stats) if isinstance(reference_stats, str | os.PathLike)
-                 else reference_stats)
+        from score_jax.evaluation.inception import PT_INCEPTION_SHA256
+        sha = PT_INCEPTION_SHA256 if inception_sha256 == "pinned" else inception_sha256
+        inception_fn = get_inception_fn(inception_path, batch_size=chunk, resize=fid_resize,
+                                        sha256=sha)
+    fn_resize = getattr(inception_fn, "resize", None)
+    if fn_resize is not None and fn_resize != fid_resize:
+        raise ValueError(f"inception_fn uses the {fn_resize!r} resize but "
+                         f"config.eval.fid_resize={fid_resize!r}")
+    reference = (load_stats(reference_stats, resize_if_missing=ref_stats_resize)
+                 if isinstance(reference_stats, str | os.PathLike) else reference_stats)
+    if reference is not None and enable_sampling:
+        check_stats_resize(reference, fid_resize, source=f"reference statistics "
+                           f"{reference_stats if isinstance(reference_stats, str) else ''}".rstrip())
     if enable_sampling:
         if inception_fn is None:
             log.warning("FID / IS / KID skipped: no Inception weights given (--inception=PATH to "
