@@ -140,3 +140,83 @@ def test_inception_sha256_check(tmp_path):
         check_inception_sha256(str(path), "6726825d")
     with pytest.raises(FileNotFoundError, match="pytorch-fid"):
         check_inception_sha256(str(tmp_path / "absent.pth"))
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m score_jax.evaluation.score
+# ---------------------------------------------------------------------------------------------
+_PROJ = np.random.default_rng(7).standard_normal((6 * 6 * 3, 16))
+
+
+def _fake_features(images):
+    """A fixed projection of the uint8 pixels (stands in for the Inception; 16 features)."""
+    assert images.dtype == np.uint8
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    pool = np.tanh(x @ _PROJ).astype(np.float32)
+    logits = (x @ _PROJ[:, :10]).astype(np.float32)
+    return pool, logits
+
+
+@pytest.fixture
+def fake_get_fn(monkeypatch):
+    calls = []
+
+    def get_fn(path, batch_size, resize="pytorch", sha256=None):
+        calls.append((path, resize, sha256))
+        return _fake_features
+
+    monkeypatch.setattr(inception_lib, "get_inception_fn", get_fn)
+    return calls
+
+
+def test_score_cli_floor_quantisation_reference_images_and_stats(tmp_path, fake_get_fn):
+    import json
+
+    from score_jax.evaluation import score as score_cli
+    from score_jax.evaluation.metrics import metrics_report
+
+    rng = np.random.default_rng(3)
+    samples = rng.uniform(0, 1, (30, 6, 6, 3)).astype(np.float32)
+    ref = rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", samples=samples)
+    np.savez(tmp_path / "ref.npz", images=ref)
+    with open(tmp_path / "metrics.json", "w") as f:  # sample.py's metrics stay
+        json.dump({"nfe": 7}, f)
+    out = score_cli.main(["--samples", str(tmp_path / "samples.npz"), "--ref-images",
+                          str(tmp_path / "ref.npz"), "--inception", "w.pth", "--resize", "tf1"])
+    # independent: score_sde's quantisation by hand, metrics_report against the reference rows
+    floored = np.clip(samples.astype(np.float64) * 255, 0, 255).astype(np.uint8)
+    rpool, _ = _fake_features(ref)
+    want = metrics_report(*_fake_features(floored), {
+        "mu": rpool.mean(0), "sigma": np.cov(rpool.astype(np.float64), rowvar=False),
+        "pool_3": rpool})
+    assert out["fid"] == pytest.approx(want["fid"], rel=1e-6)
+    assert out["is"] == pytest.approx(want["is"], rel=1e-6)
+    assert out["kid"] == pytest.approx(want["kid"], rel=1e-6, abs=1e-9)
+    assert fake_get_fn[-1] == ("w.pth", "tf1", PT_INCEPTION_SHA256)
+    with open(tmp_path / "metrics.json") as f:
+        written = json.load(f)
+    assert written["nfe"] == 7 and written["fid"] == pytest.approx(out["fid"])
+    assert written["resize"] == "tf1" and written["quantize"] == "floor"
+    # --quantize round differs from floor on these floats
+    rounded = score_cli.main(["--samples", str(tmp_path / "samples.npz"), "--ref-images",
+                              str(tmp_path / "ref.npz"), "--inception", "w.pth", "--resize",
+                              "tf1", "--quantize", "round", "--out", str(tmp_path / "r.json")])
+    assert rounded["fid"] != out["fid"]
+    # the same reference as a statistics file gives the same numbers; the wrong convention is
+    # refused before anything is computed
+    save_stats(tmp_path / "ref_stats.npz", rpool.mean(0),
+               np.cov(rpool.astype(np.float64), rowvar=False), features=rpool, resize="tf1")
+    again = score_cli.main(["--samples", str(tmp_path / "samples.npz"), "--ref-stats",
+                            str(tmp_path / "ref_stats.npz"), "--inception", "w.pth", "--resize",
+                            "tf1", "--out", str(tmp_path / "s.json")])
+    assert again["fid"] == pytest.approx(out["fid"], rel=1e-6)
+    n_calls = len(fake_get_fn)
+    with pytest.raises(ValueError, match="computed with the 'tf1' Inception resize"):
+        score_cli.main(["--samples", str(tmp_path / "samples.npz"), "--ref-stats",
+                        str(tmp_path / "ref_stats.npz"), "--inception", "w.pth"])
+    assert len(fake_get_fn) == n_calls
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\].*centred"):
+        np.savez(tmp_path / "centred.npz", samples=samples * 2 - 1)
+        score_cli.main(["--samples", str(tmp_path / "centred.npz"), "--ref-stats",
+                        str(tmp_path / "ref_stats.npz"), "--inception", "w.pth"])

@@ -326,26 +326,13 @@ def load_stats(path: str | os.PathLike, *, resize_if_missing: str | None = None
     one (``save_stats``); for a file without it, ``resize_if_missing`` when given; else, for a
     file in score_sde's layout (``pool_3`` only, no ``mu`` / ``sigma``) ``"tf1"`` (score_sde's
     ``evaluation.py`` computes them in the TF1 FID graph); else ``ValueError``: a ``mu`` /
-    ``sigma`` file without the key (TTUR's / pytorch-fid's downloads are TF1, files written here
+    ``sigma`` file without the key (TTUR's ``fid.py`` statistics are TF1, files written here
     before the key existed are ``"pytorch"``) has no knowable convention, so the caller must
     state it.
     """
     with np.load(path, allow_pickle=False) as f:
         out: dict[str, Any] = {k: f[k] for k in f.files}
-    if RESIZE_KEY in out:
-        out[RESIZE_KEY] = check_resize(str(out[RESIZE_KEY]))
-    elif resize_if_missing is not None:
-        out[RESIZE_KEY] = check_resize(resize_if_missing)
-    elif "pool_3" in out and "mu" not in out:
-        out[RESIZE_KEY] = "tf1"
-    else:
-        raise ValueError(
-            f"reference statistics {os.fspath(path)!r} do not record their Inception resize "
-            f"convention (no {RESIZE_KEY!r} key; keys: {sorted(out)}); FIDs of different "
-            f"conventions are not comparable, so state it: resize_if_missing= one of "
-            f"{RESIZE_CONVENTIONS} (evaluate.py: --ref_stats_resize). TTUR's and "
-            "pytorch-fid's downloadable statistics are 'tf1'; files written by this project "
-            "before the key existed are 'pytorch'")
+    score_sde_layout = "pool_3" in out and "mu" not in out
     if "mu" not in out or "sigma" not in out:
         if "pool_3" not in out:
             raise ValueError(f"{os.fspath(path)!r} holds neither mu/sigma nor pool_3 features "
@@ -353,6 +340,20 @@ def load_stats(path: str | os.PathLike, *, resize_if_missing: str | None = None
         s = StreamingStats(out["pool_3"].shape[1]).update(out["pool_3"])
         out["mu"], out["sigma"] = s.stats()
         out.setdefault("num_samples", np.asarray(s.count, np.int64))
+    if RESIZE_KEY in out:
+        out[RESIZE_KEY] = check_resize(str(out[RESIZE_KEY]))
+    elif resize_if_missing is not None:
+        out[RESIZE_KEY] = check_resize(resize_if_missing)
+    elif score_sde_layout:
+        out[RESIZE_KEY] = "tf1"
+    else:
+        raise ValueError(
+            f"reference statistics {os.fspath(path)!r} do not record their Inception resize "
+            f"convention (no {RESIZE_KEY!r} key; keys: {sorted(out)}); FIDs of different "
+            f"conventions are not comparable, so state it: resize_if_missing= one of "
+            f"{RESIZE_CONVENTIONS} (evaluate.py: --ref_stats_resize). Statistics made by TTUR's "
+            "fid.py (its downloadable fid_stats_*.npz) are 'tf1'; files written by this project "
+            "before the key existed are 'pytorch'")
     return out
 
 
