@@ -36,6 +36,14 @@ flags.DEFINE_string("inception", None, "Local FID Inception weights: "
                     "pt_inception-2015-12-05-6726825d.pth or its .npz. None: skip FID/IS/KID.")
 flags.DEFINE_string("ref_stats", None, "Reference statistics .npz of the data (python -m "
                     "score_jax.evaluation.stats). None: IS only.")
+flags.DEFINE_enum("fid_resize", None, ["pytorch", "tf1"], "FID / IS / KID resize convention "
+                  "(overrides config.eval.fid_resize): pytorch = pytorch-fid / TF2 half-pixel "
+                  "bilinear; tf1 = TF1 ResizeBilinear of TTUR / TF-GAN / score_sde. --ref_stats "
+                  "must be in the same convention.")
+flags.DEFINE_enum("ref_stats_resize", None, ["pytorch", "tf1"], "Convention of a --ref_stats "
+                  "file that does not record one (files written here record it).")
+flags.DEFINE_string("inception_sha256", None, "Expected sha256 of --inception (default: "
+                    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth); 'none' skips the check.")
 flags.DEFINE_integer("begin_step", None, "First step (default eval.begin_ckpt x snapshot_freq).")
 flags.DEFINE_integer("end_step", None, "Last step (default eval.end_ckpt x snapshot_freq).")
 flags.DEFINE_bool("wait", False, "Poll for new snapshots until the last one in range is done.")
@@ -65,12 +73,17 @@ def main(argv):
     try:
         config = latent_lib.resolve_config(_cli.sampler_override(FLAGS.config),
                                            FLAGS.workdir)  # stored scale factor
+        if FLAGS.fid_resize is not None:
+            config.eval.fid_resize = FLAGS.fid_resize
+        sha = FLAGS.inception_sha256
+        sha = "pinned" if sha is None else (None if sha.lower() == "none" else sha)
         if config.eval.enable_bpd:  # latent diffusion / autoencoder: no bits/dim, say so
             latent_lib.check_no_bpd(config)
         with preemption.sigterm() as stop:
             out = evaluate_workdir(
                 config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,
                 inception_path=FLAGS.inception, reference_stats=FLAGS.ref_stats,
+                inception_sha256=sha, ref_stats_resize=FLAGS.ref_stats_resize,
                 begin_step=FLAGS.begin_step, end_step=FLAGS.end_step, wait=FLAGS.wait,
                 poll_seconds=FLAGS.poll_seconds, seed=FLAGS.seed, save_samples=FLAGS.save_samples,
                 progress=FLAGS.progress, should_stop=stop.is_set)

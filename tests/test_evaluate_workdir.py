@@ -261,7 +261,7 @@ def test_fid_with_inception_weights_file(trained, tmp_path):
     config.eval.num_samples = 8
     path = str(tmp_path / "pt_inception.npz")
     np.savez(path, **synthetic_state_dict())
-    inception = get_inception_fn(path, batch_size=8)
+    inception = get_inception_fn(path, batch_size=8, sha256=None)  # synthetic: no pinned hash
     ref_images = np.random.default_rng(5).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
     pool, _ = inception(ref_images)
     stats_path = str(tmp_path / "ref.npz")
@@ -269,6 +269,7 @@ def test_fid_with_inception_weights_file(trained, tmp_path):
                features=pool)
     out = wd_lib.evaluate_workdir(config, wd, eval_folder="eval_inception", model=TinyNet(),
                                   end_step=2, inception_path=path, reference_stats=stats_path,
+                                  inception_sha256=None,
                                   progress=False)
     r = out["reports"][2]
     assert r["num_samples"] == 8 and np.isfinite(r["fid"]) and r["fid"] > 0
@@ -331,3 +332,28 @@ def test_sample_py_bpd_runs_the_dataset_bits_per_dim_of_evaluate(trained, tmp_pa
     assert out["num_examples"] == len(want["bpd_per_example"])
     # (float32 ODE on a sharded vs a plain array: another key would differ by ~1e-2)
     np.testing.assert_allclose(out["bpd"], want["bpd"], rtol=1e-5)
+
+
+def test_fid_resize_convention_mismatch_is_refused_before_work(trained, reference, tmp_path,
+                                                              monkeypatch):
+    """config.eval.fid_resize must match the reference statistics' recorded convention."""
+    from score_jax.evaluation import save_stats
+
+    config, wd = trained
+    config = _config()
+    config.eval.fid_resize = "tf1"
+    path = str(tmp_path / "ref_pytorch.npz")
+    save_stats(path, reference["mu"], reference["sigma"])  # default convention: pytorch
+    monkeypatch.setattr(sample_lib, "draw_samples",
+                        lambda *a, **k: pytest.fail("sampled despite the mismatch"))
+    with pytest.raises(ValueError, match="computed with the 'pytorch' Inception resize but the "
+                                         "samples are scored with 'tf1'"):
+        wd_lib.evaluate_workdir(config, wd, eval_folder="eval_mismatch", model=TinyNet(),
+                                inception_fn=fake_inception, reference_stats=path,
+                                progress=False)
+    config.eval.fid_resize = "bicubic"
+    with pytest.raises(ValueError, match=r"config.eval.fid_resize='bicubic' unknown; valid "
+                                         r"choices: \['pytorch', 'tf1'\]"):
+        wd_lib.evaluate_workdir(config, wd, eval_folder="eval_mismatch", model=TinyNet(),
+                                inception_fn=fake_inception, reference_stats=path,
+                                progress=False)

@@ -144,7 +144,9 @@ def test_converter_errors_name_the_key(state_dict):
 def test_load_inception_from_npz(tmp_path, state_dict):
     path = tmp_path / "pt_inception.npz"
     np.savez(path, **state_dict)
-    module, variables = load_inception(str(path))
+    with pytest.raises(ValueError, match="records no source sha256.*expected sha256 6726825d0af5"):
+        load_inception(str(path))  # synthetic weights are not the pinned FID file
+    module, variables = load_inception(str(path), sha256=None)  # explicit override
     assert isinstance(module, InceptionV3)
     np.testing.assert_array_equal(np.asarray(variables["params"]["fc"]["bias"]),
                                   state_dict["fc.bias"])
@@ -369,13 +371,21 @@ def test_load_inception_pth_with_weights_only(tmp_path, state_dict):
     sd = {k: torch.from_numpy(np.asarray(v)) for k, v in
           synthetic_state_dict(num_batches_tracked=True).items()}
     torch.save(sd, tmp_path / "pt_inception.pth")
-    _, variables = load_inception(str(tmp_path / "pt_inception.pth"))
+    _, variables = load_inception(str(tmp_path / "pt_inception.pth"), sha256=None)
     expected = sd["Mixed_7b.branch1x1.conv.weight"].numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(
         np.asarray(variables["params"]["Mixed_7b"]["branch1x1"]["conv"]["kernel"]), expected)
     # The one-off converter to a torch-free .npz gives the same variables.
-    inception_main(["--to-npz", str(tmp_path / "pt_inception.pth"), str(tmp_path / "w.npz")])
-    _, from_npz = load_inception(str(tmp_path / "w.npz"))
+    with pytest.raises(ValueError, match="expected sha256 6726825d0af5"):
+        inception_main(["--to-npz", str(tmp_path / "pt_inception.pth"), str(tmp_path / "w.npz")])
+    inception_main(["--to-npz", str(tmp_path / "pt_inception.pth"), str(tmp_path / "w.npz"),
+                    "--sha256", "none"])
+    with pytest.raises(ValueError, match="expected sha256 6726825d0af5"):
+        load_inception(str(tmp_path / "w.npz"))
+    from score_jax.evaluation.inception import file_sha256
+    # the .npz records the digest of the .pth it came from; that digest is what it is checked by
+    _, from_npz = load_inception(str(tmp_path / "w.npz"),
+                                 sha256=file_sha256(str(tmp_path / "pt_inception.pth")))
     np.testing.assert_array_equal(
         np.asarray(from_npz["params"]["Mixed_7b"]["branch1x1"]["conv"]["kernel"]), expected)
 

@@ -25,7 +25,7 @@ def _fake_features(images):
 def fake_inception(monkeypatch):
     calls = []
 
-    def get_fn(path, batch_size):
+    def get_fn(path, batch_size, resize="pytorch", sha256=None):
         calls.append((path, batch_size))
         return _fake_features
 

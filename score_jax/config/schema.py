@@ -163,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = "test"
     evaluate.bpd_num_repeats = 5
     evaluate.bpd_max_batches = placeholder(int)  # None: whole split
+    # FID / IS / KID resize convention (score_jax.evaluation.metrics.RESIZE_CONVENTIONS):
+    # "pytorch" = pytorch-fid / TF2 half-pixel bilinear; "tf1" = TF1 ResizeBilinear of the FID
+    # Inception graph (TTUR, TF-GAN, score_sde's evaluation.py and its cifar10_stats.npz).
+    evaluate.fid_resize = "pytorch"
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "CIFAR10"

@@ -189,6 +189,10 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     _need(config.eval.batch_size % ndev == 0,
           f"config.eval.batch_size={config.eval.batch_size} is not divisible by the number of "
           f"devices {ndev}; valid choices are multiples of {ndev}")
+    fid_resize = config.eval.get("fid_resize", "pytorch")
+    _need(fid_resize in ("pytorch", "tf1"),
+          f"config.eval.fid_resize={fid_resize!r} unknown; valid choices: ['pytorch', 'tf1'] "
+          "(score_jax.evaluation.metrics.RESIZE_CONVENTIONS)")
     _pos_int("sampling.num_samples", s.num_samples)
     _pos_int("sampling.batch_size", s.get("batch_size"), allow_none=True)
     _pos_int("sampling.num_steps", s.get("num_steps"), allow_none=True)

@@ -195,11 +195,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Convert the pytorch-fid Inception weights (.pth) to a torch-free .npz.")
     parser.add_argument("--to-npz", nargs=2, metavar=("IN_PTH", "OUT_NPZ"), required=True)
+    parser.add_argument("--sha256", default=None,
+                        help="expected sha256 of IN_PTH (default: pytorch-fid's pt_inception-"
+                        "2015-12-05-6726825d.pth); 'none' skips the check")
     args = parser.parse_args(argv)
     src, dst = args.to_npz
+    from score_jax.evaluation.inception.features import (
+        PT_INCEPTION_SHA256,
+        SOURCE_SHA256_KEY,
+        check_inception_sha256,
+        file_sha256,
+    )
+    expected = PT_INCEPTION_SHA256 if args.sha256 is None else args.sha256
+    check_inception_sha256(src, None if expected.lower() == "none" else expected)
     state = read_inception_state_dict(src)
     convert_inception_pytorch(state)  # validates the layout before writing anything
-    atomic_write(dst, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in state.items()}))
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    arrays[SOURCE_SHA256_KEY] = np.asarray(file_sha256(src))  # what load_inception checks
+    atomic_write(dst, lambda f: np.savez(f, **arrays))
     print(f"wrote {len(state)} arrays to {dst}")
 
 

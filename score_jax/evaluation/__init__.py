@@ -33,9 +33,11 @@ from score_jax.evaluation.inception import (
     pt_inception_state_dict_shapes,
 )
 from score_jax.evaluation.metrics import (
+    RESIZE_CONVENTIONS,
     StreamingStats,
     bits_per_dim_from_logp,
     check_image_range,
+    check_stats_resize,
     dataset_bits_per_dim,
     fid_from_features,
     frechet_distance,
@@ -58,6 +60,8 @@ from score_jax.evaluation.run import (
 )
 
 __all__ = [
+    "RESIZE_CONVENTIONS",
+    "check_stats_resize",
     "INCEPTION_IMAGE_SIZE",
     "NUM_FEATURES",
     "NUM_LOGITS",

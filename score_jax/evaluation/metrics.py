@@ -274,18 +274,34 @@ class StreamingStats:
         return self.mean, self.covariance
 
 
+RESIZE_CONVENTIONS = ("pytorch", "tf1")
+DEFAULT_RESIZE = "pytorch"
+RESIZE_KEY = "resize"  # the key of the convention in a statistics .npz
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it names a FID resize convention (``RESIZE_CONVENTIONS``), else
+    ``ValueError`` naming the valid choices. See ``inception.preprocess_for_inception``."""
+    if resize not in RESIZE_CONVENTIONS:
+        raise ValueError(f"resize must be one of {RESIZE_CONVENTIONS}, got {resize!r}")
+    return resize
+
+
 def save_stats(path: str | os.PathLike, mu: Any, sigma: Any, *, features: Any = None,
-               num_samples: int | None = None) -> None:
-    """Writes reference statistics to ``path`` (.npz with ``mu``, ``sigma``).
+               num_samples: int | None = None, resize: str = DEFAULT_RESIZE) -> None:
+    """Writes reference statistics to ``path`` (.npz with ``mu``, ``sigma``, ``resize``).
 
     ``features`` (optional, the pool_3 rows) is stored as ``pool_3`` (the key score_sde's stats
-    files use), which KID needs; ``num_samples`` as ``num_samples``.
+    files use), which KID needs; ``num_samples`` as ``num_samples``; ``resize`` (the Inception
+    resize convention the features were computed in, ``"pytorch"`` or ``"tf1"``) as a string
+    under ``resize``, which ``load_stats`` / ``check_stats_resize`` read back.
     """
+    check_resize(resize)
     mu = np.asarray(mu, np.float64)
     sigma = np.asarray(sigma, np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"mu must be (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}")
-    arrays = {"mu": mu, "sigma": sigma}
+    arrays = {"mu": mu, "sigma": sigma, RESIZE_KEY: np.asarray(resize)}
     if features is not None:
         features = np.asarray(features, np.float32)
         if features.ndim != 2 or features.shape[1] != mu.shape[0]:
@@ -298,15 +314,25 @@ def save_stats(path: str | os.PathLike, mu: Any, sigma: Any, *, features: Any = 
     np.savez(path, **arrays)
 
 
-def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads reference statistics: ``{"mu", "sigma"}`` plus ``"pool_3"`` / ``"num_samples"`` when
-    stored.
+def load_stats(path: str | os.PathLike, *, resize_if_missing: str | None = None
+               ) -> dict[str, Any]:
+    """Reads reference statistics: ``{"mu", "sigma", "resize"}`` plus ``"pool_3"`` /
+    ``"num_samples"`` when stored.
 
     Files holding only ``pool_3`` (score_sde's ``assets/stats/*_stats.npz``) get ``mu`` / ``sigma``
     computed from the features. Loaded with ``allow_pickle=False``.
+
+    ``"resize"`` is the Inception resize convention (a str, ``RESIZE_CONVENTIONS``): the stored
+    one (``save_stats``); for a file without it, ``resize_if_missing`` when given; else, for a
+    file in score_sde's layout (``pool_3`` only, no ``mu`` / ``sigma``) ``"tf1"`` (score_sde's
+    ``evaluation.py`` computes them in the TF1 FID graph); else ``ValueError``: a ``mu`` /
+    ``sigma`` file without the key (TTUR's ``fid.py`` statistics are TF1, files written here
+    before the key existed are ``"pytorch"``) has no knowable convention, so the caller must
+    state it.
     """
     with np.load(path, allow_pickle=False) as f:
-        out = {k: f[k] for k in f.files}
+        out: dict[str, Any] = {k: f[k] for k in f.files}
+    score_sde_layout = "pool_3" in out and "mu" not in out
     if "mu" not in out or "sigma" not in out:
         if "pool_3" not in out:
             raise ValueError(f"{os.fspath(path)!r} holds neither mu/sigma nor pool_3 features "
@@ -314,7 +340,38 @@ def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
         s = StreamingStats(out["pool_3"].shape[1]).update(out["pool_3"])
         out["mu"], out["sigma"] = s.stats()
         out.setdefault("num_samples", np.asarray(s.count, np.int64))
+    if RESIZE_KEY in out:
+        out[RESIZE_KEY] = check_resize(str(out[RESIZE_KEY]))
+    elif resize_if_missing is not None:
+        out[RESIZE_KEY] = check_resize(resize_if_missing)
+    elif score_sde_layout:
+        out[RESIZE_KEY] = "tf1"
+    else:
+        raise ValueError(
+            f"reference statistics {os.fspath(path)!r} do not record their Inception resize "
+            f"convention (no {RESIZE_KEY!r} key; keys: {sorted(out)}); FIDs of different "
+            f"conventions are not comparable, so state it: resize_if_missing= one of "
+            f"{RESIZE_CONVENTIONS} (evaluate.py: --ref_stats_resize). Statistics made by TTUR's "
+            "fid.py (its downloadable fid_stats_*.npz) are 'tf1'; files written by this project "
+            "before the key existed are 'pytorch'")
     return out
+
+
+def check_stats_resize(reference: Mapping[str, Any], resize: str, *,
+                       source: str = "reference statistics") -> None:
+    """Refuses to compare samples in convention ``resize`` with statistics of another one.
+
+    ``reference``: a ``load_stats`` dict (its ``"resize"``); an in-memory dict without the key is
+    accepted as is. Raises ``ValueError`` naming both conventions and the two ways out.
+    """
+    check_resize(resize)
+    stored = reference.get(RESIZE_KEY)
+    if stored is not None and str(stored) != resize:
+        raise ValueError(
+            f"{source} were computed with the {str(stored)!r} Inception resize but the samples "
+            f"are scored with {resize!r}; FIDs / KIDs across conventions are not comparable. "
+            f"Score with resize={str(stored)!r} (config.eval.fid_resize / --fid_resize) or "
+            f"recompute the statistics with --resize {resize}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 Reads uint8 images (an ``.npz`` array of shape (N, H, W, C), or a folder of PNG / JPEG files, or a
 prepared TFDS dataset with ``--tfds NAME --split train``), runs them through the FID Inception in
 batches sharded over all devices, accumulates the pool_3 mean and covariance in float64
-(``StreamingStats``) and writes ``mu``, ``sigma``, ``num_samples`` (and, with
+(``StreamingStats``) and writes ``mu``, ``sigma``, ``num_samples``, ``resize`` (the
+``--resize`` convention, ``pytorch`` or ``tf1``) (and, with
 ``--save-features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
 
 Input convention: uint8 in [0, 255]; integer arrays holding 0..255 are converted to uint8, floats
@@ -154,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--key", default=None, help="array name inside the .npz")
     parser.add_argument("--inception", required=True,
                         help="local path of pt_inception-2015-12-05-6726825d.pth or its .npz")
+    parser.add_argument("--inception-sha256", default=None,
+                        help="expected sha256 of --inception (default: pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth); 'none' skips the check")
+    parser.add_argument("--resize", choices=("pytorch", "tf1"), default="pytorch",
+                        help="Inception resize convention, stored in the output (default "
+                        "pytorch: pytorch-fid / TF2; tf1: TF1 ResizeBilinear of TTUR / TF-GAN / "
+                        "score_sde). Samples are only comparable with statistics of the same one.")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--batch-size", type=int, default=200,
                         help="global batch per Inception call (default 200)")
@@ -191,12 +199,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         batches = _limited(batches)
 
-    inception_fn = get_inception_fn(args.inception, batch_size=batch_size)
+    from score_jax.evaluation.inception import PT_INCEPTION_SHA256
+    sha = args.inception_sha256
+    sha = PT_INCEPTION_SHA256 if sha is None else (None if sha.lower() == "none" else sha)
+    inception_fn = get_inception_fn(args.inception, batch_size=batch_size, resize=args.resize,
+                                    sha256=sha)
     stats, features = compute_stats(batches, inception_fn, total=total,
                                     keep_features=args.save_features,
                                     progress=not args.no_progress)
-    save_stats(args.out, *stats.stats(), features=features, num_samples=stats.count)
-    print(f"wrote statistics of {stats.count} images to {args.out}")
+    save_stats(args.out, *stats.stats(), features=features, num_samples=stats.count,
+               resize=args.resize)
+    print(f"wrote statistics of {stats.count} images ({args.resize} resize) to {args.out}")
 
 
 if __name__ == "__main__":

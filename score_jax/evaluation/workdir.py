@@ -47,7 +47,7 @@ import numpy as np
 
 from score_jax.evaluation import evaluators as ev
 from score_jax.evaluation import run as run_lib
-from score_jax.evaluation.metrics import load_stats
+from score_jax.evaluation.metrics import DEFAULT_RESIZE, check_resize, check_stats_resize, load_stats
 from score_jax.files import atomic_write_json
 
 log = logging.getLogger("score_jax.evaluate")
@@ -121,6 +121,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                      inception_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
                      | None = None,
                      reference_stats: str | Mapping[str, Any] | None = None,
+                     inception_sha256: str | None = "pinned",
+                     ref_stats_resize: str | None = None,
                      begin_step: int | None = None, end_step: int | None = None,
                      wait: bool = False, poll_seconds: float = 60.0,
                      num_samples: int | None = None, bpd_repeats: int | None = None,
@@ -145,7 +147,12 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
       inception_fn: instead of ``inception_path``, any ``uint8 images -> (pool_3, logits)``
         (e.g. an ``InceptionFeatures``).
       reference_stats: ``save_stats`` file (or its ``load_stats`` dict) of the data; without it
-        only IS is computed. KID needs its ``pool_3`` rows.
+        only IS is computed. KID needs its ``pool_3`` rows. Its resize convention (the
+        ``"resize"`` key) must equal ``config.eval.fid_resize`` (``ValueError`` otherwise).
+      inception_sha256: expected sha256 of ``inception_path`` (``"pinned"``: pytorch-fid's
+        ``PT_INCEPTION_SHA256``; None: no check), see ``inception.check_inception_sha256``.
+      ref_stats_resize: the convention of a statistics file that does not record one
+        (``load_stats(resize_if_missing=...)``).
       begin_step / end_step: inclusive step range; default ``eval.begin_ckpt`` /
         ``eval.end_ckpt`` times ``training.snapshot_freq`` (the reference's numbering).
       wait: keep polling (every ``poll_seconds``) for new snapshots until the last one in range
@@ -180,7 +187,8 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                     wait)
     per_process = int(config.eval.batch_size) // jax.process_count()
     inception_fn, reference = _inception_and_reference(
-        opts, inception_path, inception_fn, reference_stats, per_process)
+        opts, inception_path, inception_fn, reference_stats, per_process, inception_sha256,
+        ref_stats_resize)
     seed = int(config.seed if seed is None else seed)
     keys = tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3))
     evaluators = workdir_evaluators(
@@ -229,6 +237,7 @@ class _Options:
     enable_sampling: bool
     wait: bool
     last: int | None
+    fid_resize: str
 
 
 def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
@@ -242,6 +251,7 @@ def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bp
     num_samples = int(e.num_samples if num_samples is None else num_samples)
     bpd_repeats = int(e.bpd_num_repeats if bpd_repeats is None else bpd_repeats)
     enable_bpd, enable_sampling = bool(e.enable_bpd), bool(e.enable_sampling)
+    fid_resize = check_resize(e.get("fid_resize", DEFAULT_RESIZE))
     if enable_sampling and num_samples < 2:
         raise ValueError(f"eval.num_samples={num_samples} must be >= 2")
     if bpd_repeats < 1:
@@ -259,11 +269,11 @@ def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bp
     eval_dir = os.path.join(workdir, eval_folder)
     os.makedirs(eval_dir, exist_ok=True)
     return _Options(eval_dir, lo, hi, num_samples, bpd_repeats, enable_bpd, enable_sampling,
-                    bool(wait), last)
+                    bool(wait), last, fid_resize)
 
 
 def _inception_and_reference(opts: _Options, inception_path, inception_fn, reference_stats,
-                             per_process: int):
+                             per_process: int, inception_sha256, ref_stats_resize):
     """The Inception feature function (from ``inception_path`` unless given) and the reference
     statistics; FID / KID need both, IS only the network (what is skipped is logged)."""
     if inception_fn is None and inception_path is not None and opts.enable_sampling:
@@ -273,9 +283,19 @@ def _inception_and_reference(opts: _Options, inception_path, inception_fn, refer
         n_local = jax.local_device_count()
         # one compiled batch: a sampling round, or chunks of about 200 (padding is wasted work)
         chunk = max(n_local, min(per_process, 200) // n_local * n_local)
-        inception_fn = get_inception_fn(inception_path, batch_size=chunk)
-    reference = (load_stats(reference_stats) if isinstance(reference_stats, str | os.PathLike)
-                 else reference_stats)
+        from score_jax.evaluation.inception import PT_INCEPTION_SHA256
+        sha = PT_INCEPTION_SHA256 if inception_sha256 == "pinned" else inception_sha256
+        inception_fn = get_inception_fn(inception_path, batch_size=chunk, resize=opts.fid_resize,
+                                        sha256=sha)
+    fn_resize = getattr(inception_fn, "resize", None)
+    if fn_resize is not None and fn_resize != opts.fid_resize:
+        raise ValueError(f"inception_fn uses the {fn_resize!r} resize but "
+                         f"config.eval.fid_resize={opts.fid_resize!r}")
+    reference = (load_stats(reference_stats, resize_if_missing=ref_stats_resize)
+                 if isinstance(reference_stats, str | os.PathLike) else reference_stats)
+    if reference is not None and opts.enable_sampling:
+        check_stats_resize(reference, opts.fid_resize, source=f"reference statistics "
+                           f"{reference_stats if isinstance(reference_stats, str) else ''}".rstrip())
     if opts.enable_sampling:
         if inception_fn is None:
             log.warning("FID / IS / KID skipped: no Inception weights given (--inception=PATH to "

@@ -37,7 +37,10 @@ from score_jax.convert.inception import (
 from score_jax.convert.inception import main as _main
 from score_jax.convert.inception import read_inception_state_dict as _read_state_dict
 from score_jax.evaluation.inception.features import (
+    PT_INCEPTION_SHA256,
     InceptionFeatures,
+    check_inception_sha256,
+    file_sha256,
     get_inception_fn,
     iter_chunks,
     load_inception,
@@ -55,6 +58,7 @@ from score_jax.evaluation.inception.network import (
 from score_jax.evaluation.inception.preprocess import (
     INCEPTION_IMAGE_SIZE,
     QUANTIZE_MODES,
+    RESIZE_CONVENTIONS,
     preprocess_for_inception,
 )
 
@@ -62,4 +66,5 @@ __all__ = ["NUM_FEATURES", "NUM_LOGITS", "BN_EPSILON", "INCEPTION_IMAGE_SIZE", "
            "BasicConv2d", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE",
            "InceptionV3", "preprocess_for_inception", "pt_inception_state_dict_shapes",
            "convert_inception_pytorch", "load_inception", "InceptionFeatures", "iter_chunks",
-           "get_inception_fn", "_main", "_read_state_dict"]
+           "get_inception_fn", "_main", "_read_state_dict", "PT_INCEPTION_SHA256",
+           "check_inception_sha256", "file_sha256", "RESIZE_CONVENTIONS"]

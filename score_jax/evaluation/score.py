@@ -1,0 +1,173 @@
+"""Score any samples from the command line: ``python -m score_jax.evaluation.score``.
+
+    python -m score_jax.evaluation.score --samples samples.npz \\
+        --inception pt_inception-2015-12-05-6726825d.pth \\
+        --ref-stats cifar10_stats.npz --resize tf1
+
+FID / IS / KID of a ``samples.npz`` (``sample.py``'s output, or any ``.npz`` with an image array)
+or a folder of PNG / JPEG files, against reference statistics (``--ref-stats``: a ``save_stats``
+file, or score_sde's ``pool_3``-only ``*_stats.npz``) or reference images (``--ref-images``: an
+``.npz`` / folder of uint8 images, run through the same Inception in the same convention).
+
+* Convention: ``--resize pytorch`` (default; pytorch-fid / TF2 half-pixel bilinear) or ``tf1``
+  (TF1 ResizeBilinear of TTUR / TF-GAN / score_sde). The statistics must be of the same one
+  (``metrics.check_stats_resize``); a statistics file that does not record its convention needs
+  ``--ref-stats-resize``.
+* Float samples in [0, 1] are quantised with score_sde's ``np.clip(x * 255, 0, 255)
+  .astype(np.uint8)`` (``--quantize floor``, default) or to the nearest level (``round``);
+  uint8 samples are used as they are; other ranges are refused.
+* The numbers are printed and merged into ``metrics.json`` (``--out``; default beside the
+  samples), keeping the keys already there (e.g. ``sample.py``'s), with the convention, the
+  quantisation and the sample count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from score_jax.evaluation.metrics import (
+    RESIZE_CONVENTIONS,
+    check_image_range,
+    check_stats_resize,
+    load_stats,
+    metrics_report,
+)
+
+QUANTIZE_CHOICES = ("floor", "round")
+
+
+def load_samples(path: str, *, key: str | None = None, quantize: str = "floor") -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` samples from an ``.npz`` or an image folder.
+
+    Float arrays must lie in [0, 1] (``check_image_range``) and are quantised: ``"floor"`` is
+    score_sde's ``np.clip(x * 255, 0, 255).astype(np.uint8)``, ``"round"`` the nearest level.
+
+    Raises:
+      ValueError: unknown ``quantize``, a bad shape, or values outside uint8 / [0, 1].
+    """
+    from score_jax.evaluation import stats as stats_lib
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    if os.path.isdir(path):
+        files = stats_lib.list_image_files(path)
+        return np.concatenate(list(stats_lib.iter_folder_batches(files, 256)))
+    with np.load(path, allow_pickle=False) as f:
+        if key is None:
+            key = next((k for k in ("samples", "images", "x", "arr_0") if k in f.files),
+                       f.files[0] if len(f.files) == 1 else None)
+            if key is None:
+                raise ValueError(f"{path!r} holds several arrays {f.files}; choose one with --key")
+        if key not in f.files:
+            raise ValueError(f"{path!r} has no array {key!r} (arrays: {f.files})")
+        x = f[key]
+    if np.issubdtype(x.dtype, np.floating):
+        check_image_range(x, name=path)
+        u = np.clip(x.astype(np.float64) * 255.0, 0.0, 255.0)
+        x = (np.floor(u) if quantize == "floor" else np.round(u)).astype(np.uint8)
+    return stats_lib._as_nhwc_uint8(x, path)
+
+
+def score_images(images: np.ndarray, inception_fn, *, reference: dict[str, Any] | None = None,
+                 ref_images: np.ndarray | None = None, resize: str) -> dict[str, Any]:
+    """FID / IS / KID of uint8 ``images`` against ``reference`` (``load_stats`` dict) or
+    ``ref_images`` (both through ``inception_fn``, whose convention is ``resize``)."""
+    from score_jax.evaluation.metrics import StreamingStats
+
+    if (reference is None) == (ref_images is None):
+        raise ValueError("give exactly one of reference statistics or reference images")
+    if reference is None:
+        feats, _ = inception_fn(ref_images)  # InceptionFeatures runs it in batch_size chunks
+        stats = StreamingStats(feats.shape[1]).update(feats)
+        reference = {"mu": stats.mean, "sigma": stats.covariance, "pool_3": feats,
+                     "resize": resize}
+    check_stats_resize(reference, resize)
+    pool, logits = inception_fn(images)
+    return metrics_report(pool, logits, reference)
+
+
+def write_metrics(path: str, values: dict[str, Any]) -> str:
+    """Merges ``values`` into the JSON object at ``path`` (created if absent), atomically."""
+    from score_jax.files import atomic_write_json
+
+    old: dict[str, Any] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    old.update(values)
+    return atomic_write_json(path, old, indent=2, sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m score_jax.evaluation.score",
+        description="FID / IS / KID of a samples .npz or image folder against reference "
+                    "statistics or reference images.")
+    parser.add_argument("--samples", required=True, help="samples .npz (uint8 or float in "
+                        "[0, 1]) or a folder of PNG / JPEG files")
+    parser.add_argument("--key", default=None, help="array name inside the samples .npz")
+    ref = parser.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--ref-stats", help="reference statistics .npz (save_stats / score_sde)")
+    ref.add_argument("--ref-images", help="reference uint8 images: .npz or folder")
+    parser.add_argument("--ref-key", default=None, help="array name inside --ref-images")
+    parser.add_argument("--ref-stats-resize", choices=RESIZE_CONVENTIONS, default=None,
+                        help="convention of a --ref-stats file that does not record one")
+    parser.add_argument("--inception", required=True,
+                        help="local pt_inception-2015-12-05-6726825d.pth or its .npz")
+    parser.add_argument("--inception-sha256", default=None,
+                        help="expected sha256 of --inception (default: pytorch-fid's file); "
+                        "'none' skips the check")
+    parser.add_argument("--resize", choices=RESIZE_CONVENTIONS, default="pytorch",
+                        help="Inception resize convention (default pytorch; tf1 = TTUR / TF-GAN "
+                        "/ score_sde)")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="floor",
+                        help="float samples -> uint8 (default floor, score_sde's)")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--out", default=None,
+                        help="metrics.json to merge into (default: beside --samples)")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from score_jax.evaluation import inception as inception_lib
+    from score_jax.evaluation import stats as stats_lib
+
+    images = load_samples(args.samples, key=args.key, quantize=args.quantize)[:args.max_images]
+    reference = ref_images = None
+    if args.ref_stats:
+        reference = load_stats(args.ref_stats, resize_if_missing=args.ref_stats_resize)
+        check_stats_resize(reference, args.resize, source=f"reference statistics "
+                           f"{args.ref_stats!r}")  # before the Inception is built
+    elif os.path.isdir(args.ref_images):
+        files = stats_lib.list_image_files(args.ref_images)[:args.max_images]
+        ref_images = np.concatenate(list(stats_lib.iter_folder_batches(files, 256)))
+    else:
+        ref_images = stats_lib.load_npz_images(args.ref_images, args.ref_key)[:args.max_images]
+    sha = args.inception_sha256
+    sha = inception_lib.PT_INCEPTION_SHA256 if sha is None else (
+        None if sha.lower() == "none" else sha)
+    n_dev = jax.local_device_count()
+    batch_size = max(n_dev, args.batch_size // n_dev * n_dev)
+    inception_fn = inception_lib.get_inception_fn(args.inception, batch_size=batch_size,
+                                                  resize=args.resize, sha256=sha)
+    values = score_images(images, inception_fn, reference=reference, ref_images=ref_images,
+                          resize=args.resize)
+    values.update(resize=args.resize, quantize=args.quantize,
+                  reference=args.ref_stats or args.ref_images)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples))
+                                   if not os.path.isdir(args.samples)
+                                   else os.path.abspath(args.samples), "metrics.json")
+    write_metrics(out, values)
+    print(json.dumps(values, indent=2))
+    print(f"wrote {out}")
+    return values
+
+
+if __name__ == "__main__":
+    main()
