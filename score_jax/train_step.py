@@ -105,8 +105,12 @@ def init_state(key: Array, model: nn.Module, tx: optax.GradientTransformation,
 
 def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: Callable,
-               ema_rate: float) -> tuple[TrainState, dict]:
+               ema_rate: float, state_inputs: bool = False) -> tuple[TrainState, dict]:
     """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``.
+
+    ``loss_fn(variables, batch, key)`` gets ``variables = {"params": params}``; with
+    ``state_inputs`` also ``"ema_params"`` (constants: the target network of consistency
+    distillation) and ``"step"`` (curricula), as ``score_jax.distill``'s losses read them.
 
     ema <- ema * rate + params * (1 - rate) after the update (reference). A step whose loss or
     gradient norm is not finite leaves the state unchanged (``metrics["finite"]`` is False), so
@@ -117,8 +121,10 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     """
     step_key = jax.random.fold_in(key, state.step)
 
+    extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else {}
+
     def objective(params):
-        return loss_fn({"params": params}, batch, step_key)
+        return loss_fn({"params": params, **extra}, batch, step_key)
 
     (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
@@ -134,14 +140,17 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     return new, metrics
 
 
-def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable) -> Array:
-    """The loss of the EMA parameters on an evaluation batch (reference ``eval_step``)."""
-    loss, _ = loss_fn({"params": state.ema_params}, batch, key)
+def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
+              state_inputs: bool = False) -> Array:
+    """The loss of the EMA parameters on an evaluation batch (reference ``eval_step``);
+    ``state_inputs`` as in `train_step`."""
+    extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else {}
+    loss, _ = loss_fn({"params": state.ema_params, **extra}, batch, key)
     return loss
 
 
 def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                   ema_rate: float, mesh) -> Callable:
+                   ema_rate: float, mesh, *, state_inputs: bool = False) -> Callable:
     """``train_step`` jitted over ``mesh``: state replicated and donated, batch on ``"data"``.
 
     The returned function holds its own compilation cache: build it once (``config.build``)
@@ -149,14 +158,15 @@ def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule
     """
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
     fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, schedule=schedule,
-                           ema_rate=float(ema_rate))
+                           ema_rate=float(ema_rate), state_inputs=state_inputs)
     return jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
-def jit_eval_step(loss_fn: Callable, mesh) -> Callable:
+def jit_eval_step(loss_fn: Callable, mesh, *, state_inputs: bool = False) -> Callable:
     """``eval_step`` jitted over ``mesh`` (state replicated, batch on ``"data"``)."""
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn), in_shardings=(rep, dat, rep),
+    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn, state_inputs=state_inputs),
+                   in_shardings=(rep, dat, rep),
                    out_shardings=rep)
 
 
