@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from score_jax import data as data_lib
+from score_jax import distill as distill_lib
 from score_jax import edm, flow, likelihood, losses, parallel, sampling
 from score_jax import latent as latent_lib
 from score_jax import score as score_lib
@@ -40,7 +41,7 @@ placeholder = ml_collections.config_dict.placeholder
 LIKELIHOOD_EPS = likelihood.DEFAULT_EPS
 
 FLOW_METHOD = "flow"
-OBJECTIVES = ("score", "flow_matching", "edm", latent_lib.OBJECTIVE)
+OBJECTIVES = ("score", "flow_matching", "edm", latent_lib.OBJECTIVE, "distill")
 SECTIONS = ("training", "sampling", "eval", "data", "model", "optim")
 # config.sampling names of the reference -> sampler option names
 OPTION_ALIASES = {"n_steps_each": "n_steps", "noise_removal": "denoise"}
@@ -224,8 +225,40 @@ def base_config() -> ml_collections.ConfigDict:
     lat.scale_factor = placeholder(float)
     lat.autoencoder = ml_collections.ConfigDict()
 
+    # objective "distill" (score_jax.distill): a few-step student of a trained teacher
+    config.distill = distill_base_config()
+
     config.seed = 42
     return config
+
+
+def distill_base_config() -> ml_collections.ConfigDict:
+    """``config.distill`` (objective "distill", ``score_jax.distill``): method "cd" | "ct" | "pd";
+    the teacher (a workdir of the project, or a converted checkpoint, trained with objective
+    ``teacher_objective`` on this config's network and SDE); the student starts from the teacher's
+    EMA weights (``init_from_teacher``, CM / ECT / PD). CD: ``num_scales`` N, teacher ODE
+    ``solver``, ``metric`` (None: "l2"; "pseudo_huber"), ``target`` "ema" (theta^- = EMA at
+    ``model.ema_rate``) | "stopgrad". CT: curriculum ``ct_s0`` -> ``ct_s1`` over training.n_iters,
+    lognormal (``ct_p_mean``, ``ct_p_std``). PD: the student's ``pd_num_steps`` (its teacher walks
+    twice as many DDIM steps)."""
+    d = ml_collections.ConfigDict()
+    d.method = "cd"
+    d.teacher_workdir = placeholder(str)
+    d.teacher_checkpoint = placeholder(str)
+    d.teacher_step = placeholder(int)
+    d.teacher_objective = "edm"
+    d.init_from_teacher = True
+    d.num_scales = 18
+    d.rho = 7.0
+    d.solver = "heun"
+    d.metric = placeholder(str)
+    d.target = "ema"
+    d.ct_s0 = 10
+    d.ct_s1 = 1280
+    d.ct_p_mean = -1.1
+    d.ct_p_std = 2.0
+    d.pd_num_steps = placeholder(int)
+    return d
 
 
 def known_keys() -> dict[str, set[str]]:
@@ -335,10 +368,15 @@ def flow_path_from_config(config, sde):
 
 def precond_from_config(config, sde):
     """The EDM preconditioning of objective "edm" (``edm.precond_for_sde(training.precond, sde,
-    sigma_data=training.sigma_data)``); None for the other objectives."""
-    if objective_from_config(config) != "edm":
-        return None
+    sigma_data=training.sigma_data)``), the student's of objective "distill"
+    (``distill.student_precond``); None for the other objectives."""
+    objective = objective_from_config(config)
     t = config.training
+    if objective == "distill":
+        return distill_lib.student_precond(config.distill.method, sde,
+                                           sigma_data=float(t.sigma_data))
+    if objective != "edm":
+        return None
     return edm.precond_for_sde(t.precond, sde, sigma_data=float(t.sigma_data))
 
 
@@ -355,7 +393,7 @@ def score_fn_factory(config, sde, model) -> Callable:
     objective = objective_from_config(config)
     if objective in ("flow_matching", latent_lib.OBJECTIVE):
         return None
-    if objective == "edm":
+    if objective in ("edm", "distill"):
         precond, log_label = precond_from_config(config, sde), _edm_log_label(config)
 
         def make(params, model_kwargs=None):
@@ -386,7 +424,28 @@ def guidance_scale_from_config(config) -> float | None:
     return None if w is None else float(w)
 
 
-def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
+def distill_loss_from_config(config, sde, model, *, train: bool, teacher: Callable | None
+                             ) -> Callable:
+    """Objective "distill": ``distill.get_distill_loss_fn`` with ``config.distill``'s keys and
+    ``teacher`` (the teacher's denoiser, loaded by ``train_lib.load_teacher``). Without a teacher
+    the cd / pd loss raises ValueError when called (a config built only to sample the student)."""
+    d, t = config.distill, config.training
+    kwargs = dict(train=train, sigma_data=float(t.sigma_data), log_label=_edm_log_label(config),
+                  total_steps=int(t.n_iters), num_scales=int(d.num_scales), rho=float(d.rho),
+                  solver=d.solver, metric=d.get("metric"), target=d.target, ct_s0=int(d.ct_s0),
+                  ct_s1=int(d.ct_s1), ct_p_mean=float(d.ct_p_mean), ct_p_std=float(d.ct_p_std),
+                  pd_num_steps=d.get("pd_num_steps"))
+    if teacher is None and d.method != "ct":
+        def no_teacher(variables, batch, key):
+            raise ValueError(f"distillation method {d.method!r} needs a teacher: set "
+                             f"distill.teacher_workdir or distill.teacher_checkpoint (train.py "
+                             f"loads it)")
+        return no_teacher
+    return distill_lib.get_distill_loss_fn(d.method, model, sde, teacher=teacher, **kwargs)
+
+
+def loss_fn_from_config(config, sde, model, *, train: bool,
+                        teacher: Callable | None = None) -> Callable:
     """The training objective of ``config`` on data batches in [0, 1] (scaled inside).
 
     ``training.objective="score"``: denoising score matching (``losses.get_loss_fn``);
@@ -407,6 +466,8 @@ def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
                                  reduce_mean=bool(t.reduce_mean), p_mean=float(t.p_mean),
                                  p_std=float(t.p_std), log_label=_edm_log_label(config),
                                  num_classes=num_classes, label_dropout=dropout)
+    elif objective == "distill":
+        fn = distill_loss_from_config(config, sde, model, train=train, teacher=teacher)
     elif objective == "flow_matching":
         fn = flow.get_flow_loss_fn(model, flow_path_from_config(config, sde), train=train,
                                    reduce_mean=bool(t.reduce_mean),
@@ -560,9 +621,13 @@ def _pos_int(path: str, v: Any, allow_none: bool = False) -> None:
 
 
 def _validate_keys(config) -> None:
-    top = set(SECTIONS) | {"seed", "latent"}
+    top = set(SECTIONS) | {"seed", "latent", "distill"}
     for k in config.keys():
         _need(k in top, f"config.{k} is not a known config section; valid: {sorted(top)}")
+    valid_distill = set(distill_base_config().keys())
+    for k in config.get("distill", {}).keys():
+        _need(k in valid_distill, f"config.distill.{k} is not a known key; valid keys of "
+                                  f"config.distill: {sorted(valid_distill)}")
     for sec, valid in known_keys().items():
         for k in config[sec].keys():
             _need(k in valid, f"config.{sec}.{k} is not a known key; valid keys of "
@@ -670,6 +735,10 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     objective = t.get("objective", "score")
     _need(objective in OBJECTIVES, f"config.training.objective={objective!r} unknown; valid "
                                    f"choices: {list(OBJECTIVES)}")
+    if objective == "distill":
+        distill_lib.objective.check_method(config.distill.method)
+        _need(config.distill.method != "pd" or config.distill.get("pd_num_steps"),
+              "config.distill.method='pd' needs distill.pd_num_steps (the student's steps)")
     flow_model = objective == "flow_matching"
     if flow_model:
         _need(t.get("flow_path", "condot") in flow.PATHS,
@@ -755,12 +824,14 @@ class Built(NamedTuple):
     latent: Any = None  # latent_lib.LatentSpace of a latent diffusion model (stage 2), or None
 
 
-def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
+def build(config, *, mesh=None, model: nn.Module | None = None,
+          teacher: Callable | None = None) -> Built:
     """Validate ``config`` (before any compilation), then build every object of a run.
 
     Args:
       mesh: the device mesh (default ``parallel.make_mesh(training.num_devices)``).
       model: replaces the config's network (tests, notebooks).
+      teacher: objective "distill": the teacher's denoiser (``train_lib.load_teacher``).
 
     Raises:
       ValueError: invalid config, naming the value and the valid choices.
@@ -791,16 +862,19 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
         eval_loss = latent_lib.encoded_loss_fn(
             loss_fn_from_config(unscaled, sde, model, train=False), space)
     else:
-        train_loss = loss_fn_from_config(config, sde, model, train=True)
-        eval_loss = loss_fn_from_config(config, sde, model, train=False)
+        train_loss = loss_fn_from_config(config, sde, model, train=True, teacher=teacher)
+        eval_loss = loss_fn_from_config(config, sde, model, train=False, teacher=teacher)
     ema_rate = float(config.model.ema_rate)
+    state_inputs = objective_from_config(config) == "distill"  # target network, step
     method, options = sampling_options_from_config(config.sampling)
     objective = objective_from_config(config)
     path = flow_path_from_config(config, sde) if objective == "flow_matching" else None
     return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
                  init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
-                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh),
-                 eval_step=ts.jit_eval_step(eval_loss, mesh), ema_rate=ema_rate,
+                 train_step=ts.jit_train_step(train_loss, tx, schedule, ema_rate, mesh,
+                                              state_inputs=state_inputs),
+                 eval_step=ts.jit_eval_step(eval_loss, mesh, state_inputs=state_inputs),
+                 ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous),
                  centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]
@@ -823,6 +897,7 @@ __all__ = [
     "base_config", "known_keys", "sde_from_config", "model_from_config", "optimizer_from_config",
     "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
     "flow_path_from_config", "precond_from_config", "score_fn_factory", "loss_fn_from_config",
+    "distill_base_config", "distill_loss_from_config",
     "DEFAULT_LABEL_DROPOUT", "label_dropout_from_config", "guidance_scale_from_config",
     "method_options", "config_methods", "sampling_methods", "sampling_options_from_config",
     "validate_config", "Built", "build",

@@ -156,7 +156,9 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     t_enter = time.perf_counter()
     if latent_lib.is_latent(config):  # stage 2: scale factor from latent.json or 1st batch
         config = _resolve_latent(config, workdir, train_ds)
-    b = config_lib.build(config, mesh=mesh, model=model)
+    teacher = load_teacher(config, mesh=mesh, model=model)  # objective "distill", else None
+    b = config_lib.build(config, mesh=mesh, model=model,
+                         teacher=None if teacher is None else teacher["denoiser"])
     mesh = b.mesh
     t = config.training
     is_main = jax.process_index() == 0
@@ -182,6 +184,10 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
         log.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
     else:
         state = b.init(k_init)
+        if teacher is not None and config.distill.init_from_teacher:  # CM, ECT, PD: start there
+            params = jax.tree_util.tree_map(lambda p: p.copy(), teacher["params"])
+            state = state.replace(params=params,
+                                  ema_params=jax.tree_util.tree_map(lambda p: p.copy(), params))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -276,6 +282,37 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     return state
 
 
+def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict | None:
+    """The teacher of objective "distill": ``{"params", "denoiser", "source", "step"}`` from
+    ``distill.teacher_workdir`` (its EMA weights, step ``distill.teacher_step`` or the latest) or
+    ``distill.teacher_checkpoint`` (a converted file), read with this config's network and SDE and
+    objective ``distill.teacher_objective``; the denoiser is ``distill.teacher_denoiser`` of its
+    score. None for other objectives, and for "ct" without a teacher (training from scratch).
+
+    Raises ValueError when "cd" / "pd" has no teacher; CheckpointError / FileNotFoundError as
+    ``sample_lib.load_params``."""
+    from score_jax import distill as distill_lib
+
+    if config_lib.objective_from_config(config) != "distill":
+        return None
+    d = config.distill
+    workdir, ckpt = d.get("teacher_workdir"), d.get("teacher_checkpoint")
+    if workdir is None and ckpt is None:
+        if d.method == "ct":
+            return None
+        raise ValueError(f"distill.method={d.method!r} needs a teacher: set "
+                         f"distill.teacher_workdir or distill.teacher_checkpoint")
+    tconfig = config.copy_and_resolve_references()
+    tconfig.training.objective = d.teacher_objective
+    params, info = sample_lib.load_params(tconfig, workdir=workdir, checkpoint=ckpt,
+                                          step=d.get("teacher_step"), mesh=mesh, model=model)
+    built = info["built"]
+    denoiser = distill_lib.teacher_denoiser(built.make_score_fn(params), built.sde)
+    log.info("distillation teacher: %s (step %s)", info["source"], info["step"])
+    return {"params": params, "denoiser": denoiser, "source": info["source"],
+            "step": info["step"]}
+
+
 def _resolve_latent(config, workdir, train_ds):
     """Stage 2: ``latent.scale_factor`` from ``<workdir>/latent.json``, the config, or 1 / std
     of the first training batch's latents (``latent.resolve_scale_factor``)."""
@@ -298,4 +335,5 @@ def _snapshot_reconstructions(config, b, state, eval_ds, workdir, step, bar):
     bar.write(f"step {step}: reconstructions (per-pixel MSE {out['mse']:.5f}) -> {out['png']}")
 
 
-__all__ = ["SNAPSHOT_DIGITS_SAMPLES", "NonFiniteLossError", "check_labels", "train_and_evaluate"]
+__all__ = ["SNAPSHOT_DIGITS_SAMPLES", "NonFiniteLossError", "check_labels", "load_teacher",
+           "train_and_evaluate"]

