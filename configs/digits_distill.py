@@ -65,9 +65,9 @@ def distill_recipe(config, method: str, *, teacher_workdir: str = "workdirs/digi
 
 
 def get_config(arg=None):
-    """``arg``: "cd" (default), "ct", "pd", each optionally with "_smoke"."""
+    """``arg``: "cd" (default), "ct", "pd", each optionally with "_smoke" ("smoke" = "cd_smoke")."""
     arg = arg or "cd"
-    method, _, variant = arg.partition("_")
+    method, _, variant = ("cd_smoke" if arg == "smoke" else arg).partition("_")
     config = distill_recipe(default_digits.get_config(None), method)
     if variant:
         config = apply_variant(config, variant)
