@@ -75,12 +75,17 @@ def main(argv=None):
     p.add_argument("--num_samples", type=int, default=1000)
     p.add_argument("--nfe", default="1,2,4")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default=None,
+                   help="comma-separated row kinds to run: teacher, cd, ct, pd (default: all)")
     args = p.parse_args(argv)
     nfes = [int(v) for v in args.nfe.split(",")]
     ref = digits.digits_reference(8)
     print("| model | sampler | NFE | FD | fresh floor | FD / fresh floor | IS | train CPU s |")
     print("|---|---|---|---|---|---|---|---|")
+    only = None if args.only is None else tuple(args.only.lower().split(","))
     for label, config, wd, log in rows(args.workdirs, nfes):
+        if only is not None and not label.lower().startswith(only):
+            continue
         if not os.path.isdir(os.path.join(wd, "checkpoints")):
             print(f"| {label} | - | - | (no checkpoint in {wd}) | | | | |", flush=True)
             continue
