@@ -112,7 +112,9 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     t_enter = time.perf_counter()
     if latent_lib.is_latent(config):  # stage 2: scale factor from latent.json or 1st batch
         config = _resolve_latent(config, workdir, train_ds)
-    b = config_lib.build(config, mesh=mesh, model=model)
+    teacher = load_teacher(config, mesh=mesh, model=model)  # objective "distill", else None
+    b = config_lib.build(config, mesh=mesh, model=model,
+                         teacher=None if teacher is None else teacher["denoiser"])
     mesh = b.mesh
     t = config.training
     is_main = jax.process_index() == 0
@@ -138,6 +140,12 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
         log.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
     else:
         state = b.init(k_init)
+        if teacher is not None and config.distill.init_from_teacher:  # CM, ECT, PD: start there
+            # laid out as the student's state (replicated or FSDP-sharded)
+            params = jax.device_put(teacher["params"], jax.tree_util.tree_map(
+                lambda a: a.sharding, state.params))
+            state = state.replace(params=params,
+                                  ema_params=jax.tree_util.tree_map(lambda p: p.copy(), params))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -230,6 +238,37 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     return state
 
 
+def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict | None:
+    """The teacher of objective "distill": ``{"params", "denoiser", "source", "step"}`` from
+    ``distill.teacher_workdir`` (its EMA weights, step ``distill.teacher_step`` or the latest) or
+    ``distill.teacher_checkpoint`` (a converted file), read with this config's network and SDE and
+    objective ``distill.teacher_objective``; the denoiser is ``distill.teacher_denoiser`` of its
+    score. None for other objectives, and for "ct" without a teacher (training from scratch).
+
+    Raises ValueError when "cd" / "pd" has no teacher; CheckpointError / FileNotFoundError as
+    ``sample_lib.load_params``."""
+    from score_jax import distill as distill_lib
+
+    if config_lib.objective_from_config(config) != "distill":
+        return None
+    d = config.distill
+    workdir, ckpt = d.get("teacher_workdir"), d.get("teacher_checkpoint")
+    if workdir is None and ckpt is None:
+        if d.method == "ct":
+            return None
+        raise ValueError(f"distill.method={d.method!r} needs a teacher: set "
+                         f"distill.teacher_workdir or distill.teacher_checkpoint")
+    tconfig = config.copy_and_resolve_references()
+    tconfig.training.objective = d.teacher_objective
+    params, info = sample_lib.load_params(tconfig, workdir=workdir, checkpoint=ckpt,
+                                          step=d.get("teacher_step"), mesh=mesh, model=model)
+    built = info["built"]
+    denoiser = distill_lib.teacher_denoiser(built.make_score_fn(params), built.sde)
+    log.info("distillation teacher: %s (step %s)", info["source"], info["step"])
+    return {"params": params, "denoiser": denoiser, "source": info["source"],
+            "step": info["step"]}
+
+
 def _resolve_latent(config, workdir, train_ds):
     """Stage 2: ``latent.scale_factor`` from ``<workdir>/latent.json``, the config, or 1 / std
     of the first training batch's latents (``latent.resolve_scale_factor``)."""
@@ -244,4 +283,5 @@ def _resolve_latent(config, workdir, train_ds):
 
 
 __all__ = ["SNAPSHOT_DIGITS_SAMPLES", "EMA_INIT_WARN", "EMA_RAW_WARN_RATIO", "EMA_RAW_WARN_MIN",
-           "ema_snapshot_warnings", "NonFiniteLossError", "check_labels", "train_and_evaluate"]
+           "ema_snapshot_warnings", "NonFiniteLossError", "check_labels", "load_teacher",
+           "train_and_evaluate"]

@@ -178,7 +178,8 @@ def _batch_size(batch: Any) -> int:
     return int(jax.tree_util.tree_leaves(batch)[0].shape[0])
 
 
-def loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array) -> tuple[Array, Any]:
+def loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array,
+                  extra: dict | None = None) -> tuple[Array, Any]:
     """The mean over the batch of the per-example losses ``loss_fn({"params": params},
     example[None], keys[i])`` (vmapped: the network sees the whole batch), and its gradient.
 
@@ -187,7 +188,8 @@ def loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array) -> tu
     drawn from ``keys[i]``.
     """
     def per_example(p, example, k):
-        loss, _ = loss_fn({"params": p}, jax.tree_util.tree_map(lambda a: a[None], example), k)
+        loss, _ = loss_fn({"params": p, **(extra or {})},
+                          jax.tree_util.tree_map(lambda a: a[None], example), k)
         return loss
 
     def objective(p):
@@ -197,7 +199,7 @@ def loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array) -> tu
 
 
 def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: Array,
-                              grad_accum_steps: int) -> tuple[Array, Any]:
+                              grad_accum_steps: int, extra: dict | None = None) -> tuple[Array, Any]:
     """`loss_and_grad` of the batch computed over ``grad_accum_steps`` micro-batches in a
     ``lax.scan`` (activations of one micro-batch live at a time).
 
@@ -212,7 +214,7 @@ def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: 
     """
     k = int(grad_accum_steps)
     if k == 1:
-        return loss_and_grad(loss_fn, params, batch, keys)
+        return loss_and_grad(loss_fn, params, batch, keys, extra)
     b = _batch_size(batch)
     if b % k:
         raise ValueError(f"training.grad_accum_steps={k} does not divide the batch size {b}; "
@@ -225,7 +227,7 @@ def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: 
 
     def body(carry, mb):
         loss_sum, grad_sum = carry
-        loss, grads = loss_and_grad(loss_fn, params, *mb)
+        loss, grads = loss_and_grad(loss_fn, params, *mb, extra)
         return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -236,7 +238,7 @@ def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: 
 def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: Callable,
                ema_rate: float, ema_warmup: bool = True,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+               grad_accum_steps: int = 1, state_inputs: bool = False) -> tuple[TrainState, dict]:
     """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``;
     example i of the batch draws its noise from ``fold_in(fold_in(key, step), i)``.
 
@@ -256,7 +258,11 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     """
     step_key = jax.random.fold_in(key, state.step)
     keys = example_keys(step_key, _batch_size(batch))
-    loss, grads = accumulated_loss_and_grad(loss_fn, state.params, batch, keys, grad_accum_steps)
+    # state_inputs: the loss also reads the EMA parameters (constants: the target network of
+    # consistency distillation) and the step (curricula), as score_jax.distill's losses do
+    extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else None
+    loss, grads = accumulated_loss_and_grad(loss_fn, state.params, batch, keys, grad_accum_steps,
+                                            extra)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -277,9 +283,11 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     return new, metrics
 
 
-def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable) -> Array:
+def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
+              state_inputs: bool = False) -> Array:
     """The loss of the EMA parameters on an evaluation batch (reference ``eval_step``)."""
-    loss, _ = loss_fn({"params": state.ema_params}, batch, key)
+    extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else {}
+    loss, _ = loss_fn({"params": state.ema_params, **extra}, batch, key)
     return loss
 
 
@@ -289,7 +297,7 @@ def _state_sharding(state_sharding: Any, mesh) -> Any:
 
 def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
                    ema_rate: float, mesh, *, ema_warmup: bool = True, state_sharding: Any = None,
-                   grad_accum_steps: int = 1) -> Callable:
+                   grad_accum_steps: int = 1, state_inputs: bool = False) -> Callable:
     """``train_step`` jitted over ``mesh``: state donated and laid out as ``state_sharding`` (a
     sharding or a TrainState-shaped tree of them, e.g. the shardings of `jit_init`'s abstract
     state; default: replicated), batch split over the devices (``parallel.data_sharding``).
@@ -301,16 +309,18 @@ def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule
     st = _state_sharding(state_sharding, mesh)
     fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, schedule=schedule,
                            ema_rate=float(ema_rate), ema_warmup=bool(ema_warmup),
-                           grad_accum_steps=int(grad_accum_steps))
+                           grad_accum_steps=int(grad_accum_steps), state_inputs=bool(state_inputs))
     return jax.jit(fn, in_shardings=(st, dat, rep), out_shardings=(st, rep), donate_argnums=0)
 
 
-def jit_eval_step(loss_fn: Callable, mesh, *, state_sharding: Any = None) -> Callable:
+def jit_eval_step(loss_fn: Callable, mesh, *, state_sharding: Any = None,
+                  state_inputs: bool = False) -> Callable:
     """``eval_step`` jitted over ``mesh`` (state as ``state_sharding``, default replicated;
     batch split over the devices)."""
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
     st = _state_sharding(state_sharding, mesh)
-    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn), in_shardings=(st, dat, rep),
+    return jax.jit(functools.partial(eval_step, loss_fn=loss_fn, state_inputs=bool(state_inputs)),
+                   in_shardings=(st, dat, rep),
                    out_shardings=rep)
 
 

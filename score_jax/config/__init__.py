@@ -35,6 +35,7 @@ from score_jax.config.objectives import (
                                        loss_fn_from_config,
                                        objective_from_config,
                                        objective_spec,
+                                       distill_loss_from_config,
                                        precond_from_config,
                                        register_objective,
                                        score_fn_factory,
@@ -54,6 +55,7 @@ from score_jax.config.schema import (
                                        OPTION_ALIASES,
                                        SECTIONS,
                                        base_config,
+                                       distill_base_config,
                                        known_keys,
                                        placeholder,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "DEFAULT_LABEL_DROPOUT", "label_dropout_from_config", "guidance_scale_from_config",
     "method_options", "config_methods", "sampling_methods", "sampling_options_from_config",
     "validate_config", "Built", "build", "SECTIONS", "placeholder", "OBJECTIVE_SPECS", "Objective",
-    "objective_spec", "register_objective", "set_sampler", "fsdp_from_config",
+    "objective_spec", "register_objective", "set_sampler", "distill_base_config",
+    "distill_loss_from_config", "fsdp_from_config",
     "min_shard_size_from_config", "mesh_from_config",
 ]

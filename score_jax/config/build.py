@@ -44,13 +44,15 @@ class Built(NamedTuple):
     ema_warmup: bool = True  # train_step.ema_decay's warmup (config.model.ema_warmup)
 
 
-def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
+def build(config, *, mesh=None, model: nn.Module | None = None,
+          teacher: Callable | None = None) -> Built:
     """Validate ``config`` (before any compilation), then build every object of a run.
 
     Args:
       mesh: the device mesh (default `mesh_from_config`: ``data x fsdp``); with
         ``parallel.fsdp`` > 1 it must have an ``"fsdp"`` axis of that size.
       model: replaces the config's network (tests, notebooks).
+      teacher: objective "distill": the teacher's denoiser (``train_lib.load_teacher``).
 
     Raises:
       ValueError: invalid config, naming the value and the valid choices.
@@ -102,8 +104,8 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
         eval_loss = latent_lib.encoded_loss_fn(
             api.loss_fn_from_config(unscaled, sde, model, train=False), space)
     else:
-        train_loss = api.loss_fn_from_config(config, sde, model, train=True)
-        eval_loss = api.loss_fn_from_config(config, sde, model, train=False)
+        train_loss = api.loss_fn_from_config(config, sde, model, train=True, teacher=teacher)
+        eval_loss = api.loss_fn_from_config(config, sde, model, train=False, teacher=teacher)
     ema_rate = float(config.model.ema_rate)
     ema_warmup = bool(config.model.get("ema_warmup", True))
     method, options = api.sampling_options_from_config(config.sampling)
@@ -114,9 +116,10 @@ def build(config, *, mesh=None, model: nn.Module | None = None) -> Built:
                  init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
                  train_step=ts.jit_train_step(
                      train_loss, tx, schedule, ema_rate, mesh, ema_warmup=ema_warmup,
-                     state_sharding=state_sharding,
+                     state_sharding=state_sharding, state_inputs=spec.state_inputs,
                      grad_accum_steps=int(t.get("grad_accum_steps", 1))),
-                 eval_step=ts.jit_eval_step(eval_loss, mesh, state_sharding=state_sharding),
+                 eval_step=ts.jit_eval_step(eval_loss, mesh, state_sharding=state_sharding,
+                                            state_inputs=spec.state_inputs),
                  ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous),

@@ -40,6 +40,9 @@ class Objective:
     bpd: bool = True
     model_name: str | None = None
     description: str = ""
+    precond: Callable | None = None  # (config, sde) -> EDM-style preconditioning, or None
+    state_inputs: bool = False  # the loss reads the EMA parameters and the step (distillation)
+    uses_teacher: bool = False  # the loss builder takes ``teacher=`` (train_lib.load_teacher)
 
     def __post_init__(self):
         if self.sampler not in SAMPLER_KINDS:
@@ -90,12 +93,11 @@ def flow_path_from_config(config, sde):
 
 
 def precond_from_config(config, sde):
-    """The EDM preconditioning of objective "edm" (``edm.precond_for_sde(training.precond, sde,
-    sigma_data=training.sigma_data)``); None for the other objectives."""
-    if objective_from_config(config) != "edm":
-        return None
-    t = config.training
-    return edm.precond_for_sde(t.precond, sde, sigma_data=float(t.sigma_data))
+    """The objective's preconditioning (its record's ``precond``): EDM's for "edm"
+    (``edm.precond_for_sde(training.precond, sde, sigma_data=training.sigma_data)``), the
+    student's for "distill" (``distill.student_precond``); None for the other objectives."""
+    spec = objective_spec(config)
+    return None if spec.precond is None else spec.precond(config, sde)
 
 
 def _edm_log_label(config) -> bool:
@@ -113,7 +115,8 @@ def score_fn_factory(config, sde, model) -> Callable | None:
     return None if spec.score is None else spec.score(config, sde, model)
 
 
-def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
+def loss_fn_from_config(config, sde, model, *, train: bool,
+                        teacher: Callable | None = None) -> Callable:
     """The training objective of ``config`` on data batches in [0, 1] (scaled inside).
 
     ``training.objective="score"``: denoising score matching (``losses.get_loss_fn``);
@@ -121,12 +124,14 @@ def loss_fn_from_config(config, sde, model, *, train: bool) -> Callable:
     eq. 9) on ``flow_path_from_config`` with t ~ U(0, ``training.flow_t_max``); "edm": EDM's
     loss; "autoencoder": stage 1 of latent diffusion; a registered objective: its ``loss``. With
     ``model.num_classes`` set, labels are dropped to the null label with probability
-    ``training.label_dropout`` (training only).
+    ``training.label_dropout`` (training only). ``teacher``: the teacher's denoiser of an
+    objective that declares ``uses_teacher`` ("distill"; ``train_lib.load_teacher``).
     """
     spec = objective_spec(config)
     dropout = label_dropout_from_config(config) if train else 0.0
+    extra = {"teacher": teacher} if spec.uses_teacher else {}
     fn = spec.loss(config, sde, model, train=train, num_classes=config.model.get("num_classes"),
-                   label_dropout=dropout)
+                   label_dropout=dropout, **extra)
     return scaled_loss_fn(fn, bool(config.data.centered))
 
 
@@ -148,6 +153,11 @@ def _score_wiring(config, sde, model):
         return score_lib.get_score_fn(sde, model, {"params": params}, continuous=continuous,
                                       model_kwargs=model_kwargs)
     return make
+
+
+def _edm_precond(config, sde):
+    t = config.training
+    return edm.precond_for_sde(t.precond, sde, sigma_data=float(t.sigma_data))
 
 
 def _edm_loss(config, sde, model, *, train, num_classes, label_dropout):
@@ -190,12 +200,49 @@ register_objective(Objective(
     "flow_matching", _flow_loss, None, sampler="flow", bpd=True,
     description="conditional flow matching (Lipman et al. 2023 eq. 9)"))
 register_objective(Objective(
-    "edm", _edm_loss, _edm_wiring, sampler="score", bpd=True,
+    "edm", _edm_loss, _edm_wiring, sampler="score", bpd=True, precond=_edm_precond,
     description="EDM preconditioning and loss (Karras et al. 2022 Table 1)"))
 register_objective(Objective(
     latent_lib.OBJECTIVE, _autoencoder_loss, None, sampler=None, bpd=False,
     model_name=latent_lib.MODEL_NAME,
     description="stage 1 of latent diffusion: the KL autoencoder (Rombach et al. 2022)"))
+
+def _distill_precond(config, sde):
+    from score_jax.distill import objective as distill_objective
+
+    return distill_objective.student_precond(config.distill.method, sde,
+                                             sigma_data=float(config.training.sigma_data))
+
+
+def distill_loss_from_config(config, sde, model, *, train: bool, teacher: Callable | None,
+                             num_classes=None, label_dropout=0.0) -> Callable:
+    """Objective "distill": ``distill.get_distill_loss_fn`` with ``config.distill``'s keys and
+    ``teacher`` (the teacher's denoiser, loaded by ``train_lib.load_teacher``). Without a teacher
+    the cd / pd loss raises ValueError when called (a config built only to sample the student)."""
+    del num_classes, label_dropout  # unconditional students
+    from score_jax.distill import objective as distill_objective
+
+    d, t = config.distill, config.training
+    kwargs = dict(train=train, sigma_data=float(t.sigma_data), log_label=_edm_log_label(config),
+                  total_steps=int(t.n_iters), num_scales=int(d.num_scales), rho=float(d.rho),
+                  solver=d.solver, metric=d.get("metric"), target=d.target, ct_s0=int(d.ct_s0),
+                  ct_s1=int(d.ct_s1), ct_p_mean=float(d.ct_p_mean), ct_p_std=float(d.ct_p_std),
+                  pd_num_steps=d.get("pd_num_steps"))
+    if teacher is None and d.method != "ct":
+        def no_teacher(variables, batch, key):
+            raise ValueError(f"distillation method {d.method!r} needs a teacher: set "
+                             f"distill.teacher_workdir or distill.teacher_checkpoint (train.py "
+                             f"loads it)")
+        return no_teacher
+    return distill_objective.get_distill_loss_fn(d.method, model, sde, teacher=teacher, **kwargs)
+
+
+register_objective(Objective(
+    "distill", distill_loss_from_config, _edm_wiring, sampler="score", bpd=True,
+    precond=_distill_precond, state_inputs=True, uses_teacher=True,
+    description="few-step distillation (config.distill.method: consistency distillation / "
+                "training, Song et al. 2023, Song & Dhariwal 2023; progressive distillation, "
+                "Salimans & Ho 2022)"))
 
 # The built-in names (a live view: a registered objective appears in it).
 OBJECTIVES = OBJECTIVE_SPECS.keys()

@@ -217,8 +217,40 @@ def base_config() -> ml_collections.ConfigDict:
     par.fsdp = 1
     par.fsdp_min_size = parallel.MIN_SHARD_SIZE
 
+    # objective "distill" (score_jax.distill): a few-step student of a trained teacher
+    config.distill = distill_base_config()
+
     config.seed = 42
     return config
+
+
+def distill_base_config() -> ml_collections.ConfigDict:
+    """``config.distill`` (objective "distill", ``score_jax.distill``): method "cd" | "ct" | "pd";
+    the teacher (a workdir of the project, or a converted checkpoint, trained with objective
+    ``teacher_objective`` on this config's network and SDE); the student starts from the teacher's
+    EMA weights (``init_from_teacher``, CM / ECT / PD). CD: ``num_scales`` N, teacher ODE
+    ``solver``, ``metric`` (None: "l2"; "pseudo_huber"), ``target`` "ema" (theta^- = EMA at
+    ``model.ema_rate``) | "stopgrad". CT: curriculum ``ct_s0`` -> ``ct_s1`` over training.n_iters,
+    lognormal (``ct_p_mean``, ``ct_p_std``). PD: the student's ``pd_num_steps`` (its teacher walks
+    twice as many DDIM steps)."""
+    d = ml_collections.ConfigDict()
+    d.method = "cd"
+    d.teacher_workdir = placeholder(str)
+    d.teacher_checkpoint = placeholder(str)
+    d.teacher_step = placeholder(int)
+    d.teacher_objective = "edm"
+    d.init_from_teacher = True
+    d.num_scales = 18
+    d.rho = 7.0
+    d.solver = "heun"
+    d.metric = placeholder(str)
+    d.target = "ema"
+    d.ct_s0 = 10
+    d.ct_s1 = 1280
+    d.ct_p_mean = -1.1
+    d.ct_p_std = 2.0
+    d.pd_num_steps = placeholder(int)
+    return d
 
 
 def known_keys() -> dict[str, set[str]]:

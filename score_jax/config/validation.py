@@ -49,11 +49,15 @@ def _discrete_sdes() -> list[str]:
 
 
 def _validate_keys(config) -> None:
-    top = set(SECTIONS) | {"seed", "latent", "parallel"}
+    top = set(SECTIONS) | {"seed", "latent", "parallel", "distill"}
     for k in config.keys():
         _need(k in top, f"config.{k} is not a known config section; valid: {sorted(top)}")
-    from score_jax.config.schema import base_config
+    from score_jax.config.schema import base_config, distill_base_config
 
+    valid_distill = set(distill_base_config().keys())
+    for k in (config.get("distill") or {}).keys():
+        _need(k in valid_distill, f"config.distill.{k} is not a known key; valid keys of "
+                                  f"config.distill: {sorted(valid_distill)}")
     valid_par = set(base_config().parallel.keys())
     for k in (config.get("parallel") or {}).keys():
         _need(k in valid_par, f"config.parallel.{k} is not a known key; valid keys of "
@@ -201,6 +205,12 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
                                         f"choices: {list(OBJECTIVE_SPECS)}")
     spec = OBJECTIVE_SPECS[objective]
     flow_model = spec.sampler == FLOW_METHOD
+    if objective == "distill":
+        from score_jax.distill import objective as distill_objective
+
+        distill_objective.check_method(config.distill.method)
+        _need(config.distill.method != "pd" or config.distill.get("pd_num_steps"),
+              "config.distill.method='pd' needs distill.pd_num_steps (the student's steps)")
     if objective == "flow_matching":
         _need(t.get("flow_path", "condot") in flow.PATHS,
               f"config.training.flow_path={t.get('flow_path')!r} unknown; valid choices: "

@@ -21,6 +21,8 @@ function's keyword-only signature is the list, ``method_options(method)`` return
   [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise.
 - ``"heun"``: EDM's Heun sampler; num_steps (required), schedule [edm], rho [7], s_churn [0],
   s_tmin, s_tmax, s_noise [1], eps, denoise.
+- ``"consistency"``: multistep consistency sampling of a consistency model
+  (``score_jax.distill``); num_steps [1], sigmas [None: EDM's rho grid], rho [7], eps.
 
 Every sampler has the contract ``fn(key, sde, score_fn, x_init, **options) -> (x, nfe)`` and the
 same meaning of the shared options:
@@ -55,6 +57,7 @@ import jax.numpy as jnp
 from score_jax.ode import ODE_SOLVERS, probability_flow_drift, probability_flow_velocity, solve_ode
 from score_jax.runner import auto_sharding, run_sampler
 from score_jax.sampling.common import check_eps, tweedie_denoise
+from score_jax.sampling.consistency import consistency_sample
 from score_jax.sampling.diffeq import SDE_SOLVERS, ode_sample, sde_sample
 from score_jax.sampling.fast import (
     DPM_SOLVER_TYPES,
@@ -87,7 +90,7 @@ Array = jax.Array
 METHODS: dict[str, Callable] = {
     "pc": pc_sample, "ode": ode_sample, "sde": sde_sample,
     "ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
-    "unipc": unipc_sample,
+    "unipc": unipc_sample, "consistency": consistency_sample,
 }
 # Methods that moved to the guidance layer (it imports this package, not the other way round).
 MOVED = {"inpaint": "score_jax.guidance.inpaint", "colorize": "score_jax.guidance.colorize"}
@@ -295,7 +298,8 @@ __all__ = [
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_sample", "ode_sample", "sde_sample", "solve_ode",
-    "probability_flow_velocity", "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps",
+    "probability_flow_velocity", "consistency_sample", "ddim_sample", "dpm_solver_sample",
+    "heun_sample", "get_timesteps",
     "inverse_log_snr", "SCHEDULES",
     "simulate_sde", "langevin", "SIMULATE_SOLVERS",
 ]

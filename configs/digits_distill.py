@@ -1,0 +1,75 @@
+"""Few-step students of the digits main job (``python train.py --workdir=workdirs/digits``, EDM,
+Heun 35 NFE): consistency distillation, consistency training and progressive distillation
+(``score_jax.distill``; the student has the teacher's network and starts from its EMA weights).
+
+    python train.py --config=configs/digits_distill.py:cd --workdir=workdirs/digits_cd
+    python train.py --config=configs/digits_distill.py:ct --workdir=workdirs/digits_ct
+    python train.py --config=configs/digits_distill.py:pd --workdir=workdirs/digits_pd4 \\
+        --config.distill.pd_num_steps=4
+    python train.py --config=configs/digits_distill.py:pd --workdir=workdirs/digits_pd2 \\
+        --config.distill.pd_num_steps=2 --config.distill.teacher_workdir=workdirs/digits_pd4
+    python sample.py --config=configs/digits_distill.py:cd --workdir=workdirs/digits_cd \\
+        --config.sampling.num_steps=2
+
+``distill.teacher_workdir`` (default ``workdirs/digits``) is any workdir of the project trained
+with ``distill.teacher_objective`` on this network and SDE (or ``distill.teacher_checkpoint``, a
+converted file). Variants (``arg``):
+- "cd": consistency distillation (CM Algorithm 2): N = 18 (EDM's rho grid on [0.002, 80]),
+  Heun teacher step, L2 distance, EMA target (mu = model.ema_rate = 0.95); sampled with method
+  "consistency" (1 step; ``--config.sampling.num_steps=2`` for two);
+- "ct": improved consistency training (pseudo-Huber, lognormal levels, curriculum 10 -> 160
+  scales over the run), initialised from the teacher (ECT) but without its forward passes;
+- "pd": one round of progressive distillation (student ``distill.pd_num_steps`` DDIM steps,
+  teacher twice as many); sampled with "ddim" on EDM's grid without the final jump (N NFE);
+- "smoke": any of the above + ``_smoke`` shrinks to CPU seconds (e.g. "cd_smoke").
+"""
+from configs import default_digits
+from configs.common import apply_variant
+from score_jax import config as config_lib
+
+METHODS = ("cd", "ct", "pd")
+
+
+def distill_recipe(config, method: str, *, teacher_workdir: str = "workdirs/digits"):
+    """Objective "distill" with ``method`` on the digits EDM config (in place)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation variant {method!r}; valid choices: {list(METHODS)}")
+    t, d = config.training, config.distill
+    t.objective = "distill"
+    d.method = method
+    d.teacher_workdir = teacher_workdir
+    d.teacher_objective = "edm"
+    t.n_iters = t.snapshot_freq = 1000
+    t.snapshot_freq_for_preemption = 250
+    t.eval_freq = 500
+    t.log_freq = 50
+    o = config.optim
+    o.lr = 2e-4
+    o.warmup = 50
+    o.lr_decay = "constant"
+    if method == "cd":
+        config.model.ema_rate = 0.95  # the target network theta^- (CM: mu = 0.95 on CIFAR-10)
+        d.target = "ema"
+        d.num_scales = 18
+        config_lib.set_sampler(config, "consistency", num_steps=1, reset_tuning=True)
+    elif method == "ct":
+        config.model.ema_rate = 0.99  # sampling EMA; the CT target is stopgrad(theta)
+        d.ct_s0, d.ct_s1 = 10, 160
+        config_lib.set_sampler(config, "consistency", num_steps=1, reset_tuning=True)
+    else:
+        config.model.ema_rate = 0.99
+        d.pd_num_steps = 4
+        config_lib.set_sampler(config, "ddim", num_steps=4, schedule="edm", noise_removal=False,
+                               reset_tuning=True)
+    return config
+
+
+def get_config(arg=None):
+    """``arg``: "cd" (default), "ct", "pd", each optionally with "_smoke" ("smoke" = "cd_smoke")."""
+    arg = arg or "cd"
+    method, _, variant = ("cd_smoke" if arg == "smoke" else arg).partition("_")
+    config = distill_recipe(default_digits.get_config(None), method)
+    if variant:
+        config = apply_variant(config, variant)
+        config.data.image_size = 8  # the teacher's size (smoke would upsample to 16)
+    return config

@@ -1,0 +1,327 @@
+"""Consistency models: consistency distillation (CD) and improved consistency training (CT).
+
+Song, Dhariwal, Chen & Sutskever 2023 ("Consistency Models", Sec. 3-5, App. C; openai/
+consistency_models ``cm/karras_diffusion.py``), Song & Dhariwal 2023 ("Improved Techniques for
+Training Consistency Models", Sec. 3), Geng et al. 2024 (ECT: consistency training initialised
+from a pretrained diffusion model).
+
+Everything runs in EDM's variables (``score_jax.edm``): y = x_t / a_t and sigma = s_t / a_t, so it
+holds on every Gaussian path of the project (VE: a = 1; VP, sub-VP: through sigma(t)). The
+consistency function is a preconditioned denoiser (``edm.EDMDenoiser`` with
+`ConsistencyPrecond`):
+
+    f(y, sigma) = c_skip(sigma) y + c_out(sigma) F(c_in(sigma) y; c_noise(sigma)),
+    c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),   c_out = (sigma - sigma_min) sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2),                   c_noise = ln(sigma) / 4,
+
+so f(y, sigma_min) = y exactly (the boundary condition); c_in and c_noise are EDM's, so a student
+initialised from an EDM teacher starts at the teacher's denoiser (up to the sigma_min shift).
+
+Noise levels (CM eq. 5): the rho = 7 grid sigma_i = (sigma_min^(1/rho) + i / (N - 1)
+(sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0..N-1 (increasing).
+
+CD (CM Algorithm 2): i ~ U{0..N-2}, y_{i+1} = x0 + sigma_{i+1} z, one teacher ODE step
+(`TEACHER_SOLVERS`, Heun by default) of dy/dsigma = (y - D(y; sigma)) / sigma to sigma_i, loss
+d(f_theta(y_{i+1}, sigma_{i+1}), f_target(y_i, sigma_i)) with the target network theta^- (the EMA of
+theta, rate mu, CM Sec. 4; or stopgrad(theta), improved CT Sec. 3.2).
+
+Improved CT (iCT): y_i = x0 + sigma_i z with the same z (no teacher), target stopgrad(theta),
+pseudo-Huber d(x, y) = sqrt(|x - y|^2 + c^2) - c with c = 0.00054 sqrt(dim), weight
+1 / (sigma_{i+1} - sigma_i), i drawn with p(i) proportional to
+erf((ln sigma_{i+1} - P_mean) / (sqrt 2 P_std)) - erf((ln sigma_i - P_mean) / (sqrt 2 P_std))
+(P_mean = -1.1, P_std = 2.0), and the discretisation curriculum
+N(k) = min(s0 2^floor(k / K'), s1) + 1, K' = floor(K / (log2 floor(s1 / s0) + 1)) (s0 = 10,
+s1 = 1280, K the total training steps).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from score_jax import pytree
+from score_jax.edm import EDMDenoiser
+from score_jax.sde import batch_mul
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# The consistency function
+# ----------------------------------------------------------------------------------------------
+@pytree.dataclass
+class ConsistencyPrecond:
+    """The consistency parameterisation (CM App. C; ``cm/karras_diffusion.py::
+    get_scalings_for_boundary_condition``) as an EDM preconditioning (`edm.EDMDenoiser` takes it):
+
+        c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),  c_out = (sigma - sigma_min) sd / sqrt(sigma^2 + sd^2),
+        c_in = 1 / sqrt(sigma^2 + sd^2),                 c_noise = ln(sigma) / 4,   sd = sigma_data.
+
+    At sigma = sigma_min: c_skip = 1, c_out = 0, so f(y, sigma_min) = y exactly.
+    ``sigma_min`` / ``sigma_max`` are the noise range of training and sampling.
+    """
+
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    name = "consistency"
+
+    def coeffs(self, sigma: Array) -> tuple[Array, Array, Array, Array]:
+        """(c_skip, c_out, c_in, c_noise) for noise levels ``sigma`` (any shape, > 0)."""
+        sd2 = jnp.square(self.sigma_data)
+        shifted = sigma - self.sigma_min
+        c_skip = sd2 / (jnp.square(shifted) + sd2)
+        r = jnp.sqrt(jnp.square(sigma) + sd2)
+        return c_skip, shifted * self.sigma_data / r, 1.0 / r, jnp.log(sigma) / 4.0
+
+
+def sigma_range(sde, eps: float | None = None) -> tuple[float, float]:
+    """(sigma_min, sigma_max) = (s / a at t = eps, s / a at t = T) of ``sde``'s Gaussian path, eps
+    defaulting to ``sde.sampling_eps``: the noise range the samplers of the project cover."""
+    eps = sde.sampling_eps if eps is None else eps
+    a, s = sde.marginal_coeffs(jnp.asarray([eps, sde.T], jnp.float32))
+    sig = s / a
+    return float(sig[0]), float(sig[1])
+
+
+def consistency_precond_for_sde(sde, *, sigma_data: float = 0.5,
+                                eps: float | None = None) -> ConsistencyPrecond:
+    """`ConsistencyPrecond` with the boundary at the sampling SDE's end: sigma_min / sigma_max from
+    `sigma_range` (VESDE(0.002, 80): EDM's range; VPSDE: sigma(eps) = s_eps / a_eps, sigma(T))."""
+    lo, hi = sigma_range(sde, eps)
+    return ConsistencyPrecond(sigma_data=sigma_data, sigma_min=lo, sigma_max=hi)
+
+
+def karras_sigma(i: Array, n: Array, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Array:
+    """sigma_i = (sigma_min^(1/rho) + i / (n - 1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho
+    (CM eq. 5; increasing in i, sigma_0 = sigma_min, sigma_{n-1} = sigma_max). ``i`` and ``n`` may
+    be traced (the improved-CT curriculum changes n during training)."""
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    u = jnp.asarray(i, jnp.float32) / (jnp.asarray(n, jnp.float32) - 1.0)
+    return (lo + u * (hi - lo)) ** rho
+
+
+# ----------------------------------------------------------------------------------------------
+# One teacher ODE step (EDM variables: dy/dsigma = (y - D(y; sigma)) / sigma)
+# ----------------------------------------------------------------------------------------------
+def euler_step(denoiser: Callable, y: Array, sigma: Array, sigma_next: Array) -> Array:
+    """Euler step of dy/dsigma = (y - D(y; sigma)) / sigma from ``sigma`` to ``sigma_next`` (both
+    (B,)); one denoiser evaluation. (= DDIM's deterministic step.)"""
+    d = batch_mul(1.0 / sigma, y - denoiser(y, sigma))
+    return y + batch_mul(sigma_next - sigma, d)
+
+
+def heun_step(denoiser: Callable, y: Array, sigma: Array, sigma_next: Array) -> Array:
+    """Heun step of the same ODE (EDM Algorithm 1 lines 5-8; CM ``heun_solver``); two
+    evaluations; ``sigma_next`` > 0."""
+    d = batch_mul(1.0 / sigma, y - denoiser(y, sigma))
+    y_euler = y + batch_mul(sigma_next - sigma, d)
+    d_next = batch_mul(1.0 / sigma_next, y_euler - denoiser(y_euler, sigma_next))
+    return y + batch_mul(sigma_next - sigma, 0.5 * (d + d_next))
+
+
+TEACHER_SOLVERS = {"heun": heun_step, "euler": euler_step}
+
+
+def get_teacher_solver(name: str) -> Callable:
+    """The one-step ODE solver ``name`` of `TEACHER_SOLVERS`; ValueError listing them otherwise."""
+    if name not in TEACHER_SOLVERS:
+        raise ValueError(f"Unknown teacher ODE solver {name!r}; valid choices: "
+                         f"{list(TEACHER_SOLVERS)}")
+    return TEACHER_SOLVERS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Distances
+# ----------------------------------------------------------------------------------------------
+def pseudo_huber_constant(dim: int) -> float:
+    """c = 0.00054 sqrt(dim) (iCT Sec. 3.3, for data in [-1, 1])."""
+    return 0.00054 * math.sqrt(dim)
+
+
+def distance(x: Array, y: Array, metric: str = "l2", c: float | None = None) -> Array:
+    """Per-example distance (B,): "l2" = mean over dimensions of (x - y)^2 (CM's ``mean_flat``);
+    "pseudo_huber" = sqrt(|x - y|^2 + c^2) - c (iCT eq. 9; c from `pseudo_huber_constant` when
+    None). ValueError for another metric."""
+    diff = (x - y).reshape(x.shape[0], -1)
+    if metric == "l2":
+        return jnp.mean(jnp.square(diff), axis=-1)
+    if metric == "pseudo_huber":
+        c = pseudo_huber_constant(diff.shape[-1]) if c is None else c
+        return jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1) + c**2) - c
+    raise ValueError(f"Unknown consistency metric {metric!r}; valid choices: "
+                     f"{list(METRICS)}")
+
+
+METRICS = ("l2", "pseudo_huber")
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses on denoisers (pure)
+# ----------------------------------------------------------------------------------------------
+def cd_loss(key: Array, student: Callable, target: Callable, teacher: Callable, x0: Array, *,
+            num_scales: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
+            rho: float = 7.0, solver: str = "heun", metric: str = "l2",
+            c: float | None = None) -> tuple[Array, dict]:
+    """Consistency distillation (CM Algorithm 2, uniform weighting).
+
+    Args:
+      student / target: consistency functions f(y, sigma) (the network and the target network).
+      teacher: the teacher denoiser D(y, sigma) (any score model through ``edm``'s conversions).
+      x0: data (B, ...). ``num_scales`` N >= 2 grid points.
+    Returns ``(loss, {"losses": (B,), "sigma": sigma_{i+1} (B,)})``.
+    """
+    if num_scales < 2:
+        raise ValueError(f"num_scales must be >= 2; got {num_scales}")
+    step = get_teacher_solver(solver)
+    k_i, k_z = jax.random.split(key)
+    B = x0.shape[0]
+    i = jax.random.randint(k_i, (B,), 0, num_scales - 1)
+    sig_lo = karras_sigma(i, num_scales, sigma_min, sigma_max, rho).astype(x0.dtype)
+    sig_hi = karras_sigma(i + 1, num_scales, sigma_min, sigma_max, rho).astype(x0.dtype)
+    z = jax.random.normal(k_z, x0.shape, x0.dtype)
+    y_hi = x0 + batch_mul(sig_hi, z)
+    y_lo = jax.lax.stop_gradient(step(teacher, y_hi, sig_hi, sig_lo))
+    pred = student(y_hi, sig_hi)
+    tgt = jax.lax.stop_gradient(target(y_lo, sig_lo))
+    losses = distance(pred, tgt, metric, c)
+    return jnp.mean(losses), {"losses": losses, "sigma": sig_hi}
+
+
+def ct_num_scales(step: Array, total_steps: int, s0: int = 10, s1: int = 1280) -> Array:
+    """iCT's curriculum N(k) = min(s0 2^floor(k / K'), s1) + 1,
+    K' = floor(K / (log2 floor(s1 / s0) + 1)) (iCT eq. 8); ``step`` k may be traced."""
+    k_prime = max(1, math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1)))
+    doublings = jnp.floor_divide(jnp.asarray(step, jnp.int32), k_prime)
+    n = jnp.minimum(s0 * jnp.exp2(jnp.minimum(doublings, 30).astype(jnp.float32)), s1)
+    return n.astype(jnp.int32) + 1
+
+
+def lognormal_index_probs(n: Array, max_scales: int, sigma_min: float, sigma_max: float, *,
+                          rho: float = 7.0, p_mean: float = -1.1, p_std: float = 2.0) -> Array:
+    """p(i), i = 0..max_scales-2, proportional to erf((ln sigma_{i+1} - P_mean) / (sqrt 2 P_std)) -
+    erf((ln sigma_i - P_mean) / (sqrt 2 P_std)) for i < n - 1 and 0 beyond (iCT Sec. 3.5); ``n``
+    may be traced, ``max_scales`` (the curriculum's largest N) is static."""
+    i = jnp.arange(max_scales - 1)
+    lo = karras_sigma(i, n, sigma_min, sigma_max, rho)
+    hi = karras_sigma(i + 1, n, sigma_min, sigma_max, rho)
+    w = (jax.scipy.special.erf((jnp.log(hi) - p_mean) / (math.sqrt(2.0) * p_std))
+         - jax.scipy.special.erf((jnp.log(lo) - p_mean) / (math.sqrt(2.0) * p_std)))
+    w = jnp.where(i < n - 1, jnp.maximum(w, 0.0), 0.0)
+    return w / jnp.sum(w)
+
+
+def ct_loss(key: Array, student: Callable, x0: Array, step: Array, *, total_steps: int,
+            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, s0: int = 10,
+            s1: int = 1280, p_mean: float = -1.1, p_std: float = 2.0, metric: str = "pseudo_huber",
+            c: float | None = None) -> tuple[Array, dict]:
+    """Improved consistency training (iCT Sec. 3): the loss of training step ``step`` (traced).
+
+    y_{i+1} = x0 + sigma_{i+1} z, y_i = x0 + sigma_i z (the same z), i drawn by
+    `lognormal_index_probs` on the grid of N(step) = `ct_num_scales` points, per example
+    d(f(y_{i+1}, sigma_{i+1}), stopgrad f(y_i, sigma_i)) / (sigma_{i+1} - sigma_i).
+    Returns ``(loss, {"losses": (B,), "sigma": sigma_{i+1}, "num_scales": N})``.
+    """
+    k_i, k_z = jax.random.split(key)
+    B = x0.shape[0]
+    n = ct_num_scales(step, total_steps, s0, s1)
+    probs = lognormal_index_probs(n, s1 + 1, sigma_min, sigma_max, rho=rho, p_mean=p_mean,
+                                  p_std=p_std)
+    i = jax.random.choice(k_i, probs.shape[0], (B,), p=probs)
+    sig_lo = karras_sigma(i, n, sigma_min, sigma_max, rho).astype(x0.dtype)
+    sig_hi = karras_sigma(i + 1, n, sigma_min, sigma_max, rho).astype(x0.dtype)
+    z = jax.random.normal(k_z, x0.shape, x0.dtype)
+    pred = student(x0 + batch_mul(sig_hi, z), sig_hi)
+    tgt = jax.lax.stop_gradient(student(x0 + batch_mul(sig_lo, z), sig_lo))
+    losses = distance(pred, tgt, metric, c) / (sig_hi - sig_lo)
+    return jnp.mean(losses), {"losses": losses, "sigma": sig_hi, "num_scales": n}
+
+
+# ----------------------------------------------------------------------------------------------
+# loss_fn(variables, batch, key) for a flax backbone
+# ----------------------------------------------------------------------------------------------
+METHODS = ("cd", "ct")
+TARGETS = ("ema", "stopgrad")
+
+
+def get_consistency_loss_fn(
+    model: nn.Module,
+    precond: ConsistencyPrecond,
+    *,
+    method: str = "cd",
+    teacher: Callable | None = None,
+    target: str = "ema",
+    train: bool = True,
+    num_scales: int = 18,
+    rho: float = 7.0,
+    solver: str = "heun",
+    metric: str | None = None,
+    total_steps: int | None = None,
+    s0: int = 10,
+    s1: int = 1280,
+    p_mean: float = -1.1,
+    p_std: float = 2.0,
+    log_label: bool = False,
+) -> Callable[[Any, Any, Array], tuple[Array, dict]]:
+    """``loss_fn(variables, batch, key) -> (loss, aux)`` of CD or iCT for a flax backbone, the
+    contract of ``losses.get_loss_fn``.
+
+    ``variables``: {"params": theta} plus, when used, "ema_params" (the target network theta^- of
+    ``target="ema"``) and "step" (the training step, for iCT's curriculum): what
+    ``train_step.train_step(..., state_inputs=True)`` passes. ``batch``: images (B, H, W, C) in the
+    model's range, or a dict with "image".
+    ``method="cd"`` needs ``teacher`` (a denoiser D(y, sigma), e.g. ``edm.EDMDenoiser`` of the
+    teacher's parameters; its forward passes run inside the same jitted step); ``target``: "ema"
+    (CM: theta^- = EMA of theta, rate ``model.ema_rate``) or "stopgrad" (iCT: theta^- = theta).
+    ``method="ct"`` (iCT) always uses stopgrad(theta) and needs ``total_steps``.
+    ``metric``: default "l2" for CD, "pseudo_huber" for CT.
+    Raises ValueError for an unknown method, target, metric or solver, CD without a teacher, CT
+    without total_steps.
+    """
+    from score_jax.losses import split_batch
+
+    if method not in METHODS:
+        raise ValueError(f"Unknown consistency method {method!r}; valid choices: {list(METHODS)}")
+    if target not in TARGETS:
+        raise ValueError(f"Unknown consistency target {target!r}; valid choices: {list(TARGETS)}")
+    metric = metric or ("l2" if method == "cd" else "pseudo_huber")
+    if metric not in METRICS:
+        raise ValueError(f"Unknown consistency metric {metric!r}; valid choices: {list(METRICS)}")
+    get_teacher_solver(solver)
+    if method == "cd" and teacher is None:
+        raise ValueError("consistency distillation (method 'cd') needs a teacher denoiser")
+    if method == "ct" and not (isinstance(total_steps, int) and total_steps > 0):
+        raise ValueError(f"consistency training (method 'ct') needs total_steps > 0 (the "
+                         f"curriculum's K); got {total_steps!r}")
+
+    def loss_fn(variables, batch, key):
+        key_loss, key_drop = jax.random.split(key)
+        x0, _ = split_batch(batch)
+        # the same dropout key for f_theta and its target (CM: the same rng for both passes)
+        student = EDMDenoiser(precond, {"params": variables["params"]}, model, train, log_label,
+                              key_drop, None)
+        kw = dict(sigma_min=precond.sigma_min, sigma_max=precond.sigma_max, rho=rho, metric=metric)
+        if method == "ct":
+            return ct_loss(key_loss, student, x0, variables["step"], total_steps=total_steps,
+                           s0=s0, s1=s1, p_mean=p_mean, p_std=p_std, **kw)
+        if target == "ema":
+            tgt = EDMDenoiser(precond, {"params": variables["ema_params"]}, model, train, log_label,
+                              key_drop, None)
+        else:
+            tgt = student
+        return cd_loss(key_loss, student, tgt, teacher, x0, num_scales=num_scales, solver=solver,
+                       **kw)
+
+    return loss_fn
+
+
+__all__ = [
+    "ConsistencyPrecond", "sigma_range", "consistency_precond_for_sde", "karras_sigma",
+    "euler_step", "heun_step", "TEACHER_SOLVERS", "get_teacher_solver", "pseudo_huber_constant",
+    "distance", "METRICS", "cd_loss", "ct_num_scales", "lognormal_index_probs", "ct_loss",
+    "METHODS", "TARGETS", "get_consistency_loss_fn",
+]
