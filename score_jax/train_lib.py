@@ -258,6 +258,8 @@ def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict |
             return None
         raise ValueError(f"distill.method={d.method!r} needs a teacher: set "
                          f"distill.teacher_workdir or distill.teacher_checkpoint")
+    from score_jax import sample_lib
+
     tconfig = config.copy_and_resolve_references()
     tconfig.training.objective = d.teacher_objective
     params, info = sample_lib.load_params(tconfig, workdir=workdir, checkpoint=ckpt,
