@@ -6,6 +6,7 @@ half-written file, and two processes writing the same path never interleave.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -56,4 +57,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 1,
     return atomic_write(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
 
 
-__all__ = ["atomic_write", "atomic_savez", "atomic_write_json"]
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (weights fingerprints: the Inception
+    FID weights, a latent model's autoencoder in ``latent.json``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = ["atomic_write", "atomic_savez", "atomic_write_json", "file_sha256"]

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from score_jax import parallel
+from score_jax.files import file_sha256
 from score_jax.models import autoencoder as ae_lib
 from score_jax.train_step import TrainState
 
@@ -341,17 +342,6 @@ def _with_scale(config, scale_factor: float):
 def _autoencoder_file(checkpoint: str) -> str:
     """The weights file of ``latent.autoencoder_checkpoint`` (a stage-1 workdir or a file)."""
     return os.path.join(checkpoint, AUTOENCODER_FILE) if os.path.isdir(checkpoint) else checkpoint
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (the fingerprint of an autoencoder in ``latent.json``)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -86,9 +86,15 @@ def current():
     return dump()
 
 
+# config files added after the golden was dumped (new features, not reorganised configs)
+NEW_CONFIG_FILES = ("configs/digits_distill.py",)
+
+
 def test_every_golden_config_still_exists(current):
     golden = json.load(open(GOLDEN))
-    assert sorted(golden["configs"]) == sorted(current)
+    new = sorted(set(current) - set(golden["configs"]))
+    assert sorted(set(golden["configs"]) - set(current)) == []
+    assert [n for n in new if not n.startswith(NEW_CONFIG_FILES)] == [], new
 
 
 @pytest.mark.parametrize("name", sorted(json.load(open(GOLDEN))["configs"]))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from score_jax.convert.reader import read_state_dict, to_numpy
-from score_jax.files import atomic_write
+from score_jax.files import atomic_write, file_sha256
 
 NUM_FEATURES = 2048
 """pool_3 width (FID / KID features)."""
@@ -188,6 +188,61 @@ def read_inception_state_dict(path: str) -> dict[str, np.ndarray]:
             "--to-npz IN.pth OUT.npz` and pass the .npz") from e
 
 
+# sha256 of pytorch-fid's pt_inception-2015-12-05-6726825d.pth (95,628,359 bytes; the file name
+# carries its first 8 hex digits, torch.hub's convention). The same digest is pinned by
+# torch-fidelity (``feature_extractor_inceptionv3.py``, URL_INCEPTION_V3 'tf_inception_v3').
+PT_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+# The .npz written by ``python -m score_jax.evaluation.inception --to-npz`` records the sha256 of
+# the .pth it was converted from under this key; that digest is what a .npz is checked by.
+SOURCE_SHA256_KEY = "source_sha256"
+
+
+def inception_weights_sha256(path: str) -> str | None:
+    """The digest a weights file is checked by: a ``.pth``'s own sha256; a ``.npz``'s recorded
+    ``source_sha256`` (the .pth it was converted from), or None when it records none."""
+    if os.fspath(path).endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            return str(f[SOURCE_SHA256_KEY]) if SOURCE_SHA256_KEY in f.files else None
+    return file_sha256(path)
+
+
+def check_inception_sha256(path: str, sha256: str | None = PT_INCEPTION_SHA256) -> None:
+    """Checks the FID Inception weights at ``path`` against ``sha256``.
+
+    Args:
+      path: a ``.pth`` (its bytes are hashed) or a converted ``.npz`` (its recorded
+        ``source_sha256`` is compared; see ``inception_weights_sha256``).
+      sha256: the expected hex digest: ``PT_INCEPTION_SHA256`` (default, pytorch-fid's
+        ``pt_inception-2015-12-05-6726825d.pth``), another digest for another file, or ``None``
+        to skip the check (an explicit override, e.g. for synthetic test weights).
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      ValueError: the digest found differs from ``sha256`` (both are named), or ``sha256`` is not
+        64 hex digits.
+    """
+    if sha256 is None:
+        return
+    expected = sha256.lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise ValueError(f"sha256 must be 64 hex digits (or None to skip the check), got {sha256!r}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Inception weights not found at {path!r}. Download pt_inception-2015-12-05-"
+            "6726825d.pth from the pytorch-fid releases once and pass its local path.")
+    found = inception_weights_sha256(path)
+    if found != expected:
+        what = ("records no source sha256 (not written by `python -m score_jax.evaluation."
+                "inception --to-npz`)" if found is None else f"has sha256 {found}")
+        named = ("pt_inception-2015-12-05-6726825d.pth, the FID weights"
+                 if expected == PT_INCEPTION_SHA256 else "given")
+        raise ValueError(
+            f"Inception weights {path!r} {what}, expected sha256 {expected} ({named}). "
+            "FIDs are only comparable with the exact FID weights; for other files pass their "
+            "digest explicitly (sha256=..., --inception_sha256=HEX) or skip the check with "
+            "sha256=None / --inception_sha256=none")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``--to-npz IN_PTH OUT_NPZ``: the pytorch-fid weights as a torch-free ``.npz``."""
     import argparse
@@ -200,12 +255,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "2015-12-05-6726825d.pth); 'none' skips the check")
     args = parser.parse_args(argv)
     src, dst = args.to_npz
-    from score_jax.evaluation.inception.features import (
-        PT_INCEPTION_SHA256,
-        SOURCE_SHA256_KEY,
-        check_inception_sha256,
-        file_sha256,
-    )
     expected = PT_INCEPTION_SHA256 if args.sha256 is None else args.sha256
     check_inception_sha256(src, None if expected.lower() == "none" else expected)
     state = read_inception_state_dict(src)
@@ -216,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {len(state)} arrays to {dst}")
 
 
-__all__ = ["NUM_FEATURES", "NUM_LOGITS", "pt_inception_state_dict_shapes",
+__all__ = ["NUM_FEATURES", "NUM_LOGITS", "PT_INCEPTION_SHA256", "SOURCE_SHA256_KEY",
+           "inception_weights_sha256", "check_inception_sha256", "pt_inception_state_dict_shapes",
            "convert_inception_pytorch", "read_inception_state_dict", "main"]
 
 

@@ -1,7 +1,6 @@
 """Loading the FID Inception and the sharded feature function ``images -> (pool_3, logits)``."""
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,7 +15,11 @@ from jax.sharding import PartitionSpec as P
 from score_jax.convert.inception import (
     NUM_FEATURES,
     NUM_LOGITS,
+    PT_INCEPTION_SHA256,
+    SOURCE_SHA256_KEY,
+    check_inception_sha256,
     convert_inception_pytorch,
+    inception_weights_sha256,
     read_inception_state_dict,
 )
 from score_jax.evaluation.inception.network import InceptionV3
@@ -26,69 +29,7 @@ from score_jax.evaluation.inception.preprocess import (
     preprocess_for_inception,
 )
 from score_jax.evaluation.metrics import DEFAULT_RESIZE, check_image_range, check_resize
-
-# sha256 of pytorch-fid's pt_inception-2015-12-05-6726825d.pth (95,628,359 bytes; the file name
-# carries its first 8 hex digits, torch.hub's convention). The same digest is pinned by
-# torch-fidelity (``feature_extractor_inceptionv3.py``, URL_INCEPTION_V3 'tf_inception_v3').
-PT_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-# The .npz written by ``python -m score_jax.evaluation.inception --to-npz`` records the sha256 of
-# the .pth it was converted from under this key; that digest is what a .npz is checked by.
-SOURCE_SHA256_KEY = "source_sha256"
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of the bytes of ``path``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def inception_weights_sha256(path: str) -> str | None:
-    """The digest a weights file is checked by: a ``.pth``'s own sha256; a ``.npz``'s recorded
-    ``source_sha256`` (the .pth it was converted from), or None when it records none."""
-    if os.fspath(path).endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            return str(f[SOURCE_SHA256_KEY]) if SOURCE_SHA256_KEY in f.files else None
-    return file_sha256(path)
-
-
-def check_inception_sha256(path: str, sha256: str | None = PT_INCEPTION_SHA256) -> None:
-    """Checks the FID Inception weights at ``path`` against ``sha256``.
-
-    Args:
-      path: a ``.pth`` (its bytes are hashed) or a converted ``.npz`` (its recorded
-        ``source_sha256`` is compared; see ``inception_weights_sha256``).
-      sha256: the expected hex digest: ``PT_INCEPTION_SHA256`` (default, pytorch-fid's
-        ``pt_inception-2015-12-05-6726825d.pth``), another digest for another file, or ``None``
-        to skip the check (an explicit override, e.g. for synthetic test weights).
-
-    Raises:
-      FileNotFoundError: no file at ``path``.
-      ValueError: the digest found differs from ``sha256`` (both are named), or ``sha256`` is not
-        64 hex digits.
-    """
-    if sha256 is None:
-        return
-    expected = sha256.lower()
-    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise ValueError(f"sha256 must be 64 hex digits (or None to skip the check), got {sha256!r}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"Inception weights not found at {path!r}. Download pt_inception-2015-12-05-"
-            "6726825d.pth from the pytorch-fid releases once and pass its local path.")
-    found = inception_weights_sha256(path)
-    if found != expected:
-        what = ("records no source sha256 (not written by `python -m score_jax.evaluation."
-                "inception --to-npz`)" if found is None else f"has sha256 {found}")
-        named = ("pt_inception-2015-12-05-6726825d.pth, the FID weights"
-                 if expected == PT_INCEPTION_SHA256 else "given")
-        raise ValueError(
-            f"Inception weights {path!r} {what}, expected sha256 {expected} ({named}). "
-            "FIDs are only comparable with the exact FID weights; for other files pass their "
-            "digest explicitly (sha256=..., --inception_sha256=HEX) or skip the check with "
-            "sha256=None / --inception_sha256=none")
+from score_jax.files import file_sha256
 
 
 def load_inception(path: str, *, dtype: Any = jnp.float32, sha256: str | None = PT_INCEPTION_SHA256
