@@ -100,11 +100,20 @@ class TrainCheckpointer:
     The latest checkpoint is always kept (preemption checkpoints), and every multiple of
     ``keep_period`` (the periodic snapshots, reference ``snapshot_freq``) is kept for good.
     Every process must call `save` / `restore` (orbax coordinates multi-host writes).
+
+    ``asynchronous=True`` (orbax ``enable_async_checkpointing``): `save` returns once the arrays
+    are copied to host memory (the caller may then donate / overwrite them) and a background
+    thread writes them; the next `save`, `wait_until_finished` and `close` wait for it. A save
+    that never finished (process killed) leaves only ``<step>.orbax-checkpoint-tmp``, which orbax
+    ignores: `latest_step` / `restore` see the newest *finished* step, and an older checkpoint
+    is deleted only after the newer one is complete. ``asynchronous=False`` blocks in `save`.
     """
 
     def __init__(self, workdir: str, *, keep_period: int | None = None, max_to_keep: int = 1,
-                 read_only: bool = False):
+                 read_only: bool = False, asynchronous: bool = False):
         self.directory = checkpoint_dir(workdir)
+        self.asynchronous = bool(asynchronous) and not read_only
+        self._in_flight: int | None = None  # the step of an asynchronous save not yet waited for
         if read_only:  # the values orbax would force (and warn about once per option)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=None, keep_period=None, save_interval_steps=0, create=False,
@@ -112,24 +121,41 @@ class TrainCheckpointer:
         else:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, keep_period=keep_period, create=True,
-                enable_async_checkpointing=False)
+                enable_async_checkpointing=self.asynchronous)
         with _quiet_read_only_notice():
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        """The step of the newest complete checkpoint, None if there is none."""
-        return self.manager.latest_step()
+        """The step of the newest finished checkpoint (an asynchronous save still being written
+        is not counted), None if there is none."""
+        steps = self.all_steps()
+        return max(steps) if steps else None
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        """The steps of the finished checkpoints. While an asynchronous save is in flight orbax
+        already lists its step and no longer lists the one it will delete when that save is
+        complete; the finished step folders on disk are the truth then."""
+        if self._in_flight is not None and self.manager.is_saving_in_progress():
+            return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+        return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict | None = None) -> None:
-        """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``; blocks
-        until the checkpoint is complete on disk."""
+    def save(self, step: int, state: Any, meta: dict | None = None, *, wait: bool = True) -> None:
+        """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``.
+
+        Synchronous checkpointer, or ``wait=True``: returns when the checkpoint is complete on
+        disk. Asynchronous with ``wait=False``: waits for the previous save, copies ``state`` to
+        host memory and returns; the write finishes in the background (`wait_until_finished`)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(dict(meta or {})))
         self.manager.save(int(step), args=args, force=True)
+        self._in_flight = int(step)
+        if wait or not self.asynchronous:
+            self.wait_until_finished()
+
+    def wait_until_finished(self) -> None:
+        """Block until every save is complete on disk (re-raises a background write's error)."""
         self.manager.wait_until_finished()
+        self._in_flight = None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restore checkpoint ``step`` (default: the latest) into the structure, shapes, dtypes and
@@ -139,6 +165,8 @@ class TrainCheckpointer:
           CheckpointError: no checkpoint, or one that is corrupt or incompatible (the message
             names the directory, the step and the cause); nothing is overwritten.
         """
+        if self._in_flight is not None:  # this process's own save of that step: finish it
+            self.wait_until_finished()
         steps = self.all_steps()
         if step is None:
             step = self.latest_step()
@@ -192,4 +220,6 @@ class TrainCheckpointer:
             handler.close()
 
     def close(self) -> None:
+        """Wait for an asynchronous save in flight, then release orbax's resources."""
         self.manager.close()
+        self._in_flight = None

@@ -127,7 +127,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                                                  training=False,
                                                  batch_size=config.eval.batch_size)
 
-    checkpointer = ckpt_lib.TrainCheckpointer(workdir, keep_period=int(t.snapshot_freq))
+    checkpointer = ckpt_lib.TrainCheckpointer(workdir, keep_period=int(t.snapshot_freq),
+                                              asynchronous=bool(t.get("async_checkpoints", True)))
     key = jax.random.key(int(config.seed))
     k_init, k_train, k_eval, k_sample = jax.random.split(key, 4)
     latest = checkpointer.latest_step()
@@ -161,18 +162,27 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
             "dataset": config.data.dataset}
     multi = jax.process_count() > 1
 
-    def save(step):
-        checkpointer.save(step, state, dict(meta, step=int(step)))
+    def save(step, wait=False):
+        """Checkpoint ``step``; asynchronous unless ``wait`` (preemption: complete before exit).
+        The time the loop was blocked goes to TensorBoard as ``checkpoint_block_sec``."""
+        t0 = time.perf_counter()
+        checkpointer.save(step, state, dict(meta, step=int(step)), wait=wait)
+        blocked = time.perf_counter() - t0
+        log.info("checkpoint step %d: the loop was blocked %.3f s", step, blocked)
+        if is_main:
+            writer.add_scalar("checkpoint_block_sec", blocked, step)
         if b.objective == latent_lib.OBJECTIVE:  # stage 1: what stage 2 loads
             ema = parallel.to_host(state.ema_params)  # all processes: FSDP shards are gathered
             if is_main:
                 latent_lib.export_autoencoder(workdir, ema)
 
+    profile = _ProfileWindow(t.get("profile_steps"), workdir)
     data_iter = train_ds.iterate(start)
     pending: list[tuple[int, dict]] = []
     bar = _Progress(n_iters, start, int(t.batch_size), is_main)
     evaluators = training_evaluators(config, b, workdir, eval_ds=eval_ds, start=start,
-                                     k_eval=k_eval, k_sample=k_sample, write=bar.write, log=log)
+                                     k_eval=k_eval, k_sample=k_sample, write=bar.write, log=log,
+                                     image_hook=_tensorboard_image(writer))
 
     def run_evaluators(group, step):
         for evaluator in group:
@@ -182,10 +192,12 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
         bar.restart_clock()
     try:
         for step in range(start, n_iters):
+            profile.before(step)
             host_batch = next(data_iter)
             check_labels(host_batch, b.num_classes)
             state, metrics = b.train_step(state, parallel.to_global(host_batch, mesh), k_train)
             done = step + 1
+            profile.after(done, state)
             pending.append((done, metrics))
             last = done == n_iters
             if done % log_freq == 0 or last:
@@ -218,7 +230,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 run_evaluators(evaluators.every_eval, done)
             # one process alone must not save: several processes agree at log steps
             if (not multi or done % log_freq == 0) and preemption.agree(should_stop, sync=multi):
-                save(done)
+                save(done, wait=True)
                 log.warning("preemption requested: saved step %d to %s", done,
                             checkpointer.directory)
                 bar.write(f"preempted: checkpoint saved at step {done}")
@@ -230,6 +242,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
             if evaluators.every_snapshot and (done % int(t.snapshot_freq) == 0 or last):
                 run_evaluators(evaluators.every_snapshot, done)
     finally:
+        profile.stop()
         bar.close()
         if writer is not None:
             writer.flush()
@@ -269,6 +282,49 @@ def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict |
     log.info("distillation teacher: %s (step %s)", info["source"], info["step"])
     return {"params": params, "denoiser": denoiser, "source": info["source"],
             "step": info["step"]}
+
+
+def _tensorboard_image(writer):
+    """``image_hook`` of the snapshot evaluator: the sample grid as TensorBoard image ``samples``
+    (process 0, which holds the writer)."""
+    if writer is None:
+        return None
+    return lambda step, grid: writer.add_image("samples", grid, step, dataformats="HWC")
+
+
+class _ProfileWindow:
+    """``training.profile_steps = (start, stop)``: a ``jax.profiler`` trace of the train steps
+    ``start .. stop - 1`` (the steps that take ``state.step`` from ``start`` to ``stop``), written
+    by every process (jax's recommendation for multi-host profiles) to
+    ``<workdir>/tensorboard/plugins/profile/<run>/<host>.xplane.pb`` (process 0; process ``i > 0``
+    under ``tensorboard/process_<i>``), which TensorBoard's profile plugin reads. None: off.
+    The trace stops after the last step's results are ready (``block_until_ready``)."""
+
+    def __init__(self, steps, workdir: str):
+        self.window = None if steps is None else (int(steps[0]), int(steps[1]))
+        sub = "" if jax.process_index() == 0 else f"process_{jax.process_index()}"
+        self.log_dir = os.path.join(workdir, "tensorboard", sub)
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.window is None or self.active:
+            return
+        first, stop = self.window
+        if first <= step < stop:  # a run resumed inside the window traces its remaining steps
+            jax.profiler.start_trace(self.log_dir)
+            self.active = True
+            log.info("profiling steps %d..%d into %s", step, stop - 1, self.log_dir)
+
+    def after(self, done: int, state) -> None:
+        if self.active and done >= self.window[1]:
+            jax.block_until_ready(state)
+            self.stop()
+            self.window = None  # once per run
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
 
 
 def _resolve_latent(config, workdir, train_ds):

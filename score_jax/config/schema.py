@@ -89,6 +89,12 @@ def base_config() -> ml_collections.ConfigDict:
     # gradient accumulation: the batch is cut into this many micro-batches scanned inside the
     # jitted step (train_step.accumulated_loss_and_grad); one optimiser update per step
     training.grad_accum_steps = 1
+    # checkpoints written in the background (orbax async: the loop blocks only for the copy to
+    # host memory); preemption checkpoints are always complete before the process exits
+    training.async_checkpoints = True
+    # (start, stop): a jax.profiler trace of train steps start..stop-1 in
+    # <workdir>/tensorboard/plugins/profile (TensorBoard's profile plugin); None: no trace
+    training.profile_steps = placeholder(tuple)
     # score_jax additions: the objective ("score": denoising score matching; "flow_matching":
     # velocity regression on flow_path "condot" or "sde" (the SDE's own Gaussian path), with
     # t ~ U(0, flow_t_max))

@@ -156,6 +156,18 @@ def mesh_from_config(config) -> jax.sharding.Mesh:
                               fsdp=parallel.check_fsdp(fsdp_from_config(config), n))
 
 
+def _validate_profile_steps(window: Any) -> None:
+    """``training.profile_steps``: None, or ``(start, stop)`` integers with 0 <= start < stop."""
+    if window is None:
+        return
+    ok = (isinstance(window, tuple | list) and len(window) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in window)
+          and 0 <= window[0] < window[1])
+    _need(ok, f"config.training.profile_steps={window!r} is invalid; valid choices: None (no "
+              f"trace) or a pair (start, stop) of integers with 0 <= start < stop (the train "
+              f"steps start..stop-1 are traced)")
+
+
 def validate_config(config, *, num_devices: int | None = None) -> None:
     """Check keys and values of a training / sampling config; raise ValueError naming the bad
     key or value and the valid choices. Runs before anything is built or compiled, and needs no
@@ -189,6 +201,10 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
           f"config.training.grad_accum_steps={k}: the micro-batch batch_size / grad_accum_steps "
           f"= {t.batch_size} / {k} must be a multiple of the number of devices {ndev}; valid "
           f"choices: {[d for d in range(1, t.batch_size + 1) if t.batch_size % (d * ndev) == 0]}")
+    _validate_profile_steps(t.get("profile_steps"))
+    _need(isinstance(t.get("async_checkpoints", True), bool),
+          f"config.training.async_checkpoints={t.get('async_checkpoints')!r} is invalid; valid "
+          f"choices: True, False")
     _pos_int("eval.batch_size", config.eval.batch_size)
     _need(config.eval.batch_size % ndev == 0,
           f"config.eval.batch_size={config.eval.batch_size} is not divisible by the number of "

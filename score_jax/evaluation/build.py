@@ -32,7 +32,7 @@ class TrainingEvaluators:
 
 def training_evaluators(config, built, workdir: str, *, eval_ds, start: int, k_eval: jax.Array,
                         k_sample: jax.Array, write: Callable[[str], None],
-                        log) -> TrainingEvaluators:
+                        log, image_hook: Callable | None = None) -> TrainingEvaluators:
     """The evaluation loss of one batch per ``eval_freq`` (batch ``start // eval_freq`` first, so a
     resumed run continues the sequence), and, with ``training.snapshot_sampling``, a snapshot:
     stage-1 reconstructions for the latent autoencoder objective, else
@@ -72,7 +72,7 @@ def training_evaluators(config, built, workdir: str, *, eval_ds, start: int, k_e
         every_snapshot.append(ev.SnapshotEvaluator(
             sample_fn, k_sample, workdir, num_samples=n, num_grid=n_grid, labels=labels,
             nrow=nrow, scale=scale, metrics=metrics, write=write, log=log,
-            ema_rate=built.ema_rate, ema_warmup=built.ema_warmup))
+            ema_rate=built.ema_rate, ema_warmup=built.ema_warmup, image_hook=image_hook))
     return TrainingEvaluators(every_eval, every_snapshot)
 
 

@@ -420,17 +420,21 @@ class SnapshotEvaluator:
     ``<workdir>/samples/iter_<step>/samples.{png,npz}`` (process 0) with ``nrow`` images per
     row, and every ``SampleMetric`` of ``metrics`` applied to all of them; returns the metrics'
     scalars. ``write`` prints a console line (the progress bar's), ``log`` gets the metric lines.
+    ``image_hook(step, grid)``, if given, receives the saved grid on process 0 (uint8 (H, W, C),
+    ``sample_io.image_grid``; the training loop logs it to TensorBoard).
     """
 
     def __init__(self, sample_fn: Callable, key: jax.Array, workdir: str, *, num_samples: int,
                  num_grid: int, labels: Any = None, nrow: int = 0, scale: int = 1,
                  metrics: Sequence[SampleMetric] = (), write: Callable[[str], None] = print,
                  log: logging.Logger = log, use_ema: bool = True,
-                 ema_rate: float | None = None, ema_warmup: bool = True):
+                 ema_rate: float | None = None, ema_warmup: bool = True,
+                 image_hook: Callable[[int, np.ndarray], None] | None = None):
         self.sample_fn, self.key, self.workdir = sample_fn, key, workdir
         self.num_samples, self.num_grid, self.labels, self.nrow = num_samples, num_grid, labels, nrow
         self.scale, self.metrics, self.write, self.log = scale, tuple(metrics), write, log
         self.use_ema, self.ema_rate, self.ema_warmup = use_ema, ema_rate, ema_warmup
+        self.image_hook = image_hook
 
     def run(self, step: int, state: Any) -> dict:
         from score_jax import sample_io
@@ -452,6 +456,8 @@ class SnapshotEvaluator:
             return {}
         d = os.path.join(self.workdir, "samples", f"iter_{step}")
         path = sample_io.save_samples(images[:self.num_grid], d, scale=self.scale, nrow=self.nrow)
+        if self.image_hook is not None:
+            self.image_hook(step, sample_io.image_grid(images[:self.num_grid], nrow=self.nrow or None))
         self.write(f"step {step}: samples (nfe {nfe}) -> {path}"
                    + (f" ({bad} not finite)" if bad else ""))
         out = {}
