@@ -316,7 +316,7 @@ class ModelVelocityFn:
         use_rng = self.train and self.dropout_key is not None
         rngs = {"dropout": self.dropout_key} if use_rng else None
         kwargs = dict(self.model_kwargs or {})
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         return self.model.apply(self.variables, x, self.time_scale * t, train=self.train, rngs=rngs,
                                 **kwargs)
 
@@ -414,7 +414,7 @@ class VelocityScoreFn:
 
     def __call__(self, x: Array, time: Array) -> Array:
         t = self.path.flow_time(time) if self.sde_time else time
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         return velocity_to_score(self.velocity_fn(x, t), x, t, self.path).astype(x.dtype)
 
 
@@ -427,7 +427,7 @@ class ScoreVelocityFn:
     sde_time: bool = struct.field(pytree_node=False, default=False)
 
     def __call__(self, x: Array, t: Array) -> Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         time = self.path.sde_time(t) if self.sde_time else t
         return score_to_velocity(self.score_fn(x, time), x, t, self.path).astype(x.dtype)
 
@@ -481,7 +481,7 @@ class MixtureVelocity:
     path: Any
 
     def __call__(self, x: Array, t: Array) -> Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         a, s, da, ds = score_lib.marginal_coeffs_and_derivs(self.path, t)
         m = self.mixture
         B = x.shape[0]
@@ -515,7 +515,7 @@ def flow_ode_solve(velocity_fn: VelocityFn, x_init: Array, *, solver: str = "heu
     check_solve_options(solver, rtol, atol, num_steps)
 
     def vf(t, x):
-        return velocity_fn(x, jnp.full((x.shape[0],), t, x.dtype))
+        return velocity_fn(x, jnp.full((x.shape[0],), t, jnp.promote_types(x.dtype, jnp.float32)))
 
     return solve_ode(vf, x_init, t0, t1, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)
 
@@ -645,7 +645,7 @@ def flow_log_likelihood(
     path = CondOTPath() if path is None else path
 
     def vf(t, y):
-        return velocity_fn(y, jnp.full((y.shape[0],), t, y.dtype))
+        return velocity_fn(y, jnp.full((y.shape[0],), t, jnp.promote_types(y.dtype, jnp.float32)))
 
     return ode_log_likelihood(key, vf, x, 1.0, 0.0, path.prior_logp, hutchinson=hutchinson,
                               solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)
