@@ -58,6 +58,7 @@ from score_jax.sampling.common import check_eps, tweedie_denoise
 from score_jax.sampling.diffeq import SDE_SOLVERS, ode_sample, sde_sample
 from score_jax.sampling.fast import (
     DPM_SOLVER_TYPES,
+    LOWER_ORDER_COUNTS,
     SCHEDULES,
     ddim_sample,
     dpm_solver_sample,
@@ -135,6 +136,7 @@ _CHOICES = {
     "schedule": ("time schedule", SCHEDULES),
     "solver_type": ("DPM-Solver solver_type", DPM_SOLVER_TYPES),
     "variant": ("UniPC variant", UNIPC_VARIANTS),
+    "lower_order_count": ("lower_order_count", LOWER_ORDER_COUNTS),
 }
 
 
