@@ -94,7 +94,8 @@ def solve_ode(
     """Solve dy/dt = vector_field(t, y) (t a scalar, y any pytree) from t0 to t1 with diffrax.
 
     Adaptive (PID controller with ``rtol`` / ``atol``; first step (t1 - t0) / 100) unless
-    ``num_steps`` is given, in which case the step is fixed. Returns ``(y1, nfe)``, nfe the true
+    ``num_steps`` is given, in which case the steps are ``linspace(t0, t1, num_steps + 1)``.
+    Returns ``(y1, nfe)``, nfe the true
     number of vector-field evaluations as an int32 scalar array. Raises ValueError for an unknown
     solver, tolerances <= 0, num_steps < 1, or an adaptive solve with "euler".
     """
@@ -102,8 +103,10 @@ def solve_ode(
     slv = get_ode_solver(solver)
     term = dfx.ODETerm(lambda t, y, args: vector_field(t, y))
     if num_steps is not None:
-        controller = dfx.ConstantStepSize()
-        dt0 = (t1 - t0) / num_steps
+        # Exactly num_steps steps on linspace(t0, t1): ConstantStepSize accumulates t0 + k dt in
+        # float32 and may need one more (tiny) step than max_steps allows (seen at eps = 0.9).
+        controller = dfx.StepTo(ts=jnp.linspace(t0, t1, num_steps + 1))
+        dt0 = None
         max_steps = num_steps
     else:
         controller = dfx.PIDController(rtol=rtol, atol=atol)
@@ -154,13 +157,15 @@ def probability_flow_drift(sde, score_fn: Callable[[Array, Array], Array]) -> Ca
 
         dx/dt = f(x, t) - g(t)^2 score(x, t) / 2,
 
-    x of shape (B, ...), t broadcast to (B,). The formula itself is ``score.ode_velocity_from_score``
-    (one home); every sampler, likelihood and encoder builds its vector field here.
+    x of shape (B, ...), t broadcast to (B,) in float32 (or x's dtype where wider: a bf16 state keeps
+    float32 times, ``sampling/common.py``), the velocity returned in x's dtype. The formula itself is
+    ``score.ode_velocity_from_score`` (one home); every sampler, likelihood and encoder builds its vector field here.
     """
 
     def v(t, x):
-        tb = jnp.full((x.shape[0],), t, x.dtype)
-        return ode_velocity_from_score(sde, x, tb, score_fn(x, tb))
+        # Times in float32 (or x's wider dtype) whatever x's dtype; the velocity in x's dtype.
+        tb = jnp.full((x.shape[0],), t, jnp.promote_types(x.dtype, jnp.float32))
+        return ode_velocity_from_score(sde, x, tb, score_fn(x, tb)).astype(x.dtype)
 
     return v
 

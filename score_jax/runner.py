@@ -66,11 +66,13 @@ def freeze(v: Any) -> Any:
 
 
 def check_score_shape(score_fn: Callable, x: Array) -> None:
-    """ValueError unless ``score_fn(x, t)`` (t of shape (B,)) has x's shape and dtype.
+    """ValueError unless ``score_fn(x, t)`` (t of shape (B,), float32 or x's wider dtype) has x's
+    shape and dtype.
 
     Called while tracing (abstract evaluation only, no FLOPs)."""
     shape, dtype = tuple(x.shape), x.dtype
-    t = jax.ShapeDtypeStruct(shape[:1], dtype)
+    # Samplers hand t in float32 (or x's wider dtype) whatever x's dtype (sampling/common.py).
+    t = jax.ShapeDtypeStruct(shape[:1], jnp.promote_types(dtype, jnp.float32))
     out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct(shape, dtype), t)
     if not hasattr(out, "shape") or tuple(out.shape) != shape:
         raise ValueError(

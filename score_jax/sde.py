@@ -62,7 +62,9 @@ def gaussian_perturb(a: Array, s: Array, x0: Array, noise: Array) -> Array:
 
 
 def _bcast_t(x: Array, t: Array) -> Array:
-    t = jnp.asarray(t, dtype=x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None)
+    # Times in float32, or x's dtype where wider: a bf16 x keeps float32 t (sampling/common.py).
+    t = jnp.asarray(t, dtype=jnp.promote_types(x.dtype, jnp.float32)
+                    if jnp.issubdtype(x.dtype, jnp.floating) else None)
     if t.ndim == 0:
         t = jnp.broadcast_to(t, x.shape[:1])
     if t.shape != x.shape[:1]:

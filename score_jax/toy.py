@@ -142,7 +142,7 @@ class MixtureVelocity:
     path: object
 
     def __call__(self, x: Array, t: Array) -> Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         a, s, da, ds = marginal_coeffs_and_derivs(self.path, t)
         x1_hat, eps_hat = self.mixture.posterior_t(x, a, s)
         B = x.shape[0]

@@ -71,7 +71,7 @@ class VelocityScoreFn:
 
     def __call__(self, x: Array, time: Array) -> Array:
         t = self.path.flow_time(time) if self.sde_time else time
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         return velocity_to_score(self.velocity_fn(x, t), x, t, self.path).astype(x.dtype)
 
 
@@ -84,7 +84,7 @@ class ScoreVelocityFn:
     sde_time: bool = struct.field(pytree_node=False, default=False)
 
     def __call__(self, x: Array, t: Array) -> Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         time = self.path.sde_time(t) if self.sde_time else t
         return score_to_velocity(self.score_fn(x, time), x, t, self.path).astype(x.dtype)
 

@@ -135,7 +135,7 @@ class ModelVelocityFn:
         use_rng = self.train and self.dropout_key is not None
         rngs = {"dropout": self.dropout_key} if use_rng else None
         kwargs = dict(self.model_kwargs or {})
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         return self.model.apply(self.variables, x, self.time_scale * t, train=self.train, rngs=rngs,
                                 **kwargs)
 

@@ -32,7 +32,7 @@ def flow_ode_solve(velocity_fn: VelocityFn, x_init: Array, *, solver: str = "heu
     check_solve_options(solver, rtol, atol, num_steps)
 
     def vf(t, x):
-        return velocity_fn(x, jnp.full((x.shape[0],), t, x.dtype))
+        return velocity_fn(x, jnp.full((x.shape[0],), t, jnp.promote_types(x.dtype, jnp.float32)))
 
     return solve_ode(vf, x_init, t0, t1, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)
 
@@ -162,7 +162,7 @@ def flow_log_likelihood(
     path = CondOTPath() if path is None else path
 
     def vf(t, y):
-        return velocity_fn(y, jnp.full((y.shape[0],), t, y.dtype))
+        return velocity_fn(y, jnp.full((y.shape[0],), t, jnp.promote_types(y.dtype, jnp.float32)))
 
     return ode_log_likelihood(key, vf, x, 1.0, 0.0, path.prior_logp, hutchinson=hutchinson,
                               solver=solver, rtol=rtol, atol=atol, num_steps=num_steps)

@@ -62,7 +62,7 @@ class ClassifierFreeGuidance:
 
     def __call__(self, x: Array, t: Array) -> Array:
         B = x.shape[0]
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (B,))
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), (B,))
         labels = jnp.broadcast_to(jnp.asarray(self.labels), (B,))
         y = jnp.concatenate([labels, jnp.full((B,), self.null_label, labels.dtype)])
         out = self.conditional(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)

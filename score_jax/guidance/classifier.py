@@ -83,7 +83,7 @@ class ClassifierLogitsFn:
     train: bool = struct.field(pytree_node=False, default=False)
 
     def __call__(self, x: Array, t: Array) -> Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         return self.classifier.apply(self.variables, x, self.sde.log_snr(t), train=self.train)
 
 
@@ -141,7 +141,7 @@ class ClassifierGuidedScore:
     w: Array
 
     def __call__(self, x: Array, t: Array) -> Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32)), x.shape[:1])
         labels = jnp.broadcast_to(jnp.asarray(self.labels), x.shape[:1])
         g = log_prob_grad(self.logits_fn, x, t, labels)
         return self.score_fn(x, t) + jnp.asarray(self.w, x.dtype) * g.astype(x.dtype)

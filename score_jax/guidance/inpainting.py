@@ -113,10 +113,11 @@ def run_with_replacement(key: Array, sde, score_fn: Callable, x_init: Array, kno
     project = functools.partial(_project, sde=sde, known=known, mask=mask, basis=basis)
     k_init, k_run = jax.random.split(key)
     # The prior draw's known part is already a sample of p_0T(known data).
-    t_T = jnp.full((x_init.shape[0],), sde.T, x_init.dtype)
-    x_init, _ = replace_known(k_init, sde, x_init, x_init, t_T, known, mask, basis)
+    t_T = jnp.full((x_init.shape[0],), sde.T, jnp.promote_types(x_init.dtype, jnp.float32))
+    dtype = x_init.dtype  # the state's (float32 times may promote the replaced values)
+    x_init = replace_known(k_init, sde, x_init, x_init, t_T, known, mask, basis)[0].astype(dtype)
     x, nfe = sampling.METHODS[sampler](k_run, sde, score_fn, x_init, project=project, **options)
-    return impose_known(x, known, mask, basis), nfe
+    return impose_known(x, known, mask, basis).astype(dtype), nfe
 
 
 def _project(key, x, x_mean, t, i, *, sde, known, mask, basis):

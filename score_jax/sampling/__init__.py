@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from typing import Any, Callable
 
 import jax
@@ -56,11 +55,13 @@ import jax.numpy as jnp
 
 from score_jax.ode import ODE_SOLVERS, probability_flow_drift, probability_flow_velocity, solve_ode
 from score_jax.runner import auto_sharding, run_sampler
+from score_jax.sampling import options as opts
 from score_jax.sampling.common import check_eps, tweedie_denoise
 from score_jax.sampling.consistency import consistency_sample
 from score_jax.sampling.diffeq import SDE_SOLVERS, ode_sample, sde_sample
 from score_jax.sampling.fast import (
     DPM_SOLVER_TYPES,
+    LOWER_ORDER_COUNTS,
     SCHEDULES,
     ddim_sample,
     dpm_solver_sample,
@@ -83,7 +84,7 @@ from score_jax.sampling.pc import (
     pc_sample,
 )
 from score_jax.sampling.simulate import SIMULATE_SOLVERS, langevin, simulate_sde
-from score_jax.sampling.unipc import unipc_sample
+from score_jax.sampling.unipc import UNIPC_VARIANTS, unipc_sample
 
 Array = jax.Array
 
@@ -131,60 +132,35 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_choice(label, v, valid):
-    if isinstance(v, str) and v not in valid:
-        raise ValueError(f"Unknown {label} {v!r}; valid choices: {list(valid)}")
+# Name-valued options: name -> (label in the error, valid choices); None: depends on the method.
+_CHOICES = {
+    "predictor": ("predictor", PREDICTORS),
+    "corrector": ("corrector", CORRECTORS),
+    "schedule": ("time schedule", SCHEDULES),
+    "solver_type": ("DPM-Solver solver_type", DPM_SOLVER_TYPES),
+    "variant": ("UniPC variant", UNIPC_VARIANTS),
+    "lower_order_count": ("lower_order_count", LOWER_ORDER_COUNTS),
+}
 
 
 def _check_option(method: str, name: str, v, sde, options: dict) -> None:
-    """Range checks by option name, shared by every sampler (a new sampler reusing a name gets
-    its check for free)."""
-    def bad(rng):
-        raise ValueError(f"{name} must be {rng}; got {v!r} (option of sampling method "
-                         f"{method!r})")
-
+    """Range checks by option name (the rules of ``sampling/options.py``, which the samplers apply
+    too), plus the name-valued options against their families."""
     if v is None:
         return
-    if name == "eps":
+    if name == "num_steps":
+        denoise = options.get("denoise", method_options(method).get("denoise", False))
+        opts.check_num_steps(v, bool(denoise), method)
+    elif name == "eps":
         check_eps(sde, v)
-    elif name in ("rtol", "atol"):
-        if not (_finite(v) and v > 0):
-            bad("> 0 and finite")
-    elif name == "num_steps":
-        lo = 2 if options.get("denoise", method_options(method).get("denoise", False)) else 1
-        if method == "pc":  # the jump replaces the last predictor step: one grid point suffices
-            lo = 1
-        if not (_is_int(v) and v >= lo):
-            bad(f"an int >= {lo} (with denoise the last step is the jump to t = 0)")
-    elif name == "n_steps":
-        if not (_is_int(v) and v >= 1):
-            bad("an int >= 1")
-    elif name == "order":
-        if v not in (1, 2, 3):
-            bad("1, 2 or 3")
-    elif name in ("snr", "eta", "s_churn", "s_noise", "s_tmin"):
-        if not (_finite(v) and v >= 0):
-            bad(">= 0 and finite")
-    elif name == "s_tmax":
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
-            bad(">= 0 (inf allowed)")
-    elif name == "rho":
-        if not (_finite(v) and v > 0):
-            bad("> 0 and finite")
-    elif name == "predictor":
-        _check_choice("predictor", v, PREDICTORS)
-    elif name == "corrector":
-        _check_choice("corrector", v, CORRECTORS)
-    elif name == "schedule":
-        _check_choice("time schedule", v, SCHEDULES)
-    elif name == "solver_type":
-        _check_choice("DPM-Solver solver_type", v, DPM_SOLVER_TYPES)
+    elif name in _CHOICES:
+        if isinstance(v, str):  # objects (a predictor instance) pass through
+            label, valid = _CHOICES[name]
+            opts.check_choice(label, v, valid)
     elif name == "solver" and method in ("ode", "sde"):
-        _check_choice(f"{method.upper()} solver", v, ODE_SOLVERS if method == "ode" else SDE_SOLVERS)
+        opts.check_choice(f"{method.upper()} solver", v, ODE_SOLVERS if method == "ode" else SDE_SOLVERS)
+    else:
+        opts.check_range(name, v, method)
 
 
 def _chain_finite(sde, N: int, discrete: bool, langevin: bool) -> bool:

@@ -12,6 +12,15 @@ residual noise by 1 - beta_0 / s_eps^2, e.g. -8.1 for VP at 100 steps).
 
 ``project(key, x, x_mean, t, step_index) -> (x, x_mean)`` (inpainting / colorization) is called
 after every update with t (shape (B,)) the time the updated state has reached.
+
+Precision of times (``time_dtype``): time grids, the t handed to ``score_fn``, the path
+coefficients (a_t, s_t, sigma, lambda), noise levels and step sizes are float32, or the state's
+dtype where it is wider (float64), whatever the state's dtype: a bfloat16 state keeps float32
+times (bf16 has 8 significant bits: t = 0.98991 would become 0.98828, and nearby grid points of a
+fine grid collapse). Each update is computed in that precision and the new state is cast back to
+the state's dtype (``to_state``); ``score_fn`` receives x in the state's dtype and t in the time
+dtype, and returns x's dtype. As DiffSynth-Studio#562 and diffusers' schedulers (float32 sigmas and
+timesteps for half-precision latents).
 """
 from __future__ import annotations
 
@@ -39,33 +48,39 @@ def check_eps(sde, eps, name: str = "eps") -> None:
         raise ValueError(f"{name} must be a number in (0, T={T}); got {name}={eps!r}")
 
 
+def time_dtype(dtype) -> jnp.dtype:
+    """The dtype of times, coefficients and step sizes for a state of ``dtype``: float32, or
+    ``dtype`` when it is wider (float64). A bfloat16 / float16 state gets float32."""
+    return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
+
+
+def batch_times(x: Array, t_scalar) -> Array:
+    """t_scalar broadcast to the batch of x, shape (B,), in ``time_dtype(x.dtype)``."""
+    return jnp.full((x.shape[0],), t_scalar, time_dtype(x.dtype))
+
+
+def to_state(y: Array, like: Array) -> Array:
+    """``y`` (computed in the time dtype) cast back to the state's dtype, that of ``like``."""
+    return y.astype(like.dtype)
+
+
 def x0_prediction(score_fn: Callable, x: Array, t_scalar, a, s) -> Array:
     """Tweedie data prediction x0_hat = (x + s^2 score(x, t)) / a at the scalar time t with
-    (a, s) = sde.marginal_coeffs(t). One score evaluation."""
-    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
-    score = score_fn(x, tb)
-    return (x + (s * s) * score) / a
+    (a, s) = sde.marginal_coeffs(t); computed in the time dtype (float32 for a bf16 x) and
+    returned in x's dtype. One score evaluation."""
+    score = score_fn(x, batch_times(x, t_scalar))
+    return to_state((x + (s * s) * score) / a, x)
 
 
 def tweedie_denoise(sde, score_fn: Callable, x: Array, eps: float) -> Array:
     """The final denoising jump from t = eps to 0: x0_hat(x, eps) (module docstring)."""
-    a, s = sde.marginal_coeffs(jnp.asarray(eps, x.dtype))
+    a, s = sde.marginal_coeffs(jnp.asarray(eps, time_dtype(x.dtype)))
     return x0_prediction(score_fn, x, eps, a, s)
 
 
 def apply_project(project: Callable | None, key: Array, x: Array, t_scalar, i) -> Array:
     """Call ``project(key, x, x, t, i)`` for a state x without a separate mean, at the scalar time
-    t_scalar it has reached; returns the new x. None leaves x unchanged."""
+    t_scalar it has reached; returns the new x (in x's dtype). None leaves x unchanged."""
     if project is None:
         return x
-    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
-    return project(key, x, x, tb, i)[0]
-
-
-def check_num_steps(num_steps, denoise: bool, minimum: int = 1) -> None:
-    """ValueError unless num_steps is an int >= ``minimum`` (+1 with ``denoise``: the last step is
-    the denoising jump)."""
-    lo = minimum + (1 if denoise else 0)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < lo:
-        raise ValueError(f"num_steps must be an int >= {lo} (denoise={denoise}); got "
-                         f"{num_steps!r}")
+    return to_state(project(key, x, x, batch_times(x, t_scalar), i)[0], x)

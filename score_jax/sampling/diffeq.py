@@ -23,7 +23,8 @@ from score_jax.ode import (
     probability_flow_drift,
     solve_ode,
 )
-from score_jax.sampling.common import check_num_steps, resolve_eps, tweedie_denoise
+from score_jax.sampling import options as opts
+from score_jax.sampling.common import batch_times, resolve_eps, time_dtype, to_state, tweedie_denoise
 from score_jax.sde import batch_mul
 
 Array = jax.Array
@@ -66,7 +67,7 @@ def ode_sample(
     eps = resolve_eps(sde, eps)
     v = probability_flow_drift(sde, score_fn)
     if num_steps is not None:
-        check_num_steps(num_steps, denoise)
+        opts.check_num_steps(num_steps, denoise, "ode")
     K = None if num_steps is None else num_steps - (1 if denoise else 0)
     if project is None:
         x, nfe = solve_ode(v, x_init, sde.T, eps, solver=solver, rtol=rtol, atol=atol,
@@ -75,13 +76,13 @@ def ode_sample(
         if K is None:
             raise ValueError("ode_sample with a project hook needs fixed steps: give num_steps "
                              "(an adaptive solve cannot be interrupted between steps)")
-        times = jnp.linspace(sde.T, eps, K + 1).astype(x_init.dtype)
+        times = jnp.linspace(sde.T, eps, K + 1, dtype=time_dtype(x_init.dtype))
 
         def after_step(i, x, t_next):
-            tb = jnp.full((x.shape[0],), t_next, x.dtype)
-            return project(jax.random.fold_in(key, i), x, x, tb, i)[0]
+            return to_state(project(jax.random.fold_in(key, i), x, x, batch_times(x, t_next), i)[0], x)
 
         x, nfe = fixed_step_solve(v, x_init, times, solver=solver, after_step=after_step)
+    x = to_state(x, x_init)  # diffrax may solve in a wider dtype than a bf16 state
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, eps)
         nfe = nfe + 1
@@ -122,23 +123,20 @@ def sde_sample(
     ``UnsafeBrownianPath`` (fixed steps, no reversible adjoint needed: ForwardMode adjoint).
     Returns ``(x, nfe)``.
     """
-    if solver not in SDE_SOLVERS:
-        raise ValueError(f"Unknown SDE solver {solver!r}; valid choices: {list(SDE_SOLVERS)}")
+    opts.check_choice("SDE solver", solver, SDE_SOLVERS)
     eps = resolve_eps(sde, eps)
     num_steps = sde.N if num_steps is None else num_steps
-    check_num_steps(num_steps, denoise)
+    opts.check_num_steps(num_steps, denoise, "sde")
     solver_cls, levy = SDE_SOLVERS[solver]
     slv = solver_cls()
     T = sde.T
     rsde = sde.reverse(score_fn, probability_flow=False)
 
     def drift(s, x, args):
-        t = jnp.full((x.shape[0],), T - s, x.dtype)
-        return -rsde.sde(x, t)[0]
+        return (-rsde.sde(x, batch_times(x, T - s))[0]).astype(x.dtype)
 
     def diffusion(s, x, args):
-        t = jnp.full((x.shape[0],), T - s, x.dtype)
-        g = sde.diffusion_coeff(t).astype(x.dtype)
+        g = sde.diffusion_coeff(batch_times(x, T - s)).astype(x.dtype)
         return lx.DiagonalLinearOperator(batch_mul(g, jnp.ones_like(x)))
 
     K = num_steps - 1 if denoise else num_steps
@@ -150,7 +148,7 @@ def sde_sample(
         saveat=dfx.SaveAt(t1=True), adjoint=dfx.ForwardMode(), max_steps=K,
         stepsize_controller=dfx.ConstantStepSize(),
     )
-    x = sol.ys[-1]
+    x = to_state(sol.ys[-1], x_init)
     nfe = sde_evals_per_step(slv) * K
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, eps)

@@ -38,10 +38,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from score_jax.sampling import options as opts
 from score_jax.sampling.common import (
     apply_project,
-    check_num_steps,
     resolve_eps,
+    time_dtype,
+    to_state,
     x0_prediction,
 )
 
@@ -84,8 +86,7 @@ def get_timesteps(sde, num_points: int, eps: float, schedule: str = "logSNR", *,
     See the module docstring for the schedules. Raises ValueError for an unknown schedule or fewer
     than 2 points.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown time schedule {schedule!r}; valid choices: {list(SCHEDULES)}")
+    opts.check_choice("time schedule", schedule, SCHEDULES)
     if num_points < 2:
         raise ValueError(f"a time grid needs >= 2 points (T, eps); got num_points={num_points}")
     T = sde.T
@@ -108,8 +109,10 @@ def get_timesteps(sde, num_points: int, eps: float, schedule: str = "logSNR", *,
     return t.at[0].set(T).at[-1].set(eps)
 
 
-def _check_common(num_steps, denoise, eps, sde):
-    check_num_steps(num_steps, denoise)
+def _check_common(method, num_steps, denoise, eps, sde, **options):
+    """The shared option rules (``sampling/options.py``); returns the resolved eps."""
+    opts.check_num_steps(num_steps, denoise, method)
+    opts.check_options(method, sde, **options)
     return resolve_eps(sde, eps)
 
 
@@ -117,7 +120,7 @@ def _grid(sde, x, num_steps, eps, schedule, denoise, rho=7.0):
     """Times t_0 = T > ... > t_K = eps with K = num_steps - 1 (denoise) or num_steps, and their
     (a, s, lambda)."""
     K = num_steps - 1 if denoise else num_steps
-    t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=x.dtype)
+    t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=time_dtype(x.dtype))
     a, s = sde.marginal_coeffs(t)
     return t, a, s, jnp.log(a) - jnp.log(s)
 
@@ -157,9 +160,8 @@ def ddim_sample(
     ``schedule="time_uniform"`` gives the DDIM paper's uniform skip.
     ``project`` is the hook of ``pc_sample`` (see ``_apply_project``). Returns ``(x, num_steps)``.
     """
-    eps = _check_common(num_steps, denoise, eps, sde)
-    if not eta >= 0.0:
-        raise ValueError(f"eta must be >= 0; got {eta}")
+    eps = _check_common("ddim", num_steps, denoise, eps, sde, eta=eta)
+    opts.check_choice("time schedule", schedule, SCHEDULES)
     t, a, s, _ = _grid(sde, x_init, num_steps, eps, schedule, denoise)
     K = t.shape[0] - 1
 
@@ -174,7 +176,7 @@ def ddim_sample(
         k_noise, k_proj = jax.random.split(jax.random.fold_in(key, i))
         if eta > 0:
             x_next = x_next + sigma * jax.random.normal(k_noise, x.shape, x.dtype)
-        return _apply_project(project, k_proj, x_next, t[i + 1], i), None
+        return _apply_project(project, k_proj, to_state(x_next, x), t[i + 1], i), None
 
     x, _ = jax.lax.scan(body, x_init, jnp.arange(K))
     if denoise:
@@ -186,6 +188,8 @@ def ddim_sample(
 # DPM-Solver++ (multistep, data prediction)
 # ----------------------------------------------------------------------------------------------
 DPM_SOLVER_TYPES = ("midpoint", "heun")
+# How ``lower_order_final`` counts the last steps (``dpm_solver_sample``).
+LOWER_ORDER_COUNTS = ("with_jump", "solver_steps")
 
 
 def _dpm_update(order, x, m0, m1, m2, lam_prev, lam_t, a_t, s_t, s_prev0, solver_type):
@@ -209,10 +213,10 @@ def _dpm_update(order, x, m0, m1, m2, lam_prev, lam_t, a_t, s_t, s_prev0, solver
     r1 = h_1 / h
     D1_1 = (m1 - m2) / r1
     D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)  # ~ h m'
-    # ~ h^2 m''. LuChengTHU/dpm-solver (and diffusers) use (D1_0 - D1_1) / (r0 + r1) ~ h^2 m'' / 2
-    # here, which halves the second-order term and makes "3M" converge at order 2 only; with the
-    # factor 2 (as in their singlestep "taylor" update) the error falls as h^3
-    # (tests/test_fast_samplers.py).
+    # ~ h^2 m''. Deliberately twice the reference's: LuChengTHU/dpm-solver (and diffusers) use
+    # (D1_0 - D1_1) / (r0 + r1) ~ h^2 m'' / 2 here, which halves the second-order term and makes
+    # "3M" converge at order 2 only; with the factor 2 (as in their singlestep "taylor" update) the
+    # error falls as h^3 (tests/test_fast_samplers.py).
     D2 = 2.0 * (D1_0 - D1_1) / (r0 + r1)
     phi_2 = phi_1 / h + 1.0
     phi_3 = phi_2 / h - 0.5
@@ -234,6 +238,7 @@ def dpm_solver_sample(
     eps: float | None = None,
     schedule: str = "logSNR",
     lower_order_final: bool = True,
+    lower_order_count: str = "with_jump",
     solver_type: str = "midpoint",
     denoise: bool = True,
     project: Callable | None = None,
@@ -247,22 +252,43 @@ def dpm_solver_sample(
     with m_i = x0_hat(x_i, t_i) and the corrections from finite differences of the previous m's:
     order 2 ("midpoint"): - a_t (e^{-h} - 1) D1 / 2, D1 = (m_i - m_{i-1}) / r0, r0 = h_{i-1} / h;
     order 3: + a_t phi_2 D1 - a_t phi_3 D2 with phi_2 = (e^{-h} - 1)/h + 1, phi_3 = phi_2/h - 1/2,
-    D1 ~ h m' and D2 ~ h^2 m'' from three-point differences (see ``_dpm_update`` on the factor 2
-    that the reference code misses in D2; with it the third order is observed).
+    D1 ~ h m' and D2 ~ h^2 m'' from three-point differences.
+
+    Deliberate deviation (3M): D2 = 2 (D1_0 - D1_1) / (r0 + r1), twice the D2 of LuChengTHU/dpm-solver
+    and diffusers' ``multistep_dpm_solver_third_order_update``. Taylor expansion gives
+    D1_0 - D1_1 = (r0 + r1) h^2 m'' / 2 + O(h^3), and the exact integral's h^2 term is
+    -a_t phi_3 h^2 m'', so their D2 halves it and their "3M" converges at order 2 (measured 2.04);
+    ours converges at order 3 (measured 3.3; tests/test_fast_samplers.py, float64, exact score).
+
     The first steps use the orders their history allows (1, then 2, ...). ``lower_order_final``
-    (as LuChengTHU/dpm-solver, for fewer than 10 steps) lowers the order of the last steps to the
-    number of steps left, which stabilises very few steps. One evaluation per step: NFE =
-    ``num_steps``. ``project``: see ``_apply_project``. Returns ``(x, num_steps)``.
+    (for fewer than 10 solver steps, as LuChengTHU/dpm-solver; diffusers uses < 15 timesteps) caps
+    the order of each of the last steps at the number of steps left, itself included, counted by
+    ``lower_order_count``:
+    - ``"with_jump"`` (default; diffusers' DPMSolverMultistepScheduler with final_sigmas_type
+      "zero"): with ``denoise`` the final jump to t = 0 is one of the steps left, and it is the
+      lowered first-order step: step i (of K = num_steps - 1 solver steps) has order
+      min(order, i + 1, K + 1 - i). 2M is then not lowered at all; 3M's last solver step is 2nd
+      order. Equal to diffusers (lower_order_final=True, final_sigmas_type="zero", < 15 steps) on
+      the same grid, step for step.
+    - ``"solver_steps"`` (LuChengTHU/dpm-solver ``sample(lower_order_final=True,
+      denoise_to_zero=True)``, and this package before): the last solver step to eps is first
+      order, min(order, i + 1, K - i), then the jump.
+    Chosen by measurement (bench/bench_dpm_lower_order.py, bench/RESULTS.md "DPM-Solver++ lower
+    order final"): on a 64-D Gaussian of std 0.05, 2M at 10 NFE is 0.032 (RMS, relative) from the
+    exact ODE solution with "with_jump" vs 0.132 with "solver_steps"; without ``denoise`` both
+    are the same.
+    One evaluation per step: NFE = ``num_steps``. ``project``: see ``_apply_project``.
+    Returns ``(x, num_steps)``.
     """
-    eps = _check_common(num_steps, denoise, eps, sde)
-    if order not in (1, 2, 3):
-        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3; got {order!r}")
-    if solver_type not in DPM_SOLVER_TYPES:
-        raise ValueError(f"Unknown DPM-Solver solver_type {solver_type!r}; "
-                         f"valid choices: {list(DPM_SOLVER_TYPES)}")
+    eps = _check_common("dpm_solver", num_steps, denoise, eps, sde, order=order)
+    opts.check_choice("time schedule", schedule, SCHEDULES)
+    opts.check_choice("DPM-Solver solver_type", solver_type, DPM_SOLVER_TYPES)
+    opts.check_choice("lower_order_count", lower_order_count, LOWER_ORDER_COUNTS)
     t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise)
     K = t.shape[0] - 1
     use_lof = lower_order_final and K < 10
+    # Steps left after step i (itself included): the jump counts as one of them with "with_jump".
+    left = K + (1 if denoise and lower_order_count == "with_jump" else 0)
 
     def body(carry, i):
         x, (m1, m2), (lam1, lam2) = carry  # the two previous data predictions and their lambdas
@@ -270,10 +296,10 @@ def dpm_solver_sample(
         lam_prev = jnp.stack([lam[i], lam1, lam2])
         step_order = jnp.minimum(order, i + 1)
         if use_lof:
-            step_order = jnp.minimum(step_order, K - i)
+            step_order = jnp.minimum(step_order, left - i)
         branches = [functools.partial(_dpm_branch, k, solver_type) for k in range(1, order + 1)]
         ops = (x, m, m1, m2, lam_prev, lam[i + 1], a[i + 1], s[i + 1], s[i])
-        x = jax.lax.switch(step_order - 1, branches, ops)
+        x = to_state(jax.lax.switch(step_order - 1, branches, ops), x)
         x = _apply_project(project, jax.random.fold_in(key, i), x, t[i + 1], i)
         return (x, (m, m1), (lam[i], lam1)), None
 
@@ -315,18 +341,18 @@ def heun_sample(
     with t(sigma) = lambda^{-1}(-log sigma). On the sigma grid (``schedule="edm"``: rho = 7) each
     step optionally adds churn: gamma_i = min(s_churn / num_steps, sqrt 2 - 1) for
     s_tmin <= sigma_i <= s_tmax, sigma_hat = (1 + gamma_i) sigma_i,
-    y_hat = y + sqrt(sigma_hat^2 - sigma_i^2) s_noise z; then an Euler step to sigma_{i+1} and
-    Heun's trapezoidal correction. With ``denoise`` the last step goes to sigma = 0 (an Euler step
-    after the churn, y = D(y_hat; sigma_hat_min), as EDM's last step), so NFE = 2 num_steps - 1
-    (EDM's count); without, all ``num_steps`` steps are corrected: NFE = 2 num_steps.
+    y_hat = y + sqrt((sigma_hat - sigma_i)(sigma_hat + sigma_i)) s_noise z (EDM's
+    sqrt(sigma_hat^2 - sigma_i^2), factored so that it is exactly 0 where gamma_i = 0); then an
+    Euler step to sigma_{i+1} and Heun's trapezoidal correction. With ``denoise`` the last step goes
+    to sigma = 0 (an Euler step after the churn, y = D(y_hat; sigma_hat_min), as EDM's last step),
+    so NFE = 2 num_steps - 1 (EDM's count); without, all ``num_steps`` steps are corrected: NFE = 2 num_steps.
     ``project``: see ``_apply_project`` (applied to x = a_t y).
     Returns ``(x, nfe)``.
     Deterministic when ``s_churn = 0``.
     """
-    eps = _check_common(num_steps, denoise, eps, sde)
-    if s_churn < 0 or s_noise < 0:
-        raise ValueError(f"s_churn and s_noise must be >= 0; got s_churn={s_churn}, "
-                         f"s_noise={s_noise}")
+    eps = _check_common("heun", num_steps, denoise, eps, sde, rho=rho, s_churn=s_churn, s_tmin=s_tmin,
+                        s_tmax=s_tmax, s_noise=s_noise)
+    opts.check_choice("time schedule", schedule, SCHEDULES)
     t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise, rho=rho)
     K = t.shape[0] - 1
     sigma = s / a
@@ -343,38 +369,42 @@ def heun_sample(
         sigma_hat = jnp.where(gamma > 0, sigma_hat, sigma)
     else:
         t_hat, sigma_hat = t, sigma
+    # sqrt(sigma_hat^2 - sigma^2) as sqrt((sigma_hat - sigma)(sigma_hat + sigma)): exactly 0 where no
+    # churn applies (the difference of squares, fused into an FMA by XLA, leaves a rounding residue
+    # of up to ~2e-4 sigma in float32 there).
+    churn_std = jnp.sqrt(jnp.maximum((sigma_hat - sigma) * (sigma_hat + sigma), 0.0))
 
-    def denoised(y, t_i):
+    def denoised(y, t_i):  # D(y; sigma(t_i)) in y's dtype; the network sees x = a y in it too
         a_i, s_i = sde.marginal_coeffs(t_i)
-        return _x0_pred(score_fn, a_i * y, t_i, a_i, s_i)
+        return _x0_pred(score_fn, to_state(a_i * y, y), t_i, a_i, s_i)
 
     def body(y, i):
         k_noise, k_proj = jax.random.split(jax.random.fold_in(key, i))
         if churn:
             z = jax.random.normal(k_noise, y.shape, y.dtype)
-            y = y + jnp.sqrt(jnp.maximum(sigma_hat[i] ** 2 - sigma[i] ** 2, 0.0)) * s_noise * z
+            y = to_state(y + churn_std[i] * s_noise * z, y)
         d = (y - denoised(y, t_hat[i])) / sigma_hat[i]
         y_next = y + (sigma[i + 1] - sigma_hat[i]) * d
         d_next = (y_next - denoised(y_next, t[i + 1])) / sigma[i + 1]
         y_next = y + (sigma[i + 1] - sigma_hat[i]) * 0.5 * (d + d_next)
         if project is not None:
             a_next = a[i + 1]
-            y_next = _apply_project(project, k_proj, a_next * y_next, t[i + 1], i) / a_next
-        return y_next, None
+            y_next = _apply_project(project, k_proj, to_state(a_next * y_next, y), t[i + 1], i) / a_next
+        return to_state(y_next, y), None
 
     # The prior sample x_T = a_T y_T.
-    y, _ = jax.lax.scan(body, x_init / a[0], jnp.arange(K))
+    y, _ = jax.lax.scan(body, to_state(x_init / a[0], x_init), jnp.arange(K))
     if denoise:
         # EDM generate.py churns before its last (Euler) step to sigma = 0 too; that step lands
         # on D(y_hat; sigma_hat).
         if churn:
             z = jax.random.normal(jax.random.fold_in(key, K), y.shape, y.dtype)
-            y = y + jnp.sqrt(jnp.maximum(sigma_hat[K] ** 2 - sigma[K] ** 2, 0.0)) * s_noise * z
+            y = to_state(y + churn_std[K] * s_noise * z, y)
         return denoised(y, t_hat[K]), 2 * K + 1
-    return a[K] * y, 2 * K
+    return to_state(a[K] * y, y), 2 * K
 
 
 __all__ = [
     "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps", "inverse_log_snr",
-    "SCHEDULES", "DPM_SOLVER_TYPES",
+    "SCHEDULES", "DPM_SOLVER_TYPES", "LOWER_ORDER_COUNTS",
 ]

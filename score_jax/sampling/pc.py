@@ -15,13 +15,15 @@ import jax.numpy as jnp
 from flax import struct
 
 from score_jax import pytree
-from score_jax.sampling.common import resolve_eps, tweedie_denoise
+from score_jax.sampling import options as opts
+from score_jax.sampling.common import resolve_eps, time_dtype, to_state, tweedie_denoise
 from score_jax.sde import batch_mul
 
 Array = jax.Array
 
 
 def _per_example_norm(x: Array) -> Array:
+    x = x.astype(time_dtype(x.dtype))  # norms of a bf16 state in float32
     return jnp.linalg.norm(x.reshape(x.shape[0], -1), axis=-1)
 
 
@@ -111,7 +113,7 @@ class LangevinCorrector:
         return self.n_steps
 
     def update(self, key, sde, score_fn, x, t):
-        alpha = sde.langevin_alpha(t).astype(x.dtype)
+        alpha = sde.langevin_alpha(t)  # in t's dtype (float32 for a bf16 state)
         x_mean = x
         for k in jax.random.split(key, self.n_steps):
             grad = score_fn(x, t)
@@ -120,7 +122,7 @@ class LangevinCorrector:
             noise_norm = jnp.mean(_per_example_norm(z))
             step = 2.0 * alpha * (self.snr * noise_norm / grad_norm) ** 2
             x_mean = x + batch_mul(step, grad)
-            x = x_mean + batch_mul(jnp.sqrt(2.0 * step), z)
+            x, x_mean = to_state(x_mean + batch_mul(jnp.sqrt(2.0 * step), z), x), to_state(x_mean, x)
         return x, x_mean
 
 
@@ -137,15 +139,15 @@ class AnnealedLangevinDynamics:
         return self.n_steps
 
     def update(self, key, sde, score_fn, x, t):
-        alpha = sde.langevin_alpha(t).astype(x.dtype)
-        std = sde.marginal_coeffs(t)[1].astype(x.dtype)
+        alpha = sde.langevin_alpha(t)  # in t's dtype (float32 for a bf16 state)
+        std = sde.marginal_coeffs(t)[1]
         step = 2.0 * alpha * (self.snr * std) ** 2
         x_mean = x
         for k in jax.random.split(key, self.n_steps):
             grad = score_fn(x, t)
             z = jax.random.normal(k, x.shape, x.dtype)
             x_mean = x + batch_mul(step, grad)
-            x = x_mean + batch_mul(jnp.sqrt(2.0 * step), z)
+            x, x_mean = to_state(x_mean + batch_mul(jnp.sqrt(2.0 * step), z), x), to_state(x_mean, x)
         return x, x_mean
 
 
@@ -172,19 +174,16 @@ CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevinDynamics, "n
 
 def get_predictor(name: str, probability_flow: bool = False):
     """Build a predictor by name; unknown names raise ValueError listing the valid ones."""
-    if name not in PREDICTORS:
-        raise ValueError(f"Unknown predictor {name!r}; valid choices: {list(PREDICTORS)}")
+    opts.check_choice("predictor", name, PREDICTORS)
     return PREDICTORS[name](probability_flow=probability_flow)
 
 
 def get_corrector(name: str, snr: float = 0.16, n_steps: int = 1):
     """Build a corrector by name; unknown names raise ValueError listing the valid ones."""
-    if name not in CORRECTORS:
-        raise ValueError(f"Unknown corrector {name!r}; valid choices: {list(CORRECTORS)}")
+    opts.check_choice("corrector", name, CORRECTORS)
     if name == "none":
         return NoneCorrector()
-    if n_steps < 1:
-        raise ValueError(f"corrector n_steps must be >= 1, got {n_steps}")
+    opts.check_range("n_steps", n_steps)
     return CORRECTORS[name](snr=snr, n_steps=n_steps)
 
 
@@ -227,41 +226,42 @@ def pc_sample(
       ``denoise`` and no predictor (p = 0), where the jump adds 1.
 
     Raises:
-      ValueError: unknown predictor / corrector, eps outside (0, T), num_steps < 1 (< 2 with
-        ``denoise`` and a predictor), corrector n_steps < 1.
+      ValueError: unknown predictor / corrector, eps outside (0, T), num_steps < 2 with
+        ``denoise`` (< 1 without; ``options.min_num_steps``), corrector n_steps < 1, snr < 0.
     """
+    opts.check_options("pc", sde, denoise=denoise, snr=snr, n_steps=n_steps)
     if isinstance(predictor, str):
         predictor = get_predictor(predictor, probability_flow)
     if isinstance(corrector, str):
         corrector = get_corrector(corrector, snr, n_steps)
     eps = resolve_eps(sde, eps)
     N = sde.N if num_steps is None else num_steps
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-        raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}")
+    opts.check_num_steps(N, denoise, "pc")
     if N != sde.N:
         sde = sde.replace(N=N)
-    timesteps = jnp.linspace(sde.T, eps, N).astype(x_init.dtype)
+    tdt = time_dtype(x_init.dtype)  # times stay float32 for a bf16 state (common.py)
+    timesteps = jnp.linspace(sde.T, eps, N, dtype=tdt)
     # The time each predictor update reaches: the next grid point, 0 after the last one.
-    t_next = jnp.concatenate([timesteps[1:], jnp.zeros((1,), x_init.dtype)])
+    t_next = jnp.concatenate([timesteps[1:], jnp.zeros((1,), tdt)])
     B = x_init.shape[0]
     n_scan = N - 1 if denoise else N
 
     def corrector_step(k, x, t_scalar, i):
-        t = jnp.full((B,), t_scalar, x.dtype)
+        t = jnp.full((B,), t_scalar, tdt)
         kc, kproj = jax.random.split(k)
         x, x_mean = corrector.update(kc, sde, score_fn, x, t)
         if project is not None:
             x, x_mean = project(kproj, x, x_mean, t, i)
-        return x, x_mean
+        return to_state(x, x_init), to_state(x_mean, x_init)
 
     def body(x, i):
         k_c, k_p, k_proj = jax.random.split(jax.random.fold_in(key, i), 3)
         x, _ = corrector_step(k_c, x, timesteps[i], i)
-        t = jnp.full((B,), timesteps[i], x.dtype)
+        t = jnp.full((B,), timesteps[i], tdt)
         x, x_mean = predictor.update(k_p, sde, score_fn, x, t)
         if project is not None:
-            x, x_mean = project(k_proj, x, x_mean, jnp.full((B,), t_next[i], x.dtype), i)
-        return x, None
+            x, x_mean = project(k_proj, x, x_mean, jnp.full((B,), t_next[i], tdt), i)
+        return to_state(x, x_init), None
 
     x, _ = jax.lax.scan(body, x_init, jnp.arange(n_scan))
     nfe = n_scan * (predictor.nfe + corrector.nfe)

@@ -38,6 +38,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from score_jax.sampling import options as opts
+from score_jax.sampling.common import resolve_eps, time_dtype, to_state, x0_prediction
 from score_jax.sampling.fast import SCHEDULES, get_timesteps
 
 Array = jax.Array
@@ -45,9 +47,7 @@ Array = jax.Array
 UNIPC_VARIANTS = ("bh1", "bh2")
 
 
-def _x0(score_fn, x, t_scalar, a, s):
-    tb = jnp.full((x.shape[0],), t_scalar, x.dtype)
-    return (x + (s * s) * score_fn(x, tb)) / a
+_x0 = x0_prediction  # float32 times for a bf16 state (common.py)
 
 
 def _coefficients(p, h, rks, variant):
@@ -83,9 +83,9 @@ def _step(p, variant, x, ms, lams, lam_t, a_t, s_t, s_i):
     rks = [(lams[k] - lams[0]) / h for k in range(1, p)]
     Ds = [(ms[k] - ms[0]) / rks[k - 1] for k in range(1, p)]
     B_h, h_phi_1, rhos_p, rhos_c = _coefficients(p, h, rks, variant)
-    x_lin = (s_t / s_i) * x - (a_t * h_phi_1) * ms[0]
-    pred = sum((rhos_p[k] * Ds[k] for k in range(p - 1)), jnp.zeros_like(x))
-    corr = sum((rhos_c[k] * Ds[k] for k in range(p - 1)), jnp.zeros_like(x))
+    x_lin = (s_t / s_i) * x - (a_t * h_phi_1) * ms[0]  # in the time dtype (float32 for bf16 x)
+    pred = sum((rhos_p[k] * Ds[k] for k in range(p - 1)), jnp.zeros_like(x_lin))
+    corr = sum((rhos_c[k] * Ds[k] for k in range(p - 1)), jnp.zeros_like(x_lin))
     return x_lin - (a_t * B_h) * pred, x_lin, B_h, corr, rhos_c[-1]
 
 
@@ -141,20 +141,13 @@ def unipc_sample(
     Raises:
       ValueError: bad ``num_steps``, ``order``, ``variant``, ``schedule`` or ``eps``.
     """
-    if not isinstance(num_steps, int) or num_steps < (2 if denoise else 1):
-        raise ValueError(f"num_steps must be an int >= {2 if denoise else 1} (denoise={denoise}); "
-                         f"got {num_steps!r}")
-    if order not in (1, 2, 3):
-        raise ValueError(f"UniPC order must be 1, 2 or 3; got {order!r}")
-    if variant not in UNIPC_VARIANTS:
-        raise ValueError(f"Unknown UniPC variant {variant!r}; valid choices: {list(UNIPC_VARIANTS)}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown time schedule {schedule!r}; valid choices: {list(SCHEDULES)}")
-    eps = sde.sampling_eps if eps is None else eps
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0; got {eps}")
+    opts.check_num_steps(num_steps, denoise, "unipc")
+    opts.check_options("unipc", sde, order=order, rho=rho)
+    opts.check_choice("UniPC variant", variant, UNIPC_VARIANTS)
+    opts.check_choice("time schedule", schedule, SCHEDULES)
+    eps = resolve_eps(sde, eps)
     K = num_steps - 1 if denoise else num_steps
-    t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=x_init.dtype)
+    t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=time_dtype(x_init.dtype))
     a, s = sde.marginal_coeffs(t)
     lam = jnp.log(a) - jnp.log(s)
 
@@ -165,8 +158,8 @@ def unipc_sample(
     def project_fn(x, i):
         if project is None:
             return x
-        tb = jnp.full((x.shape[0],), t[i + 1], x.dtype)
-        return project(jax.random.fold_in(key, i), x, x, tb, i)[0]
+        tb = jnp.full((x.shape[0],), t[i + 1], t.dtype)
+        return to_state(project(jax.random.fold_in(key, i), x, x, tb, i)[0], x_init)
 
     branches = [functools.partial(_branch, p, variant) for p in range(1, order + 1)]
 
@@ -174,12 +167,13 @@ def unipc_sample(
         x, ms, lams = carry
         ops = (x, ms, lams, lam[i + 1], a[i + 1], s[i + 1], s[i])
         x_pred, x_lin, B_h, corr, rho_c = jax.lax.switch(order_at(i) - 1, branches, ops)
+        x_pred = to_state(x_pred, x_init)
         m_new = _x0(score_fn, x_pred, t[i + 1], a[i + 1], s[i + 1])
         if use_corrector:
             x_new = x_lin - (a[i + 1] * B_h) * (corr + rho_c * (m_new - ms[0]))
         else:
             x_new = x_pred
-        x_new = project_fn(x_new, i)
+        x_new = project_fn(to_state(x_new, x_init), i)
         return (x_new, (m_new, ms[0], ms[1]), (lam[i + 1], lams[0], lams[1])), None
 
     m0 = _x0(score_fn, x_init, t[0], a[0], s[0])
@@ -190,7 +184,7 @@ def unipc_sample(
     # The last step, uncorrected: its order is static.
     p_last = min(order, K, 1) if lower_order_final else min(order, K)
     ops = (x, ms, lams, lam[K], a[K], s[K], s[K - 1])
-    x = project_fn(_step(p_last, variant, *ops)[0], K - 1)
+    x = project_fn(to_state(_step(p_last, variant, *ops)[0], x_init), K - 1)
     if denoise:
         x = _x0(score_fn, x, t[K], a[K], s[K])
     return x, num_steps
