@@ -64,21 +64,21 @@ def main(argv):
 
     if FLAGS.distributed:
         parallel.initialize_distributed()
-    from score_jax import latent as latent_lib
+    from score_jax import config as config_lib
     from score_jax import preemption
     from score_jax.checkpoint import CheckpointError
     from score_jax.data import DatasetNotAvailableError
     from score_jax.evaluation.workdir import evaluate_workdir
 
     try:
-        config = latent_lib.resolve_config(_cli.sampler_override(FLAGS.config),
-                                           FLAGS.workdir)  # stored scale factor
+        config = config_lib.resolve_latent_config(_cli.sampler_override(FLAGS.config),
+                                                  FLAGS.workdir)  # stored scale factor
         if FLAGS.fid_resize is not None:
             config.eval.fid_resize = FLAGS.fid_resize
         sha = FLAGS.inception_sha256
         sha = "pinned" if sha is None else (None if sha.lower() == "none" else sha)
         if config.eval.enable_bpd:  # latent diffusion / autoencoder: no bits/dim, say so
-            latent_lib.check_no_bpd(config)
+            config_lib.check_no_bpd(config)
         with preemption.sigterm() as stop:
             out = evaluate_workdir(
                 config, FLAGS.workdir, eval_folder=FLAGS.eval_folder,

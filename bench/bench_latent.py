@@ -74,7 +74,8 @@ def main():
     c1 = digits_autoencoder.get_config()
     c1.training.n_iters = c1.training.snapshot_freq = big
     res["stage1"] = _timed_training(c1, ae_dir, args.ae_seconds)
-    model, variables, _ = latent_lib.load_autoencoder(_with_ae(digits_ldm.get_config(), ae_dir))
+    model, variables, _ = config_lib.load_autoencoder_from_config(
+        _with_ae(digits_ldm.get_config(), ae_dir))
     ds = config_lib.dataset_from_config(c1, "test", batch_size=64, training=False)
     errs, absd = [], []
     for batch in ds.epoch():

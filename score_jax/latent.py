@@ -1,7 +1,12 @@
 """Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
 Models"): stage 1 (train the KL autoencoder, ``training.objective="autoencoder"``) and stage 2
 (any diffusion objective of the project on the latents of a frozen autoencoder,
-``config.latent.autoencoder_checkpoint``).
+``latent.autoencoder_checkpoint``).
+
+This module takes explicit arguments only (paths, the scale factor, shapes, the autoencoder's
+fields); what reads the config's ``latent`` section lives at the config boundary,
+`score_jax.config.latent` (validation, `latent_space_from_config`, `resolve_config`,
+`resolve_scale_factor`).
 
 Stage 1. The objective is ``models.autoencoder.autoencoder_loss`` (L1 or L2 reconstruction of a
 posterior sample + ``training.kl_weight`` x KL; no perceptual / adversarial term) through the
@@ -21,13 +26,14 @@ it costs one encoder forward per step (not measured separately), but the data
 pipeline stays the project's (per-step determinism, resume, multi-host shards, random flips
 applied to images, not latents) and there is no cache to invalidate when the autoencoder
 changes. ``scale_factor`` = 1 / std of the latents of the first training batch (LDM's
-``scale_by_std``) unless ``config.latent.scale_factor`` is set (SD's VAE: 0.18215); it is
+``scale_by_std``) unless ``latent.scale_factor`` is set (SD's VAE: 0.18215); it is
 computed once, written to ``<workdir>/latent.json`` (with the absolute path and SHA-256 of the
 autoencoder) and read from there on resume, by sample.py and by evaluate.py, which use the
-recorded autoencoder (`recorded_autoencoder`), not whatever the config's path names now.
+recorded autoencoder (`recorded_autoencoder`), not whatever the config's path names now
+(`read_latent_record` / `write_latent_record`).
 Sampling draws latents with any sampler and decodes them
 (``decode_latents``). Bits/dim do not apply (the model's density is over latents, not pixels):
-`check_no_bpd` refuses.
+`score_jax.config.latent.check_no_bpd` refuses with `BPD_MESSAGE`.
 """
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ import numpy as np
 import optax
 
 from score_jax import parallel
-from score_jax.files import file_sha256
+from score_jax.files import atomic_write_json, file_sha256
 from score_jax.models import autoencoder as ae_lib
 from score_jax.train_step import TrainState
 
@@ -57,7 +63,7 @@ AUTOENCODER_FILE = "autoencoder_ema.msgpack"
 LATENT_FILE = "latent.json"
 BPD_MESSAGE = ("bits/dim do not apply to a latent diffusion model: its likelihood is a density "
                "over the autoencoder's latents, not over pixels (no number is reported)")
-# config.latent keys; config.latent.autoencoder holds AutoencoderKL fields
+# keys of the config's ``latent`` section; its ``autoencoder`` holds AutoencoderKL fields
 LATENT_KEYS = ("autoencoder_checkpoint", "scale_factor", "autoencoder")
 AE_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
 
@@ -109,10 +115,10 @@ def autoencoder_objective(model: nn.Module, *, kl_weight: float, reconstruction:
       ValueError: ``reconstruction`` not in ("l1", "l2") or ``kl_weight`` < 0.
     """
     if reconstruction not in ae_lib.RECONSTRUCTIONS:
-        raise ValueError(f"config.training.reconstruction={reconstruction!r} unknown; valid "
+        raise ValueError(f"reconstruction={reconstruction!r} unknown; valid "
                          f"choices: {list(ae_lib.RECONSTRUCTIONS)}")
     if not kl_weight >= 0:
-        raise ValueError(f"config.training.kl_weight={kl_weight!r} must be >= 0")
+        raise ValueError(f"kl_weight={kl_weight!r} must be >= 0")
     if train:
         return functools.partial(ae_lib.autoencoder_loss, model=model, kl_weight=kl_weight,
                                  reconstruction=reconstruction)
@@ -138,12 +144,10 @@ def reconstruct(model: nn.Module, params: Any, images: np.ndarray) -> np.ndarray
 def export_autoencoder(workdir: str, params: Any) -> str:
     """Write ``{'params': params}`` to ``<workdir>/autoencoder_ema.msgpack`` (what stage 2 loads
     from a stage-1 workdir); returns the path."""
-    from score_jax.checkpoint import save_variables
+    from score_jax.checkpoint import save_variables  # atomic (files.atomic_write)
 
     path = os.path.join(workdir, AUTOENCODER_FILE)
-    tmp = path + ".tmp"
-    save_variables({"params": jax.device_get(params)}, tmp)
-    os.replace(tmp, path)
+    save_variables({"params": jax.device_get(params)}, path)
     return path
 
 
@@ -211,89 +215,31 @@ def compute_scale_factor(model: nn.Module, variables: Any, images: np.ndarray) -
     return float(ae_lib.latent_scale_factor(z))
 
 
-def check_no_bpd(config) -> None:
-    """Raise ValueError(`BPD_MESSAGE`) for a latent diffusion config (and for a stage-1
-    autoencoder, which has no likelihood)."""
-    if is_latent(config):
-        raise ValueError(BPD_MESSAGE)
-    if config.training.get("objective") == OBJECTIVE:
-        raise ValueError("bits/dim do not apply to an autoencoder (stage 1 of latent diffusion)")
+def autoencoder_file(checkpoint: str) -> str:
+    """The weights file of an autoencoder checkpoint (a stage-1 workdir or a ``.msgpack`` file)."""
+    return os.path.join(checkpoint, AUTOENCODER_FILE) if os.path.isdir(checkpoint) else checkpoint
 
 
-def check_samplable(config) -> None:
-    """A stage-1 autoencoder has no sampler: raise ValueError pointing at its reconstructions."""
-    if config.training.get("objective") == OBJECTIVE:
-        raise ValueError("an autoencoder (objective 'autoencoder', stage 1 of latent diffusion) "
-                         "has no sampler: its reconstructions are in <workdir>/samples/iter_*/; "
-                         "sample a stage-2 model (config.latent.autoencoder_checkpoint)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Config boundary of latent diffusion (called from score_jax.config, train_lib, the CLIs)
-# ----------------------------------------------------------------------------------------------
-def is_latent(config) -> bool:
-    """True for a stage-2 config (``config.latent.autoencoder_checkpoint`` set)."""
-    lat = config.get("latent")
-    return lat is not None and lat.get("autoencoder_checkpoint") is not None
-
-
-def validate(config) -> None:
-    """Latent / autoencoder checks of ``validate_config``; ValueError naming the value."""
-    t, m = config.training, config.model
-    objective = t.get("objective", "score")
-    if objective == OBJECTIVE or m.get("name") == MODEL_NAME:
-        if objective != OBJECTIVE or m.get("name") != MODEL_NAME:
-            raise ValueError(f"config.training.objective={objective!r} with config.model.name="
-                             f"{m.get('name')!r}: the autoencoder objective trains model "
-                             f"{MODEL_NAME!r} and only it; valid: both or neither")
-        if not config.data.centered:
-            raise ValueError("config.data.centered=False with objective 'autoencoder': the "
-                             "autoencoder works in [-1, 1] (as SD's VAE); valid: True")
-        if t.get("reconstruction", "l1") not in ae_lib.RECONSTRUCTIONS:
-            raise ValueError(f"config.training.reconstruction={t.reconstruction!r} unknown; "
-                             f"valid choices: {list(ae_lib.RECONSTRUCTIONS)}")
-        if not float(t.get("kl_weight", 0.0)) >= 0:
-            raise ValueError(f"config.training.kl_weight={t.kl_weight!r} must be >= 0")
-    lat = config.get("latent")
-    if lat is None:
-        return
-    for k in lat.keys():
-        if k not in LATENT_KEYS:
-            raise ValueError(f"config.latent.{k} is not a known key; valid keys: "
-                             f"{list(LATENT_KEYS)}")
-    for k in (lat.get("autoencoder") or {}).keys():
-        if k not in AE_FIELDS:
-            raise ValueError(f"config.latent.autoencoder.{k} is not a known key; valid keys: "
-                             f"{list(AE_FIELDS)}")
-    if not is_latent(config):
-        return
-    if objective == OBJECTIVE:
-        raise ValueError("config.latent.autoencoder_checkpoint is set with objective "
-                         "'autoencoder': stage 1 trains the autoencoder itself; unset one")
-    sf = lat.get("scale_factor")
-    if sf is not None and not float(sf) > 0:
-        raise ValueError(f"config.latent.scale_factor={sf!r} must be > 0 (or None: 1 / std of "
-                         f"the first batch's latents)")
-
-
-def autoencoder_model_config(config) -> dict:
-    """The AutoencoderKL fields of stage 2: ``config.latent.autoencoder`` where set, else the
-    ``model`` section of ``<stage-1 workdir>/config.json``, else the SD VAE defaults."""
-    path = config.latent.autoencoder_checkpoint
+def autoencoder_fields(checkpoint: str, overrides: Mapping | None = None) -> dict:
+    """The AutoencoderKL fields (a ``get_model`` dict) of the autoencoder at ``checkpoint``:
+    ``overrides`` where set (not None), else the ``model`` section of ``<stage-1
+    workdir>/config.json``, else the SD VAE defaults."""
     out = {"name": MODEL_NAME}
-    cfg_json = os.path.join(path, "config.json")
-    if os.path.isdir(path) and os.path.isfile(cfg_json):
+    cfg_json = os.path.join(checkpoint, "config.json")
+    if os.path.isdir(checkpoint) and os.path.isfile(cfg_json):
         with open(cfg_json) as f:
             stage1 = json.load(f).get("model", {})
         out.update({k: stage1[k] for k in AE_FIELDS if stage1.get(k) is not None})
-    out.update({k: v for k, v in (config.latent.get("autoencoder") or {}).items()
-                if v is not None})
+    out.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return out
 
 
-def load_autoencoder(config) -> tuple[nn.Module, dict, str]:
-    """``(AutoencoderKL, {'params': ...}, file)`` of ``config.latent.autoencoder_checkpoint``,
-    its parameter tree checked against the configured architecture.
+def load_autoencoder(checkpoint: str, fields: Mapping, image_size: int,
+                     num_channels: int) -> tuple[nn.Module, dict, str]:
+    """``(AutoencoderKL, {'params': ...}, file)`` of the autoencoder at ``checkpoint`` (a
+    stage-1 workdir or a converted ``.msgpack``), built from ``fields`` (`autoencoder_fields`)
+    for images (image_size, image_size, num_channels), its parameter tree checked against that
+    architecture.
 
     Raises:
       ValueError: the path does not exist, or a workdir without ``autoencoder_ema.msgpack``.
@@ -301,47 +247,22 @@ def load_autoencoder(config) -> tuple[nn.Module, dict, str]:
     from score_jax import checkpoint as ckpt_lib
     from score_jax import models
 
-    path = config.latent.autoencoder_checkpoint
-    if not os.path.exists(path):  # checked here, not in `validate`: configs name a default path
-        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} does not exist; give "
+    if not os.path.exists(checkpoint):
+        raise ValueError(f"latent.autoencoder_checkpoint={checkpoint!r} does not exist; give "
                          f"a stage-1 workdir (with {AUTOENCODER_FILE}) or a converted .msgpack")
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, AUTOENCODER_FILE)):
-        raise ValueError(f"config.latent.autoencoder_checkpoint={path!r} has no "
+    if os.path.isdir(checkpoint) and not os.path.isfile(os.path.join(checkpoint,
+                                                                      AUTOENCODER_FILE)):
+        raise ValueError(f"latent.autoencoder_checkpoint={checkpoint!r} has no "
                          f"{AUTOENCODER_FILE}: train stage 1 there first")
-    file = os.path.join(path, AUTOENCODER_FILE) if os.path.isdir(path) else path
-    model = models.get_model(autoencoder_model_config(config),
-                             image_size=config.data.image_size,
-                             num_channels=config.data.num_channels)
+    file = autoencoder_file(checkpoint)
+    model = models.get_model(dict(fields), image_size=int(image_size),
+                             num_channels=int(num_channels))
     variables = ckpt_lib.load_variables(file)
     params = variables.get("params", variables)
-    x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.num_channels))
+    x = jnp.zeros((1, int(image_size), int(image_size), int(num_channels)))
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
     ckpt_lib.check_tree(params, expected, f"autoencoder {file}")
     return model, {"params": params}, file
-
-
-def latent_space_from_config(config, mesh=None) -> LatentSpace:
-    """The frozen autoencoder of a stage-2 config; ``config.latent.scale_factor`` must be
-    resolved (`resolve_scale_factor` / `resolve_config`)."""
-    model, variables, file = load_autoencoder(config)
-    sf = config.latent.get("scale_factor")
-    if sf is None:
-        raise ValueError("config.latent.scale_factor is None: train once (it is computed on the "
-                         f"first batch and stored in <workdir>/{LATENT_FILE}), pass --workdir, "
-                         "or set it (SD's VAE: 0.18215)")
-    return latent_space(model, variables, float(sf), config.data.image_size, source=file,
-                        mesh=mesh)
-
-
-def _with_scale(config, scale_factor: float):
-    config = config.copy_and_resolve_references()
-    config.latent.scale_factor = float(scale_factor)
-    return config
-
-
-def _autoencoder_file(checkpoint: str) -> str:
-    """The weights file of ``latent.autoencoder_checkpoint`` (a stage-1 workdir or a file)."""
-    return os.path.join(checkpoint, AUTOENCODER_FILE) if os.path.isdir(checkpoint) else checkpoint
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -351,111 +272,81 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def recorded_autoencoder(config, workdir: str, stored: Mapping) -> str:
-    """The ``latent.autoencoder_checkpoint`` a stage-2 workdir must use: the autoencoder
-    ``latent.json`` recorded at training time, not whatever the config's (often relative,
-    default ``workdirs/digits_ae``) path names in the current folder (issue 26 item 0b: from
-    another folder it decoded with another autoencoder, exit 0 and noise).
+def read_latent_record(workdir: str | None) -> dict | None:
+    """``<workdir>/latent.json`` (the scale factor and autoencoder a stage-2 model was trained
+    with), or None when there is none."""
+    if workdir is None:
+        return None
+    path = os.path.join(workdir, LATENT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_latent_record(workdir: str, *, scale_factor: float, origin: str, checkpoint: str,
+                        file: str, model: nn.Module, image_size: int) -> dict:
+    """Write ``<workdir>/latent.json`` atomically (process 0 only): the scale factor and its
+    origin, the absolute autoencoder checkpoint and weights file, the file's SHA-256 and the
+    latent shape. Returns the record."""
+    f = model.downsampling_factor
+    info = {"scale_factor": float(scale_factor), "origin": origin,
+            "autoencoder_checkpoint": os.path.abspath(checkpoint),
+            "autoencoder": os.path.abspath(file), "autoencoder_sha256": file_sha256(file),
+            "latent_shape": [int(image_size) // f, int(image_size) // f,
+                             int(model.latent_channels)]}
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_json(os.path.join(workdir, LATENT_FILE), info, indent=2, sort_keys=False)
+    return info
+
+
+def recorded_autoencoder(checkpoint: str, workdir: str, stored: Mapping) -> str:
+    """The autoencoder checkpoint a stage-2 workdir must use, given the one the config names
+    (``checkpoint``): the autoencoder ``latent.json`` (``stored``) recorded at training time,
+    not whatever the config's (often relative, default ``workdirs/digits_ae``) path names in the
+    current folder (issue 26 item 0b: from another folder it decoded with another autoencoder,
+    exit 0 and noise).
 
     ``latent.json`` records the absolute ``autoencoder_checkpoint`` and the SHA-256 of its weights
-    file. Rule: the config's checkpoint is kept if its file has the recorded fingerprint; else the
+    file. Rule: ``checkpoint`` is kept if its file has the recorded fingerprint; else the
     recorded checkpoint is used if its file still has it (logged as a warning); else ValueError
-    naming both paths. Records written before the fingerprint (``autoencoder`` path only): the
-    config's file must be the recorded file, else ValueError naming both.
+    naming both paths. Records written before the fingerprint (``autoencoder`` path only):
+    ``checkpoint``'s file must be the recorded file, else ValueError naming both.
 
     Raises:
-      ValueError: neither the config's nor the recorded autoencoder is the one trained with.
+      ValueError: neither ``checkpoint`` nor the recorded autoencoder is the one trained with.
     """
     path = os.path.join(workdir, LATENT_FILE)
-    mine = config.latent.autoencoder_checkpoint
-    mine_file = _autoencoder_file(mine)
+    mine = checkpoint
+    mine_file = autoencoder_file(mine)
     rec_ckpt, rec_file = stored.get("autoencoder_checkpoint"), stored.get("autoencoder")
     sha = stored.get("autoencoder_sha256")
     if sha is None:  # an older record: compare the paths only
         if rec_file is None or _same_file(mine_file, rec_file):
             return mine
-        raise ValueError(f"config.latent.autoencoder_checkpoint={mine!r} ({os.path.abspath(mine_file)})"
+        raise ValueError(f"latent.autoencoder_checkpoint={mine!r} ({os.path.abspath(mine_file)})"
                          f" is not the autoencoder {rec_file!r} recorded in {path} at training "
                          f"time; pass --config.latent.autoencoder_checkpoint=<the recorded one>")
     if os.path.isfile(mine_file) and file_sha256(mine_file) == sha:
         return mine
-    if rec_ckpt is not None and os.path.isfile(_autoencoder_file(rec_ckpt)) and \
-            file_sha256(_autoencoder_file(rec_ckpt)) == sha:
-        log.warning("config.latent.autoencoder_checkpoint=%r is not the autoencoder this model "
+    if rec_ckpt is not None and os.path.isfile(autoencoder_file(rec_ckpt)) and \
+            file_sha256(autoencoder_file(rec_ckpt)) == sha:
+        log.warning("latent.autoencoder_checkpoint=%r is not the autoencoder this model "
                     "was trained with; using %s, recorded in %s", mine, rec_ckpt, path)
         return rec_ckpt
     have = "does not exist" if not os.path.isfile(mine_file) else "holds other weights"
     raise ValueError(f"the autoencoder this model was trained with ({rec_ckpt!r}, sha256 "
                      f"{sha[:12]}..., recorded in {path}) is gone or has changed, and "
-                     f"config.latent.autoencoder_checkpoint={mine!r} ({os.path.abspath(mine_file)}) "
+                     f"latent.autoencoder_checkpoint={mine!r} ({os.path.abspath(mine_file)}) "
                      f"{have}: decoding with another autoencoder gives noise. Restore the "
                      f"recorded autoencoder or retrain stage 2")
 
 
-def resolve_config(config, workdir: str | None):
-    """A copy of a stage-2 config with ``latent.scale_factor`` read from
-    ``<workdir>/latent.json`` (sample.py, evaluate.py, a resumed training run) and
-    ``latent.autoencoder_checkpoint`` the autoencoder recorded there (`recorded_autoencoder`);
-    other configs are returned unchanged.
-
-    Raises:
-      ValueError: the recorded autoencoder is gone or changed and the config names another.
-    """
-    if not is_latent(config) or workdir is None:
-        return config
-    path = os.path.join(workdir, LATENT_FILE)
-    if not os.path.isfile(path):
-        return config
-    with open(path) as f:
-        stored = json.load(f)
-    sf = config.latent.get("scale_factor")
-    if sf is not None and not np.isclose(float(sf), stored["scale_factor"]):
-        log.warning("config.latent.scale_factor=%s differs from %s in %s: using the stored one "
-                    "(the model was trained with it)", sf, stored["scale_factor"], path)
-    checkpoint = recorded_autoencoder(config, workdir, stored)
-    config = _with_scale(config, stored["scale_factor"])
-    config.latent.autoencoder_checkpoint = checkpoint
-    return config
-
-
-def resolve_scale_factor(config, workdir: str, first_batch: Callable[[], Any]):
-    """Stage 2, before training: the scale factor is read from ``<workdir>/latent.json`` (a
-    resumed run), else taken from ``config.latent.scale_factor``, else computed as 1 / std of
-    the latents of ``first_batch()`` (images in [0, 1], the first training batch, LDM's
-    ``scale_by_std``); then stored in ``latent.json`` with its origin and logged. Returns the
-    config copy with ``latent.scale_factor`` set."""
-    path = os.path.join(workdir, LATENT_FILE)
-    if os.path.isfile(path):
-        config = resolve_config(config, workdir)
-        log.info("latent scale factor %.6g (from %s)", config.latent.scale_factor, path)
-        return config
-    sf = config.latent.get("scale_factor")
-    model, variables, file = load_autoencoder(config)
-    if sf is None:
-        batch = first_batch()
-        images = batch["image"] if isinstance(batch, Mapping) else batch
-        sf = compute_scale_factor(model, variables, np.asarray(images))
-        origin = f"1 / std of the latents of the first training batch ({len(images)} images)"
-    else:
-        origin = "config.latent.scale_factor"
-    f = model.downsampling_factor
-    info = {"scale_factor": float(sf), "origin": origin,
-            "autoencoder_checkpoint": os.path.abspath(config.latent.autoencoder_checkpoint),
-            "autoencoder": os.path.abspath(file), "autoencoder_sha256": file_sha256(file),
-            "latent_shape": [config.data.image_size // f, config.data.image_size // f,
-                             int(model.latent_channels)]}
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as fh:
-            json.dump(info, fh, indent=2)
-    log.warning("latent scale factor %.6g (%s), stored in %s", sf, origin, path)
-    return _with_scale(config, sf)
-
-
 __all__ = ["OBJECTIVE", "MODEL_NAME", "AUTOENCODER_FILE", "LATENT_FILE", "BPD_MESSAGE",
+           "LATENT_KEYS", "AE_FIELDS",
            "autoencoder_init_state", "jit_autoencoder_init", "reconstruction_error",
            "autoencoder_objective", "reconstruct", "export_autoencoder",
            "LatentSpace", "latent_space", "encoded_loss_fn", "compute_scale_factor",
-           "check_no_bpd", "check_samplable", "is_latent", "validate", "autoencoder_model_config",
-           "load_autoencoder", "latent_space_from_config", "file_sha256", "recorded_autoencoder",
-           "resolve_config", "resolve_scale_factor"]
+           "autoencoder_file", "autoencoder_fields", "load_autoencoder", "file_sha256",
+           "read_latent_record", "write_latent_record", "recorded_autoencoder"]

@@ -421,9 +421,9 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     "labels", "guidance_scale", "conditional", "sample_metrics", "metrics_path"}; the caller
     decides what non-finite samples mean (sample.py exits non-zero).
     """
-    latent_lib.check_samplable(config)
+    config_lib.check_samplable(config)
     # stage 2: the stored scale factor and the autoencoder recorded at training time
-    config = latent_lib.resolve_config(config, workdir)
+    config = config_lib.resolve_latent_config(config, workdir)
     labels, nrow, n = resolve_labels(config, labels=labels, per_class=per_class,
                                      num_samples=num_samples)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
@@ -484,7 +484,7 @@ def make_logp_fn(built: config_lib.Built, *, rtol: float, atol: float,
     if built.latent is not None:
         raise ValueError(latent_lib.BPD_MESSAGE)
 
-    if built.objective == "flow_matching":
+    if built.objective_spec.sampler == config_lib.FLOW_METHOD:  # a flow: its ODE, from data
         path = built.flow_path
 
         @jax.jit
@@ -531,17 +531,14 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
     of the settings>`` (returned as ``output_dir``: another tolerance, seed, split or repeat count
     never overwrites an earlier result). Latent diffusion models and autoencoders raise
     ValueError(``latent.BPD_MESSAGE``)."""
-    latent_lib.check_no_bpd(config)
+    config_lib.check_no_bpd(config)
     params, info = load_params(config, workdir=workdir, checkpoint=checkpoint, step=step,
                                use_ema=use_ema, model=model)
     built, mesh = info["built"], info["mesh"]
     d, e, s = config.data, config.eval, config.sampling
-    ds = data_lib.get_dataset(d.dataset, split=e.bpd_dataset,
-                              batch_size=e.batch_size // jax.process_count(),
-                              image_size=d.image_size,
-                              training=False, seed=int(config.seed), category=d.get("category"),
-                              data_dir=d.get("data_dir"), tfrecords_path=d.get("tfrecords_path"),
-                              num_channels=d.num_channels)
+    # config.dataset_from_config: every key of config.data (data.path of a folder / npz too)
+    ds = config_lib.dataset_from_config(config, e.bpd_dataset, batch_size=e.batch_size,
+                                        training=False, uniform_dequantization=False)
     logp_fn = make_logp_fn(built, rtol=float(s.rtol), atol=float(s.atol))
     nfes = []
 

@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
       NonFiniteLossError: the loss became NaN / inf; the last checkpoint is left untouched.
     """
     t_enter = time.perf_counter()
-    if latent_lib.is_latent(config):  # stage 2: scale factor from latent.json or 1st batch
+    if config_lib.is_latent(config):  # stage 2: scale factor from latent.json or 1st batch
         config = _resolve_latent(config, workdir, train_ds)
     teacher = load_teacher(config, mesh=mesh, model=model)  # objective "distill", else None
     b = config_lib.build(config, mesh=mesh, model=model,
@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
         log.info("checkpoint step %d: the loop was blocked %.3f s", step, blocked)
         if is_main:
             writer.add_scalar("checkpoint_block_sec", blocked, step)
-        if b.objective == latent_lib.OBJECTIVE:  # stage 1: what stage 2 loads
+        if b.objective_spec.sampler is None:  # stage 1 (the autoencoder): what stage 2 loads
             ema = parallel.to_host(state.ema_params)  # all processes: FSDP shards are gathered
             if is_main:
                 latent_lib.export_autoencoder(workdir, ema)
@@ -329,15 +329,15 @@ class _ProfileWindow:
 
 def _resolve_latent(config, workdir, train_ds):
     """Stage 2: ``latent.scale_factor`` from ``<workdir>/latent.json``, the config, or 1 / std
-    of the first training batch's latents (``latent.resolve_scale_factor``)."""
-    latent_lib.validate(config)
+    of the first training batch's latents (``config.resolve_latent_scale_factor``)."""
+    config_lib.validate_latent(config)
 
     def first_batch():
         ds = train_ds or config_lib.dataset_from_config(config, "train", training=True,
                                                         batch_size=config.training.batch_size)
         return next(ds.iterate(0))
 
-    return latent_lib.resolve_scale_factor(config, workdir, first_batch)
+    return config_lib.resolve_latent_scale_factor(config, workdir, first_batch)
 
 
 __all__ = ["SNAPSHOT_DIGITS_SAMPLES", "EMA_INIT_WARN", "EMA_RAW_WARN_RATIO", "EMA_RAW_WARN_MIN",

@@ -75,7 +75,7 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
     assert int(state.step) == 4 and all(np.isfinite(losses))
     # the scale factor: 1 / std (ddof 1) of the posterior means of the first training batch
     stored = json.load(open(os.path.join(wd, latent_lib.LATENT_FILE)))
-    model, variables, _ = latent_lib.load_autoencoder(config)
+    model, variables, _ = config_lib.load_autoencoder_from_config(config)
     first = next(config_lib.dataset_from_config(config, "train", training=True,
                                                 batch_size=config.training.batch_size
                                                 ).iterate(0))["image"]
@@ -84,7 +84,7 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
                                rtol=1e-5)
     assert stored["latent_shape"] == [8, 8, 2]
     # the diffusion network sees latents: its parameters were initialised on (8, 8, 2)
-    built = config_lib.build(latent_lib.resolve_config(config, wd))
+    built = config_lib.build(config_lib.resolve_latent_config(config, wd))
     assert built.image_shape == (8, 8, 2) and built.latent.scale_factor == stored["scale_factor"]
     # snapshot samples and sample.py's function decode to images in [0, 1]
     snap = np.load(os.path.join(wd, "samples", "iter_4", "samples.npz"))["samples"]
@@ -96,7 +96,7 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
     assert os.path.getsize(out["png"]) > 100
     # the stored scale factor is reused (a different config value is overridden, with a warning)
     config.latent.scale_factor = 123.0
-    assert latent_lib.resolve_config(config, wd).latent.scale_factor == stored["scale_factor"]
+    assert config_lib.resolve_latent_config(config, wd).latent.scale_factor == stored["scale_factor"]
     # bits/dim are refused
     with pytest.raises(ValueError, match="bits/dim do not apply to a latent diffusion model"):
         sample_lib.bpd_from_checkpoint(config, workdir=wd)
@@ -109,7 +109,7 @@ def test_stage2_on_stage1_checkpoint_then_decode(stage1, tmp_path):
     config.latent.scale_factor = None
     config.eval.enable_sampling = True
     config.eval.batch_size = 8
-    out = evaluate_workdir(latent_lib.resolve_config(config, wd), wd, num_samples=8,
+    out = evaluate_workdir(config_lib.resolve_latent_config(config, wd), wd, num_samples=8,
                            begin_step=1, end_step=4, progress=False)
     report = out["reports"][4]
     assert np.isfinite(report["eval_loss"]) and report["eval_loss"] > 0
@@ -130,7 +130,7 @@ def test_stage2_variants_train_and_decode(stage1, tmp_path, variant):
     state = train_lib.train_and_evaluate(config, wd,
                                          callbacks=[lambda s, m: losses.append(float(m["loss"]))])
     assert int(state.step) == 2 and len(losses) == 2 and all(np.isfinite(losses))
-    built = config_lib.build(latent_lib.resolve_config(config, wd))
+    built = config_lib.build(config_lib.resolve_latent_config(config, wd))
     assert built.image_shape == (8, 8, 2)
     out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=3,
                                             output_dir=str(tmp_path / (variant + "_s")))
@@ -153,10 +153,10 @@ def test_sample_cli_refuses_bpd(stage1, tmp_path):
 def test_scale_factor_from_config_or_stored(stage1, tmp_path):
     config = _stage2_config(stage1[0])
     config.latent.scale_factor = 0.5
-    out = latent_lib.resolve_scale_factor(config, str(tmp_path), lambda: pytest.fail("no batch"))
+    out = config_lib.resolve_latent_scale_factor(config, str(tmp_path), lambda: pytest.fail("no batch"))
     assert out.latent.scale_factor == 0.5
     config.latent.scale_factor = None  # a resumed run reads latent.json, never a new batch
-    out = latent_lib.resolve_scale_factor(config, str(tmp_path), lambda: pytest.fail("no batch"))
+    out = config_lib.resolve_latent_scale_factor(config, str(tmp_path), lambda: pytest.fail("no batch"))
     assert out.latent.scale_factor == 0.5
 
 
@@ -212,7 +212,7 @@ def test_validation_errors(tmp_path):
         config_lib.build(config)
     config = _stage2_config(str(tmp_path))
     with pytest.raises(ValueError, match="has no autoencoder_ema.msgpack"):
-        latent_lib.load_autoencoder(config)
+        config_lib.load_autoencoder_from_config(config)
     config.latent.scale_factor = -1.0
     with pytest.raises(ValueError, match="scale_factor=-1.0 must be > 0"):
         config_lib.validate_config(config)

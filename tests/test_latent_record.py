@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from score_jax import config as config_lib
 from score_jax import latent as latent_lib
 from score_jax import models
 
@@ -55,10 +56,10 @@ def test_stage2_sampling_uses_the_recorded_autoencoder(tmp_path, monkeypatch):
     config = _stage2_config()
 
     monkeypatch.chdir(a)  # "training" from folder a: latent.json records a's autoencoder
-    latent_lib.resolve_scale_factor(config, wd, lambda: pytest.fail("no batch"))
+    config_lib.resolve_latent_scale_factor(config, wd, lambda: pytest.fail("no batch"))
     monkeypatch.chdir(b)  # sampling from folder b, whose workdirs/digits_ae is another one
-    resolved = latent_lib.resolve_config(config, wd)
-    _, variables, file = latent_lib.load_autoencoder(resolved)
+    resolved = config_lib.resolve_latent_config(config, wd)
+    _, variables, file = config_lib.load_autoencoder_from_config(resolved)
     assert os.path.samefile(file, os.path.join(a, "workdirs", "digits_ae",
                                                latent_lib.AUTOENCODER_FILE))
     _assert_params_equal(variables["params"], trained_with)
@@ -69,14 +70,14 @@ def test_stage2_sampling_uses_the_recorded_autoencoder(tmp_path, monkeypatch):
 
     # the config naming the recorded one (absolute) is kept as it is
     config.latent.autoencoder_checkpoint = stored["autoencoder_checkpoint"]
-    assert latent_lib.resolve_config(config, wd).latent.autoencoder_checkpoint == \
+    assert config_lib.resolve_latent_config(config, wd).latent.autoencoder_checkpoint == \
         stored["autoencoder_checkpoint"]
     config.latent.autoencoder_checkpoint = "workdirs/digits_ae"
 
     # the recorded autoencoder changed (stage 1 retrained): refused, naming both paths
     latent_lib.export_autoencoder(os.path.join(a, "workdirs", "digits_ae"), other)
     with pytest.raises(ValueError, match="trained with") as err:
-        latent_lib.resolve_config(config, wd)
+        config_lib.resolve_latent_config(config, wd)
     assert stored["autoencoder_checkpoint"] in str(err.value)
     assert os.path.join(os.path.realpath(b), "workdirs", "digits_ae") in str(err.value) or \
         os.path.join(b, "workdirs", "digits_ae") in str(err.value)
@@ -86,4 +87,4 @@ def test_stage2_sampling_uses_the_recorded_autoencoder(tmp_path, monkeypatch):
     with open(os.path.join(wd, latent_lib.LATENT_FILE), "w") as f:
         json.dump(stored, f)
     with pytest.raises(ValueError, match="recorded in"):
-        latent_lib.resolve_config(config, wd)
+        config_lib.resolve_latent_config(config, wd)

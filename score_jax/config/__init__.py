@@ -11,6 +11,8 @@ method and options) that ``train_lib``, ``sample_lib`` and ``evaluation`` use. T
 - `builders`: config -> SDE (generic over ``sde.SDES``), network, optimiser, dataset, labels;
 - `objectives`: the registry of training objectives (`OBJECTIVE_SPECS`: loss builder, score
   wiring, sampler kind, what evaluation applies), `register_objective` to add one;
+- `latent`: latent diffusion's keys (`is_latent`, `validate_latent`, `latent_space_from_config`,
+  `resolve_latent_config`, `resolve_latent_scale_factor`: the ``latent.json`` record);
 - `validation`: `validate_config`, before anything is compiled;
 - `build`: `Built` and `build`.
 
@@ -27,6 +29,17 @@ from score_jax.config.builders import (
                                        scaled_loss_fn,
                                        sde_from_config,
 )
+from score_jax.config.latent import (
+                                       autoencoder_fields_from_config,
+                                       check_no_bpd,
+                                       check_samplable,
+                                       is_latent,
+                                       latent_space_from_config,
+                                       load_autoencoder_from_config,
+                                       validate_latent,
+)
+from score_jax.config.latent import resolve_config as resolve_latent_config
+from score_jax.config.latent import resolve_scale_factor as resolve_latent_scale_factor
 from score_jax.config.objectives import (
                                        OBJECTIVE_SPECS,
                                        OBJECTIVES,
@@ -72,4 +85,7 @@ __all__ = [
     "objective_spec", "register_objective", "set_sampler", "distill_base_config",
     "distill_loss_from_config", "fsdp_from_config",
     "min_shard_size_from_config", "mesh_from_config",
+    "is_latent", "validate_latent", "check_no_bpd", "check_samplable",
+    "autoencoder_fields_from_config", "load_autoencoder_from_config", "latent_space_from_config",
+    "resolve_latent_config", "resolve_latent_scale_factor",
 ]

@@ -10,6 +10,7 @@ import optax
 from score_jax import latent as latent_lib
 from score_jax import parallel
 from score_jax import train_step as ts
+from score_jax.config import latent as latent_cfg
 from score_jax.config.objectives import Objective
 
 
@@ -76,7 +77,7 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
     parallel.check_batch_size(config.training.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     sde = api.sde_from_config(config)
-    space = latent_lib.latent_space_from_config(config, mesh) if latent_lib.is_latent(config) \
+    space = latent_cfg.latent_space_from_config(config, mesh) if latent_cfg.is_latent(config) \
         else None
     if model is None:
         model = api.model_from_config(config) if space is None else _latent_model(config, space)

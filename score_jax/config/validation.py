@@ -8,9 +8,9 @@ import numpy as np
 
 from score_jax import data as data_lib
 from score_jax import flow, parallel, sampling
-from score_jax import latent as latent_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
+from score_jax.config import latent as latent_cfg
 from score_jax.config.builders import label_dropout_from_config, sde_from_config
 from score_jax.config.objectives import OBJECTIVE_SPECS
 from score_jax.config.sampler_options import FLOW_METHOD, config_methods, sampling_options_from_config
@@ -281,6 +281,6 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
           or int(config.training.n_iters) > int(o.warmup),
           f"config.optim.lr_decay={o.get('lr_decay')!r} decays to 0 at training.n_iters="
           f"{config.training.n_iters}, which must exceed optim.warmup={o.warmup}")
-    latent_lib.validate(config)
+    latent_cfg.validate_latent(config)
 
 

@@ -39,7 +39,6 @@ def training_evaluators(config, built, workdir: str, *, eval_ds, start: int, k_e
     ``sampling.num_samples`` EMA samples (one row per class for class-conditional models) with
     the dataset's sample metrics on ``max(sampling.num_samples,
     training.snapshot_metric_samples or SNAPSHOT_DIGITS_SAMPLES)`` samples (the grid's first)."""
-    from score_jax import latent as latent_lib
     from score_jax import sample_lib
 
     t = config.training
@@ -47,7 +46,7 @@ def training_evaluators(config, built, workdir: str, *, eval_ds, start: int, k_e
                                         built.mesh, k_eval)]
     every_snapshot = []
     scale = max(1, 64 // int(config.data.image_size))
-    if t.snapshot_sampling and built.objective == latent_lib.OBJECTIVE:
+    if t.snapshot_sampling and built.objective_spec.sampler is None:  # an autoencoder
         def save_fn(params, images, d):
             return sample_lib.save_reconstructions(built.model, params, images, d, scale=scale)
 
