@@ -27,6 +27,14 @@ BENCH = os.path.join(ROOT, "bench")
 
 # Arguments of each script's smallest setting; "{tmp}" is the test's temporary directory.
 SMOKE: dict[str, list[str]] = {
+    "bench_accelerator.py": ["--smoke", "--json", "{tmp}/accelerator.json"],
+    "bench_accelerator.sh": ["--smoke", "--json", "{tmp}/accelerator.json"],  # last --json wins
+    "bench_async_save.py": ["--mb", "4", "--saves", "2", "--work-s", "0.1", "--digits-steps", "2",
+                            "--json", "{tmp}/async.json"],
+    "bench_distill.py": ["--workdirs", "{tmp}/none", "--num_samples", "8"],  # rows say "no checkpoint"
+    "bench_dpm_lower_order.py": [],
+    "bench_fsdp_memory.py": ["--preset", "DiT-S/2", "--batch", "16", "--fsdp", "1", "8",
+                             "--json", "{tmp}/fsdp.json"],
     "bench_checkerboard.py": ["--steps", "2", "--batch", "16", "--n", "32"],
     "bench_compile_cache.sh": [],  # the smoke config already; writes under $TMPDIR
     "bench_conditional.py": ["--workdir", "{tmp}/wd", "--variant", "smoke", "--n_iters", "2",

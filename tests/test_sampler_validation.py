@@ -13,7 +13,10 @@ SF = toy.gaussian(jnp.zeros(2), 1.0)
 
 # The required options of each method, to isolate the one under test.
 BASE = {"pc": {"num_steps": 4}, "ode": {}, "sde": {"num_steps": 4}, "ddim": {"num_steps": 4},
-        "dpm_solver": {"num_steps": 4}, "heun": {"num_steps": 4}, "unipc": {"num_steps": 4}}
+        "dpm_solver": {"num_steps": 4}, "heun": {"num_steps": 4}, "unipc": {"num_steps": 4},
+        "consistency": {"num_steps": 2}}
+# samplers of a consistency model: every evaluation returns x0, so they take no ``denoise``
+NO_DENOISE = {"consistency"}
 
 
 def _sample(method, sde=None, **opts):
@@ -35,7 +38,7 @@ def test_unknown_option_names_the_valid_ones(method):
     with pytest.raises(ValueError, match=rf"Unknown option 'num_step' for sampling method "
                                          rf"'{method}'; valid options: \[.*'eps'"):
         _sample(method, num_step=3)
-    assert "eps" in valid and "denoise" in valid and "project" not in valid
+    assert "eps" in valid and ("denoise" in valid or method in NO_DENOISE) and "project" not in valid
 
 
 def test_method_options_from_signatures():
@@ -44,7 +47,7 @@ def test_method_options_from_signatures():
     assert sampling.method_options("ode")["num_steps"] is None
     for m in sampling.METHODS:
         assert sampling.method_options(m)["eps"] is None
-        assert sampling.method_options(m)["denoise"] is True
+        assert sampling.method_options(m).get("denoise") is (None if m in NO_DENOISE else True)
     with pytest.raises(ValueError, match="needs option 'num_steps'"):
         sampling.sample(jax.random.key(0), VPSDE(), SF.score_fn(VPSDE()), (4, 2), "ddim")
 

@@ -34,11 +34,13 @@ def _batch(nan: bool):
 
 def test_one_step_is_adam_and_ema_in_closed_form():
     """First Adam step (Kingma & Ba 2015, Alg. 1): m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected
-    m_hat = g, v_hat = g^2, so p1 = p0 - lr g / (|g| + eps); EMA = rate p0 + (1 - rate) p1."""
+    m_hat = g, v_hat = g^2, so p1 = p0 - lr g / (|g| + eps); EMA = d p0 + (1 - d) p1 with the
+    first update's decay d = min(rate, 2 / 11) (the EMA warmup, ``train_step.ema_decay``)."""
     lr, eps, rate = 1e-2, 1e-8, 0.9
     tx, schedule = ts.make_optimizer(lr=lr, eps=eps, grad_clip=-1.0)
     mesh = parallel.make_mesh(1)
     step = ts.jit_train_step(_loss, tx, schedule, rate, mesh)
+    d = min(rate, 2.0 / 11.0)
     state = _state(tx)
     p0 = np.asarray(state.params["w"], np.float64)
     batch = _batch(False)
@@ -46,7 +48,7 @@ def test_one_step_is_adam_and_ema_in_closed_form():
     new, m = step(state, parallel.to_global(batch, mesh), jax.random.key(0))
     p1 = p0 - lr * g / (np.abs(g) + eps)
     np.testing.assert_allclose(np.asarray(new.params["w"]), p1, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(new.ema_params["w"]), rate * p0 + (1 - rate) * p1,
+    np.testing.assert_allclose(np.asarray(new.ema_params["w"]), d * p0 + (1 - d) * p1,
                                rtol=1e-6, atol=1e-7)
     assert int(new.step) == 1 and bool(m["finite"])
     np.testing.assert_allclose(float(m["grad_norm"]), np.linalg.norm(g), rtol=1e-5)

@@ -65,10 +65,11 @@ def consistency_sample(
       rho: the grid's rho (ignored with ``sigmas``). eps: the end time (sigma_min = sigma(eps)).
     Returns ``(x0, num_steps)``.
     """
+    from score_jax.sampling import options as opts
     from score_jax.sampling.fast import get_timesteps, inverse_log_snr
 
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}")
+    # no denoise option: every evaluation returns x0 (sampling/options.py: num_steps >= 1)
+    opts.check_options("consistency", sde, denoise=False, num_steps=num_steps, eps=eps, rho=rho)
     eps = resolve_eps(sde, eps)
     levels = parse_sigmas(sigmas, num_steps)
     if levels is None:

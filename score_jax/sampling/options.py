@@ -11,6 +11,9 @@ the ``num_steps`` steps, so
 
     num_steps >= 2 with denoise,   num_steps >= 1 without.
 
+A sampler without a ``denoise`` option counts as ``denoise=False``: the consistency sampler, each of
+whose evaluations already returns the denoised x0 (``num_steps >= 1``).
+
 (``pc`` accepted 1 with denoise before: its grid ``linspace(T, eps, 1)`` is [T], and the jump
 "from eps" was applied to the untouched prior sample.)
 
