@@ -238,13 +238,17 @@ def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: 
 def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: Callable,
                ema_rate: float, ema_warmup: bool = True,
-               grad_accum_steps: int = 1, state_inputs: bool = False) -> tuple[TrainState, dict]:
-    """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``;
-    example i of the batch draws its noise from ``fold_in(fold_in(key, step), i)``.
+               grad_accum_steps: int = 1, state_inputs: bool = False,
+               per_example_noise: bool = False) -> tuple[TrainState, dict]:
+    """One optimisation step on the (global) batch, randomness ``fold_in(key, state.step)``.
 
-    ``grad_accum_steps`` k > 1: the gradient is accumulated over k micro-batches inside the step
-    (`accumulated_loss_and_grad`, a ``lax.scan``; equal to the k = 1 update up to round-off, as
-    every example keeps its noise), then one optimiser / EMA update.
+    Noise: by default the loss draws the batch's noise from the step key (the draws of every
+    earlier version, so a seed trains the same model as before). ``grad_accum_steps`` k > 1 (or
+    ``per_example_noise``): example i draws its noise from ``fold_in(fold_in(key, step), i)`` and
+    the gradient is accumulated over k micro-batches inside the step
+    (`accumulated_loss_and_grad`, a ``lax.scan``), equal to the full-batch update with the same
+    per-example noise up to round-off (``per_example_noise=True`` with k = 1), then one optimiser /
+    EMA update.
 
     ema <- ema * d + params * (1 - d) after the update, with ``d = ema_decay(state.step + 1,
     ema_rate, ema_warmup)`` = min(rate, (1 + n) / (10 + n)) for the n-th update
@@ -257,12 +261,18 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
       ``(new_state, metrics)`` with scalar metrics loss, grad_norm, lr, finite.
     """
     step_key = jax.random.fold_in(key, state.step)
-    keys = example_keys(step_key, _batch_size(batch))
     # state_inputs: the loss also reads the EMA parameters (constants: the target network of
     # consistency distillation) and the step (curricula), as score_jax.distill's losses do
     extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else None
-    loss, grads = accumulated_loss_and_grad(loss_fn, state.params, batch, keys, grad_accum_steps,
-                                            extra)
+    if int(grad_accum_steps) == 1 and not per_example_noise:
+        def objective(params):
+            return loss_fn({"params": params, **(extra or {})}, batch, step_key)
+
+        (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    else:
+        keys = example_keys(step_key, _batch_size(batch))
+        loss, grads = accumulated_loss_and_grad(loss_fn, state.params, batch, keys,
+                                                grad_accum_steps, extra)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -297,7 +307,8 @@ def _state_sharding(state_sharding: Any, mesh) -> Any:
 
 def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
                    ema_rate: float, mesh, *, ema_warmup: bool = True, state_sharding: Any = None,
-                   grad_accum_steps: int = 1, state_inputs: bool = False) -> Callable:
+                   grad_accum_steps: int = 1, state_inputs: bool = False,
+                   per_example_noise: bool = False) -> Callable:
     """``train_step`` jitted over ``mesh``: state donated and laid out as ``state_sharding`` (a
     sharding or a TrainState-shaped tree of them, e.g. the shardings of `jit_init`'s abstract
     state; default: replicated), batch split over the devices (``parallel.data_sharding``).
@@ -309,7 +320,8 @@ def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule
     st = _state_sharding(state_sharding, mesh)
     fn = functools.partial(train_step, loss_fn=loss_fn, tx=tx, schedule=schedule,
                            ema_rate=float(ema_rate), ema_warmup=bool(ema_warmup),
-                           grad_accum_steps=int(grad_accum_steps), state_inputs=bool(state_inputs))
+                           grad_accum_steps=int(grad_accum_steps), state_inputs=bool(state_inputs),
+                           per_example_noise=bool(per_example_noise))
     return jax.jit(fn, in_shardings=(st, dat, rep), out_shardings=(st, rep), donate_argnums=0)
 
 

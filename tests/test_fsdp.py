@@ -167,8 +167,11 @@ def test_checkpoint_moves_between_meshes(save_fsdp, restore_fsdp, restore_device
 @pytest.mark.parametrize("fsdp", [1, 8])
 def test_grad_accumulation_equals_full_batch(fsdp):
     """grad_accum_steps = 2 (micro-batches of 16 over 8 devices) gives the full-batch update of
-    grad_accum_steps = 1 to round-off: every example keeps its noise and dropout key."""
-    _, ref, m_ref = _train(_config(fsdp=fsdp, batch_size=32), steps=2)
+    grad_accum_steps = 1 with per-example noise to round-off: every example keeps its noise and
+    dropout key."""
+    config = _config(fsdp=fsdp, batch_size=32)
+    config.training.per_example_noise = True
+    _, ref, m_ref = _train(config, steps=2)
     _, acc, m = _train(_config(fsdp=fsdp, grad_accum_steps=2, batch_size=32), steps=2)
     assert _rel_l2(acc.params, ref.params) <= 1e-6
     assert _rel_l2(acc.opt_state, ref.opt_state) <= 1e-5

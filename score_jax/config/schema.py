@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     # gradient accumulation: the batch is cut into this many micro-batches scanned inside the
     # jitted step (train_step.accumulated_loss_and_grad); one optimiser update per step
     training.grad_accum_steps = 1
+    # per-example noise keys fold_in(step_key, i) (always with grad_accum_steps > 1); False: the
+    # batch's noise from the step key, as every earlier version drew it
+    training.per_example_noise = False
     # checkpoints written in the background (orbax async: the loop blocks only for the copy to
     # host memory); preemption checkpoints are always complete before the process exits
     training.async_checkpoints = True

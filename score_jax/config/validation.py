@@ -195,6 +195,8 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
           f"{ndev}; valid choices are multiples of {ndev}")
     parallel.check_fsdp(fsdp_from_config(config), ndev)
     _pos_int("parallel.fsdp_min_size", min_shard_size_from_config(config))
+    pen = t.get("per_example_noise", False)
+    _need(isinstance(pen, bool), f"config.training.per_example_noise={pen!r} must be True or False")
     k = t.get("grad_accum_steps", 1)
     _pos_int("training.grad_accum_steps", k)
     _need(t.batch_size % (k * ndev) == 0,
