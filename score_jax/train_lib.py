@@ -233,7 +233,8 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 save(done, wait=True)
                 log.warning("preemption requested: saved step %d to %s", done,
                             checkpointer.directory)
-                bar.write(f"preempted: checkpoint saved at step {done}")
+                bar.write(f"preempted: checkpoint saved at step {done}; run the same command "
+                          f"again to resume")
                 return state
             if (done % int(t.snapshot_freq_for_preemption) == 0
                     or done % int(t.snapshot_freq) == 0 or last):
@@ -275,8 +276,13 @@ def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict |
 
     tconfig = config.copy_and_resolve_references()
     tconfig.training.objective = d.teacher_objective
-    params, info = sample_lib.load_params(tconfig, workdir=workdir, checkpoint=ckpt,
-                                          step=d.get("teacher_step"), mesh=mesh, model=model)
+    try:
+        params, info = sample_lib.load_params(tconfig, workdir=workdir, checkpoint=ckpt,
+                                              step=d.get("teacher_step"), mesh=mesh, model=model)
+    except (ckpt_lib.CheckpointError, FileNotFoundError) as e:
+        what = (f"--config.distill.teacher_workdir={workdir!r}" if workdir is not None
+                else f"--config.distill.teacher_checkpoint={ckpt!r}")
+        raise type(e)(f"the distillation teacher {what} cannot be loaded: {e}") from e
     built = info["built"]
     denoiser = distill_lib.teacher_denoiser(built.make_score_fn(params), built.sde)
     log.info("distillation teacher: %s (step %s)", info["source"], info["step"])
