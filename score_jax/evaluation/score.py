@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="metrics.json to merge into (default: beside --samples)")
     args = parser.parse_args(argv)
     for flag, path in (("--samples", args.samples), ("--ref-stats", args.ref_stats),
-                       ("--ref-images", args.ref_images), ("--inception", args.inception)):
+                       ("--ref-images", args.ref_images)):
         if path is not None and not os.path.exists(path):  # one line, not a traceback
             parser.error(f"{flag} {path!r} does not exist")
 
