@@ -135,6 +135,8 @@ class LinearSigmaSDE(sde_lib.AbstractSDE):
         raise ValueError("linear_sigma has no discrete chain")
 
 
+@pytest.mark.slow  # ~25 s: compiles a digits train step (the network and folder / npz recipes
+# stay in the default suite)
 def test_recipe_sde(monkeypatch):
     """Issue 21: config.build raised "training.sde='mysde' unknown; valid: ['mysde', ...]"."""
     monkeypatch.setitem(sde_lib.SDES, "linear_sigma", LinearSigmaSDE)  # the one registration
@@ -167,6 +169,8 @@ def my_euler(key, sde, score_fn, x_init, *, num_steps: int = 10, eps: float | No
     return x, num_steps
 
 
+@pytest.mark.slow  # ~25 s: compiles a digits train step (the network and folder / npz recipes
+# stay in the default suite)
 def test_recipe_sampler(monkeypatch):
     monkeypatch.setitem(sampling.METHODS, "my_euler", my_euler)  # the one registration
     config = tiny_config()
@@ -191,6 +195,8 @@ def ring_source(split, *, image_size, num_channels, path, process_index, process
     return x[sl], np.zeros(len(x), np.int32)[sl]
 
 
+@pytest.mark.slow  # ~25 s: compiles a digits train step (the network and folder / npz recipes
+# stay in the default suite)
 def test_recipe_dataset(monkeypatch):
     monkeypatch.setitem(data_lib.DATASET_RECIPES, "RINGS",
                         data_lib.DatasetRecipe("RINGS", ring_source))  # the one registration
