@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_models import median_seconds  # noqa: E402  (bench/ is on sys.path above)
 
 RESULTS: list[dict] = []
 
@@ -53,15 +54,6 @@ def emit(section: str, **fields) -> dict:
         parts.append(f"{k}={str(v).replace(' ', '')}")
     print("BENCH " + " ".join(parts), flush=True)
     return row
-
-
-def _median_step_seconds(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def _ddpmpp_config(smoke: bool, batch: int, dtype: str | None, fsdp: int = 1):
@@ -100,7 +92,7 @@ def _time_train_step(b, batch_shape, iters: int) -> tuple[float, float]:
         holder["s"], metrics = b.train_step(holder["s"], batch, key)
         return metrics["loss"]
 
-    return compile_s, _median_step_seconds(run, iters)
+    return compile_s, median_seconds(run, iters)
 
 
 def section_ddpmpp_train(args) -> None:
@@ -193,7 +185,7 @@ def section_dit_xl(args) -> None:
                     return m["loss"]
 
                 jax.block_until_ready(run())
-                step_s = _median_step_seconds(run, args.iters)
+                step_s = median_seconds(run, args.iters)
                 global_batch = per_device * n
                 emit("dit_xl", fsdp=fsdp, devices=n, per_device_batch=per_device,
                      global_batch=global_batch, compile_s=compile_s, step_s=step_s,
@@ -227,7 +219,7 @@ def section_sampling(args) -> None:
     t0 = time.perf_counter()
     jax.block_until_ready(run())
     compile_s = time.perf_counter() - t0
-    s = _median_step_seconds(run, max(1, args.iters // 2))
+    s = median_seconds(run, max(1, args.iters // 2))
     emit("sampling", sampler="euler_maruyama", steps=steps, batch=batch, compile_s=compile_s,
          seconds=s, img_per_s=batch / s, nfe_per_s=batch * steps / s)
 

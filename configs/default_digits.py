@@ -24,6 +24,15 @@ from configs.common import apply_variant, base_config
 VARIANTS = (None, "smoke", "dsm", "dsm_smoke")
 
 
+def digits_data(d) -> None:
+    """The embedded digits on ``config.data`` (in place): 8 x 8 x 1, centred to [-1, 1], no flips."""
+    d.dataset = "DIGITS"
+    d.image_size = 8
+    d.num_channels = 1
+    d.centered = True
+    d.random_flip = False  # digits are not mirror-symmetric
+
+
 def get_default_configs():
     """Digits data, optimiser and schedule (no network, no objective; the pc sampler of the
     schema with 500 steps): the base the digits configs build on."""
@@ -38,12 +47,7 @@ def get_default_configs():
     t.snapshot_freq_for_preemption = 500
     t.log_freq = 50
     t.eval_freq = 250
-    d = config.data
-    d.dataset = "DIGITS"
-    d.image_size = 8
-    d.num_channels = 1
-    d.centered = True
-    d.random_flip = False  # digits are not mirror-symmetric
+    digits_data(config.data)
     s = config.sampling
     s.method = "pc"
     s.predictor = "euler_maruyama"
@@ -89,12 +93,7 @@ def get_config(arg=None):
         return apply_variant(dsm_config(), "smoke" if arg == "dsm_smoke" else None)
     config = base_config()
     # data: the 1617 training digits at 8 x 8 x 1, centred to [-1, 1], no flips
-    d = config.data
-    d.dataset = "DIGITS"
-    d.image_size = 8
-    d.num_channels = 1
-    d.centered = True
-    d.random_flip = False  # digits are not mirror-symmetric
+    digits_data(config.data)
     # training: EDM's objective (Karras et al. 2022 Table 1) for 3000 steps of batch 64
     t = config.training
     t.objective = "edm"
