@@ -42,7 +42,7 @@ flags.DEFINE_integer("step", None, "Checkpoint step in the workdir (default: the
 flags.DEFINE_bool("ema", True, "Use the EMA parameters of a workdir checkpoint.")
 flags.DEFINE_enum("mode", "sample", ["sample", "bpd"], "Draw samples, or evaluate bits/dim.")
 flags.DEFINE_integer("num_samples", None,
-                     "Number of samples (default: config.sampling.num_samples).")
+                     "Number of samples (default: config.sampling.num_samples).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default <workdir>/samples/"
                     "<method>_step<N>_seed<S>_n<num>_<digest of the settings>).")
@@ -51,7 +51,7 @@ flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
 flags.DEFINE_string("labels", None, "Class-conditional models: comma-separated labels to "
                     "sample, one per sample (e.g. 3,3,7; their count sets the number of samples).")
 flags.DEFINE_integer("per_class", None, "Class-conditional models: a grid with one row per "
-                     "class of this many samples each.")
+                     "class of this many samples each.", lower_bound=1)
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale w (shortcut for "
                    "--config.sampling.guidance_scale): 0 unconditional, 1 conditional, > 1 guided.")
 

@@ -87,3 +87,22 @@ def test_own_images_from_the_command_line(tmp_path):
         assert r.returncode == 0 and "PARSED" in r.stdout, r.stderr[-2000:]
     r = _cli("--config.data.dataset=folder")
     assert r.returncode != 0 and "needs config.data.path" in r.stderr
+
+
+@pytest.mark.parametrize("cli", ["train.py", "sample.py", "evaluate.py"])
+def test_help_lists_the_config_flag(cli):
+    """``--help`` of every CLI lists ``--config`` beside its own flags (absl attributes the flag
+    to the CLI, not to score_jax.config.flags)."""
+    out = subprocess.run([sys.executable, cli, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    text = out.stdout + out.stderr
+    own = text.split(f"{cli}:", 1)
+    assert len(own) == 2, text[-2000:]
+    assert "--config:" in own[1].split("Try --helpfull", 1)[0]
+
+
+def test_sample_refuses_zero_samples_before_loading_anything():
+    out = subprocess.run([sys.executable, "sample.py", "--num_samples=0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--num_samples=0: 0 is not a positive integer" in out.stderr

@@ -21,6 +21,11 @@ from ml_collections import config_flags
 
 NONE_SPELLINGS = ("None", "none")
 
+# The flags this module defines belong to the CLI that calls define_config_flag, so that its
+# ``--help`` lists ``--config`` with its own flags (absl attributes a flag to the first calling
+# module that does not disclaim key flags).
+flags.disclaim_key_flags()
+
 
 class _NoneOr(flags.ArgumentParser):
     """``base`` parser that also reads "None" as None."""
