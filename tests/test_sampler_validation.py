@@ -186,3 +186,18 @@ def test_pc_refuses_too_few_steps_for_the_discrete_chain():
     x, _ = sampling.sample(jax.random.key(0), VPSDE(), lambda x, t: -x, (4, 2), "pc",
                            num_steps=21, corrector="none")
     assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_consistency_sigmas_are_checked_before_tracing():
+    """A bad ``sampling.sigmas`` is refused by ``validate_options`` (config.build, sample.py),
+    without a score evaluation."""
+    def score_fn(x, t):
+        raise AssertionError("traced before the options were checked")
+
+    for opts, match in [({"num_steps": 2, "sigmas": "1,2"}, "num_steps - 1 = 1"),
+                        ({"num_steps": 3, "sigmas": "0.5,2.0"}, "decreasing"),
+                        ({"num_steps": 2, "sigmas": "x"}, "comma-separated")]:
+        with pytest.raises(ValueError, match=match):
+            sampling.validate_options("consistency", VESDE(), opts)
+        with pytest.raises(ValueError, match=match):
+            sampling.sample(jax.random.key(0), VESDE(), score_fn, (2, 2), "consistency", **opts)

@@ -57,7 +57,7 @@ from score_jax.ode import ODE_SOLVERS, probability_flow_drift, probability_flow_
 from score_jax.runner import auto_sharding, run_sampler
 from score_jax.sampling import options as opts
 from score_jax.sampling.common import check_eps, tweedie_denoise
-from score_jax.sampling.consistency import consistency_sample
+from score_jax.sampling.consistency import consistency_sample, parse_sigmas
 from score_jax.sampling.diffeq import SDE_SOLVERS, ode_sample, sde_sample
 from score_jax.sampling.fast import (
     DPM_SOLVER_TYPES,
@@ -232,6 +232,8 @@ def validate_options(method: str, sde, options: dict) -> None:
         _check_option(method, name, v, sde, options)
     if method == "pc" and sde is not None:
         _check_pc_chain(sde, options)
+    if method == "consistency" and options.get("sigmas") is not None:
+        parse_sigmas(options["sigmas"], options.get("num_steps", valid["num_steps"]))
     if method == "ode" and options.get("num_steps") is None and options.get("solver") == "euler":
         raise ValueError("solver 'euler' has no error estimate: give num_steps for a fixed-step "
                          "solve, or an adaptive solver")
