@@ -107,3 +107,20 @@ def test_scheduler_config():
         discrete_vpsde_from_scheduler_config({"prediction_type": "flow"})
     with pytest.raises(ValueError, match="timestep_spacing"):
         discrete_vpsde_from_scheduler_config({"timestep_spacing": "karras"})
+
+
+@pytest.mark.parametrize("name,spacing", [("dpm", "leading"), ("ddim", "trailing"), ("euler", "linspace")])
+def test_float32_close_to_diffusers(name, spacing):
+    # float32 state and times: the labels snap to the integer timesteps (t = (k + 1) / N in float32
+    # is k +- 6e-5 away), so the network sees what diffusers feeds it
+    sde = discrete_vpsde(alphas_cumprod=FIX["alphas_cumprod/scaled_linear"], steps_offset=1)
+    score_fn = get_score_fn(sde, Toy(), {}, prediction="eps")
+    x_init = jnp.asarray(FIX[f"{name}/epsilon/{spacing}/x_init"], jnp.float32)
+    x, _ = jax.jit(lambda x: METHODS[METHOD[name]](jax.random.key(0), sde, score_fn, x, num_steps=10,
+                                                   schedule=spacing, denoise=name != "ddim"))(x_init)
+    ref = FIX[f"{name}/epsilon/{spacing}/x_final"]
+    assert x.dtype == jnp.float32
+    assert float(np.max(np.abs(np.asarray(x) - ref)) / np.max(np.abs(ref))) <= 1e-4
+    labels = sde.network_labels(sde.label_time(jnp.asarray(FIX[f"{name}/epsilon/{spacing}/timesteps"],
+                                                           jnp.float32)), False)
+    np.testing.assert_array_equal(labels, FIX[f"{name}/epsilon/{spacing}/timesteps"])
