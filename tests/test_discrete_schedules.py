@@ -124,3 +124,26 @@ def test_float32_close_to_diffusers(name, spacing):
     labels = sde.network_labels(sde.label_time(jnp.asarray(FIX[f"{name}/epsilon/{spacing}/timesteps"],
                                                            jnp.float32)), False)
     np.testing.assert_array_equal(labels, FIX[f"{name}/epsilon/{spacing}/timesteps"])
+
+
+def test_ddpm_training_on_the_table(x64):
+    """DDPM's discrete objective on the table (Stable Diffusion's training): x_k = sqrt(abar_k) x0 +
+    sqrt(1 - abar_k) z at integer labels k, target z; the network sees k."""
+    from score_jax.losses import get_loss_fn
+
+    sde = discrete_vpsde("scaled_linear", 1000)
+    labels = jnp.array([0, 500, 999])
+    x0, z = jnp.ones((3, 2)), jnp.full((3, 2), 2.0)
+    xk, target, w = sde.discrete_perturbation(labels, x0, z)
+    ac = discrete.alphas_cumprod("scaled_linear", 1000)[np.asarray(labels)]
+    np.testing.assert_allclose(xk[:, 0], np.sqrt(ac) + 2 * np.sqrt(1 - ac), rtol=1e-12)
+    assert (target == z).all() and (w == 1).all()
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, t, train=False):
+            return nn.Dense(2)(x) * (1 + t[:, None] / 1000)
+
+    variables = Net().init(jax.random.key(0), x0, labels.astype(jnp.float64))
+    loss, aux = get_loss_fn(sde, Net(), continuous=False)(variables, {"image": x0}, jax.random.key(1))
+    assert np.isfinite(float(loss)) and jnp.issubdtype(aux["labels"].dtype, jnp.integer)
