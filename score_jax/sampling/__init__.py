@@ -98,6 +98,10 @@ METHODS: dict[str, Callable] = {
     "unipc": unipc_sample, "consistency": consistency_sample,
     "learned_variance": learned_variance_sample,
 }
+# Samplers that need the network's raw output, not only a score: ``score_fn.ddpm_output(x, t)
+# -> (eps, v)`` of a learned-variance network (``score.LearnedVarianceScoreFn``). They take no
+# ``eps`` / ``denoise`` (they run the discrete DDPM chain to its step 0).
+MODEL_OUTPUT_METHODS = ("learned_variance",)
 # Methods that moved to the guidance layer (it imports this package, not the other way round).
 MOVED = {"inpaint": "score_jax.guidance.inpaint", "colorize": "score_jax.guidance.colorize"}
 
@@ -293,7 +297,7 @@ def sample(
 
 
 __all__ = [
-    "sample", "unipc_sample", "METHODS", "method_options", "validate_options", "REQUIRED", "run_sampler",
+    "sample", "unipc_sample", "METHODS", "MODEL_OUTPUT_METHODS", "method_options", "validate_options", "REQUIRED", "run_sampler",
     "auto_sharding", "tweedie_denoise", "probability_flow_drift", "DPM_SOLVER_TYPES", "MOVED",
     "PREDICTORS", "CORRECTORS", "ODE_SOLVERS", "SDE_SOLVERS",
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
