@@ -237,3 +237,88 @@ def test_learned_variance_needs_learn_sigma(converted, tmp_path):
     with pytest.raises(ValueError, match="learn_sigma"):
         sample_lib.draw_samples(jax.random.key(0), config_lib.build(config),
                                 None, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# score_sde CIFAR-10 (NCSN++ VE): convert -> sample -> score, the documented file names
+# ---------------------------------------------------------------------------------------------
+TINY_NCSNPP = '''import sys
+sys.path.insert(0, {root!r})
+from configs.ve import cifar10_ncsnpp_continuous as base
+
+
+def get_config(arg=None):
+    """configs/ve/cifar10_ncsnpp_continuous.py scaled down as tests/fixtures/reference_nets/
+    ncsnpp_ve_fourier.json (the official-layout fixture), with a 3-step PC sampler."""
+    c = base.get_config(arg)
+    c.model.update(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+    c.data.image_size = 16
+    c.sampling.num_steps = 3
+    return c
+'''
+
+
+@pytest.mark.slow  # compiles NCSN++ and a PC sampler (~40 s on 2 cores)
+def test_score_sde_cifar10_convert_sample_score(tmp_path, fake_inception):
+    """The documented commands: ``python -m score_jax.convert checkpoint_26 cifar10_ncsnpp.msgpack
+    --config ...`` then ``sample.py --checkpoint=cifar10_ncsnpp.msgpack --inception ...
+    --ref_stats cifar10_stats.npz --fid_resize tf1 --ref_stats_resize tf1`` (score_sde's stats
+    file: pool_3 only, no recorded convention) on the official-layout NCSN++ fixture."""
+    from flax import serialization
+
+    from score_jax.convert import convert_pytorch
+
+    meta = json.loads((FIX / "reference_nets" / "ncsnpp_ve_fourier.json").read_text())
+    with np.load(FIX / "reference_nets" / "ncsnpp_ve_fourier.npz") as z:
+        sd = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+    cfg = meta["config"]
+    params = convert_pytorch(sd, cfg["model"], **cfg["data"])["params"]  # score_sde's names
+    ckpt = tmp_path / "checkpoint_26"  # a score_sde (JAX) checkpoint file
+    ckpt.write_bytes(serialization.msgpack_serialize(
+        {"step": np.asarray(26), "optimizer": {"target": params, "state": {"step": 26}},
+         "lr": np.asarray(2e-4), "model_state": {}, "ema_rate": np.asarray(0.999),
+         "params_ema": params, "rng": np.asarray([0, 1], np.uint32)}))
+    (tmp_path / "cfgs").mkdir()
+    cfg_file = tmp_path / "cfgs" / "cifar10_ncsnpp_tiny.py"
+    cfg_file.write_text(TINY_NCSNPP.format(root=str(ROOT)))
+    convert_cli.main([str(ckpt), str(tmp_path / "cifar10_ncsnpp.msgpack"), "--config",
+                      str(cfg_file)])
+    feats = np.random.default_rng(2).standard_normal((12, 16)).astype(np.float32)
+    np.savez(tmp_path / "cifar10_stats.npz", pool_3=feats)  # score_sde's layout
+    (tmp_path / "w.pth").write_bytes(b"x")
+    config = convert_cli._load_config(str(cfg_file))
+    fid = sample_lib.FidSpec(inception=str(tmp_path / "w.pth"),
+                             ref_stats=str(tmp_path / "cifar10_stats.npz"), resize="tf1",
+                             ref_stats_resize="tf1")
+    out = sample_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "cifar10_ncsnpp.msgpack"),
+                                            num_samples=3, output_dir=str(tmp_path / "out"),
+                                            fid=fid)
+    assert out["images"].shape == (3, 16, 16, 3) and out["num_nonfinite"] == 0
+    with open(out["metrics_path"]) as f:
+        m = json.load(f)
+    assert np.isfinite(m["fid"]) and m["resize"] == "tf1" and m["quantize"] == "floor"
+    assert m["reference"] == str(tmp_path / "cifar10_stats.npz") and m["num_samples"] == 3
+    # the score CLI on the written samples.npz (uint8, rounded) agrees in convention
+    values = score_cli.main(["--samples", out["npz"], "--ref-stats",
+                             str(tmp_path / "cifar10_stats.npz"), "--ref-stats-resize", "tf1",
+                             "--inception", "w.pth", "--resize", "tf1",
+                             "--out", str(tmp_path / "cli.json")])
+    assert np.isfinite(values["fid"]) and fake_inception[-1][1] == "tf1"
+    # a pytorch-convention run against the tf1 file is refused before sampling
+    with pytest.raises(ValueError, match="tf1"):
+        sample_lib.sample_from_checkpoint(
+            config, checkpoint=str(tmp_path / "cifar10_ncsnpp.msgpack"), num_samples=3,
+            output_dir=str(tmp_path / "o2"), fid=dataclasses_replace(fid, resize="pytorch"))
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+def test_docs_use_one_file_name_for_the_converted_cifar10_checkpoint():
+    """Issue 23: the docs converted to cifar10_ncsnpp.msgpack and sampled ncsnpp_cifar10.msgpack."""
+    text = "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    text += (ROOT / "sample.py").read_text()
+    assert "ncsnpp_cifar10.msgpack" not in text and "cifar10_ncsnpp.msgpack" in text
