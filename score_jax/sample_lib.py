@@ -465,7 +465,9 @@ class FidSpec:
 
 
 def _prepare_fid(config, fid: FidSpec | None):
-    """The reference (checked, before anything compiles) and the convention of ``fid``."""
+    """``(resize, reference stats, reference images, sha256)`` of ``fid``, checked before
+    anything compiles: the convention, the quantisation, the Inception file's sha256 and the
+    reference's convention."""
     if fid is None:
         return None
     from score_jax.evaluation import score as score_cli
@@ -477,12 +479,15 @@ def _prepare_fid(config, fid: FidSpec | None):
     if fid.quantize not in score_cli.QUANTIZE_CHOICES:
         raise ValueError(f"quantize={fid.quantize!r} unknown; valid choices: "
                          f"{list(score_cli.QUANTIZE_CHOICES)}")
-    if not os.path.exists(fid.inception):
-        raise FileNotFoundError(f"Inception weights {fid.inception!r} do not exist")
+    from score_jax.evaluation import inception as inception_lib
+
+    sha = inception_lib.PT_INCEPTION_SHA256 if fid.inception_sha256 == "pinned" \
+        else fid.inception_sha256
+    inception_lib.check_inception_sha256(fid.inception, sha)  # missing / wrong file: now
     reference, ref_images = score_cli.load_reference(
         resize=resize, ref_stats=fid.ref_stats, ref_images=fid.ref_images,
         ref_stats_resize=fid.ref_stats_resize)
-    return resize, reference, ref_images
+    return resize, reference, ref_images, sha
 
 
 def _score_samples(images: np.ndarray, fid: FidSpec, prepared) -> dict:
@@ -491,9 +496,7 @@ def _score_samples(images: np.ndarray, fid: FidSpec, prepared) -> dict:
     from score_jax.evaluation import inception as inception_lib
     from score_jax.evaluation import score as score_cli
 
-    resize, reference, ref_images = prepared
-    sha = fid.inception_sha256
-    sha = inception_lib.PT_INCEPTION_SHA256 if sha == "pinned" else sha
+    resize, reference, ref_images, sha = prepared
     n_dev = jax.local_device_count()
     inception_fn = inception_lib.get_inception_fn(
         fid.inception, batch_size=max(n_dev, int(fid.batch_size) // n_dev * n_dev),

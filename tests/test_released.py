@@ -149,14 +149,20 @@ def test_dit_sample_and_score_in_one_call(converted, tmp_path, fake_inception):
     ref = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     np.savez(tmp_path / "ref.npz", images=ref)
     (tmp_path / "w.pth").write_bytes(b"not read: the Inception is faked")
+    sha = _sha256(tmp_path / "w.pth")  # the pin is checked before sampling: name this file's
     config = _dit_config(vae)
     fid = sample_lib.FidSpec(inception=str(tmp_path / "w.pth"), ref_images=str(tmp_path / "ref.npz"),
-                             resize="tf1")
+                             resize="tf1", inception_sha256=sha)
+    with pytest.raises(ValueError, match=inception_lib.PT_INCEPTION_SHA256):  # default: the pin
+        sample_lib.sample_from_checkpoint(config, checkpoint=str(dit), num_samples=4,
+                                          output_dir=str(tmp_path / "s"),
+                                          fid=dataclasses_replace(fid, inception_sha256="pinned"))
+    assert not (tmp_path / "s").exists()
     out = sample_lib.sample_from_checkpoint(config, checkpoint=str(dit), num_samples=4,
                                             labels=[1, 2, 9, 0], output_dir=str(tmp_path / "s"),
                                             fid=fid)
     assert out["images"].shape == (4, 16, 16, 3) and out["num_nonfinite"] == 0 and out["nfe"] == 4
-    assert fake_inception == [(str(tmp_path / "w.pth"), "tf1", inception_lib.PT_INCEPTION_SHA256)]
+    assert fake_inception == [(str(tmp_path / "w.pth"), "tf1", sha)]
     floored = np.floor(np.clip(out["images"].astype(np.float64) * 255, 0, 255)).astype(np.uint8)
     pool, logits = _fake_features(floored)
     rpool, _ = _fake_features(ref)
@@ -195,7 +201,7 @@ def test_reference_of_another_convention_is_refused_before_sampling(converted, t
                resize="pytorch")
     (tmp_path / "w.pth").write_bytes(b"x")
     fid = sample_lib.FidSpec(inception=str(tmp_path / "w.pth"), ref_stats=str(tmp_path / "stats.npz"),
-                             resize="tf1")
+                             resize="tf1", inception_sha256=None)
     with pytest.raises(ValueError, match="pytorch"):
         sample_lib.sample_from_checkpoint(_dit_config(vae), checkpoint=str(dit), num_samples=2,
                                           output_dir=str(tmp_path / "s"), fid=fid)
@@ -289,7 +295,7 @@ def test_score_sde_cifar10_convert_sample_score(tmp_path, fake_inception):
     config = convert_cli._load_config(str(cfg_file))
     fid = sample_lib.FidSpec(inception=str(tmp_path / "w.pth"),
                              ref_stats=str(tmp_path / "cifar10_stats.npz"), resize="tf1",
-                             ref_stats_resize="tf1")
+                             ref_stats_resize="tf1", inception_sha256=None)
     out = sample_lib.sample_from_checkpoint(config, checkpoint=str(tmp_path / "cifar10_ncsnpp.msgpack"),
                                             num_samples=3, output_dir=str(tmp_path / "out"),
                                             fid=fid)
@@ -309,6 +315,12 @@ def test_score_sde_cifar10_convert_sample_score(tmp_path, fake_inception):
         sample_lib.sample_from_checkpoint(
             config, checkpoint=str(tmp_path / "cifar10_ncsnpp.msgpack"), num_samples=3,
             output_dir=str(tmp_path / "o2"), fid=dataclasses_replace(fid, resize="pytorch"))
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def dataclasses_replace(obj, **kw):
