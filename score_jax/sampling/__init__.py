@@ -297,7 +297,8 @@ def sample(
 
 
 __all__ = [
-    "sample", "unipc_sample", "METHODS", "MODEL_OUTPUT_METHODS", "method_options", "validate_options", "REQUIRED", "run_sampler",
+    "sample", "unipc_sample", "METHODS", "MODEL_OUTPUT_METHODS", "method_options", "validate_options",
+    "REQUIRED", "run_sampler",
     "auto_sharding", "tweedie_denoise", "probability_flow_drift", "DPM_SOLVER_TYPES", "MOVED",
     "PREDICTORS", "CORRECTORS", "ODE_SOLVERS", "SDE_SOLVERS",
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
