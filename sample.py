@@ -19,6 +19,16 @@ on any number of devices. A class-conditional model draws labels uniformly from 
 digits the conditional accuracy is printed and written to ``metrics.json``. If any sample is not finite the command
 says how many and exits with status 2. Bits/dim integrate from ``score_jax.config.LIKELIHOOD_EPS``
 (1e-5), as evaluate.py does.
+
+Sample and score in one command: ``--inception=pt_inception-2015-12-05-6726825d.pth`` with
+``--ref_stats=STATS.npz`` (or ``--ref_images=NPZ_OR_FOLDER``), ``--fid_resize=tf1|pytorch``
+(default ``config.eval.fid_resize``; the statistics must be of the same convention) and
+``--quantize=floor`` (default, score_sde's) writes FID / IS / KID into ``metrics.json``::
+
+    python sample.py --config=configs/ve/cifar10_ncsnpp_continuous.py \
+        --checkpoint=cifar10_ncsnpp.msgpack --output_dir=out --num_samples=50000 \
+        --inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz \
+        --fid_resize=tf1 --ref_stats_resize=tf1
 """
 import json
 import logging
@@ -52,6 +62,23 @@ flags.DEFINE_string("labels", None, "Class-conditional models: comma-separated l
                     "sample, one per sample (e.g. 3,3,7; their count sets the number of samples).")
 flags.DEFINE_integer("per_class", None, "Class-conditional models: a grid with one row per "
                      "class of this many samples each.", lower_bound=1)
+flags.DEFINE_string("inception", None, "Score the samples: local FID Inception weights "
+                    "(pt_inception-2015-12-05-6726825d.pth or its .npz) with --ref_stats or "
+                    "--ref_images; FID / IS / KID go to metrics.json.")
+flags.DEFINE_string("ref_stats", None, "Reference statistics .npz (python -m "
+                    "score_jax.evaluation.stats, or score_sde's cifar10_stats.npz).")
+flags.DEFINE_string("ref_images", None, "Reference uint8 images (.npz or a folder), run through "
+                    "the same Inception.")
+flags.DEFINE_enum("fid_resize", None, ["pytorch", "tf1"], "FID convention (default "
+                  "config.eval.fid_resize): pytorch = pytorch-fid / TF2; tf1 = TTUR / TF-GAN / "
+                  "score_sde. The reference must be of the same one.")
+flags.DEFINE_enum("ref_stats_resize", None, ["pytorch", "tf1"], "Convention of a --ref_stats "
+                  "file that does not record one (score_sde's files: tf1).")
+flags.DEFINE_enum("quantize", "floor", ["floor", "round"], "Float samples -> uint8 for the "
+                  "Inception (floor: score_sde's; round: nearest, DiT's).")
+flags.DEFINE_string("inception_sha256", None, "Expected sha256 of --inception (default: "
+                    "pytorch-fid's file); 'none' skips the check.")
+flags.DEFINE_integer("fid_batch_size", 200, "Inception batch size.")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale w (shortcut for "
                    "--config.sampling.guidance_scale): 0 unconditional, 1 conditional, > 1 guided.")
 
@@ -63,6 +90,26 @@ def _with_guidance_scale(config, w):
     config = config.copy_and_resolve_references()
     config.sampling.guidance_scale = float(w)
     return config
+
+
+def _fid_spec():
+    """The FidSpec of --inception / --ref_stats / --ref_images (None: no scoring)."""
+    from score_jax.sample_lib import FidSpec
+
+    given = [f for f in ("ref_stats", "ref_images", "fid_resize", "ref_stats_resize",
+                         "inception_sha256") if getattr(FLAGS, f) is not None]
+    if FLAGS.inception is None:
+        if given:
+            raise ValueError(f"--{given[0]} needs --inception (the FID Inception weights)")
+        return None
+    if (FLAGS.ref_stats is None) == (FLAGS.ref_images is None):
+        raise ValueError("--inception needs exactly one of --ref_stats and --ref_images")
+    sha = FLAGS.inception_sha256
+    sha = "pinned" if sha is None else (None if sha.lower() == "none" else sha)
+    return FidSpec(inception=FLAGS.inception, ref_stats=FLAGS.ref_stats,
+                   ref_images=FLAGS.ref_images, resize=FLAGS.fid_resize,
+                   ref_stats_resize=FLAGS.ref_stats_resize, quantize=FLAGS.quantize,
+                   inception_sha256=sha, batch_size=FLAGS.fid_batch_size)
 
 
 def _print_conditional(out):
@@ -109,11 +156,14 @@ def main(argv):
             out = sample_lib.sample_from_checkpoint(
                 config, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, step=FLAGS.step,
                 use_ema=FLAGS.ema, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
-                output_dir=FLAGS.output_dir, labels=FLAGS.labels, per_class=FLAGS.per_class)
+                output_dir=FLAGS.output_dir, labels=FLAGS.labels, per_class=FLAGS.per_class,
+                fid=_fid_spec())
             print(f"samples: {out['png']} ({out['num_samples']} samples, nfe {out['nfe']}, "
                   f"{out['seconds']:.1f} s)")
             _print_digits_metrics(config, out)
             _print_conditional(out)
+            if out["fid_metrics"]:
+                print(json.dumps(out["fid_metrics"]) + f" -> {out['metrics_path']}")
             if out["num_nonfinite"]:
                 logging.error("%d of %d samples are not finite (NaN / inf; written as 0 in %s): "
                               "the sampler diverged; try more steps or another sampler",

@@ -185,6 +185,16 @@ def draw_samples(key: Array, spec: SamplingSpec, params: Any, num_samples: int, 
                                                    model_kwargs=kwargs(i))
             return flow.flow_sample(k, velocity_fn, (bs,) + tuple(shape[1:]), path=path,
                                     sharding=sharding, **options)
+    elif method in sampling.MODEL_OUTPUT_METHODS:  # DiT's sampler: the raw (eps, v) output
+        check_learned_variance(model, method)
+        sharding = sampling.auto_sharding(sharding)
+
+        def draw(k, i):
+            score_fn = learned_variance_score_fn(sde, model, params, kwargs(i),
+                                                 guidance_scale=guidance_scale,
+                                                 num_classes=num_classes)
+            return sampling.sample(k, sde, score_fn, (bs,) + tuple(shape[1:]), method=method,
+                                   sharding=sharding, **options)
     else:
         default_wiring = make_score_fn is None
         if default_wiring:
@@ -213,6 +223,35 @@ def draw_samples(key: Array, spec: SamplingSpec, params: Any, num_samples: int, 
     finite = np.isfinite(x)
     x = np.where(finite, np.clip(x, 0.0, 1.0), np.nan)
     return x, int(nfe)
+
+
+def check_learned_variance(model: nn.Module, method: str) -> None:
+    """ValueError unless ``model`` outputs the learned variance (DiT with ``learn_sigma``)."""
+    if not getattr(model, "learn_sigma", False):
+        raise ValueError(f"sampling method {method!r} needs a network with a learned variance "
+                         f"(DiT with model.learn_sigma=True); {type(model).__name__} "
+                         f"{'has learn_sigma=False' if hasattr(model, 'learn_sigma') else 'has none'}"
+                         f"; valid: another sampling.method (ddim, dpm_solver, pc, ...)")
+
+
+def learned_variance_score_fn(sde, model: nn.Module, params: Any, model_kwargs: dict | None, *,
+                              guidance_scale: float | None = None,
+                              num_classes: int | None = None):
+    """``score.LearnedVarianceScoreFn`` of a learned-variance network (DiT ``learn_sigma``) for
+    ``sampling.ddpm.learned_variance_sample``: with ``guidance_scale`` w, DiT's
+    ``forward_with_cfg`` (one call on [x; x] with labels [y; null = num_classes], guidance on the
+    first 3 eps channels: the official convention)."""
+    from score_jax.score import LearnedVarianceScoreFn
+
+    if guidance_scale is not None:
+        from score_jax.guidance import cfg
+
+        cfg.check_guidance_scale(guidance_scale)
+        if not model_kwargs or model_kwargs.get("y") is None:
+            raise ValueError(f"guidance_scale={guidance_scale!r} needs class labels (a "
+                             f"class-conditional model, config.model.num_classes)")
+    return LearnedVarianceScoreFn(sde, {"params": params}, model, model_kwargs=model_kwargs,
+                                  guidance_scale=guidance_scale, num_classes=num_classes)
 
 
 def guided_fns(labels: Array, w: float, num_classes: int, *, params: Any,
@@ -402,9 +441,78 @@ def resolve_labels(config, *, labels: Any = None, per_class: int | None = None,
     return None, None, n
 
 
+@dataclasses.dataclass(frozen=True)
+class FidSpec:
+    """FID / IS / KID of the samples of `sample_from_checkpoint` (``evaluation.score``).
+
+    inception: local ``pt_inception-2015-12-05-6726825d.pth`` or its ``.npz``, checked against
+    ``inception_sha256`` (default: pytorch-fid's file; None skips the check); reference: exactly
+    one of ``ref_stats`` (a statistics ``.npz``; a file without a recorded convention needs
+    ``ref_stats_resize``) and ``ref_images`` (uint8 images: ``.npz`` or folder, run through the
+    same Inception); ``resize``: the convention ("pytorch" | "tf1"; None: the config's
+    ``eval.fid_resize``); ``quantize``: float samples -> uint8 ("floor", score_sde's default, or
+    "round"); ``batch_size``: Inception batch.
+    """
+
+    inception: str
+    ref_stats: str | None = None
+    ref_images: str | None = None
+    resize: str | None = None
+    ref_stats_resize: str | None = None
+    quantize: str = "floor"
+    inception_sha256: str | None = "pinned"
+    batch_size: int = 200
+
+
+def _prepare_fid(config, fid: FidSpec | None):
+    """``(resize, reference stats, reference images, sha256)`` of ``fid``, checked before
+    anything compiles: the convention, the quantisation, the Inception file's sha256 and the
+    reference's convention."""
+    if fid is None:
+        return None
+    from score_jax.evaluation import score as score_cli
+    from score_jax.evaluation.metrics import RESIZE_CONVENTIONS
+
+    resize = fid.resize or config.eval.get("fid_resize", "pytorch")
+    if resize not in RESIZE_CONVENTIONS:
+        raise ValueError(f"FID resize {resize!r} unknown; valid choices: {list(RESIZE_CONVENTIONS)}")
+    if fid.quantize not in score_cli.QUANTIZE_CHOICES:
+        raise ValueError(f"quantize={fid.quantize!r} unknown; valid choices: "
+                         f"{list(score_cli.QUANTIZE_CHOICES)}")
+    from score_jax.evaluation import inception as inception_lib
+
+    sha = inception_lib.PT_INCEPTION_SHA256 if fid.inception_sha256 == "pinned" \
+        else fid.inception_sha256
+    inception_lib.check_inception_sha256(fid.inception, sha)  # missing / wrong file: now
+    reference, ref_images = score_cli.load_reference(
+        resize=resize, ref_stats=fid.ref_stats, ref_images=fid.ref_images,
+        ref_stats_resize=fid.ref_stats_resize)
+    return resize, reference, ref_images, sha
+
+
+def _score_samples(images: np.ndarray, fid: FidSpec, prepared) -> dict:
+    """FID / IS / KID of float ``images`` in [0, 1] (non-finite values as 0), with the
+    convention, quantisation and reference recorded."""
+    from score_jax.evaluation import inception as inception_lib
+    from score_jax.evaluation import score as score_cli
+
+    resize, reference, ref_images, sha = prepared
+    n_dev = jax.local_device_count()
+    inception_fn = inception_lib.get_inception_fn(
+        fid.inception, batch_size=max(n_dev, int(fid.batch_size) // n_dev * n_dev),
+        resize=resize, sha256=sha)
+    u8 = score_cli.quantize_images(np.nan_to_num(images), fid.quantize)
+    values = score_cli.score_images(u8, inception_fn, reference=reference, ref_images=ref_images,
+                                    resize=resize)
+    values.update(resize=resize, quantize=fid.quantize,
+                  reference=fid.ref_stats or fid.ref_images)
+    return values
+
+
 def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
                            num_samples=None, seed=0, output_dir=None, model=None,
-                           labels: Any = None, per_class: int | None = None) -> dict:
+                           labels: Any = None, per_class: int | None = None,
+                           fid: FidSpec | None = None) -> dict:
     """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz and
     settings.json (`sample_settings`) to ``output_dir``, by default
     ``<workdir>/samples/<sample_folder_name>`` (one folder per setting: nothing is overwritten
@@ -417,11 +525,16 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     the metrics of samples the dataset defines (``evaluators.sample_metrics``: DIGITS -> the
     digits quality metric, with ``nfe`` and ``sample_seconds``) and, for class-conditional
     DIGITS, the conditional accuracy are written to ``metrics.json`` by this function alone.
+    With ``fid`` (a `FidSpec`) the samples are also scored (FID / IS / KID against reference
+    statistics or images, in the convention ``fid.resize``, quantised by ``fid.quantize``) and
+    the numbers go to the same ``metrics.json``; the reference and its convention are checked
+    before anything is compiled.
     Returns {"png", "npz", "nfe", "seconds", "num_samples", "num_nonfinite", "images",
-    "labels", "guidance_scale", "conditional", "sample_metrics", "metrics_path"}; the caller
-    decides what non-finite samples mean (sample.py exits non-zero).
+    "labels", "guidance_scale", "conditional", "sample_metrics", "fid_metrics",
+    "metrics_path"}; the caller decides what non-finite samples mean (sample.py exits non-zero).
     """
     config_lib.check_samplable(config)
+    prepared_fid = _prepare_fid(config, fid)
     # stage 2: the stored scale factor and the autoencoder recorded at training time
     config = config_lib.resolve_latent_config(config, workdir)
     labels, nrow, n = resolve_labels(config, labels=labels, per_class=per_class,
@@ -453,6 +566,11 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
             sample_report.update(metric(images))
     if sample_report:
         metrics.update(sample_report, nfe=nfe, sample_seconds=seconds)
+    fid_report = None
+    if fid is not None:
+        fid_report = _score_samples(images, fid, prepared_fid)
+        metrics.update(fid_report, nfe=nfe, sample_seconds=seconds,
+                       num_nonfinite=count_nonfinite(images))
     if jax.process_index() == 0:
         png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size),
                            nrow=nrow)
@@ -464,7 +582,7 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
             "seconds": seconds, "num_samples": n, "num_nonfinite": count_nonfinite(images),
             "images": images, "labels": labels, "guidance_scale": built.guidance_scale,
             "conditional": cond, "sample_metrics": sample_report or None,
-            "metrics_path": metrics_path}
+            "fid_metrics": fid_report, "metrics_path": metrics_path}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,8 +695,9 @@ def bpd_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use
 
 
 __all__ = ["padded_batch_size", "class_labels", "check_labels", "parse_labels", "grid_labels",
-           "guided_fns", "snapshot_labels", "conditional_metrics", "resolve_labels",
+           "guided_fns", "learned_variance_score_fn", "check_learned_variance",
+           "snapshot_labels", "conditional_metrics", "resolve_labels",
            "sample_images",
            "count_nonfinite", "image_grid", "save_samples", "sample_built", "load_params",
-           "sample_from_checkpoint", "sample_settings", "sample_folder_name", "make_logp_fn",
+           "sample_from_checkpoint", "FidSpec", "sample_settings", "sample_folder_name", "make_logp_fn",
            "make_bpd_fn", "bpd_from_checkpoint"]

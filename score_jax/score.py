@@ -199,3 +199,58 @@ def score_fn_from_head(sde, head_fn: Callable[[Array, Array], Array], head: str)
     if head == "score":
         return head_fn
     return HeadScoreFn(sde, head_fn, head)
+
+
+@pytree.dataclass
+class LearnedVarianceScoreFn:
+    """A network with a learned-variance output on the discrete VP (DDPM) chain: DiT with
+    ``learn_sigma`` (2C channels: eps, then v in [-1, 1]; Nichol & Dhariwal 2021).
+
+    - ``ddpm_output(x, timesteps) -> (eps, v)``: the network at the DDPM step indices
+      ``timesteps`` (B,), called with ``full_output=True``; what
+      ``sampling.ddpm.learned_variance_sample`` needs.
+    - ``__call__(x, t)``: the score of the eps half with the discrete VP wiring (labels (N-1) t,
+      score = -eps / sqrt(1 - alphabar)[floor(labels)]), so every other sampler runs on it.
+
+    Classifier-free guidance (``guidance_scale`` w not None; ``model_kwargs["y"]`` the labels,
+    ``num_classes`` the null label) is DiT's ``forward_with_cfg``: one network call on [x; x] with
+    labels [y; null], eps_w = eps(null) + w (eps(y) - eps(null)) on the first
+    ``guided_channels`` output channels (DiT: 3, "for exact reproducibility", of the 4 latent
+    eps channels; None: all C eps channels, the standard form); the other channels, variance
+    included, are the conditional ones.
+    """
+
+    sde: Any
+    variables: Any
+    model: nn.Module = struct.field(pytree_node=False)
+    model_kwargs: Any = None
+    guidance_scale: Any = None
+    num_classes: int | None = struct.field(pytree_node=False, default=None)
+    guided_channels: int | None = struct.field(pytree_node=False, default=3)
+
+    def ddpm_output(self, x: Array, timesteps: Array) -> tuple[Array, Array]:
+        c = x.shape[-1]
+        kwargs = dict(self.model_kwargs or {})
+        if self.guidance_scale is None:
+            out = self.model.apply(self.variables, x, timesteps, train=False, full_output=True,
+                                   **kwargs)
+        else:
+            y = kwargs.pop("y")
+            null = jnp.full_like(y, self.num_classes)
+            both = self.model.apply(self.variables, jnp.concatenate([x, x]),
+                                    jnp.concatenate([timesteps, timesteps]), train=False,
+                                    full_output=True, y=jnp.concatenate([y, null]), **kwargs)
+            cond, uncond = jnp.split(both, 2)
+            g = c if self.guided_channels is None else int(self.guided_channels)
+            w = jnp.asarray(self.guidance_scale, cond.dtype)
+            guided = uncond[..., :g] + w * (cond[..., :g] - uncond[..., :g])
+            out = jnp.concatenate([guided, cond[..., g:]], axis=-1)
+        if out.shape[-1] != 2 * c:
+            raise ValueError(f"a learned-variance network must output 2C = {2 * c} channels "
+                             f"(eps, v); got {out.shape[-1]} (DiT: model.learn_sigma=True)")
+        return out[..., :c], out[..., c:]
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        labels = time_labels(self.sde, t, False)
+        eps, _ = self.ddpm_output(x, labels)
+        return output_to_score(self.sde, eps, t, labels, False)

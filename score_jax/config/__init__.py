@@ -65,6 +65,7 @@ from score_jax.config.schema import (
                                        DATASET_NUM_CLASSES,
                                        DEFAULT_LABEL_DROPOUT,
                                        LIKELIHOOD_EPS,
+                                       NO_DATASET,
                                        OPTION_ALIASES,
                                        SECTIONS,
                                        base_config,
@@ -76,6 +77,7 @@ from score_jax.config.validation import fsdp_from_config, mesh_from_config, min_
 
 __all__ = [
     "LIKELIHOOD_EPS", "FLOW_METHOD", "OBJECTIVES", "OPTION_ALIASES", "DATASET_NUM_CLASSES",
+    "NO_DATASET",
     "base_config", "known_keys", "sde_from_config", "model_from_config", "optimizer_from_config",
     "scaled_loss_fn", "dataset_from_config", "eval_split", "objective_from_config",
     "flow_path_from_config", "precond_from_config", "score_fn_factory", "loss_fn_from_config",

@@ -11,7 +11,7 @@ import optax
 from score_jax import data as data_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
-from score_jax.config.schema import DEFAULT_LABEL_DROPOUT
+from score_jax.config.schema import DEFAULT_LABEL_DROPOUT, NO_DATASET
 
 
 def sde_parameter_keys(name: str) -> tuple[str, ...]:
@@ -87,6 +87,10 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
     (``batch_size // process_count``) of the global ``batch_size``; random flips only when
     ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
     d = config.data
+    if str(d.dataset).upper() == NO_DATASET:
+        raise ValueError(f"config.data.dataset={d.dataset!r} has no data: such a config samples "
+                         f"a converted checkpoint only (sample.py); training, bits/dim and "
+                         f"evaluate.py need a dataset; valid: {data_lib.dataset_names()}")
     deq = d.uniform_dequantization if uniform_dequantization is None else uniform_dequantization
     return data_lib.get_dataset(d.dataset, split=split,
                                 batch_size=int(batch_size) // jax.process_count(),

@@ -33,6 +33,10 @@ _MODEL_EXTRA_KEYS = {"name", "ema_rate", "ema_warmup", "normalization", "interpo
                      "normalization_type"}
 _OPTIM_EXTRA_KEYS = {"amsgrad"}
 # Classes of the datasets with labels (labels outside [0, num_classes) are refused).
+# ``config.data.dataset`` of a config that only samples (a released checkpoint's: DiT-XL/2 on
+# ImageNet): no pipeline; the image size, channels and ``model.num_classes`` come from the
+# config. Training, bits/dim and evaluate.py refuse it (``builders.dataset_from_config``).
+NO_DATASET = "NONE"
 DATASET_NUM_CLASSES = {"DIGITS": 10, "CIFAR10": 10, "SVHN": 10, "MNIST": 10}
 # Label dropout of a class-conditional model when training.label_dropout is None (the "eta" of
 # classifier-free guidance, Ho & Salimans 2022 sec. 3.2 use 0.1 / 0.2).

@@ -14,7 +14,7 @@ from score_jax.config import latent as latent_cfg
 from score_jax.config.builders import label_dropout_from_config, sde_from_config
 from score_jax.config.objectives import OBJECTIVE_SPECS
 from score_jax.config.sampler_options import FLOW_METHOD, config_methods, sampling_options_from_config
-from score_jax.config.schema import DATASET_NUM_CLASSES, SECTIONS, known_keys
+from score_jax.config.schema import DATASET_NUM_CLASSES, NO_DATASET, SECTIONS, known_keys
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -256,8 +256,9 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
         _validate_flow_sampler(options)
     else:
         sampling.validate_options(method, sde_from_config(config), options)
-    _need(d.dataset.upper() in data_lib.dataset_names(),
-          f"config.data.dataset={d.dataset!r} unknown; valid choices: {data_lib.dataset_names()}")
+    _need(d.dataset.upper() in data_lib.dataset_names() or d.dataset.upper() == NO_DATASET,
+          f"config.data.dataset={d.dataset!r} unknown; valid choices: "
+          f"{data_lib.dataset_names() + [NO_DATASET]}")
     recipe = data_lib.DATASET_RECIPES.get(d.dataset.upper())
     _need(recipe is None or not recipe.needs_path or bool(d.get("path")),
           f"config.data.dataset={d.dataset!r} needs config.data.path (a folder of images for "

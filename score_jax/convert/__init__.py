@@ -13,7 +13,7 @@ pytorch-fid weights), ``clip_text`` (transformers CLIPTextModel folders: `load_c
 
 Every public name of the former ``score_jax.convert`` module is re-exported here.
 """
-from score_jax.convert.autoencoder import convert_autoencoder_kl
+from score_jax.convert.autoencoder import convert_autoencoder_kl, load_diffusers_folder
 from score_jax.convert.clip_text import convert_clip_text, load_clip_text
 from score_jax.convert.dit import convert_dit
 from score_jax.convert.inception import convert_inception_pytorch
@@ -34,4 +34,5 @@ from score_jax.convert.score_sde import (
 __all__ = ["read_checkpoint", "read_state_dict", "to_numpy", "check_tree", "convert_pytorch",
            "pytorch_ema_state_dict", "load_pytorch_checkpoint", "convert_flax_score_sde",
            "save_variables", "load_variables", "convert_dit", "convert_autoencoder_kl",
-           "convert_inception_pytorch", "load_clip_text", "convert_clip_text", "main", "_abstract_init", "_load_config"]
+           "load_diffusers_folder", "convert_inception_pytorch", "load_clip_text", "convert_clip_text",
+           "main", "_abstract_init", "_load_config"]

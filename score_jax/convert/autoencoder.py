@@ -18,10 +18,16 @@ Re-layout: conv OIHW -> HWIO, ``nn.Linear`` (out, in) and 1x1-conv attention pro
 ``safetensors`` package (``.safetensors``), ``numpy.load(allow_pickle=False)`` (``.npz``) or, for
 ``.ckpt`` / ``.pth`` / ``.bin``, ``torch.load(weights_only=True)``: no code from a file is run.
 
+A diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, as
+``save_pretrained`` writes it and the Hub serves ``stabilityai/sd-vae-ft-ema``) is read by
+`load_diffusers_folder`, the architecture taken from its config.json.
+
 Command line (output: flax msgpack of ``{'params': ...}``, read back with
-``score_jax.checkpoint.load_variables``; defaults are the SD VAE configuration)::
+``score_jax.checkpoint.load_variables``; defaults: a folder's config.json, else the SD VAE
+configuration)::
 
     python -m score_jax.convert autoencoder_kl vae-ft-mse-840000-ema-pruned.safetensors sd_vae.msgpack
+    python -m score_jax.convert autoencoder_kl sd-vae-ft-ema/ sd_vae.msgpack   # diffusers folder
     python -m score_jax.convert autoencoder_kl diffusion_pytorch_model.safetensors sd_vae.msgpack \\
         --block_out_channels 128,256,512,512 --layers_per_block 2 --latent_channels 4
 """
@@ -235,16 +241,81 @@ def convert_autoencoder_kl(state_dict: Mapping[str, Any], model_config: Any, *,
 
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:
-    """Tensors of a ``.safetensors``, ``.npz`` or torch (``.ckpt`` / ``.pth`` / ``.bin``) file,
-    without running code from it (`reader.read_state_dict`; bf16 widened to float32). A torch
+    """Tensors of a ``.safetensors``, ``.npz`` or torch (``.ckpt`` / ``.pth`` / ``.bin``) file, or
+    of a diffusers folder's weights file (`load_diffusers_folder`), without running code from it
+    (`reader.read_state_dict`; bf16 widened to float32). A torch
     file's ``state_dict`` entry is used if present.
 
     Raises:
       ValueError: an unknown suffix (naming the valid ones).
       ImportError: torch is needed for that file and not installed.
     """
+    if Path(path).is_dir():  # a diffusers folder: its weights file (architecture: config.json)
+        return load_diffusers_folder(path)[0]
     return read_state_dict(path, entries=("state_dict",),
                            suffixes=(".safetensors", ".npz", ".ckpt", ".pth", ".pt", ".bin"))
+
+
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# diffusers AutoencoderKL config.json fields -> config.model fields of score_jax's AutoencoderKL
+_DIFFUSERS_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+
+
+def load_diffusers_folder(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state_dict, config)`` of a diffusers ``AutoencoderKL`` folder (``save_pretrained`` /
+    the Hub layout of ``stabilityai/sd-vae-ft-ema``: ``config.json`` +
+    ``diffusion_pytorch_model.safetensors`` (or ``.bin``); a pipeline folder's ``vae/``
+    subfolder is used when the folder itself has no config.json).
+
+    ``config``: ``{"name": "autoencoder_kl", block_out_channels, layers_per_block,
+    latent_channels, norm_num_groups}`` from config.json, plus ``in_channels`` and
+    ``scaling_factor`` (None when absent).
+
+    Raises:
+      ValueError: no config.json / weights file (naming what is there), not an AutoencoderKL,
+        or a feature score_jax's AutoencoderKL lacks (other block types, act_fn, no quant convs,
+        no mid-block attention, latents_mean / shift_factor).
+    """
+    import json
+
+    root = Path(path)
+    if not (root / "config.json").is_file() and (root / "vae" / "config.json").is_file():
+        root = root / "vae"
+    if not (root / "config.json").is_file():
+        raise ValueError(f"{str(path)!r} is a folder without config.json (has "
+                         f"{sorted(p.name for p in Path(path).iterdir())}); valid: a diffusers "
+                         f"AutoencoderKL folder (config.json + {DIFFUSERS_WEIGHTS[0]})")
+    cfg = json.loads((root / "config.json").read_text())
+    weights = next((root / w for w in DIFFUSERS_WEIGHTS if (root / w).is_file()), None)
+    if weights is None:
+        raise ValueError(f"{str(root)!r} has no weights file; valid: one of {list(DIFFUSERS_WEIGHTS)} "
+                         f"(has {sorted(p.name for p in root.iterdir())})")
+    cls = cfg.get("_class_name", "AutoencoderKL")
+    if cls != "AutoencoderKL":
+        raise ValueError(f"{str(root)!r} holds a {cls!r}; valid: 'AutoencoderKL'")
+    levels = len(cfg.get("block_out_channels", ()))
+    unsupported = {
+        "down_block_types": (cfg.get("down_block_types"), ["DownEncoderBlock2D"] * levels),
+        "up_block_types": (cfg.get("up_block_types"), ["UpDecoderBlock2D"] * levels),
+        "act_fn": (cfg.get("act_fn", "silu"), "silu"),
+        "use_quant_conv": (cfg.get("use_quant_conv", True), True),
+        "use_post_quant_conv": (cfg.get("use_post_quant_conv", True), True),
+        "mid_block_add_attention": (cfg.get("mid_block_add_attention", True), True),
+        "latents_mean": (cfg.get("latents_mean"), None),
+        "shift_factor": (cfg.get("shift_factor"), None),
+    }
+    for key, (got, want) in unsupported.items():
+        if got is not None and key.endswith("_types"):
+            got = list(got)
+        if got != want:
+            raise ValueError(f"{str(root / 'config.json')!r}: {key}={got!r} is not supported by "
+                             f"score_jax's AutoencoderKL; valid: {want!r}")
+    config = {"name": "autoencoder_kl",
+              **{k: (tuple(cfg[k]) if k == "block_out_channels" else int(cfg[k]))
+                 for k in _DIFFUSERS_FIELDS},
+              "in_channels": int(cfg.get("in_channels", 3)),
+              "scaling_factor": cfg.get("scaling_factor")}
+    return load_state_dict(weights), config
 
 
 def _int_tuple(s: str) -> tuple[int, ...]:
@@ -254,24 +325,43 @@ def _int_tuple(s: str) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert a PyTorch AutoencoderKL (SD VAE) "
                                      "checkpoint to a score_jax msgpack of {'params': ...}.")
-    parser.add_argument("checkpoint", help=".safetensors / .npz / .ckpt / .pth / .bin")
+    parser.add_argument("checkpoint", help="a diffusers AutoencoderKL folder (config.json + "
+                        "diffusion_pytorch_model.safetensors), or a .safetensors / .npz / .ckpt "
+                        "/ .pth / .bin file")
     parser.add_argument("output", help="output .msgpack")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto")
-    parser.add_argument("--block_out_channels", type=_int_tuple, default=(128, 256, 512, 512))
-    parser.add_argument("--layers_per_block", type=int, default=2)
-    parser.add_argument("--latent_channels", type=int, default=4)
-    parser.add_argument("--norm_num_groups", type=int, default=32)
-    parser.add_argument("--num_channels", type=int, default=3)
+    parser.add_argument("--block_out_channels", type=_int_tuple, default=None,
+                        help="default: the folder's config.json, else 128,256,512,512 (SD)")
+    parser.add_argument("--layers_per_block", type=int, default=None, help="default: config.json "
+                        "or 2")
+    parser.add_argument("--latent_channels", type=int, default=None, help="default: config.json "
+                        "or 4")
+    parser.add_argument("--norm_num_groups", type=int, default=None, help="default: config.json "
+                        "or 32")
+    parser.add_argument("--num_channels", type=int, default=None, help="default: config.json "
+                        "or 3")
     args = parser.parse_args(argv)
-    config = {"name": "autoencoder_kl", "block_out_channels": args.block_out_channels,
-              "layers_per_block": args.layers_per_block, "latent_channels": args.latent_channels,
-              "norm_num_groups": args.norm_num_groups}
-    variables = convert_autoencoder_kl(load_state_dict(args.checkpoint), config,
-                                       num_channels=args.num_channels, layout=args.layout,
-                                       dtype=np.float32)
+    sd = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+          "latent_channels": 4, "norm_num_groups": 32, "in_channels": 3}
+    scaling = None
+    if Path(args.checkpoint).is_dir():
+        state, found = load_diffusers_folder(args.checkpoint)
+        scaling = found.pop("scaling_factor")
+        sd.update({k: v for k, v in found.items() if k != "name"})
+    else:
+        state = load_state_dict(args.checkpoint)
+    given = {k: getattr(args, k) for k in _DIFFUSERS_FIELDS}
+    fields = {k: sd[k] if v is None else v for k, v in given.items()}
+    num_channels = sd["in_channels"] if args.num_channels is None else args.num_channels
+    config = {"name": "autoencoder_kl", **fields}
+    variables = convert_autoencoder_kl(state, config, num_channels=num_channels,
+                                       layout=args.layout, dtype=np.float32)
     atomic_write(args.output, serialization.msgpack_serialize(variables))
     n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(variables))
-    print(f"wrote {args.output}: {n:,} parameters")
+    print(f"wrote {args.output}: {n:,} parameters; architecture "
+          f"{ {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()} }"
+          + (f"; the folder's scaling_factor {scaling} (config.latent.scale_factor)"
+             if scaling is not None else ""))
 
 
 if __name__ == "__main__":

@@ -67,10 +67,53 @@ def load_samples(path: str, *, key: str | None = None, quantize: str = "floor") 
             raise ValueError(f"{path!r} has no array {key!r} (arrays: {f.files})")
         x = f[key]
     if np.issubdtype(x.dtype, np.floating):
-        check_image_range(x, name=path)
-        u = np.clip(x.astype(np.float64) * 255.0, 0.0, 255.0)
-        x = (np.floor(u) if quantize == "floor" else np.round(u)).astype(np.uint8)
+        x = quantize_images(x, quantize, name=path)
     return stats_lib._as_nhwc_uint8(x, path)
+
+
+def quantize_images(x: np.ndarray, quantize: str = "floor", *, name: str = "samples"
+                    ) -> np.ndarray:
+    """Float images in [0, 1] -> uint8: ``"floor"`` is score_sde's ``np.clip(x * 255, 0,
+    255).astype(np.uint8)``, ``"round"`` the nearest level (``np.round``; DiT's
+    ``sample_ddp.py`` truncates ``127.5 x + 128`` on [-1, 1]: the nearest level, ties up).
+
+    Raises:
+      ValueError: unknown ``quantize``, or values outside [0, 1] (``check_image_range``).
+    """
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    check_image_range(x, name=name)
+    u = np.clip(np.asarray(x, np.float64) * 255.0, 0.0, 255.0)
+    return (np.floor(u) if quantize == "floor" else np.round(u)).astype(np.uint8)
+
+
+def load_reference(*, resize: str, ref_stats: str | None = None, ref_images: str | None = None,
+                   ref_key: str | None = None, ref_stats_resize: str | None = None,
+                   max_images: int | None = None) -> tuple[dict | None, np.ndarray | None]:
+    """``(reference statistics, None)`` from ``ref_stats`` (checked to be in convention
+    ``resize``: `check_stats_resize`, before any Inception is built) or ``(None, uint8 images)``
+    from ``ref_images`` (an ``.npz`` or a folder). Exactly one must be given.
+
+    Raises:
+      ValueError: neither or both, or statistics of another convention.
+      FileNotFoundError: a path that does not exist.
+    """
+    from score_jax.evaluation import stats as stats_lib
+
+    if (ref_stats is None) == (ref_images is None):
+        raise ValueError(f"give exactly one of ref_stats (got {ref_stats!r}) and ref_images "
+                         f"(got {ref_images!r})")
+    path = ref_stats or ref_images
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"reference {path!r} does not exist")
+    if ref_stats is not None:
+        reference = load_stats(ref_stats, resize_if_missing=ref_stats_resize)
+        check_stats_resize(reference, resize, source=f"reference statistics {ref_stats!r}")
+        return reference, None
+    if os.path.isdir(ref_images):
+        files = stats_lib.list_image_files(ref_images)[:max_images]
+        return None, np.concatenate(list(stats_lib.iter_folder_batches(files, 256)))
+    return None, stats_lib.load_npz_images(ref_images, ref_key)[:max_images]
 
 
 def score_images(images: np.ndarray, inception_fn, *, reference: dict[str, Any] | None = None,
@@ -140,19 +183,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import jax
 
     from score_jax.evaluation import inception as inception_lib
-    from score_jax.evaluation import stats as stats_lib
 
     images = load_samples(args.samples, key=args.key, quantize=args.quantize)[:args.max_images]
-    reference = ref_images = None
-    if args.ref_stats:
-        reference = load_stats(args.ref_stats, resize_if_missing=args.ref_stats_resize)
-        check_stats_resize(reference, args.resize, source=f"reference statistics "
-                           f"{args.ref_stats!r}")  # before the Inception is built
-    elif os.path.isdir(args.ref_images):
-        files = stats_lib.list_image_files(args.ref_images)[:args.max_images]
-        ref_images = np.concatenate(list(stats_lib.iter_folder_batches(files, 256)))
-    else:
-        ref_images = stats_lib.load_npz_images(args.ref_images, args.ref_key)[:args.max_images]
+    reference, ref_images = load_reference(  # checked before the Inception is built
+        resize=args.resize, ref_stats=args.ref_stats, ref_images=args.ref_images,
+        ref_key=args.ref_key, ref_stats_resize=args.ref_stats_resize, max_images=args.max_images)
     sha = args.inception_sha256
     sha = inception_lib.PT_INCEPTION_SHA256 if sha is None else (
         None if sha.lower() == "none" else sha)

@@ -24,6 +24,9 @@ function's keyword-only signature is the list, ``method_options(method)`` return
   [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise.
 - ``"heun"``: EDM's Heun sampler; num_steps (required), schedule [edm], rho [7], s_churn [0],
   s_tmin, s_tmax, s_noise [1], eps, denoise.
+- ``"learned_variance"``: ancestral DDPM with a learned variance (Improved DDPM; DiT's official
+  sampler, ``sampling/ddpm.py``); num_steps [250] respaced DDPM steps, respacing [None],
+  clip_denoised [False]. Needs ``score.LearnedVarianceScoreFn`` on a VPSDE.
 - ``"consistency"``: multistep consistency sampling of a consistency model
   (``score_jax.distill``); num_steps [1], sigmas [None: EDM's rho grid], rho [7], eps.
 
@@ -61,6 +64,7 @@ from score_jax.runner import auto_sharding, run_sampler
 from score_jax.sampling import options as opts
 from score_jax.sampling.common import check_eps, tweedie_denoise
 from score_jax.sampling.consistency import consistency_sample, parse_sigmas
+from score_jax.sampling.ddpm import learned_variance_sample, space_timesteps
 from score_jax.sampling.diffeq import SDE_SOLVERS, ode_sample, sde_sample
 from score_jax.sampling.fast import (
     DPM_SOLVER_TYPES,
@@ -96,7 +100,12 @@ METHODS: dict[str, Callable] = {
     "pc": pc_sample, "ode": ode_sample, "sde": sde_sample,
     "ddim": ddim_sample, "euler": euler_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
     "unipc": unipc_sample, "consistency": consistency_sample,
+    "learned_variance": learned_variance_sample,
 }
+# Samplers that need the network's raw output, not only a score: ``score_fn.ddpm_output(x, t)
+# -> (eps, v)`` of a learned-variance network (``score.LearnedVarianceScoreFn``). They take no
+# ``eps`` / ``denoise`` (they run the discrete DDPM chain to its step 0).
+MODEL_OUTPUT_METHODS = ("learned_variance",)
 # Methods that moved to the guidance layer (it imports this package, not the other way round).
 MOVED = {"inpaint": "score_jax.guidance.inpaint", "colorize": "score_jax.guidance.colorize"}
 
@@ -216,6 +225,24 @@ def _check_pc_chain(sde, options: dict) -> None:
                      f"discrete chain (ode, sde, ddim, dpm_solver, unipc, heun)")
 
 
+def _check_respacing(sde, options: dict) -> None:
+    """learned_variance: the kept steps (``space_timesteps(sde.N, respacing or num_steps)``) must
+    exist and number at least 2 (step 0 borrows the posterior variance of step 1)."""
+    spec = options.get("respacing")
+    spec = options.get("num_steps", method_options("learned_variance")["num_steps"]) \
+        if spec is None else spec
+    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+        raise ValueError(f"learned_variance: num_steps must be an int and respacing a string "
+                         f"such as '250', '10,15,20' or 'ddim50'; got {spec!r}")
+    try:
+        kept = space_timesteps(sde.N, spec)
+    except ValueError as e:
+        raise ValueError(f"learned_variance: {e}") from None
+    if len(kept) < 2:
+        raise ValueError(f"learned_variance keeps {len(kept)} step(s) of the SDE's N={sde.N} for "
+                         f"{spec!r}; valid: 2..{sde.N} steps")
+
+
 def validate_options(method: str, sde, options: dict) -> None:
     """Check ``options`` for ``METHODS[method]`` before anything is traced or compiled.
 
@@ -238,6 +265,8 @@ def validate_options(method: str, sde, options: dict) -> None:
         _check_pc_chain(sde, options)
     if method == "consistency" and options.get("sigmas") is not None:
         parse_sigmas(options["sigmas"], options.get("num_steps", valid["num_steps"]))
+    if method == "learned_variance" and sde is not None:
+        _check_respacing(sde, options)
     if method == "ode" and options.get("num_steps") is None and options.get("solver") == "euler":
         raise ValueError("solver 'euler' has no error estimate: give num_steps for a fixed-step "
                          "solve, or an adaptive solver")
@@ -274,14 +303,15 @@ def sample(
 
 
 __all__ = [
-    "sample", "unipc_sample", "METHODS", "method_options", "validate_options", "REQUIRED", "run_sampler",
+    "sample", "unipc_sample", "METHODS", "MODEL_OUTPUT_METHODS", "method_options", "validate_options",
+    "REQUIRED", "run_sampler",
     "auto_sharding", "tweedie_denoise", "probability_flow_drift", "DPM_SOLVER_TYPES", "MOVED",
     "PREDICTORS", "CORRECTORS", "ODE_SOLVERS", "SDE_SOLVERS",
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_sample", "ode_sample", "sde_sample", "solve_ode",
     "probability_flow_velocity", "consistency_sample", "ddim_sample", "dpm_solver_sample",
-    "heun_sample", "get_timesteps", "euler_sample",
+    "heun_sample", "get_timesteps", "euler_sample", "learned_variance_sample", "space_timesteps",
     "inverse_log_snr", "SCHEDULES",
     "simulate_sde", "langevin", "SIMULATE_SOLVERS",
 ]
