@@ -50,7 +50,6 @@ import jax.numpy as jnp
 
 from .base import Network
 from .utils import (
-    add_label_embedding,
     check_image,
     check_image_size,
     dot_product_attention,
@@ -448,12 +447,14 @@ class UNet2DConditionModel(Network):
       x: (B, H, W, num_channels) NHWC (latents), H and W multiples of 2^(levels - 1);
       t: (B,) or scalar diffusers timesteps (float; 0..999 for SD), broadcast to the batch;
       context: (B, S, cross_attention_dim) text-encoder hidden states (CLIP last_hidden_state
-        for SD 1.x, the penultimate layer for SD 2.x: the caller's choice). None (training
-        from a config without text) gives one zero token: the cross-attentions then return
-        their output bias, a constant;
+        for SD 1.x, the penultimate layer for SD 2.x: the caller's choice);
       y: (B,) int class labels when ``num_classes`` is set (a project extension, not a diffusers
-        key: E[y] added to the time embedding, label ``num_classes`` the null label; y=None
-        means the null label); ``train`` turns on the ResNet dropout (rng 'dropout').
+        key): without ``context`` the cross-attention then sees one learned token per class,
+        ``label_embed[y]`` ((num_classes + 1, cross_attention_dim) table; label num_classes
+        is the null label of classifier-free guidance, and y=None means it). With neither
+        context nor num_classes (unconditional training from a config) the token is zero and
+        the cross-attentions return their output bias, a constant;
+      train: turns on the ResNet dropout (rng 'dropout').
     Returns the raw network output (epsilon or v, as the weights were trained), (B, H, W,
     out_channels), in x's dtype.
 
@@ -569,15 +570,30 @@ class UNet2DConditionModel(Network):
             raise ValueError(f"{name}: num_classes={self.num_classes} must be >= 1 or None")
         check_image_size(name, self.image_size, 2 ** (n - 1))
 
-    def _context(self, context: Array | None, batch: int, dtype: Any) -> Array:
-        d = self.cross_attention_dim
-        if context is None:
+    def _context(self, context: Array | None, y: Array | None, batch: int, dtype: Any) -> Array:
+        """The cross-attention tokens: ``context`` (checked), or one token per sample: the
+        learned class token ``label_embed[y]`` when ``num_classes`` is set (y None: the null
+        label), else a zero token."""
+        d, name = self.cross_attention_dim, "unet2d_condition"
+        if context is not None:
+            if y is not None:
+                raise ValueError(f"{name}: give either context (text tokens) or y (class "
+                                 "labels), not both")
+            context = jnp.asarray(context)
+            if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != d:
+                raise ValueError(f"{name}: context must be ({batch}, S, {d}) (batch, tokens, "
+                                 f"cross_attention_dim), got shape {context.shape}")
+            return context.astype(dtype)
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError(f"{name}: class labels y were given but the model has "
+                                 "num_classes=None")
             return jnp.zeros((batch, 1, d), dtype)
-        context = jnp.asarray(context)
-        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != d:
-            raise ValueError(f"unet2d_condition: context must be ({batch}, S, {d}) (batch, "
-                             f"tokens, cross_attention_dim), got shape {context.shape}")
-        return context.astype(dtype)
+        y = jnp.full((batch,), self.num_classes, jnp.int32) if y is None else jnp.asarray(y)
+        if y.shape != (batch,):
+            raise ValueError(f"{name}: y must have shape ({batch},), got {y.shape}")
+        table = nn.Embed(self.num_classes + 1, d, name="label_embed")
+        return table(y.astype(jnp.int32))[:, None, :].astype(dtype)
 
     @nn.compact
     def __call__(self, x: Array, t: Array, *, train: bool = False, y: Array | None = None,
@@ -602,11 +618,10 @@ class UNet2DConditionModel(Network):
         temb = sd_timestep_embedding(t, chans[0], flip_sin_to_cos=self.flip_sin_to_cos,
                                      freq_shift=self.freq_shift)
         temb = _TimestepEmbedding(self.time_embed_dim, dtype=dtype, name="time_embedding")(temb)
-        temb = add_label_embedding(temb, y, b, self.num_classes, self.time_embed_dim, temb.dtype)
         h = x if self.centered else 2 * x - 1.0
         if dtype is not None:
             h = h.astype(dtype)
-        context = self._context(context, b, h.dtype)
+        context = self._context(context, y, b, h.dtype)
 
         common = dict(groups=self.norm_num_groups, eps=self.norm_eps, dropout=self.dropout,
                       use_linear_projection=self.use_linear_projection, dtype=dtype,
