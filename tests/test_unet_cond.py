@@ -179,3 +179,30 @@ def test_weights_that_do_not_fit_the_config_are_refused():
         convert_diffusers_unet({k: v for k, v in state.items() if k != "conv_out.bias"}, model)
     with pytest.raises(ValueError, match="is not a parameter"):
         convert_diffusers_unet(dict(state, **{"extra.weight": state[key]}), model)
+
+
+def test_config_variant_validates_and_builds_the_network():
+    """``configs/digits_cond.py:unet2d`` (and its smoke) name the network by its registry name
+    and pass validation; the smoke shrink is the network's own ``smoke_config``."""
+    from configs.digits_cond import get_config
+    from score_jax import config as config_lib
+    from score_jax.models.unet_cond import UNet2DConditionModel
+
+    for arg in ("unet2d", "unet2d_smoke"):
+        c = get_config(arg)
+        config_lib.validate_config(c)
+        model = config_lib.model_from_config(c)
+        assert isinstance(model, UNet2DConditionModel) and model.num_classes == 10
+    assert model.block_out_channels == (32, 64) and model.cross_attention_dim == 32
+
+
+@pytest.mark.slow  # one compiled train step of the U-Net: ~45 s CPU
+def test_trains_from_a_config():
+    """The path train.py takes: ``config.build`` + one train step of the class-conditional
+    digits config with this network (labels as cross-attention tokens, label dropout for CFG)."""
+    from test_recipes import train_one_step
+
+    from configs.digits_cond import get_config
+
+    built, state, _ = train_one_step(get_config("unet2d_smoke"))
+    assert "label_embed" in state.params and "mid_block" in state.params
