@@ -138,6 +138,24 @@ def test_scalar_timestep_broadcasts_and_class_tokens():
         cond.apply(vc, x, 7.0, y=jnp.array([1, 2]), context=ctx)
 
 
+def test_remat_and_bfloat16_compute():
+    """``remat`` changes memory, not values; ``dtype='bfloat16'`` computes in bf16 with float32
+    parameters and returns x's dtype, close to the float32 output."""
+    cfg = dict(name="unet2d_condition", block_out_channels=(8,),
+               down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+               layers_per_block=1, attention_head_dim=2, norm_num_groups=4, cross_attention_dim=8)
+    model = get_model(cfg, num_channels=3)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+    ctx = jax.random.normal(jax.random.key(1), (2, 3, 8))
+    v = model.init(jax.random.key(2), x, jnp.zeros((2,)), context=ctx)
+    ref = model.apply(v, x, 3.0, context=ctx)
+    out = get_model(dict(cfg, remat=True), num_channels=3).apply(v, x, 3.0, context=ctx)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    low = get_model(dict(cfg, dtype="bfloat16"), num_channels=3).apply(v, x, 3.0, context=ctx)
+    assert low.dtype == jnp.float32
+    assert _rel(low, np.asarray(ref, np.float64)) < 5e-2
+
+
 def test_unsupported_config_keys_are_named(tmp_path):
     cfg = dict(SD_UNET_PRESETS["sd15"], addition_embed_type="text_time", my_key=3,
                only_cross_attention=False, _class_name="UNet2DConditionModel")
