@@ -6,7 +6,9 @@ diffusers 0.42.1): two tiny random-weight models saved by ``save_pretrained`` --
 (SD 1.x-like: 1x1-conv projections, 2 heads everywhere, 2 ResNets per level) and ``sd2``
 (SD 2.x-like: linear projections, heads (1, 2, 4), two transformer layers at level 1) -- with
 their float64 outputs on fixed inputs, and the parameter counts diffusers gives the SD 1.5 and
-SD 2.1 configs.
+SD 2.1 configs; and ``variants``: every other config key the port reads at a non-SD value
+(centred input, sin-first embedding with freq_shift 1, asymmetric down-sampling padding,
+mid-block scale 1.5, time_embedding_dim, 1x1 conv_in, 5x5 conv_out, 3 -> 5 channels).
 """
 import json
 import os
@@ -30,7 +32,7 @@ from score_jax.models.unet_cond import (
 
 FIX = os.path.join(ROOT, "tests", "fixtures", "sd_unet")
 META = json.load(open(os.path.join(FIX, "meta.json")))
-CASES = ("sd1", "sd2")
+CASES = ("sd1", "sd2", "variants")
 
 
 def _io(name):
@@ -56,7 +58,8 @@ def test_equals_diffusers_float64(name, x64):
     module, variables = load_diffusers_unet(os.path.join(FIX, name), dtype=jnp.float64)
     io = _io(name)
     out = _apply(module, variables, io, jnp.float64)
-    assert out.dtype == np.float64 and out.shape == io["out_f64"].shape == (2, 8, 12, 4)
+    assert out.dtype == np.float64 and out.shape == io["out_f64"].shape
+    assert out.shape == (*io["x"].shape[:3], module.out_channels or module.num_channels)
     assert _rel(out, io["out_f64"]) <= 1e-6
 
 
