@@ -217,13 +217,20 @@ def test_config_variant_validates_and_builds_the_network():
     assert model.block_out_channels == (32, 64) and model.cross_attention_dim == 32
 
 
-@pytest.mark.slow  # one compiled train step of the U-Net: ~45 s CPU
-def test_trains_from_a_config():
+@pytest.mark.slow  # compiled train steps of the U-Net: ~2 min CPU
+@pytest.mark.parametrize("fsdp", [1, 8])
+def test_trains_from_a_config(fsdp):
     """The path train.py takes: ``config.build`` + one train step of the class-conditional
-    digits config with this network (labels as cross-attention tokens, label dropout for CFG)."""
+    digits config with this network (labels as cross-attention tokens, label dropout for CFG),
+    replicated and with the parameters sharded over 8 devices (fsdp)."""
     from test_recipes import train_one_step
 
     from configs.digits_cond import get_config
 
-    built, state, _ = train_one_step(get_config("unet2d_smoke"))
+    config = get_config("unet2d_smoke")
+    config.parallel.fsdp = fsdp
+    config.parallel.fsdp_min_size = 256
+    built, state, _ = train_one_step(config)
     assert "label_embed" in state.params and "mid_block" in state.params
+    sharded = [not a.sharding.is_fully_replicated for a in jax.tree_util.tree_leaves(state.params)]
+    assert any(sharded) == (fsdp > 1)
