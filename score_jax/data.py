@@ -101,10 +101,11 @@ def augment(images: np.ndarray, rng: np.random.Generator, *, random_flip: bool,
     flip, then dequantise)."""
     if random_flip:
         flip = rng.random(images.shape[0]) < 0.5
-        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+        images = np.array(images)  # a copy: the caller's array stays as it was
+        images[flip] = images[flip, :, ::-1]  # the flipped ones only (not a where over all)
     if uniform_dequantization:
         images = (images * 255.0 + rng.random(images.shape, dtype=np.float32)) / 256.0
-    return images.astype(np.float32)
+    return images.astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,10 +506,11 @@ class ArrayRecordSource:
         if self.num_channels is not None and images.shape[-1] != self.num_channels:
             raise ValueError(f"{self.files[0]}: images have {images.shape[-1]} channels, "
                              f"config.data.num_channels={self.num_channels}")
-        x = images.astype(np.float32)
-        if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
-            x = resize(x, self.image_size)
-        return np.clip(x / 255.0, 0.0, 1.0), np.asarray([lb for _, lb in decoded], np.int32)
+        labels = np.asarray([lb for _, lb in decoded], np.int32)
+        if images.shape[1] == self.image_size and images.shape[2] == self.image_size:
+            return np.divide(images, np.float32(255.0), dtype=np.float32), labels  # one pass
+        x = resize(images.astype(np.float32), self.image_size)
+        return np.clip(x / 255.0, 0.0, 1.0), labels
 
 
 def is_array_record_path(path: str | None) -> bool:
