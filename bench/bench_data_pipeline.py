@@ -174,7 +174,7 @@ def bench_real_vs_synthetic(name: str, batch: int, steps: int, folder: str) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 256])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[32, 64, 256])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per window")
     ap.add_argument("--rounds", type=int, default=5, help="windows per worker count")
