@@ -355,7 +355,8 @@ def _resolve_latent(config, workdir, train_ds):
     def first_batch():
         ds = train_ds or config_lib.dataset_from_config(config, "train", training=True,
                                                         batch_size=config.training.batch_size)
-        return next(ds.iterate(0))
+        # step 0's batch, read directly (no grain worker processes started for one batch)
+        return ds.batch(0) if hasattr(ds, "batch") else next(ds.iterate(0))
 
     return config_lib.resolve_latent_scale_factor(config, workdir, first_batch)
 
