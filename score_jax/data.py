@@ -15,7 +15,10 @@ the device mesh. Preprocessing follows the reference ``datasets.py``:
 
 Exact resume: random-access pipelines (embedded data, ``tfds.data_source``) compute the batch of
 step ``s`` from ``(seed, s)`` alone: a seeded permutation per epoch and per-step flip /
-dequantisation noise. The sequential TFRecord pipeline skips the examples already consumed.
+dequantisation noise. The sequential TFRecord pipeline skips the examples already consumed;
+``python -m score_jax.records convert`` rewrites those TFRecords once as ArrayRecord, which
+``data.tfrecords_path=FILE.array_record`` reads by index (resume O(1), no TensorFlow). Training
+runs these pipelines on grain (``score_jax.data_loader``: worker processes, device prefetch).
 """
 from __future__ import annotations
 
@@ -98,10 +101,11 @@ def augment(images: np.ndarray, rng: np.random.Generator, *, random_flip: bool,
     flip, then dequantise)."""
     if random_flip:
         flip = rng.random(images.shape[0]) < 0.5
-        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+        images = np.array(images)  # a copy: the caller's array stays as it was
+        images[flip] = images[flip, :, ::-1]  # the flipped ones only (not a where over all)
     if uniform_dequantization:
         images = (images * 255.0 + rng.random(images.shape, dtype=np.float32)) / 256.0
-    return images.astype(np.float32)
+    return images.astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,6 +460,82 @@ class TFDSSource:
 
 
 # ----------------------------------------------------------------------------------------------
+# ArrayRecord files (random access, no TensorFlow; ``python -m score_jax.records convert``)
+# ----------------------------------------------------------------------------------------------
+class ArrayRecordSource:
+    """The images of ArrayRecord files written by ``score_jax.records`` (one image + label per
+    record), records ``[lo, hi)`` of the files' concatenation; indexing returns (images
+    (n, image_size, image_size, C) float32 in [0, 1], labels (n,) int32). Images of another size
+    are resized (antialiased bilinear, `resize`), as the TFRecord pipeline does. The file handles
+    are opened lazily, so the source pickles into grain's worker processes."""
+
+    def __init__(self, pattern: str, image_size: int, *, num_channels: int | None = None,
+                 process_index: int = 0, process_count: int = 1):
+        from score_jax import records
+
+        self.files = records.array_record_files(pattern)
+        self.image_size, self.num_channels = image_size, num_channels
+        self._reader = None
+        total = len(self._open())
+        sl = process_slice(total, process_index, process_count)
+        self.lo, self.hi = sl.start, sl.stop
+
+    def _open(self):
+        if self._reader is None:
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+            self._reader = ArrayRecordDataSource(self.files)
+        return self._reader
+
+    def __getstate__(self):
+        return dict(self.__dict__, _reader=None)
+
+    def __repr__(self) -> str:
+        return f"ArrayRecordSource({self.files!r}, [{self.lo}, {self.hi}), {self.image_size})"
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, idx):
+        from score_jax import records
+
+        idx = np.atleast_1d(idx)
+        raw = self._open().__getitems__([self.lo + int(i) for i in idx])
+        decoded = [records.decode_image_record(r) for r in raw]
+        images = np.stack([im for im, _ in decoded])
+        if self.num_channels is not None and images.shape[-1] != self.num_channels:
+            raise ValueError(f"{self.files[0]}: images have {images.shape[-1]} channels, "
+                             f"config.data.num_channels={self.num_channels}")
+        labels = np.asarray([lb for _, lb in decoded], np.int32)
+        if images.shape[1] == self.image_size and images.shape[2] == self.image_size:
+            return np.divide(images, np.float32(255.0), dtype=np.float32), labels  # one pass
+        x = resize(images.astype(np.float32), self.image_size)
+        return np.clip(x / 255.0, 0.0, 1.0), labels
+
+
+def is_array_record_path(path: str | None) -> bool:
+    """True when ``path`` names ArrayRecord files (``.array_record`` in the name) or a folder."""
+    return bool(path) and (".array_record" in os.path.basename(path) or os.path.isdir(path))
+
+
+def array_record_source(split: str, *, image_size: int, num_channels: int, path: str | None,
+                        process_index: int, process_count: int):
+    """``data.dataset="ARRAYRECORD"``: the images of ``data.path`` (an ``.array_record`` file,
+    a glob, or a folder of them; with ``train*`` / ``test*`` files in a folder each split reads
+    its own). Both splits read the same files otherwise."""
+    if not path:
+        raise ValueError("data.dataset='ARRAYRECORD' needs config.data.path (.array_record files)")
+    if os.path.isdir(path):
+        import glob
+
+        own = sorted(glob.glob(os.path.join(path, f"{split}*.array_record*")))
+        if own:
+            path = os.path.join(path, f"{split}*.array_record*")
+    return ArrayRecordSource(path, image_size, num_channels=num_channels,
+                             process_index=process_index, process_count=process_count)
+
+
+# ----------------------------------------------------------------------------------------------
 # FFHQ / CelebA-HQ TFRecords (sequential; needs TensorFlow)
 # ----------------------------------------------------------------------------------------------
 class TFRecordPipeline:
@@ -579,6 +659,8 @@ def get_dataset(dataset: str, *, split: str, batch_size: int, image_size: int, t
                                           num_channels=num_channels or 3, path=path,
                                           process_index=pi, process_count=pc)
         source = ArraySource(*out) if isinstance(out, tuple) else out
+    elif key in TFRECORD_DATASETS and is_array_record_path(tfrecords_path):
+        source = ArrayRecordSource(tfrecords_path, image_size, process_index=pi, process_count=pc)
     elif key in TFRECORD_DATASETS:
         return TFRecordPipeline(tfrecords_path, batch_size, image_size, seed=seed,
                                 random_flip=flip, uniform_dequantization=uniform_dequantization,
@@ -596,3 +678,4 @@ def num_batches(n: int, batch_size: int) -> int:
 
 register_dataset(DatasetRecipe("FOLDER", folder_source, needs_path=True))
 register_dataset(DatasetRecipe("NPZ", npz_source, needs_path=True))
+register_dataset(DatasetRecipe("ARRAYRECORD", array_record_source, needs_path=True))

@@ -207,3 +207,63 @@ def to_host(x: Any) -> Any:
         return np.asarray(a)
 
     return jax.tree_util.tree_map(one, x)
+
+
+def prefetch_to_device(batches: Any, mesh: Mesh, size: int = 2):
+    """Yield ``(host_batch, global_batch)`` for each host batch of the iterator ``batches``:
+    `to_global` runs on a background thread ``size`` batches ahead, so reading and the host ->
+    device copy overlap the train step (flax ``jax_utils.prefetch_to_device``, for a mesh).
+    ``size=0``: no thread, each batch is laid out when asked for. The order is kept; an error of
+    the reader is raised at the batch where it happened. Closing the generator stops the thread
+    (and closes ``batches`` when it is a generator).
+
+    Raises ValueError for a negative ``size``."""
+    import queue
+    import threading
+
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+        raise ValueError(f"config.data.prefetch={size!r} must be an integer >= 0 (0: no prefetch)")
+    it = iter(batches)
+    if size == 0:
+        try:
+            for host in it:
+                yield host, to_global(host, mesh)
+        finally:
+            getattr(it, "close", lambda: None)()
+        return
+    q: queue.Queue = queue.Queue(maxsize=int(size))
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for host in it:
+                if not put((host, to_global(host, mesh))):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(e)
+
+    thread = threading.Thread(target=produce, name="prefetch_to_device", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        getattr(it, "close", lambda: None)()

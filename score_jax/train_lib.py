@@ -3,8 +3,9 @@
 The config is turned into objects by ``config.build`` (validated before any compilation); the
 steps are ``train_step``'s; evaluation (the evaluation loss, snapshot samples and their metrics)
 is the evaluators' of ``evaluation.build.training_evaluators``, each ``run(step, state)``. Per-step randomness is
-``fold_in(key, step)`` and the data of step ``s`` is a pure function of ``(seed, s)``, so a run
-resumed from a checkpoint continues bit for bit as if it had never stopped. Preemption: the
+``fold_in(key, step)`` and the data of step ``s`` is a pure function of ``(seed, s)`` (the grain
+pipeline's iterator state is saved in each checkpoint), so a run resumed from a checkpoint
+continues bit for bit as if it had never stopped. Preemption: the
 caller passes ``should_stop`` (train.py passes the event of ``preemption.sigterm()``); the loop
 saves at the next step boundary and returns.
 """
@@ -139,6 +140,12 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                         "data order differs from an uninterrupted run", t.batch_size,
                         meta.get("batch_size"))
         log.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
+        saved_data = meta.get("data_iterator")
+        if hasattr(train_ds, "resume_step"):  # the grain pipeline's iterator state
+            _, diffs = train_ds.resume_step(saved_data, int(state.step))
+            if diffs:
+                log.warning("resuming with another data stream than the checkpoint's (the data "
+                            "order differs from an uninterrupted run): %s", "; ".join(diffs))
     else:
         state = b.init(k_init)
         if teacher is not None and config.distill.init_from_teacher:  # CM, ECT, PD: start there
@@ -164,9 +171,13 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
     def save(step, wait=False):
         """Checkpoint ``step``; asynchronous unless ``wait`` (preemption: complete before exit).
-        The time the loop was blocked goes to TensorBoard as ``checkpoint_block_sec``."""
+        The data iterator's state (the grain pipeline's) goes into the JSON record. The time the
+        loop was blocked goes to TensorBoard as ``checkpoint_block_sec``."""
         t0 = time.perf_counter()
-        checkpointer.save(step, state, dict(meta, step=int(step)), wait=wait)
+        record = dict(meta, step=int(step))
+        if hasattr(train_ds, "state"):
+            record["data_iterator"] = train_ds.state(int(step))
+        checkpointer.save(step, state, record, wait=wait)
         blocked = time.perf_counter() - t0
         log.info("checkpoint step %d: the loop was blocked %.3f s", step, blocked)
         if is_main:
@@ -177,7 +188,9 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
                 latent_lib.export_autoencoder(workdir, ema)
 
     profile = _ProfileWindow(t.get("profile_steps"), workdir)
-    data_iter = train_ds.iterate(start)
+    # host batches (grain workers) laid out on the mesh by a thread, data.prefetch steps ahead
+    data_iter = parallel.prefetch_to_device(train_ds.iterate(start), mesh,
+                                            size=int(config.data.get("prefetch", 2)))
     pending: list[tuple[int, dict]] = []
     bar = _Progress(n_iters, start, int(t.batch_size), is_main)
     evaluators = training_evaluators(config, b, workdir, eval_ds=eval_ds, start=start,
@@ -193,9 +206,9 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     try:
         for step in range(start, n_iters):
             profile.before(step)
-            host_batch = next(data_iter)
+            host_batch, batch = next(data_iter)
             check_labels(host_batch, b.num_classes)
-            state, metrics = b.train_step(state, parallel.to_global(host_batch, mesh), k_train)
+            state, metrics = b.train_step(state, batch, k_train)
             done = step + 1
             profile.after(done, state)
             pending.append((done, metrics))
@@ -243,6 +256,7 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
             if evaluators.every_snapshot and (done % int(t.snapshot_freq) == 0 or last):
                 run_evaluators(evaluators.every_snapshot, done)
     finally:
+        data_iter.close()  # stops the prefetch thread and grain's workers
         profile.stop()
         bar.close()
         if writer is not None:
@@ -341,7 +355,8 @@ def _resolve_latent(config, workdir, train_ds):
     def first_batch():
         ds = train_ds or config_lib.dataset_from_config(config, "train", training=True,
                                                         batch_size=config.training.batch_size)
-        return next(ds.iterate(0))
+        # step 0's batch, read directly (no grain worker processes started for one batch)
+        return ds.batch(0) if hasattr(ds, "batch") else next(ds.iterate(0))
 
     return config_lib.resolve_latent_scale_factor(config, workdir, first_batch)
 

@@ -37,6 +37,7 @@ SMOKE: dict[str, list[str]] = {
                              "--json", "{tmp}/fsdp.json"],
     "bench_checkerboard.py": ["--steps", "2", "--batch", "16", "--n", "32"],
     "bench_compile_cache.sh": [],  # the smoke config already; writes under $TMPDIR
+    "bench_data_pipeline.py": ["--smoke"],  # 16 px records, 0 / 1 worker, digits smoke steps
     "bench_conditional.py": ["--workdir", "{tmp}/wd", "--variant", "smoke", "--n_iters", "2",
                              "--num", "10", "--ws", "0,2"],
     "bench_digits_floor.py": [],  # numpy on 8x8 digits: seconds

@@ -96,6 +96,11 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     part = _run(config, str(tmp_path / "b"), stop_at=2)
     assert int(part.step) == 2
     assert ckpt_lib.TrainCheckpointer(str(tmp_path / "b"), read_only=True).latest_step() == 2
+    # the default input: grain in-process, batches prefetched to the device; the checkpoint's
+    # record holds the data iterator's state at its step
+    assert (config.data.num_workers, config.data.prefetch) == (0, 2)
+    _, meta = ckpt_lib.TrainCheckpointer(str(tmp_path / "b"), read_only=True).restore(part, 2)
+    assert meta["data_iterator"]["next_index"] == 2
     resumed = _run(config, str(tmp_path / "b"))
     assert int(resumed.step) == int(full.step) == 4
     for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
@@ -103,6 +108,29 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     # and the run did move: parameters differ from the step-2 checkpoint
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(full.params), _leaves(part.params),
                                                           strict=True))
+
+
+@pytest.mark.slow  # ~30 s; the default suite's test_kill_and_resume_is_bit_exact runs grain in-process
+def test_kill_and_resume_is_bit_exact_on_grain_workers_with_prefetch(tmp_path):
+    """Issue 22.4: the grain input (one worker process, 3 batches prefetched to the 8 devices of a
+    2 x 4 fsdp mesh) trained N = 4 steps equals k = 2, a SIGTERM, a restart and N - k = 2 more;
+    the resumed run changes the worker count (the stream does not depend on it), and each
+    checkpoint's JSON record holds the data iterator's state at its step."""
+    config = tiny_config(data__num_workers=1, data__prefetch=3)
+    config.parallel.fsdp = 4
+    full = _run(config, str(tmp_path / "a"))
+    part = _run(config, str(tmp_path / "b"), stop_at=2)
+    assert int(part.step) == 2
+    ckpt = ckpt_lib.TrainCheckpointer(str(tmp_path / "b"), read_only=True)
+    _, meta = ckpt.restore(part, 2)
+    assert meta["data_iterator"]["next_index"] == 2 and meta["data_iterator"]["seed"] == config.seed
+    config.data.num_workers = 0
+    resumed = _run(config, str(tmp_path / "b"))
+    assert int(resumed.step) == int(full.step) == 4
+    for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, meta = ckpt_lib.TrainCheckpointer(str(tmp_path / "b"), read_only=True).restore(resumed, 4)
+    assert meta["data_iterator"]["next_index"] == 4
 
 
 class _NaNAt:

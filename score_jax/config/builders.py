@@ -85,21 +85,31 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
                         uniform_dequantization: bool | None = None):
     """The pipeline of ``split`` of ``config.data`` with this process's share
     (``batch_size // process_count``) of the global ``batch_size``; random flips only when
-    ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
+    ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``.
+    Training pipelines of random-access data run on grain (`data_loader.GrainPipeline`, with
+    ``data.num_workers`` worker processes; the same batches for any count); the host shard is
+    `data_loader.shard_options`' (``ShardByJaxProcess``)."""
+    from score_jax import data_loader
+
     d = config.data
     if str(d.dataset).upper() == NO_DATASET:
         raise ValueError(f"config.data.dataset={d.dataset!r} has no data: such a config samples "
                          f"a converted checkpoint only (sample.py); training, bits/dim and "
                          f"evaluate.py need a dataset; valid: {data_lib.dataset_names()}")
     deq = d.uniform_dequantization if uniform_dequantization is None else uniform_dequantization
-    return data_lib.get_dataset(d.dataset, split=split,
+    shard = data_loader.shard_options()
+    ds = data_lib.get_dataset(d.dataset, split=split,
                                 batch_size=int(batch_size) // jax.process_count(),
                                 image_size=d.image_size, training=training,
                                 random_flip=bool(d.random_flip) and training,
                                 uniform_dequantization=bool(deq), seed=int(config.seed),
                                 category=d.get("category"), data_dir=d.get("data_dir"),
                                 tfrecords_path=d.get("tfrecords_path"),
-                                num_channels=d.num_channels, path=d.get("path"))
+                                num_channels=d.num_channels, path=d.get("path"),
+                                process_index=shard.shard_index, process_count=shard.shard_count)
+    if training and isinstance(ds, data_lib.RandomAccessPipeline):
+        ds = data_loader.GrainPipeline(ds, num_workers=int(d.get("num_workers", 0)))
+    return ds
 
 
 def eval_split(config) -> str:

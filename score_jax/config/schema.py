@@ -192,6 +192,8 @@ def base_config() -> ml_collections.ConfigDict:
     data.tfrecords_path = placeholder(str)  # FFHQ / CelebA-HQ
     data.data_dir = placeholder(str)  # TFDS data_dir
     data.path = placeholder(str)  # dataset "FOLDER": a folder of images; "NPZ": an .npz file
+    data.num_workers = 0  # grain worker processes building training batches (0: in-process)
+    data.prefetch = 2  # training batches laid out on the devices ahead of the step (0: none)
 
     config.model = model = ml_collections.ConfigDict()
     model.sigma_min = 0.01

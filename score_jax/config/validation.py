@@ -266,6 +266,10 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
     _pos_int("data.image_size", d.image_size)
     _need(d.num_channels in (1, 3), f"config.data.num_channels={d.num_channels!r} invalid; "
                                     "valid choices: [1, 3]")
+    for k in ("num_workers", "prefetch"):
+        v = d.get(k, 0)
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              f"config.data.{k}={v!r} must be an integer >= 0")
     _need(m.get("name") in models.MODELS,
           f"config.model.name={m.get('name')!r} unknown; valid choices: {sorted(models.MODELS)}")
     _need(0.0 <= float(m.ema_rate) < 1.0 if m.get("ema_rate") is not None else False,
