@@ -72,6 +72,7 @@ from score_jax.config.schema import (
                                        known_keys,
                                        placeholder,
 )
+from score_jax.config import text as _text  # noqa: F401  (registers objective text_score)
 from score_jax.config.validation import fsdp_from_config, mesh_from_config, min_shard_size_from_config, validate_config
 
 __all__ = [

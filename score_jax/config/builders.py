@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import optax
 
+from score_jax import captions  # noqa: F401  (registers the caption datasets)
 from score_jax import data as data_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
@@ -85,10 +86,11 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
                         uniform_dequantization: bool | None = None):
     """The pipeline of ``split`` of ``config.data`` with this process's share
     (``batch_size // process_count``) of the global ``batch_size``; random flips only when
-    ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
+    ``training``. A text-conditional model (``model.name="text_conditioned"``) gets its
+    batches' captions as ``"tokens"`` (``captions.TokenizedPipeline``). ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
     d = config.data
     deq = d.uniform_dequantization if uniform_dequantization is None else uniform_dequantization
-    return data_lib.get_dataset(d.dataset, split=split,
+    pipeline = data_lib.get_dataset(d.dataset, split=split,
                                 batch_size=int(batch_size) // jax.process_count(),
                                 image_size=d.image_size, training=training,
                                 random_flip=bool(d.random_flip) and training,
@@ -96,6 +98,11 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
                                 category=d.get("category"), data_dir=d.get("data_dir"),
                                 tfrecords_path=d.get("tfrecords_path"),
                                 num_channels=d.num_channels, path=d.get("path"))
+    if config.model.get("name") == "text_conditioned":  # captions -> tokens, host side
+        from score_jax.config.text import tokenizer_from_config
+
+        pipeline = captions.TokenizedPipeline(pipeline, tokenizer_from_config(config))
+    return pipeline
 
 
 def eval_split(config) -> str:

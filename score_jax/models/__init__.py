@@ -21,6 +21,7 @@ from .ddpm import DDPM
 from .dit import DIT_PRESETS, DiT, dit_config
 from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
+from .text_conditioned import TextConditioned, TextEncoder
 from .utils import get_sigmas, resolve_dtype
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -32,6 +33,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "ncsnv2_128": NCSNv2_128,
     "ncsnv2_256": NCSNv2_256,
     "autoencoder_kl": AutoencoderKL,
+    "text_conditioned": TextConditioned,
 }
 
 # config.model fields that exist in the reference configs but do not change the network, or
@@ -137,6 +139,6 @@ def smoke_model_config(model_config: Any) -> None:
 
 
 __all__ = ["AutoencoderKL", "DDPM", "DIT_PRESETS", "MODELS", "NCSN", "DiT", "NCSNpp", "NCSNv2",
-           "NCSNv2_128", "NCSNv2_256", "dit_config", "get_model", "get_sigmas", "model_kwargs",
+           "NCSNv2_128", "NCSNv2_256", "TextConditioned", "TextEncoder", "dit_config", "get_model", "get_sigmas", "model_kwargs",
            "Network", "ScoreNetwork", "check_call_signature", "smoke_model_config",
            "validate_network"]
