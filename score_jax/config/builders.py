@@ -87,7 +87,8 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
     """The pipeline of ``split`` of ``config.data`` with this process's share
     (``batch_size // process_count``) of the global ``batch_size``; random flips only when
     ``training``. A text-conditional model (``model.name="text_conditioned"``) gets its
-    batches' captions as ``"tokens"`` (``captions.TokenizedPipeline``). ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
+    batches' captions as ``"tokens"`` (``captions.TokenizedPipeline``).
+    ``uniform_dequantization`` defaults to ``data.uniform_dequantization``."""
     d = config.data
     deq = d.uniform_dequantization if uniform_dequantization is None else uniform_dequantization
     pipeline = data_lib.get_dataset(d.dataset, split=split,
