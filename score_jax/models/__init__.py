@@ -1,4 +1,5 @@
-"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2, DiT; the
+"""Score networks: NCSN++ / DDPM++ (`NCSNpp`), the DDPM U-Net (`DDPM`), NCSN and NCSNv2, DiT,
+Stable Diffusion's cross-attention U-Net (`UNet2DConditionModel`); the
 latent-diffusion autoencoder (`AutoencoderKL`).
 
 `get_model(config.model, image_size=..., num_channels=..., centered=...)` is the one place where
@@ -22,6 +23,7 @@ from .dit import DIT_PRESETS, DiT, dit_config
 from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
 from .text_conditioned import TextConditioned, TextEncoder
+from .unet_cond import SD_UNET_PRESETS, UNet2DConditionModel, unet_config
 from .utils import get_sigmas, resolve_dtype
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -33,6 +35,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "ncsnv2_128": NCSNv2_128,
     "ncsnv2_256": NCSNv2_256,
     "autoencoder_kl": AutoencoderKL,
+    "unet2d_condition": UNet2DConditionModel,
     "text_conditioned": TextConditioned,
 }
 
@@ -91,7 +94,7 @@ def model_kwargs(model_config: Any, *, image_size: int | None = None,
         kw["dtype"] = resolve_dtype(kw["dtype"])
     for key in ("nf", "num_res_blocks", "num_scales", "num_channels", "layers_per_block",
                 "latent_channels", "norm_num_groups"):
-        if key in kw:
+        if key in kw and not isinstance(kw[key], tuple):
             kw[key] = int(kw[key])
     for key in ("sigma_min", "sigma_max", "dropout", "init_scale", "fourier_scale"):
         if key in kw:
@@ -139,6 +142,8 @@ def smoke_model_config(model_config: Any) -> None:
 
 
 __all__ = ["AutoencoderKL", "DDPM", "DIT_PRESETS", "MODELS", "NCSN", "DiT", "NCSNpp", "NCSNv2",
-           "NCSNv2_128", "NCSNv2_256", "TextConditioned", "TextEncoder", "dit_config", "get_model", "get_sigmas", "model_kwargs",
+           "NCSNv2_128", "NCSNv2_256", "SD_UNET_PRESETS", "TextConditioned", "TextEncoder",
+           "UNet2DConditionModel", "dit_config", "get_model", "get_sigmas", "model_kwargs",
+           "unet_config",
            "Network", "ScoreNetwork", "check_call_signature", "smoke_model_config",
            "validate_network"]
