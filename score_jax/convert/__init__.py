@@ -5,7 +5,8 @@ npz and msgpack files, and the bf16-safe tensor -> numpy), ``score_sde`` (score_
 score_sde_pytorch checkpoints of NCSN++ / DDPM++ / NCSNv2 / DDPM), ``dit`` (official DiT),
 ``autoencoder`` (Stable Diffusion / LDM AutoencoderKL), ``diffusers_unet`` (a diffusers
 ``UNet2DConditionModel`` folder: `load_diffusers_unet`), ``inception`` (the FID Inception's
-pytorch-fid weights). Command line::
+pytorch-fid weights), ``clip_text`` (transformers CLIPTextModel folders: `load_clip_text`).
+Command line::
 
     python -m score_jax.convert checkpoint_26.pth out.msgpack --config configs/ve/cifar10_ncsnpp_continuous.py
     python -m score_jax.convert dit DiT-XL-2-256x256.pt dit_xl2.msgpack --preset DiT-XL/2
@@ -15,6 +16,7 @@ pytorch-fid weights). Command line::
 Every public name of the former ``score_jax.convert`` module is re-exported here.
 """
 from score_jax.convert.autoencoder import convert_autoencoder_kl
+from score_jax.convert.clip_text import convert_clip_text, load_clip_text
 from score_jax.convert.diffusers_unet import convert_diffusers_unet, load_diffusers_unet
 from score_jax.convert.dit import convert_dit
 from score_jax.convert.inception import convert_inception_pytorch
@@ -35,5 +37,5 @@ from score_jax.convert.score_sde import (
 __all__ = ["read_checkpoint", "read_state_dict", "to_numpy", "check_tree", "convert_pytorch",
            "pytorch_ema_state_dict", "load_pytorch_checkpoint", "convert_flax_score_sde",
            "save_variables", "load_variables", "convert_dit", "convert_autoencoder_kl",
-           "convert_inception_pytorch", "convert_diffusers_unet", "load_diffusers_unet", "main",
-           "_abstract_init", "_load_config"]
+           "convert_inception_pytorch", "convert_diffusers_unet", "load_diffusers_unet",
+           "load_clip_text", "convert_clip_text", "main", "_abstract_init", "_load_config"]
