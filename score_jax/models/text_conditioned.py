@@ -147,7 +147,8 @@ class TextConditioned(Network):
             models.smoke_model_config(model_config.network)
         te = model_config.get("text_encoder")
         if te is not None and te.get("path") is None:
-            te.width, te.layers, te.heads = 16, 1, 2
+            width = model_config.get("network", {}).get("cross_attention_dim") or 16
+            te.width, te.layers, te.heads = int(width), 1, 2
 
 
 __all__ = ["TEXT_ENCODER_DEFAULTS", "text_encoder_settings", "TextEncoder", "TextConditioned"]
