@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from score_jax import pytree
+from score_jax import discrete, pytree
 from score_jax.sde_simulator import (  # noqa: F401 (re-exported: the simulator moved there)
     SIMULATE_SOLVERS,
     _check_simulate,
@@ -680,6 +680,207 @@ class OUProcess:
     def stationary_std(self):
         """sigma / sqrt(2 theta) (infinite for theta = 0)."""
         return self.sigma / jnp.sqrt(2.0 * jnp.asarray(self.theta))
+
+
+@typing.final
+@pytree.dataclass
+class DiscreteVPSDE(AbstractSDE):
+    """A VP path given by a discrete DDPM table alphabar_k, k = 0 .. N-1 (``alphas_cumprod``:
+    linear, Stable Diffusion's scaled-linear, iDDPM's cosine, or any other; ``score_jax.discrete``),
+    with DDPM's discrete timestep labels: the network sees k as diffusers feeds it.
+
+    Time: t_k = (k + 1) / N (DPM-Solver's ``NoiseScheduleVP("discrete")`` convention), so t = 1 is
+    k = N-1 and t = 1/N is k = 0 (``sampling_eps``); t = 0 is the clean data (alphabar = 1,
+    diffusers' ``set_alpha_to_one``). Between table points sigma = sqrt((1 - alphabar) / alphabar)
+    is linear in the label k = N t - 1 (diffusers' ``np.interp`` of the sigma table, as
+    EulerDiscreteScheduler for fractional timesteps), from sigma = 0 at k = -1 (t = 0):
+
+        a_t = 1 / sqrt(1 + sigma(t)^2),   s_t = sigma(t) a_t,   a_t^2 + s_t^2 = 1,
+
+    so a_t^2 = alphabar_k exactly at every t_k. The SDE coefficients follow from the path:
+    f(t) = -sigma sigma' / (1 + sigma^2), g(t)^2 = 2 sigma sigma' / (1 + sigma^2).
+
+    Network wiring (``continuous`` is ignored: the labels are always discrete): labels = N t - 1,
+    snapped to the nearest integer when within 1e-3 of it (t = (k + 1) / N in float32 gives
+    k +- 6e-5); the network predicts eps (``prediction="auto"``; ``"v"`` through
+    ``score.get_score_fn(prediction="v")``), score = -out / s_t.
+
+    Discrete chain: the DDPM chain of the table, beta_k = 1 - alphabar_k / alphabar_{k-1}.
+
+    Samplers: every sampler runs on this SDE; the ``schedule`` options "leading", "trailing" and
+    "linspace" of ddim / euler / dpm_solver / unipc take diffusers' inference timesteps
+    (``score_jax.discrete.timesteps``, with this SDE's ``steps_offset``).
+
+    Build with `discrete_vpsde`. Not in ``SDES`` (its parameter is a table, not config floats).
+    """
+
+    alphas_cumprod: Array
+    N: int = struct.field(pytree_node=False, default=1000)
+    steps_offset: int = struct.field(pytree_node=False, default=0)
+
+    name = "discrete_vpsde"
+    prior_std = 1.0
+
+    @property
+    def sampling_eps(self) -> float:
+        """1 / N: the time of label 0."""
+        return 1.0 / self.N
+
+    def _sigma_table(self) -> Array:
+        ac = jnp.asarray(self.alphas_cumprod)
+        return jnp.concatenate([jnp.zeros((1,), ac.dtype), jnp.sqrt((1.0 - ac) / ac)])
+
+    def sigma(self, t: Array) -> Array:
+        """sigma(t), piecewise linear in k = N t - 1 over the table (0 at t = 0)."""
+        t = jnp.asarray(t)
+        table = self._sigma_table().astype(jnp.promote_types(t.dtype, jnp.float32))
+        k = jnp.clip(t * self.N, 0.0, float(self.N))  # k + 1: the table index with the prepended 0
+        lo = jnp.clip(jnp.floor(k), 0, self.N - 1).astype(jnp.int32)
+        w = k - lo
+        return table[lo] + w * (table[lo + 1] - table[lo])
+
+    def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+        """(a_t, s_t) = (1, sigma) / sqrt(1 + sigma^2)."""
+        sig = self.sigma(t)
+        a = jax.lax.rsqrt(1.0 + sig * sig)
+        return a, sig * a
+
+    def _sigma_and_deriv(self, t: Array) -> tuple[Array, Array]:
+        t = jnp.asarray(t)
+        return jax.jvp(self.sigma, (t,), (jnp.ones_like(t),))
+
+    def drift_coeff(self, t: Array) -> Array:
+        """f(t) = -sigma sigma' / (1 + sigma^2)."""
+        sig, d = self._sigma_and_deriv(t)
+        return -sig * d / (1.0 + sig * sig)
+
+    def diffusion_coeff(self, t: Array) -> Array:
+        """g(t) = sqrt(2 sigma sigma' / (1 + sigma^2))."""
+        sig, d = self._sigma_and_deriv(t)
+        return jnp.sqrt(jnp.maximum(2.0 * sig * d / (1.0 + sig * sig), 0.0))
+
+    def timesteps(self, family: str, spacing: str, num_steps: int) -> Array:
+        """diffusers' inference timesteps (labels k, float64 numpy) of ``family`` / ``spacing``
+        (``score_jax.discrete.timesteps``, with this SDE's N and steps_offset)."""
+        return discrete.timesteps(family, spacing, num_steps, self.N, self.steps_offset)
+
+    def label_time(self, k) -> Array:
+        """t = (k + 1) / N of a label k (k = -1 is t = 0, the data)."""
+        return (jnp.asarray(k) + 1.0) / self.N
+
+    # --- discrete chain --------------------------------------------------------------------------
+    @property
+    def discrete_betas(self) -> Array:
+        """beta_k = 1 - alphabar_k / alphabar_{k-1} (alphabar_{-1} = 1)."""
+        ac = jnp.asarray(self.alphas_cumprod)
+        prev = jnp.concatenate([jnp.ones((1,), ac.dtype), ac[:-1]])
+        return 1.0 - ac / prev
+
+    def time_index(self, t: Array) -> Array:
+        """k = round(N t - 1), clipped to [0, N-1]."""
+        return jnp.clip(jnp.round(t * self.N - 1.0), 0, self.N - 1).astype(jnp.int32)
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """DDPM step: f = (sqrt(1 - beta_k) - 1) x, G = sqrt(beta_k)."""
+        t = _bcast_t(x, t)
+        beta = self.discrete_betas[self.time_index(t)].astype(x.dtype)
+        return batch_mul(jnp.sqrt(1.0 - beta) - 1.0, x), jnp.sqrt(beta)
+
+    def ancestral_step(self, x: Array, t: Array, score: Array, key: Array) -> tuple[Array, Array]:
+        """DDPM ancestral step x_mean = (x + beta_k score) / sqrt(1 - beta_k), + sqrt(beta_k) z."""
+        t = _bcast_t(x, t)
+        beta = self.discrete_betas[self.time_index(t)].astype(x.dtype)
+        x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
+        z = jax.random.normal(key, x.shape, x.dtype)
+        return x_mean + batch_mul(jnp.sqrt(beta), z), x_mean
+
+    def langevin_alpha(self, t: Array) -> Array:
+        """1 - beta_k."""
+        return 1.0 - self.discrete_betas[self.time_index(t)]
+
+    def network_labels(self, t: Array, continuous: bool) -> Array:
+        """k = N t - 1 (snapped to an integer within 1e-3), whatever ``continuous``."""
+        k = jnp.asarray(t) * self.N - 1.0
+        r = jnp.round(k)
+        return jnp.where(jnp.abs(k - r) < 1e-3, r, k)
+
+    def output_to_score(self, out: Array, t: Array, labels: Array, continuous: bool) -> Array:
+        """The network predicts eps: score = -out / s_t."""
+        std = self.marginal_coeffs(t)[1]
+        return batch_mul(-1.0 / std.astype(out.dtype), out)
+
+    def discrete_objective(self) -> str:
+        """"ddpm" (L_simple on the table)."""
+        return "ddpm"
+
+    def discrete_perturbation(self, labels: Array, x0: Array, noise: Array) -> tuple[Array, Array, Array]:
+        """x_k = sqrt(alphabar_k) x0 + sqrt(1 - alphabar_k) eps at labels k, target eps, weight 1."""
+        ac = jnp.asarray(self.alphas_cumprod)[labels]
+        a, s = jnp.sqrt(ac).astype(x0.dtype), jnp.sqrt(1.0 - ac).astype(x0.dtype)
+        return gaussian_perturb(a, s, x0, noise), noise, jnp.ones_like(a)
+
+
+def discrete_vpsde(beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
+                   beta_start: float = 0.00085, beta_end: float = 0.012, steps_offset: int = 0,
+                   alphas_cumprod=None) -> DiscreteVPSDE:
+    """A `DiscreteVPSDE` from a diffusers beta schedule (``discrete.alphas_cumprod``) or an
+    explicit ``alphas_cumprod`` table (then N = its length). Stable Diffusion:
+    ``discrete_vpsde("scaled_linear", 1000, 0.00085, 0.012, steps_offset=1)``.
+
+    Raises:
+      ValueError: unknown beta_schedule; a table that is not 1-D, in (0, 1] and non-increasing.
+    """
+    if alphas_cumprod is None:
+        table = discrete.alphas_cumprod(beta_schedule, num_train_timesteps, beta_start, beta_end)
+    else:
+        import numpy as np
+
+        table = np.asarray(alphas_cumprod, np.float64)
+        if table.ndim != 1 or table.size < 2 or not (np.all(table > 0) and np.all(table <= 1)
+                                                     and np.all(np.diff(table) <= 0)):
+            raise ValueError("alphas_cumprod must be a 1-D table of >= 2 values in (0, 1], "
+                             f"non-increasing; got shape {table.shape}")
+    return DiscreteVPSDE(alphas_cumprod=jnp.asarray(table), N=int(table.shape[0]),
+                         steps_offset=int(steps_offset))
+
+
+def discrete_vpsde_from_scheduler_config(config) -> tuple[DiscreteVPSDE, str, str]:
+    """``(sde, prediction head, spacing)`` from a diffusers ``scheduler_config.json`` (a path or a
+    dict): beta_schedule / num_train_timesteps / beta_start / beta_end / trained_betas /
+    steps_offset; ``prediction_type`` "epsilon" -> "eps", "v_prediction" -> "v", "sample" -> "x0";
+    ``timestep_spacing`` (default "leading", diffusers' default).
+
+    Raises:
+      ValueError: an unsupported key value (naming the key and the valid choices).
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    if not isinstance(config, dict):
+        config = json.loads(Path(config).read_text())
+    heads = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+    pred = config.get("prediction_type", "epsilon")
+    if pred not in heads:
+        raise ValueError(f"scheduler config key 'prediction_type' is {pred!r}; valid: {list(heads)}")
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing not in discrete.SPACINGS:
+        raise ValueError(f"scheduler config key 'timestep_spacing' is {spacing!r}; valid: "
+                         f"{list(discrete.SPACINGS)}")
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError("scheduler config key 'rescale_betas_zero_snr' = true is not supported")
+    table = None
+    if config.get("trained_betas") is not None:
+        table = np.cumprod(1.0 - np.asarray(config["trained_betas"], np.float64))
+    bs = config.get("beta_schedule", "linear")
+    if table is None and bs not in discrete.BETA_SCHEDULES:
+        raise ValueError(f"scheduler config key 'beta_schedule' is {bs!r}; valid: "
+                         f"{list(discrete.BETA_SCHEDULES)}")
+    sde = discrete_vpsde(bs, int(config.get("num_train_timesteps", 1000)),
+                         float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02)),
+                         int(config.get("steps_offset", 0)), alphas_cumprod=table)
+    return sde, heads[pred], spacing
 
 
 SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}

@@ -16,7 +16,10 @@ function's keyword-only signature is the list, ``method_options(method)`` return
   [None: adaptive], eps, denoise.
 - ``"sde"``: reverse SDE through diffrax; solver [euler] in SDE_SOLVERS, num_steps [sde.N], eps,
   denoise.
-- ``"ddim"``: num_steps (required), eta [0.0], schedule [logSNR] in SCHEDULES, eps, denoise.
+- ``"ddim"``: num_steps (required), eta [0.0], schedule [logSNR] in SCHEDULES (continuous grids,
+  or diffusers' "leading" / "trailing" / "linspace" on ``sde.DiscreteVPSDE``), eps, denoise.
+- ``"euler"``: Euler on the probability-flow ODE in sigma (= DDIM with eta 0 on its grid;
+  diffusers' EulerDiscreteScheduler with the spacings); num_steps (required), schedule, eps, denoise.
 - ``"dpm_solver"``: multistep DPM-Solver++; num_steps (required), order [2] in 1..3, schedule
   [logSNR], lower_order_final [True], solver_type [midpoint], eps, denoise.
 - ``"heun"``: EDM's Heun sampler; num_steps (required), schedule [edm], rho [7], s_churn [0],
@@ -65,6 +68,7 @@ from score_jax.sampling.fast import (
     SCHEDULES,
     ddim_sample,
     dpm_solver_sample,
+    euler_sample,
     get_timesteps,
     heun_sample,
     inverse_log_snr,
@@ -90,7 +94,7 @@ Array = jax.Array
 
 METHODS: dict[str, Callable] = {
     "pc": pc_sample, "ode": ode_sample, "sde": sde_sample,
-    "ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
+    "ddim": ddim_sample, "euler": euler_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
     "unipc": unipc_sample, "consistency": consistency_sample,
 }
 # Methods that moved to the guidance layer (it imports this package, not the other way round).
@@ -275,7 +279,7 @@ __all__ = [
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinDynamics", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_sample", "ode_sample", "sde_sample", "solve_ode",
     "probability_flow_velocity", "consistency_sample", "ddim_sample", "dpm_solver_sample",
-    "heun_sample", "get_timesteps",
+    "heun_sample", "get_timesteps", "euler_sample",
     "inverse_log_snr", "SCHEDULES",
     "simulate_sde", "langevin", "SIMULATE_SOLVERS",
 ]

@@ -14,6 +14,10 @@ Time grids (``SCHEDULES``), from t = T down to ``eps``:
 - ``"time_quadratic"``: t = (linspace(sqrt T, sqrt eps))^2 (DDIM / DPM-Solver "quadratic");
 - ``"edm"``: Karras et al. 2022 eq. 5 on sigma = s_t / a_t = exp(-lambda),
   sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7.
+- ``"leading"``, ``"trailing"``, ``"linspace"`` (``SPACINGS``): diffusers' inference timesteps of a
+  discrete-table SDE (``sde.DiscreteVPSDE``), so that ddim / euler / dpm_solver / unipc take the
+  steps of DDIMScheduler / EulerDiscreteScheduler / DPMSolverMultistepScheduler /
+  UniPCMultistepScheduler (``discrete_grid``).
 
 Final denoising (``denoise=True``, the default, as in the package's other samplers): the last of
 the ``num_steps`` steps jumps from t = eps to the clean prediction x0_hat(x, eps) — the step to
@@ -49,7 +53,11 @@ from score_jax.sampling.common import (
 
 Array = jax.Array
 
-SCHEDULES = ("logSNR", "time_uniform", "time_quadratic", "edm")
+CONTINUOUS_SCHEDULES = ("logSNR", "time_uniform", "time_quadratic", "edm")
+SPACINGS = ("leading", "trailing", "linspace")
+"""diffusers' timestep spacings: only for an SDE with a discrete table (``sde.timesteps``,
+``sde.DiscreteVPSDE``); see ``discrete_grid``."""
+SCHEDULES = CONTINUOUS_SCHEDULES + SPACINGS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +95,8 @@ def get_timesteps(sde, num_points: int, eps: float, schedule: str = "logSNR", *,
     than 2 points.
     """
     opts.check_choice("time schedule", schedule, SCHEDULES)
+    if schedule in SPACINGS:  # num_points of DPM-Solver's timesteps (samplers use ``_grid``)
+        return discrete_grid(sde, num_points, schedule, "dpm", True, dtype)[0]
     if num_points < 2:
         raise ValueError(f"a time grid needs >= 2 points (T, eps); got num_points={num_points}")
     T = sde.T
@@ -109,6 +119,40 @@ def get_timesteps(sde, num_points: int, eps: float, schedule: str = "logSNR", *,
     return t.at[0].set(T).at[-1].set(eps)
 
 
+def discrete_grid(sde, num_steps: int, spacing: str, family: str, denoise: bool,
+                  dtype=jnp.float32) -> tuple[Array, Array]:
+    """The evaluation times and step targets of diffusers' ``family`` scheduler ("ddim", "euler",
+    "dpm" = DPM-Solver++ / UniPC) with ``num_steps`` network evaluations on a discrete-table SDE.
+
+    Returns ``(t_eval (num_steps,), t_to (num_steps,))`` with t = (k + 1) / N of the labels k of
+    ``sde.timesteps(family, spacing, num_steps)``; step i evaluates the network at t_eval[i] and
+    moves the state to t_to[i]:
+    - ddim: t_to[i] = time of k_i - N // num_steps (DDIMScheduler's ``prev_timestep``), below 0 the
+      final alpha: 1 (t = 0) with ``denoise`` (``set_alpha_to_one=True``), else alphabar_0
+      (t = 1 / N, ``set_alpha_to_one=False``, Stable Diffusion's setting);
+    - euler, dpm: t_to[i] = t_eval[i + 1], the last one 0 (sigma = 0: ``final_sigmas_type="zero"``)
+      with ``denoise``, else 1 / N.
+
+    Raises:
+      ValueError: the SDE has no discrete table (``timesteps`` method), or a bad spacing.
+    """
+    opts.check_choice("timestep spacing", spacing, SPACINGS)
+    if not hasattr(sde, "timesteps"):
+        raise ValueError(f"schedule {spacing!r} (diffusers' timestep spacing) needs an SDE with a "
+                         f"discrete table (sde.DiscreteVPSDE), got {type(sde).__name__}; valid "
+                         f"schedules for it: {list(CONTINUOUS_SCHEDULES)}")
+    import numpy as np
+
+    ks = np.asarray(sde.timesteps(family, spacing, num_steps), np.float64)
+    final = -1.0 if denoise else 0.0
+    if family == "ddim":
+        to = ks - sde.N // num_steps
+        to = np.where(to < 0, final, to)
+    else:
+        to = np.concatenate([ks[1:], [final]])
+    return (jnp.asarray((ks + 1.0) / sde.N, dtype), jnp.asarray((to + 1.0) / sde.N, dtype))
+
+
 def _check_common(method, num_steps, denoise, eps, sde, **options):
     """The shared option rules (``sampling/options.py``); returns the resolved eps."""
     opts.check_num_steps(num_steps, denoise, method)
@@ -116,9 +160,16 @@ def _check_common(method, num_steps, denoise, eps, sde, **options):
     return resolve_eps(sde, eps)
 
 
-def _grid(sde, x, num_steps, eps, schedule, denoise, rho=7.0):
+def _grid(sde, x, num_steps, eps, schedule, denoise, rho=7.0, family="dpm"):
     """Times t_0 = T > ... > t_K = eps with K = num_steps - 1 (denoise) or num_steps, and their
-    (a, s, lambda)."""
+    (a, s, lambda). A diffusers spacing (``SPACINGS``) gives the ``num_steps`` timesteps of
+    ``family`` with ``denoise`` (the final jump is the step to sigma = 0), else those and t = 1/N
+    (label 0)."""
+    if schedule in SPACINGS:
+        t_eval, t_to = discrete_grid(sde, num_steps, schedule, family, denoise, time_dtype(x.dtype))
+        t = t_eval if denoise else jnp.concatenate([t_eval, t_to[-1:]])
+        a, s = sde.marginal_coeffs(t)
+        return t, a, s, jnp.log(a) - jnp.log(s)
     K = num_steps - 1 if denoise else num_steps
     t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=time_dtype(x.dtype))
     a, s = sde.marginal_coeffs(t)
@@ -162,13 +213,24 @@ def ddim_sample(
     """
     eps = _check_common("ddim", num_steps, denoise, eps, sde, eta=eta)
     opts.check_choice("time schedule", schedule, SCHEDULES)
-    t, a, s, _ = _grid(sde, x_init, num_steps, eps, schedule, denoise)
-    K = t.shape[0] - 1
+    return _ddim(key, sde, score_fn, x_init, num_steps, eta, eps, schedule, denoise, project, "ddim")
+
+
+def _ddim(key, sde, score_fn, x_init, num_steps, eta, eps, schedule, denoise, project, family):
+    if schedule in SPACINGS:  # diffusers' grid: the final target encodes denoise, no extra jump
+        t, t_to = discrete_grid(sde, num_steps, schedule, family, denoise, time_dtype(x_init.dtype))
+        jump = False
+    else:
+        t_all, _, _, _ = _grid(sde, x_init, num_steps, eps, schedule, denoise)
+        t, t_to, jump = t_all[:-1], t_all[1:], denoise
+    a, s = sde.marginal_coeffs(t)
+    a_to, s_to = sde.marginal_coeffs(t_to)
+    K = t.shape[0]
 
     def body(x, i):
         x0 = _x0_pred(score_fn, x, t[i], a[i], s[i])
         e = (x - a[i] * x0) / s[i]
-        a_next, s_next = a[i + 1], s[i + 1]
+        a_next, s_next = a_to[i], s_to[i]
         var_ts = jnp.maximum(s[i] ** 2 - (a[i] / a_next) ** 2 * s_next**2, 0.0)
         sigma = eta * jnp.sqrt(var_ts * s_next**2 / s[i] ** 2)
         dir_coef = jnp.sqrt(jnp.maximum(s_next**2 - sigma**2, 0.0))
@@ -176,12 +238,41 @@ def ddim_sample(
         k_noise, k_proj = jax.random.split(jax.random.fold_in(key, i))
         if eta > 0:
             x_next = x_next + sigma * jax.random.normal(k_noise, x.shape, x.dtype)
-        return _apply_project(project, k_proj, to_state(x_next, x), t[i + 1], i), None
+        return _apply_project(project, k_proj, to_state(x_next, x), t_to[i], i), None
 
     x, _ = jax.lax.scan(body, x_init, jnp.arange(K))
-    if denoise:
-        x = _x0_pred(score_fn, x, t[K], a[K], s[K])
+    if jump:
+        x = _x0_pred(score_fn, x, t_to[K - 1], a_to[K - 1], s_to[K - 1])
     return x, num_steps
+
+
+def euler_sample(
+    key: Array,
+    sde,
+    score_fn: Callable[[Array, Array], Array],
+    x_init: Array,
+    *,
+    num_steps: int,
+    eps: float | None = None,
+    schedule: str = "logSNR",
+    denoise: bool = True,
+    project: Callable | None = None,
+) -> tuple[Array, int]:
+    """Euler on the probability-flow ODE in EDM's variables y = x / a_t, sigma = s_t / a_t
+    (diffusers' EulerDiscreteScheduler, k-diffusion ``sample_euler`` without churn):
+
+        y_next = y + (sigma_next - sigma) (y - D(y; sigma)) / sigma,
+
+    which in x = a_t y is exactly deterministic DDIM (eta = 0) on the same grid; it differs from
+    ``ddim`` only in the grid of the diffusers spacings: Euler's timesteps ("linspace" unrounded,
+    fractional labels allowed: sigma interpolated linearly between table entries) and the next
+    evaluated time as each step's target, the last one sigma = 0 with ``denoise``.
+    State in the package's scale x (diffusers' Euler latents are y = x sqrt(1 + sigma^2)).
+    NFE = ``num_steps``. Returns ``(x, num_steps)``.
+    """
+    eps = _check_common("euler", num_steps, denoise, eps, sde)
+    opts.check_choice("time schedule", schedule, SCHEDULES)
+    return _ddim(key, sde, score_fn, x_init, num_steps, 0.0, eps, schedule, denoise, project, "euler")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +375,7 @@ def dpm_solver_sample(
     opts.check_choice("time schedule", schedule, SCHEDULES)
     opts.check_choice("DPM-Solver solver_type", solver_type, DPM_SOLVER_TYPES)
     opts.check_choice("lower_order_count", lower_order_count, LOWER_ORDER_COUNTS)
-    t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise)
+    t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise, family="dpm")
     K = t.shape[0] - 1
     use_lof = lower_order_final and K < 10
     # Steps left after step i (itself included): the jump counts as one of them with "with_jump".
@@ -405,6 +496,7 @@ def heun_sample(
 
 
 __all__ = [
-    "ddim_sample", "dpm_solver_sample", "heun_sample", "get_timesteps", "inverse_log_snr",
-    "SCHEDULES", "DPM_SOLVER_TYPES", "LOWER_ORDER_COUNTS",
+    "ddim_sample", "euler_sample", "dpm_solver_sample", "heun_sample", "get_timesteps",
+    "inverse_log_snr", "discrete_grid", "SCHEDULES", "CONTINUOUS_SCHEDULES", "SPACINGS",
+    "DPM_SOLVER_TYPES", "LOWER_ORDER_COUNTS",
 ]

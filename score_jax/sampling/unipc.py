@@ -25,7 +25,8 @@ Exactness: UniP alone (``use_corrector=False``) with "bh2" is DPM-Solver++ multi
 2 (tested). With the corrector, UniC-p raises the order by one (paper Theorem 3.1; observed global
 orders 2 and 3 for p = 1, 2, and >= 3 for p = 3: tests/test_unipc.py).
 
-Time grids: ``sampling.fast.get_timesteps`` (``schedule`` in ``fast.SCHEDULES``), T -> eps.
+Time grids: ``sampling.fast.get_timesteps`` (``schedule`` in ``fast.SCHEDULES``), T -> eps, or
+diffusers' UniPCMultistepScheduler timesteps on a discrete-table SDE (``fast.SPACINGS``).
 Final denoising (``denoise=True``): K = num_steps - 1 UniPC steps to eps, then the Tweedie jump to
 x0_hat(x_eps, eps) (one evaluation), as the package's other fast samplers. True NFE = num_steps
 either way (evaluations at t_0 .. t_{K-1}, plus the jump with ``denoise``).
@@ -39,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.sampling import options as opts
-from score_jax.sampling.common import resolve_eps, time_dtype, to_state, x0_prediction
-from score_jax.sampling.fast import SCHEDULES, get_timesteps
+from score_jax.sampling.common import resolve_eps, to_state, x0_prediction
+from score_jax.sampling.fast import SCHEDULES, _grid
 
 Array = jax.Array
 
@@ -146,10 +147,9 @@ def unipc_sample(
     opts.check_choice("UniPC variant", variant, UNIPC_VARIANTS)
     opts.check_choice("time schedule", schedule, SCHEDULES)
     eps = resolve_eps(sde, eps)
-    K = num_steps - 1 if denoise else num_steps
-    t = get_timesteps(sde, K + 1, eps, schedule, rho=rho, dtype=time_dtype(x_init.dtype))
-    a, s = sde.marginal_coeffs(t)
-    lam = jnp.log(a) - jnp.log(s)
+    # diffusers' spacings ("leading" ...): UniPCMultistepScheduler's timesteps (family "dpm")
+    t, a, s, lam = _grid(sde, x_init, num_steps, eps, schedule, denoise, rho=rho, family="dpm")
+    K = t.shape[0] - 1
 
     def order_at(i):  # step i goes from t_i to t_{i+1}
         p = jnp.minimum(order, i + 1)
