@@ -46,8 +46,8 @@ def get_config(arg=None):
     t = config.training
     t.objective = "text_score"
     t.label_dropout = 0.1  # caption dropout
-    t.n_iters = 2000
-    t.snapshot_freq = 2000
+    t.n_iters = 1000
+    t.snapshot_freq = 1000
     m = config.model
     for key in list(m.keys()):  # keep the SDE's fields; the networks are below
         if key not in ("beta_min", "beta_max", "num_scales", "ema_rate", "dropout"):

@@ -80,4 +80,24 @@ def test_errors(pipe, tmp_path):
         pipe("a", height=10, width=16, num_steps=2)
     with pytest.raises(FileNotFoundError, match=r"lacks \['unet'"):
         Text2Image.from_pretrained(tmp_path)
-    os.makedirs(tmp_path / "x")
+
+
+@pytest.mark.slow  # a subprocess that loads jax and compiles the sampler: ~30-90 s on CPU
+def test_cli_writes_grid(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    root = Path(__file__).parent.parent
+    out = tmp_path / "grid.png"
+    r = subprocess.run([sys.executable, str(root / "txt2img.py"), f"--model={FIX / 'pipeline'}",
+                        "--prompt=the seven digit", "--prompt=a digit", "--num_images=2",
+                        "--num_steps=2", "--sampler=unipc", f"--output={out}"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2, 3)
+    with np.load(tmp_path / "grid.npz") as f:
+        assert f["images"].shape == (4, SIZE, SIZE, 3) and list(f["prompts"]) == [
+            "the seven digit", "a digit"]
