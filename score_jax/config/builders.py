@@ -100,9 +100,11 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
                                 tfrecords_path=d.get("tfrecords_path"),
                                 num_channels=d.num_channels, path=d.get("path"))
     if config.model.get("name") == "text_conditioned":  # captions -> tokens, host side
-        from score_jax.config.text import tokenizer_from_config
+        from score_jax.models.text_conditioned import text_encoder_settings
 
-        pipeline = captions.TokenizedPipeline(pipeline, tokenizer_from_config(config))
+        s = text_encoder_settings(config.model.get("text_encoder"))
+        pipeline = captions.TokenizedPipeline(
+            pipeline, captions.get_tokenizer(s["tokenizer"], s["max_length"]))
     return pipeline
 
 
