@@ -14,13 +14,15 @@ w = 2 (w = 1: the conditional model, w = 0: the unconditional one) and DPM-Solve
         --labels=3,3,7 --config.sampling.guidance_scale=4
 
 Variants (``--config=configs/digits_cond.py:<arg>``): ``dit`` (the DiT backbone: patch 2 on the
-8 x 8 digits, 16 tokens, hidden 96, depth 4, 4 heads), ``smoke`` (CPU seconds), ``dit_smoke``.
+8 x 8 digits, 16 tokens, hidden 96, depth 4, 4 heads), ``unet2d`` (Stable Diffusion's
+cross-attention U-Net, ``unet2d_condition``: widths (32, 64), 4 heads, the digit label as one
+learned 64-wide cross-attention token), ``smoke`` (CPU seconds), ``dit_smoke``, ``unet2d_smoke``.
 Everything else (data, optimiser, schedule) is inherited from ``default_digits.dsm_config``.
 """
 from configs import default_digits
 from configs.common import apply_variant
 
-VARIANTS = (None, "dit", "smoke", "dit_smoke")
+VARIANTS = (None, "dit", "smoke", "dit_smoke", "unet2d", "unet2d_smoke")
 NUM_CLASSES = 10
 
 
@@ -40,8 +42,25 @@ def _dit(config):
     return config
 
 
+def _unet2d(config):
+    m = config.model
+    for key in list(m.keys()):  # drop the DDPM++ fields: the cross-attention U-Net has its own
+        if key not in ("sigma_min", "sigma_max", "num_scales", "beta_min", "beta_max",
+                       "dropout", "num_classes", "ema_rate"):
+            del m[key]
+    m.name = "unet2d_condition"
+    m.block_out_channels = (32, 64)
+    m.down_block_types = ("CrossAttnDownBlock2D", "DownBlock2D")
+    m.up_block_types = ("UpBlock2D", "CrossAttnUpBlock2D")
+    m.layers_per_block = 2
+    m.attention_head_dim = 4  # the number of heads, as in diffusers' configs
+    m.norm_num_groups = 8
+    m.cross_attention_dim = 64
+    return config
+
+
 def get_config(arg=None):
-    """``arg``: None, "dit", "smoke" or "dit_smoke" (ValueError otherwise)."""
+    """``arg``: one of `VARIANTS` (ValueError otherwise)."""
     if arg not in (None, "", "None") and arg not in VARIANTS:
         raise ValueError(f"unknown config variant {arg!r}; valid choices: {list(VARIANTS)}")
     config = default_digits.dsm_config()
@@ -57,7 +76,9 @@ def get_config(arg=None):
     s.guidance_scale = 2.0
     if arg in ("dit", "dit_smoke"):
         _dit(config)
-    if arg in ("smoke", "dit_smoke"):
+    if arg in ("unet2d", "unet2d_smoke"):
+        _unet2d(config)
+    if arg in ("smoke", "dit_smoke", "unet2d_smoke"):
         config = apply_variant(config, "smoke")
         config.data.image_size = 8
         config.sampling.num_samples = 20

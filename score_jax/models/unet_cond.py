@@ -559,6 +559,9 @@ class UNet2DConditionModel(Network):
             if int(layers[i]) <= 0 or int(tlayers[i]) <= 0:
                 raise ValueError(f"{name}: layers_per_block and transformer_layers_per_block "
                                  f"must be >= 1, got {layers[i]} and {tlayers[i]} at level {i}")
+        if not isinstance(self.cross_attention_dim, int) or self.cross_attention_dim < 1:
+            raise ValueError(f"{name}: cross_attention_dim={self.cross_attention_dim!r} must be "
+                             "one positive int (per-level context widths are not supported)")
         if self.downsample_padding not in (0, 1):
             raise ValueError(f"{name}: downsample_padding={self.downsample_padding!r}; valid: "
                              "[0, 1]")
