@@ -107,3 +107,71 @@ def test_scheduler_config():
         discrete_vpsde_from_scheduler_config({"prediction_type": "flow"})
     with pytest.raises(ValueError, match="timestep_spacing"):
         discrete_vpsde_from_scheduler_config({"timestep_spacing": "karras"})
+
+
+@pytest.mark.parametrize("name,spacing", [("dpm", "leading"), ("ddim", "trailing"), ("euler", "linspace")])
+def test_float32_close_to_diffusers(name, spacing):
+    # float32 state and times: the labels snap to the integer timesteps (t = (k + 1) / N in float32
+    # is k +- 6e-5 away), so the network sees what diffusers feeds it
+    sde = discrete_vpsde(alphas_cumprod=FIX["alphas_cumprod/scaled_linear"], steps_offset=1)
+    score_fn = get_score_fn(sde, Toy(), {}, prediction="eps")
+    x_init = jnp.asarray(FIX[f"{name}/epsilon/{spacing}/x_init"], jnp.float32)
+    x, _ = jax.jit(lambda x: METHODS[METHOD[name]](jax.random.key(0), sde, score_fn, x, num_steps=10,
+                                                   schedule=spacing, denoise=name != "ddim"))(x_init)
+    ref = FIX[f"{name}/epsilon/{spacing}/x_final"]
+    assert x.dtype == jnp.float32
+    assert float(np.max(np.abs(np.asarray(x) - ref)) / np.max(np.abs(ref))) <= 1e-4
+    labels = sde.network_labels(sde.label_time(jnp.asarray(FIX[f"{name}/epsilon/{spacing}/timesteps"],
+                                                           jnp.float32)), False)
+    np.testing.assert_array_equal(labels, FIX[f"{name}/epsilon/{spacing}/timesteps"])
+
+
+def test_ddpm_training_on_the_table(x64):
+    """DDPM's discrete objective on the table (Stable Diffusion's training): x_k = sqrt(abar_k) x0 +
+    sqrt(1 - abar_k) z at integer labels k, target z; the network sees k."""
+    from score_jax.losses import get_loss_fn
+
+    sde = discrete_vpsde("scaled_linear", 1000)
+    labels = jnp.array([0, 500, 999])
+    x0, z = jnp.ones((3, 2)), jnp.full((3, 2), 2.0)
+    xk, target, w = sde.discrete_perturbation(labels, x0, z)
+    ac = discrete.alphas_cumprod("scaled_linear", 1000)[np.asarray(labels)]
+    np.testing.assert_allclose(xk[:, 0], np.sqrt(ac) + 2 * np.sqrt(1 - ac), rtol=1e-12)
+    assert (target == z).all() and (w == 1).all()
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, t, train=False):
+            return nn.Dense(2)(x) * (1 + t[:, None] / 1000)
+
+    variables = Net().init(jax.random.key(0), x0, labels.astype(jnp.float64))
+    loss, aux = get_loss_fn(sde, Net(), continuous=False)(variables, {"image": x0}, jax.random.key(1))
+    assert np.isfinite(float(loss)) and jnp.issubdtype(aux["labels"].dtype, jnp.integer)
+
+
+@pytest.mark.parametrize("method,opts,family", [
+    ("dpm_solver", dict(num_steps=20, schedule="leading"), "dpm"),
+    ("unipc", dict(num_steps=20, schedule="linspace"), "dpm"),
+    ("ddim", dict(num_steps=50, schedule="trailing"), "ddim"),
+    ("euler", dict(num_steps=50, schedule="linspace"), "euler"),
+    ("dpm_solver", dict(num_steps=20), None), ("ode", dict(rtol=1e-5, atol=1e-5), None),
+])
+def test_samplers_reach_gaussian_data(method, opts, family):
+    """Exact score of N(0.3, 0.5^2) data on the discrete path. On a continuous grid (to label 0)
+    the samples have the data's moments; on diffusers' grids the last evaluation is at the last
+    timestep k (e.g. 49 for 20 trailing steps) and its x0 prediction is Tweedie's posterior mean
+    there, of std a v / sqrt(a^2 v + s^2) (v = 0.25, (a, s) at k): the sampler must land on it
+    (moments of 4000 samples; the prior N(0, 1) vs p_1 costs ~5e-3)."""
+    from score_jax import sampling, toy
+
+    sde = discrete_vpsde("scaled_linear", 1000, steps_offset=1)
+    sf = toy.gaussian(jnp.full((2,), 0.3), 0.5).score_fn(sde)
+    x, _ = sampling.sample(jax.random.key(0), sde, sf, (4000, 2), method, **opts)
+    want = 0.5
+    if family is not None:
+        k_last = sde.timesteps(family, opts["schedule"], opts["num_steps"])[-1]
+        a, s = (float(c) for c in sde.marginal_coeffs(sde.label_time(k_last)))
+        want = a * 0.25 / np.sqrt(a * a * 0.25 + s * s)
+        assert want < 0.49 or k_last < 5  # the grids do end at a visible noise level
+    assert abs(float(jnp.mean(x)) - 0.3) < 0.03
+    assert abs(float(jnp.std(x)) - want) < 0.02, (float(jnp.std(x)), want)

@@ -39,7 +39,7 @@ def test_inverse_log_snr_roundtrip(name, x64):
     np.testing.assert_allclose(t_back, t, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("schedule", fast.SCHEDULES)
+@pytest.mark.parametrize("schedule", fast.CONTINUOUS_SCHEDULES)  # spacings: test_discrete_schedules.py
 def test_timesteps_monotone_and_ends(schedule):
     sde = VPSDE()
     t = fast.get_timesteps(sde, 12, 1e-3, schedule)

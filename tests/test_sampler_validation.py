@@ -12,7 +12,7 @@ from score_jax.sde import VESDE, VPSDE
 SF = toy.gaussian(jnp.zeros(2), 1.0)
 
 # The required options of each method, to isolate the one under test.
-BASE = {"pc": {"num_steps": 4}, "ode": {}, "sde": {"num_steps": 4}, "ddim": {"num_steps": 4},
+BASE = {"pc": {"num_steps": 4}, "ode": {}, "sde": {"num_steps": 4}, "ddim": {"num_steps": 4}, "euler": {"num_steps": 4},
         "dpm_solver": {"num_steps": 4}, "heun": {"num_steps": 4}, "unipc": {"num_steps": 4},
         "consistency": {"num_steps": 2}}
 # samplers of a consistency model: every evaluation returns x0, so they take no ``denoise``

@@ -17,7 +17,7 @@ SDES = {"vp": VPSDE(N=50), "subvp": subVPSDE(N=50), "ve": VESDE(N=50)}
 # eps: 0 and T are refused; the smallest float32-distinct eps and the largest eps below T run.
 EPS = {"zero": 0.0, "T": 1.0, "tiny": 1e-7, "near_T": 0.999}
 STEPS = {"pc": dict(predictor="reverse_diffusion", corrector="none"), "ode": dict(num_steps=4),
-         "sde": {}, "ddim": {}, "dpm_solver": dict(order=3), "heun": dict(s_churn=1.0),
+         "sde": {}, "ddim": {}, "euler": {}, "dpm_solver": dict(order=3), "heun": dict(s_churn=1.0),
          "unipc": dict(order=3)}
 
 

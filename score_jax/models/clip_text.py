@@ -48,6 +48,12 @@ CLIP_TEXT_CONFIGS: dict[str, dict[str, Any]] = {
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
         layer_norm_eps=1e-5, eos_token_id=2),
+    # Stable Diffusion 2.x text_encoder/config.json (OpenCLIP ViT-H/14 text tower, 23 of its 24
+    # layers); values as published, not checked against a download here
+    "stabilityai/stable-diffusion-2/text_encoder": dict(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+        layer_norm_eps=1e-5, eos_token_id=2),
     # a small encoder for training from scratch on CPU (the CLIP tokenizer's vocabulary)
     "tiny": dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
