@@ -315,23 +315,20 @@ def digit_vocab() -> tuple[str, ...]:
 
 
 class HFTokenizer:
-    """A tokenizer folder (``save_pretrained``: Stable Diffusion's ``tokenizer/``) through
-    ``transformers.AutoTokenizer`` with local files only, padded to ``max_length`` (default: the
-    tokenizer's ``model_max_length``) as diffusers' pipelines call it."""
+    """A CLIP tokenizer folder (``save_pretrained``: Stable Diffusion's ``tokenizer/``), loaded
+    locally by ``score_jax.text.load_tokenizer`` and padded to ``max_length`` (default: the
+    folder's ``model_max_length``) as diffusers' pipelines call it."""
 
     def __init__(self, folder: str, max_length: int | None = None):
-        from transformers import AutoTokenizer
+        from score_jax import text
 
-        if not os.path.isdir(folder):
-            raise ValueError(f"tokenizer folder {folder!r} does not exist")
-        self.tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.max_length = int(max_length or self.tok.model_max_length)
-        self.vocab_size = int(self.tok.vocab_size)
+        self.tok = text.load_tokenizer(folder, max_length)
+        self.max_length = int(self.tok.max_length)
+        self.vocab_size = len(self.tok.tokenizer)
+        self.eos_id = self.tok.eos_token_id
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        out = self.tok(list(texts), padding="max_length", max_length=self.max_length,
-                       truncation=True, return_tensors="np")
-        return np.asarray(out["input_ids"], np.int32)
+        return self.tok([str(t) for t in texts])
 
 
 TOKENIZERS = ("bytes", "words")

@@ -222,3 +222,27 @@ def test_text_model_needs_captions(tiny_xattn):
     ds = config_lib.dataset_from_config(config, "train", training=True, batch_size=16)
     with pytest.raises(ValueError, match="needs captions"):
         ds.batch(0)
+
+
+def test_frozen_pretrained_encoder_is_constant(tiny_xattn):
+    """model.text_encoder.path: the CLIP folder's weights encode the tokens (its tokenizer folder
+    tokenizes); nothing of the encoder is in the train state, and the score sees its context."""
+    from pathlib import Path
+
+    from score_jax import convert
+
+    pytest.importorskip("transformers")
+    fix = Path(__file__).parent / "fixtures" / "txt2img" / "pipeline"
+    config = text_config()
+    config.model.text_encoder = ml_collections.ConfigDict(
+        {"tokenizer": str(fix / "tokenizer"), "path": str(fix / "text_encoder")})
+    b, state = _steps(config, parallel.make_mesh(8), n=2)
+    assert "encoder" not in state.params and set(state.params) == {"net"}
+    tok = captions.get_tokenizer(str(fix / "tokenizer"))
+    ids = tok(["the seven digit"])
+    module, variables = convert.load_clip_text(fix / "text_encoder")
+    context = module.apply(variables, jnp.asarray(ids))[0]
+    x, t = jax.random.normal(jax.random.key(2), (1, 8, 8, 1)), jnp.full((1,), 0.5)
+    via_tokens = b.make_score_fn(state.params, {"tokens": jnp.asarray(ids)})(x, t)
+    via_context = b.make_score_fn(state.params, {"context": context})(x, t)
+    np.testing.assert_allclose(via_tokens, via_context, rtol=1e-5, atol=1e-6)

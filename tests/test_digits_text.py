@@ -37,5 +37,6 @@ def test_recipe_follows_captions(tmp_path):
     sys.path.insert(0, ROOT)
     bench = _module("bench/bench_digits_text.py", "bench_digits_text")
     res = bench.main([f"--workdir={tmp_path}", "--scales=3", "--per_prompt=2"])
-    assert res["w=3.0 train"]["accuracy"] >= 0.7, res
-    assert res["w=3.0 heldout"]["accuracy"] >= 0.5, res
+    # measured 0.993 / 0.995 (bench/RESULTS.md, 600 samples); chance 0.1
+    assert res["w=3.0 train"]["accuracy"] >= 0.8, res
+    assert res["w=3.0 heldout"]["accuracy"] >= 0.7, res

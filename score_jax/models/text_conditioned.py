@@ -5,7 +5,8 @@
 - ``network``: the ``config.model`` of a network that takes ``context`` (B, L, D) by
   cross-attention (``unet2d_condition``, diffusers' UNet2DConditionModel);
 - ``text_encoder``: the encoder's settings: ``tokenizer`` ("bytes", "words" or a tokenizer
-  folder: ``captions.get_tokenizer``), ``max_length``, ``width``, ``layers``, ``heads``.
+  folder: ``captions.get_tokenizer``), ``max_length`` (None: 32 bytes, 16 words, the folder's
+  length), ``width``, ``layers``, ``heads``, ``path`` (a frozen CLIP text encoder folder).
 
     model.apply(variables, x, labels, train=False, tokens=None, context=None)
 
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 
 from .base import Network
 
-TEXT_ENCODER_DEFAULTS = {"tokenizer": "bytes", "max_length": 32, "width": 64, "layers": 2,
+TEXT_ENCODER_DEFAULTS = {"tokenizer": "bytes", "max_length": None, "width": 64, "layers": 2,
                          "heads": 4, "path": None}
 
 
@@ -126,15 +127,27 @@ class TextConditioned(Network):
                              "context= (captions.encode with the frozen encoder)")
         return self.encoder(tokens)[0]
 
+    def frozen_width(self) -> int:
+        """Hidden size of the frozen encoder (``text_encoder.path``'s config.json)."""
+        import json
+        import os
+
+        with open(os.path.join(self.settings()["path"], "config.json")) as f:
+            return int(json.load(f)["hidden_size"])
+
     def __call__(self, x, labels, *, train: bool = False, tokens=None, context=None):
+        if context is None and self.encoder is None and tokens is None and self.is_initializing():
+            # a frozen encoder's context has its width: init the cross-attention on zeros
+            context = jnp.zeros((x.shape[0], self.tokenizer().max_length, self.frozen_width()),
+                                x.dtype)
         if context is None:
             if tokens is None:
-                tokens = jnp.broadcast_to(self.null_tokens(), (x.shape[0],
-                                                               self.settings()["max_length"]))
+                null = self.null_tokens()
+                tokens = jnp.broadcast_to(null, (x.shape[0],) + null.shape)
             context = self.encode(tokens)
         elif self.encoder is not None and self.is_initializing():
-            self.encode(jnp.broadcast_to(self.null_tokens(), (x.shape[0],
-                                                              self.settings()["max_length"])))
+            null = self.null_tokens()
+            self.encode(jnp.broadcast_to(null, (x.shape[0],) + null.shape))
         if context.shape[0] == 1 and x.shape[0] != 1:  # one prompt for the whole batch
             context = jnp.broadcast_to(context, (x.shape[0],) + context.shape[1:])
         return self.net(x, labels, train=train, context=context)
