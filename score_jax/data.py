@@ -117,7 +117,8 @@ class RandomAccessPipeline:
 
     Args:
       source: ``len(source)`` and ``source[list_of_indices] -> (images (n,H,W,C) in [0,1], labels)``
-        over this process's part of the data.
+        over this process's part of the data, or ``(images, labels, fields)`` with ``fields`` a
+        dict of more per-example arrays (e.g. ``"caption"``) that the batch carries.
       batch_size: examples per batch on this process.
       seed: seed of the per-epoch permutations and the augmentation noise.
       shuffle: permute every epoch (training) or read in order (evaluation).
@@ -152,11 +153,12 @@ class RandomAccessPipeline:
         """The batch of training step ``step`` (0-based)."""
         epoch, i = divmod(int(step), self.steps_per_epoch)
         idx = self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-        images, labels = self.source[np.sort(idx) if not self.shuffle else idx]
+        images, labels, *extra = self.source[np.sort(idx) if not self.shuffle else idx]
         rng = np.random.default_rng([self.seed, self.process_index, int(step), 1])
         images = augment(np.asarray(images, np.float32), rng, random_flip=self.random_flip,
                          uniform_dequantization=self.uniform_dequantization)
-        return {"image": images, "label": np.asarray(labels, np.int32)}
+        # a third element: more per-example fields (captions: score_jax.captions)
+        return {"image": images, "label": np.asarray(labels, np.int32), **(extra[0] if extra else {})}
 
     def iterate(self, start_step: int = 0) -> Iterator[Batch]:
         """Batches of steps start_step, start_step + 1, ... (endless)."""

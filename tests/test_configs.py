@@ -85,7 +85,7 @@ def test_config_loads_validates_and_smoke_builds(path):
     config_lib.validate_config(config, num_devices=8)
     smoke = load(path, "smoke")
     config_lib.validate_config(smoke, num_devices=8)
-    assert smoke.training.n_iters <= 10 and smoke.data.dataset == "DIGITS"
+    assert smoke.training.n_iters <= 10 and smoke.data.dataset in ("DIGITS", "DIGITS_TEXT")
     assert smoke.model.name == config.model.name and smoke.training.sde == config.training.sde
     _build_shape_only(smoke)
 

@@ -13,11 +13,14 @@ method and options) that ``train_lib``, ``sample_lib`` and ``evaluation`` use. T
   wiring, sampler kind, what evaluation applies), `register_objective` to add one;
 - `latent`: latent diffusion's keys (`is_latent`, `validate_latent`, `latent_space_from_config`,
   `resolve_latent_config`, `resolve_latent_scale_factor`: the ``latent.json`` record);
+- `text`: objective "text_score" (captions, caption dropout, a jointly trained or frozen text
+  encoder);
 - `validation`: `validate_config`, before anything is compiled;
 - `build`: `Built` and `build`.
 
 Every public name is re-exported here: ``from score_jax import config; config.build(...)``.
 """
+from score_jax.config import text as _text  # noqa: F401  (registers objective text_score)
 from score_jax.config.build import Built, build
 from score_jax.config.builders import (
                                        dataset_from_config,

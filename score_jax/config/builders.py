@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import optax
 
+from score_jax import captions  # noqa: F401  (registers the caption datasets)
 from score_jax import data as data_lib
 from score_jax import sde as sde_lib
 from score_jax import train_step as ts
@@ -88,7 +89,9 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
     ``training``. ``uniform_dequantization`` defaults to ``data.uniform_dequantization``.
     Training pipelines of random-access data run on grain (`data_loader.GrainPipeline`, with
     ``data.num_workers`` worker processes; the same batches for any count); the host shard is
-    `data_loader.shard_options`' (``ShardByJaxProcess``)."""
+    `data_loader.shard_options`' (``ShardByJaxProcess``). A text-conditional model
+    (``model.name="text_conditioned"``) gets its batches' captions as ``"tokens"``
+    (``captions.TokenizedPipeline``, on the host, after grain)."""
     from score_jax import data_loader
 
     d = config.data
@@ -109,6 +112,11 @@ def dataset_from_config(config, split: str, *, batch_size: int, training: bool,
                                 process_index=shard.shard_index, process_count=shard.shard_count)
     if training and isinstance(ds, data_lib.RandomAccessPipeline):
         ds = data_loader.GrainPipeline(ds, num_workers=int(d.get("num_workers", 0)))
+    if config.model.get("name") == "text_conditioned":  # captions -> tokens, host side
+        from score_jax.models.text_conditioned import text_encoder_settings
+
+        s = text_encoder_settings(config.model.get("text_encoder"))
+        ds = captions.TokenizedPipeline(ds, captions.get_tokenizer(s["tokenizer"], s["max_length"]))
     return ds
 
 

@@ -22,6 +22,7 @@ from .ddpm import DDPM
 from .dit import DIT_PRESETS, DiT, dit_config
 from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
+from .text_conditioned import TextConditioned, TextEncoder
 from .unet_cond import SD_UNET_PRESETS, UNet2DConditionModel, unet_config
 from .utils import get_sigmas, resolve_dtype
 
@@ -35,6 +36,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "ncsnv2_256": NCSNv2_256,
     "autoencoder_kl": AutoencoderKL,
     "unet2d_condition": UNet2DConditionModel,
+    "text_conditioned": TextConditioned,
 }
 
 # config.model fields that exist in the reference configs but do not change the network, or
@@ -140,7 +142,8 @@ def smoke_model_config(model_config: Any) -> None:
 
 
 __all__ = ["AutoencoderKL", "DDPM", "DIT_PRESETS", "MODELS", "NCSN", "DiT", "NCSNpp", "NCSNv2",
-           "NCSNv2_128", "NCSNv2_256", "SD_UNET_PRESETS", "UNet2DConditionModel", "dit_config",
-           "get_model", "get_sigmas", "model_kwargs", "unet_config",
+           "NCSNv2_128", "NCSNv2_256", "SD_UNET_PRESETS", "TextConditioned", "TextEncoder",
+           "UNet2DConditionModel", "dit_config", "get_model", "get_sigmas", "model_kwargs",
+           "unet_config",
            "Network", "ScoreNetwork", "check_call_signature", "smoke_model_config",
            "validate_network"]
