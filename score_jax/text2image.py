@@ -51,57 +51,36 @@ SAMPLERS = {"ddim": ("ddim", "DDIMScheduler"),
             "unipc": ("unipc", "UniPCMultistepScheduler"),
             "euler": ("euler", "EulerDiscreteScheduler")}
 FOLDERS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
-_VAE_FIXED = {"act_fn": "silu", "use_quant_conv": True, "use_post_quant_conv": True,
-              "mid_block_add_attention": True, "shift_factor": None, "latents_mean": None,
-              "latents_std": None}
 
 
 def load_diffusers_vae(folder: str | os.PathLike, dtype: Any = jnp.float32
                        ) -> tuple[AutoencoderKL, dict, float]:
     """``(module, variables, scaling_factor)`` of a diffusers ``AutoencoderKL`` folder
-    (``config.json`` + ``diffusion_pytorch_model.safetensors``), through
-    ``convert.autoencoder.convert_autoencoder_kl``.
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``): read by
+    ``convert.autoencoder.load_diffusers_folder`` (the one reader of such folders, which also
+    checks the architecture) and converted by ``convert_autoencoder_kl``. ``scaling_factor``
+    defaults to SD's 0.18215 when config.json has none.
 
     Raises:
-      FileNotFoundError: no config.json / weights file.
-      ValueError: a config value this port does not implement (the key named).
+      ValueError: no config.json / weights file, or a config value this port does not
+        implement (the key named).
     """
-    from score_jax.convert.autoencoder import convert_autoencoder_kl, load_state_dict
+    from score_jax.convert.autoencoder import (
+        build_autoencoder,
+        convert_autoencoder_kl,
+        load_diffusers_folder,
+    )
 
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{str(cfg_path)!r} does not exist (a diffusers AutoencoderKL "
-                                f"folder has config.json and diffusion_pytorch_model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())
-    for key, want in _VAE_FIXED.items():
-        if cfg.get(key, want) != want:
-            raise ValueError(f"{cfg_path}: {key}={cfg[key]!r} is not supported; valid: {want!r}")
-    for key, want in (("down_block_types", "DownEncoderBlock2D"),
-                      ("up_block_types", "UpDecoderBlock2D")):
-        bad = [b for b in cfg.get(key, []) if b != want]
-        if bad:
-            raise ValueError(f"{cfg_path}: {key} {bad} not supported; valid: [{want!r}]")
-    if cfg.get("out_channels", 3) != cfg.get("in_channels", 3):
-        raise ValueError(f"{cfg_path}: in_channels={cfg.get('in_channels')} != out_channels="
-                         f"{cfg.get('out_channels')}; valid: equal")
-    weights = [folder / n for n in ("diffusion_pytorch_model.safetensors",
-                                    "diffusion_pytorch_model.bin") if (folder / n).is_file()]
-    if not weights:
-        raise FileNotFoundError(f"{str(folder)!r} holds no diffusion_pytorch_model.safetensors")
-    model_config = {"block_out_channels": tuple(cfg.get("block_out_channels", (64,))),
-                    "layers_per_block": int(cfg.get("layers_per_block", 1)),
-                    "latent_channels": int(cfg.get("latent_channels", 4)),
-                    "norm_num_groups": int(cfg.get("norm_num_groups", 32))}
-    num_channels = int(cfg.get("in_channels", 3))
-    variables = convert_autoencoder_kl(load_state_dict(weights[0]), model_config,
-                                       num_channels=num_channels, layout="diffusers",
-                                       dtype=np.dtype(dtype))
-    from score_jax.convert.autoencoder import build_autoencoder
-
+    state_dict, cfg = load_diffusers_folder(folder)
+    model_config = {k: cfg[k] for k in ("block_out_channels", "layers_per_block",
+                                        "latent_channels", "norm_num_groups")}
+    num_channels = int(cfg["in_channels"])
+    variables = convert_autoencoder_kl(state_dict, model_config, num_channels=num_channels,
+                                       layout="diffusers", dtype=np.dtype(dtype))
     module = build_autoencoder(model_config, num_channels)
+    scaling = cfg.get("scaling_factor")
     return (module, jax.tree_util.tree_map(jnp.asarray, variables),
-            float(cfg.get("scaling_factor", 0.18215)))
+            float(0.18215 if scaling is None else scaling))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -303,6 +303,7 @@ def load_diffusers_folder(path: str | Path) -> tuple[dict[str, Any], dict[str, A
         "mid_block_add_attention": (cfg.get("mid_block_add_attention", True), True),
         "latents_mean": (cfg.get("latents_mean"), None),
         "shift_factor": (cfg.get("shift_factor"), None),
+        "out_channels": (cfg.get("out_channels", cfg.get("in_channels", 3)), cfg.get("in_channels", 3)),
     }
     for key, (got, want) in unsupported.items():
         if got is not None and key.endswith("_types"):
