@@ -6,7 +6,9 @@ the reference's, on the parameter shapes of the CIFAR-10 DDPM++ / NCSN++ network
 
 Ours: the optax chain of the config (``config.optimizer_from_config``: clip_by_global_norm, Adam
 with the warmup schedule) + EMA, jitted with the state donated as in ``train_step``, with the
-non-finite guard as ``lax.cond`` (the library now), as ``jnp.where(finite, new, old)`` over the
+non-finite guard as ``lax.cond`` and the update of ``FusedAdam.fused_update`` (one elementwise
+function per leaf: the library now), the same with the optax chain + ``apply_updates`` + EMA
+(before), as ``jnp.where(finite, new, old)`` over the
 state (the library before), and without a guard. PyTorch: what the reference's ``optimize_fn``
 (score_sde_pytorch ``losses.optimization_manager``: warmup lr, ``clip_grad_norm_``, Adam) and
 ``models/ema.py`` ``ExponentialMovingAverage.update`` do, on tensors of the same shapes. No
@@ -78,6 +80,13 @@ def main():
                                        state.ema_params, p)
             return ts.TrainState(step=state.step + 1, params=p, ema_params=e, opt_state=o)
 
+        def fused(state):  # the library now (train_step with a FusedAdam)
+            p, e, o = tx.fused_update(grads, grad_norm, state.opt_state, state.params,
+                                      state.ema_params, jnp.float32(rate))
+            return ts.TrainState(step=state.step + 1, params=p, ema_params=e, opt_state=o)
+
+        if guard == "fused":
+            return jax.lax.cond(finite, fused, lambda s: s, state)
         if guard == "cond":
             return jax.lax.cond(finite, apply, lambda s: s, state)
         new = apply(state)
@@ -86,7 +95,7 @@ def main():
         return new
 
     runs = {}
-    for g in ("cond", "where", "none"):
+    for g in ("fused", "cond", "where", "none"):
         st = ts.TrainState(step=jnp.zeros((), jnp.int32),
                            params=jax.tree_util.tree_map(jnp.copy, params),
                            ema_params=jax.tree_util.tree_map(jnp.copy, params),

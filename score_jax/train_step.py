@@ -11,6 +11,7 @@ the batch is cut into micro-batches (gradient accumulation) or devices.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -82,13 +83,92 @@ def make_optimizer(*, lr: float, beta1: float = 0.9, eps: float = 1e-8, warmup: 
     else:
         schedule = optax.constant_schedule(lr)
     parts = []
-    if grad_clip is not None and grad_clip >= 0:
+    clip = grad_clip is not None and grad_clip >= 0
+    if clip:
         parts.append(optax.clip_by_global_norm(grad_clip))
-    if weight_decay or optimizer == "AdamW":
+    decoupled = bool(weight_decay or optimizer == "AdamW")
+    if decoupled:
         parts.append(optax.adamw(schedule, b1=beta1, b2=0.999, eps=eps, weight_decay=weight_decay))
     else:
         parts.append(optax.adam(schedule, b1=beta1, b2=0.999, eps=eps))
-    return optax.chain(*parts), schedule
+    tx = FusedAdam(chain=optax.chain(*parts), schedule=schedule, b1=float(beta1), b2=0.999,
+                   eps=float(eps), grad_clip=float(grad_clip) if clip else None,
+                   weight_decay=float(weight_decay) if decoupled else None)
+    return tx, schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedAdam:
+    """The optimiser of `make_optimizer`: the optax chain ``clip_by_global_norm`` (optional) +
+    ``adam`` / ``adamw`` (``init`` / ``update`` are the chain's, so it is an optax
+    ``GradientTransformation`` and its state is the chain's: checkpoints do not change), plus
+    `fused_update`, the same arithmetic as the chain + ``optax.apply_updates`` + the EMA written
+    as one elementwise function per leaf, which `train_step` uses.
+
+    Why: jitted on CPU, the chain materialises the clipped gradient, computes the global norm a
+    second time (the step already has it for the non-finite guard) and runs one loop per
+    intermediate (bench/RESULTS.md, "Train step's own cost against PyTorch").
+    """
+
+    chain: optax.GradientTransformation
+    schedule: Callable
+    b1: float
+    b2: float
+    eps: float
+    grad_clip: float | None  # None: no clipping
+    weight_decay: float | None  # None: adam; a float: adamw's decoupled decay
+
+    def init(self, params):
+        return self.chain.init(params)
+
+    def update(self, updates, state, params=None, **extra_args):
+        return self.chain.update(updates, state, params, **extra_args)
+
+    def fused_update(self, grads: Any, grad_norm: Array, opt_state: Any, params: Any,
+                     ema_params: Any, ema_decay_value: Array) -> tuple[Any, Any, Any]:
+        """``(params, ema_params, opt_state)`` after one step, bit-identical to
+        ``u, s = chain.update(grads, opt_state, params); p = optax.apply_updates(params, u)``
+        and ``ema * d + p * (1 - d)`` (tested), with ``grad_norm = optax.global_norm(grads)``
+        given. Per leaf (optax's formulas; t = Adam's count after the increment,
+        lr = schedule(count before it), c = grad_clip, n = grad_norm)::
+
+            g  <- g if n < c else g / n * c
+            mu <- (1 - b1) g + b1 mu ;  nu <- (1 - b2) g^2 + b2 nu
+            u  <- (mu / (1 - b1^t)) / (sqrt(nu / (1 - b2^t)) + eps)  [+ weight_decay * p]
+            p  <- p + (-lr) u ;  ema <- ema d + p (1 - d)
+        """
+        base = 0 if self.grad_clip is None else 1
+        adam_state = opt_state[base][0]
+        sched_state = opt_state[base][-1]
+        count = optax.safe_increment(adam_state.count)
+        step_size = -1 * self.schedule(sched_state.count)
+        b1, b2, eps, wd, d = self.b1, self.b2, self.eps, self.weight_decay, ema_decay_value
+        bc1, bc2 = 1 - b1 ** count, 1 - b2 ** count
+        if self.grad_clip is not None:
+            trigger = jnp.squeeze(grad_norm < self.grad_clip)
+
+        def leaf(g, p, mu, nu, e):
+            if self.grad_clip is not None:
+                g = jnp.where(trigger, g, (g / grad_norm.astype(g.dtype)) * self.grad_clip)
+            mu = (1 - b1) * g + b1 * mu
+            nu = (1 - b2) * (g ** 2) + b2 * nu
+            u = (mu / bc1.astype(mu.dtype)) / (jnp.sqrt(nu / bc2.astype(nu.dtype) + 0.0) + eps)
+            if wd is not None:
+                u = u + wd * p
+            u = jnp.array(step_size, dtype=u.dtype) * u
+            p = jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+            return p, mu, nu, (e * d + p * (1.0 - d)).astype(e.dtype)
+
+        treedef = jax.tree_util.tree_structure(params)
+        out = treedef.flatten_up_to(jax.tree_util.tree_map(
+            leaf, grads, params, adam_state.mu, adam_state.nu, ema_params))
+        new_p, mu, nu, ema = (treedef.unflatten([o[i] for o in out]) for i in range(4))
+        inner = list(opt_state[base])
+        inner[0] = adam_state._replace(count=count, mu=mu, nu=nu)
+        inner[-1] = sched_state._replace(count=optax.safe_increment(sched_state.count))
+        new_state = list(opt_state)
+        new_state[base] = type(opt_state[base])(inner)
+        return new_p, ema, type(opt_state)(new_state)
 
 
 def init_state(key: Array, model: nn.Module, tx: optax.GradientTransformation,
@@ -277,9 +357,14 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def update(state):
+        decay = ema_decay(state.step + 1, ema_rate, ema_warmup)
+        if isinstance(tx, FusedAdam):  # the same numbers in one pass per leaf
+            params, ema, opt_state = tx.fused_update(grads, grad_norm, state.opt_state,
+                                                     state.params, state.ema_params, decay)
+            return TrainState(step=state.step + 1, params=params, ema_params=ema,
+                              opt_state=opt_state)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        decay = ema_decay(state.step + 1, ema_rate, ema_warmup)
         ema = jax.tree_util.tree_map(lambda e, p: (e * decay + p * (1.0 - decay)).astype(e.dtype),
                                      state.ema_params, params)
         return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
@@ -358,7 +443,7 @@ def state_sharding_of(abstract_state: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
 
 
-__all__ = ["TrainState", "OPTIMIZERS", "make_optimizer", "init_state", "ema_decay", "ema_init_weight",
+__all__ = ["TrainState", "OPTIMIZERS", "make_optimizer", "FusedAdam", "init_state", "ema_decay", "ema_init_weight",
            "train_step", "eval_step",
            "jit_train_step", "jit_eval_step", "jit_init", "example_keys", "loss_and_grad",
            "accumulated_loss_and_grad", "state_sharding_of"]
