@@ -361,11 +361,15 @@ class bind_frozen:  # noqa: N801 (used like functools.partial)
     `jit_train_step` / `jit_eval_step` with its ``frozen`` argument fixed, called like a step
     without one; ``lower(state, batch, key)`` lowers the jitted step with ``frozen`` as an
     argument (its arrays are not constants of the compiled step). ``frozen`` is put on its
-    devices once, as ``sharding``."""
+    devices once, as ``sharding``, into buffers of its own: the train step donates the state, and
+    an array shared with it (a student initialised from its teacher's weights) would be read
+    after it was overwritten."""
 
-    def __init__(self, jitted: Callable, frozen: Any, sharding: Any = None):
+    def __init__(self, jitted: Callable, frozen: Any, sharding: Any = None, copy: bool = True):
         self.jitted = jitted
-        self.frozen = frozen if sharding is None else jax.device_put(frozen, sharding)
+        if sharding is not None:
+            frozen = jax.device_put(frozen, sharding)
+        self.frozen = jax.tree_util.tree_map(jnp.copy, frozen) if copy else frozen
 
     def __call__(self, state, batch, key):
         return self.jitted(state, batch, key, self.frozen)

@@ -125,7 +125,7 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
                                  state_inputs=spec.state_inputs, frozen_sharding=frozen_sharding)
     if frozen is not None:
         train_step = ts.bind_frozen(train_step, frozen, frozen_sharding)
-        eval_step = ts.bind_frozen(eval_step, train_step.frozen)
+        eval_step = ts.bind_frozen(eval_step, train_step.frozen, copy=False)  # not donated
     method, options = api.sampling_options_from_config(config.sampling)
     objective = api.objective_from_config(config)
     path = api.flow_path_from_config(config, sde) if spec.sampler == api.FLOW_METHOD else None
