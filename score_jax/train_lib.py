@@ -114,8 +114,11 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
     if config_lib.is_latent(config):  # stage 2: scale factor from latent.json or 1st batch
         config = _resolve_latent(config, workdir, train_ds)
     teacher = load_teacher(config, mesh=mesh, model=model)  # objective "distill", else None
+    # the teacher's weights are an argument of the jitted step (sharded like the parameters),
+    # not constants compiled into it
     b = config_lib.build(config, mesh=mesh, model=model,
-                         teacher=None if teacher is None else teacher["denoiser"])
+                         teacher=None if teacher is None else teacher["frozen_teacher"],
+                         frozen=None if teacher is None else {"teacher": teacher["params"]})
     mesh = b.mesh
     t = config.training
     is_main = jax.process_index() == 0
@@ -267,7 +270,9 @@ def train_and_evaluate(config, workdir: str, *, model: nn.Module | None = None,
 
 
 def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict | None:
-    """The teacher of objective "distill": ``{"params", "denoiser", "source", "step"}`` from
+    """The teacher of objective "distill": ``{"params", "denoiser", "frozen_teacher", "source",
+    "step"}`` (``frozen_teacher``: ``distill.FrozenTeacher`` building the denoiser from weights
+    passed to the step as ``frozen["teacher"]``; ``denoiser``: it with ``params`` bound) from
     ``distill.teacher_workdir`` (its EMA weights, step ``distill.teacher_step`` or the latest) or
     ``distill.teacher_checkpoint`` (a converted file), read with this config's network and SDE and
     objective ``distill.teacher_objective``; the denoiser is ``distill.teacher_denoiser`` of its
@@ -298,9 +303,13 @@ def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict |
                 else f"--config.distill.teacher_checkpoint={ckpt!r}")
         raise type(e)(f"the distillation teacher {what} cannot be loaded: {e}") from e
     built = info["built"]
-    denoiser = distill_lib.teacher_denoiser(built.make_score_fn(params), built.sde)
+
+    def denoiser_of(p):
+        return distill_lib.teacher_denoiser(built.make_score_fn(p), built.sde)
+
     log.info("distillation teacher: %s (step %s)", info["source"], info["step"])
-    return {"params": params, "denoiser": denoiser, "source": info["source"],
+    return {"params": params, "denoiser": denoiser_of(params),
+            "frozen_teacher": distill_lib.FrozenTeacher(denoiser_of), "source": info["source"],
             "step": info["step"]}
 
 

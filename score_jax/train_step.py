@@ -315,7 +315,7 @@ def accumulated_loss_and_grad(loss_fn: Callable, params: Any, batch: Any, keys: 
     return loss / k, jax.tree_util.tree_map(lambda g: g / k, grads)
 
 
-def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
+def train_step(state: TrainState, batch: Any, key: Array, frozen: Any = None, *, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: Callable,
                ema_rate: float, ema_warmup: bool = True,
                grad_accum_steps: int = 1, state_inputs: bool = False,
@@ -337,6 +337,11 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     gradient norm is not finite leaves the state unchanged (``metrics["finite"]`` is False), so
     the state stays at the last good update.
 
+    ``frozen``: a pytree of arrays the loss reads but does not train (a distillation teacher's
+    weights, a frozen text encoder), passed to it as ``variables["frozen"]`` when not None: a
+    jitted argument, so it is neither baked into the compiled step as constants nor saved in the
+    state (its layout is the caller's: `jit_train_step`'s ``frozen_sharding``).
+
     Returns:
       ``(new_state, metrics)`` with scalar metrics loss, grad_norm, lr, finite.
     """
@@ -344,6 +349,8 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     # state_inputs: the loss also reads the EMA parameters (constants: the target network of
     # consistency distillation) and the step (curricula), as score_jax.distill's losses do
     extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else None
+    if frozen is not None:
+        extra = {**(extra or {}), "frozen": frozen}
     if int(grad_accum_steps) == 1 and not per_example_noise:
         def objective(params):
             return loss_fn({"params": params, **(extra or {})}, batch, step_key)
@@ -378,10 +385,13 @@ def train_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
     return new, metrics
 
 
-def eval_step(state: TrainState, batch: Any, key: Array, *, loss_fn: Callable,
+def eval_step(state: TrainState, batch: Any, key: Array, frozen: Any = None, *, loss_fn: Callable,
               state_inputs: bool = False) -> Array:
-    """The loss of the EMA parameters on an evaluation batch (reference ``eval_step``)."""
+    """The loss of the EMA parameters on an evaluation batch (reference ``eval_step``);
+    ``frozen`` as in `train_step`."""
     extra = {"ema_params": state.ema_params, "step": state.step} if state_inputs else {}
+    if frozen is not None:
+        extra["frozen"] = frozen
     loss, _ = loss_fn({"params": state.ema_params, **extra}, batch, key)
     return loss
 
@@ -393,10 +403,12 @@ def _state_sharding(state_sharding: Any, mesh) -> Any:
 def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
                    ema_rate: float, mesh, *, ema_warmup: bool = True, state_sharding: Any = None,
                    grad_accum_steps: int = 1, state_inputs: bool = False,
-                   per_example_noise: bool = False) -> Callable:
+                   per_example_noise: bool = False, frozen_sharding: Any = None) -> Callable:
     """``train_step`` jitted over ``mesh``: state donated and laid out as ``state_sharding`` (a
     sharding or a TrainState-shaped tree of them, e.g. the shardings of `jit_init`'s abstract
     state; default: replicated), batch split over the devices (``parallel.data_sharding``).
+    With ``frozen_sharding`` (a sharding or a tree of them, e.g. `frozen_shardings`) the step
+    takes a 4th argument ``frozen`` laid out so (`train_step`; `bind_frozen` fixes it).
 
     The returned function holds its own compilation cache: build it once (``config.build``)
     and pass it around to reuse the compiled step.
@@ -407,18 +419,48 @@ def jit_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule
                            ema_rate=float(ema_rate), ema_warmup=bool(ema_warmup),
                            grad_accum_steps=int(grad_accum_steps), state_inputs=bool(state_inputs),
                            per_example_noise=bool(per_example_noise))
-    return jax.jit(fn, in_shardings=(st, dat, rep), out_shardings=(st, rep), donate_argnums=0)
+    ins = (st, dat, rep) if frozen_sharding is None else (st, dat, rep, frozen_sharding)
+    return jax.jit(fn, in_shardings=ins, out_shardings=(st, rep), donate_argnums=0)
 
 
 def jit_eval_step(loss_fn: Callable, mesh, *, state_sharding: Any = None,
-                  state_inputs: bool = False) -> Callable:
+                  state_inputs: bool = False, frozen_sharding: Any = None) -> Callable:
     """``eval_step`` jitted over ``mesh`` (state as ``state_sharding``, default replicated;
-    batch split over the devices)."""
+    batch split over the devices; ``frozen`` as ``frozen_sharding``, as `jit_train_step`)."""
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
     st = _state_sharding(state_sharding, mesh)
+    ins = (st, dat, rep) if frozen_sharding is None else (st, dat, rep, frozen_sharding)
     return jax.jit(functools.partial(eval_step, loss_fn=loss_fn, state_inputs=bool(state_inputs)),
-                   in_shardings=(st, dat, rep),
-                   out_shardings=rep)
+                   in_shardings=ins, out_shardings=rep)
+
+
+def frozen_shardings(frozen: Any, mesh, min_size: int = parallel.MIN_SHARD_SIZE) -> Any:
+    """The layout of a ``frozen`` tree (arrays or ``ShapeDtypeStruct`` s): the parameters' rule
+    (``parallel.state_shardings``: FSDP-sharded on a mesh with an ``"fsdp"`` axis, else
+    replicated)."""
+    return parallel.state_shardings(frozen, mesh, min_size)
+
+
+class bind_frozen:  # noqa: N801 (used like functools.partial)
+    """``step(state, batch, key)`` = ``jitted(state, batch, key, frozen)``: a step of
+    `jit_train_step` / `jit_eval_step` with its ``frozen`` argument fixed, called like a step
+    without one; ``lower(state, batch, key)`` lowers the jitted step with ``frozen`` as an
+    argument (its arrays are not constants of the compiled step). ``frozen`` is put on its
+    devices once, as ``sharding``, into buffers of its own: the train step donates the state, and
+    an array shared with it (a student initialised from its teacher's weights) would be read
+    after it was overwritten."""
+
+    def __init__(self, jitted: Callable, frozen: Any, sharding: Any = None, copy: bool = True):
+        self.jitted = jitted
+        if sharding is not None:
+            frozen = jax.device_put(frozen, sharding)
+        self.frozen = jax.tree_util.tree_map(jnp.copy, frozen) if copy else frozen
+
+    def __call__(self, state, batch, key):
+        return self.jitted(state, batch, key, self.frozen)
+
+    def lower(self, state, batch, key):
+        return self.jitted.lower(state, batch, key, self.frozen)
 
 
 def jit_init(model: nn.Module, tx: optax.GradientTransformation,
@@ -446,4 +488,4 @@ def state_sharding_of(abstract_state: Any) -> Any:
 __all__ = ["TrainState", "OPTIMIZERS", "make_optimizer", "FusedAdam", "init_state", "ema_decay", "ema_init_weight",
            "train_step", "eval_step",
            "jit_train_step", "jit_eval_step", "jit_init", "example_keys", "loss_and_grad",
-           "accumulated_loss_and_grad", "state_sharding_of"]
+           "accumulated_loss_and_grad", "state_sharding_of", "frozen_shardings", "bind_frozen"]

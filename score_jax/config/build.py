@@ -46,14 +46,19 @@ class Built(NamedTuple):
 
 
 def build(config, *, mesh=None, model: nn.Module | None = None,
-          teacher: Callable | None = None) -> Built:
+          teacher: Callable | None = None, frozen: Any = None) -> Built:
     """Validate ``config`` (before any compilation), then build every object of a run.
 
     Args:
       mesh: the device mesh (default `mesh_from_config`: ``data x fsdp``); with
         ``parallel.fsdp`` > 1 it must have an ``"fsdp"`` axis of that size.
       model: replaces the config's network (tests, notebooks).
-      teacher: objective "distill": the teacher's denoiser (``train_lib.load_teacher``).
+      teacher: objective "distill": the teacher's denoiser, or a ``distill.FrozenTeacher``
+        reading its weights from ``frozen`` (``train_lib.load_teacher``).
+      frozen: a pytree of arrays the loss reads and does not train (``variables["frozen"]``,
+        e.g. ``{"teacher": params}``): an argument of the jitted train / eval steps, laid out
+        like the parameters (FSDP-sharded under ``parallel.fsdp``), bound to them
+        (``train_step.bind_frozen``), so callers call ``train_step(state, batch, key)``.
 
     Raises:
       ValueError: invalid config, naming the value and the valid choices.
@@ -109,19 +114,24 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
         eval_loss = api.loss_fn_from_config(config, sde, model, train=False, teacher=teacher)
     ema_rate = float(config.model.ema_rate)
     ema_warmup = bool(config.model.get("ema_warmup", True))
+    spec = api.OBJECTIVE_SPECS[api.objective_from_config(config)]
+    frozen_sharding = None if frozen is None else ts.frozen_shardings(frozen, mesh, min_size)
+    train_step = ts.jit_train_step(
+        train_loss, tx, schedule, ema_rate, mesh, ema_warmup=ema_warmup,
+        state_sharding=state_sharding, state_inputs=spec.state_inputs,
+        grad_accum_steps=int(t.get("grad_accum_steps", 1)),
+        per_example_noise=bool(t.get("per_example_noise", False)), frozen_sharding=frozen_sharding)
+    eval_step = ts.jit_eval_step(eval_loss, mesh, state_sharding=state_sharding,
+                                 state_inputs=spec.state_inputs, frozen_sharding=frozen_sharding)
+    if frozen is not None:
+        train_step = ts.bind_frozen(train_step, frozen, frozen_sharding)
+        eval_step = ts.bind_frozen(eval_step, train_step.frozen, copy=False)  # not donated
     method, options = api.sampling_options_from_config(config.sampling)
     objective = api.objective_from_config(config)
-    spec = api.OBJECTIVE_SPECS[objective]
     path = api.flow_path_from_config(config, sde) if spec.sampler == api.FLOW_METHOD else None
     return Built(mesh=mesh, sde=sde, model=model, tx=tx, schedule=schedule, image_shape=shape,
                  init=init, abstract_state=abstract, train_loss=train_loss, eval_loss=eval_loss,
-                 train_step=ts.jit_train_step(
-                     train_loss, tx, schedule, ema_rate, mesh, ema_warmup=ema_warmup,
-                     state_sharding=state_sharding, state_inputs=spec.state_inputs,
-                     grad_accum_steps=int(t.get("grad_accum_steps", 1)),
-                     per_example_noise=bool(t.get("per_example_noise", False))),
-                 eval_step=ts.jit_eval_step(eval_loss, mesh, state_sharding=state_sharding,
-                                            state_inputs=spec.state_inputs),
+                 train_step=train_step, eval_step=eval_step,
                  ema_rate=ema_rate,
                  objective=objective, method=method, options=options, flow_path=path,
                  continuous=bool(t.continuous),

@@ -10,12 +10,12 @@ from score_jax.distill.consistency import (
     ct_loss,
     get_consistency_loss_fn,
 )
-from score_jax.distill.objective import get_distill_loss_fn, student_precond, teacher_denoiser
+from score_jax.distill.objective import FrozenTeacher, get_distill_loss_fn, student_precond, teacher_denoiser
 from score_jax.distill.progressive import get_progressive_loss_fn, pd_loss, pd_target, student_sigmas
 
 __all__ = [
     "consistency", "progressive", "ConsistencyPrecond", "cd_loss", "ct_loss",
     "consistency_precond_for_sde", "get_consistency_loss_fn", "get_progressive_loss_fn", "pd_loss",
     "pd_target", "student_sigmas", "objective", "get_distill_loss_fn", "student_precond",
-    "teacher_denoiser",
+    "teacher_denoiser", "FrozenTeacher",
 ]

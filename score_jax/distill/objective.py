@@ -3,6 +3,7 @@
 preconditioning (what its sampler and its score use)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -32,6 +33,18 @@ def student_precond(method: str, sde, *, sigma_data: float = 0.5, eps: float | N
     return consistency.consistency_precond_for_sde(sde, sigma_data=sigma_data, eps=eps)
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenTeacher:
+    """A teacher whose weights are an input of the loss, not constants of it: the loss builds the
+    denoiser ``denoiser_of(variables["frozen"][key])`` inside the step, from the ``frozen`` tree
+    ``train_step.train_step`` passes (a jitted argument, sharded like the student's parameters:
+    ``train_lib.load_teacher``, ``config.build(frozen=...)``), so a large teacher is neither
+    baked into the compiled step nor replicated under FSDP."""
+
+    denoiser_of: Callable  # params -> denoiser D(y, sigma)
+    key: str = "teacher"
+
+
 def get_distill_loss_fn(
     method: str,
     model: nn.Module,
@@ -59,7 +72,8 @@ def get_distill_loss_fn(
     ``losses.get_loss_fn``; ``variables`` as ``train_step(..., state_inputs=True)`` passes them.
 
     ``teacher``: the teacher's denoiser D(y, sigma) (``edm.EDMDenoiser``, or
-    ``edm.denoiser_from_score`` of a score model); needed by "cd" and "pd". "cd":
+    ``edm.denoiser_from_score`` of a score model; its weights are then constants of the step), or
+    a `FrozenTeacher` (weights read from ``variables["frozen"]``); needed by "cd" and "pd". "cd":
     `consistency.cd_loss` with ``num_scales``, ``solver``, ``metric`` (default "l2"), ``target``;
     "ct": improved CT (`consistency.ct_loss`) with the curriculum ``ct_s0`` -> ``ct_s1`` over
     ``total_steps``; "pd": one round with a ``pd_num_steps``-step student and a 2N-step teacher
@@ -67,6 +81,31 @@ def get_distill_loss_fn(
     Raises ValueError for an unknown method, a missing teacher, or a missing pd_num_steps.
     """
     check_method(method)
+    if isinstance(teacher, FrozenTeacher):
+        kwargs = dict(train=train, sigma_data=sigma_data, log_label=log_label,
+                      total_steps=total_steps, num_scales=num_scales, rho=rho, solver=solver,
+                      metric=metric, target=target, ct_s0=ct_s0, ct_s1=ct_s1, ct_p_mean=ct_p_mean,
+                      ct_p_std=ct_p_std, pd_num_steps=pd_num_steps, eps=eps)
+        spec, current = teacher, []  # the denoiser of the weights being traced
+
+        def proxy(y, sigma):
+            return current[-1](y, sigma)
+
+        # built once, outside any trace (the options are checked now, before any compilation)
+        inner = get_distill_loss_fn(method, model, sde, teacher=proxy, **kwargs)
+
+        def loss_fn(variables, batch, key):
+            if spec.key not in variables.get("frozen", {}):
+                raise ValueError(f"the distillation teacher's weights are read from "
+                                 f"variables['frozen'][{spec.key!r}]; pass frozen={{{spec.key!r}: "
+                                 f"params}} to the train step (train_step.bind_frozen)")
+            current.append(spec.denoiser_of(variables["frozen"][spec.key]))
+            try:
+                return inner(variables, batch, key)
+            finally:
+                current.pop()
+
+        return loss_fn
     precond = student_precond(method, sde, sigma_data=sigma_data, eps=eps)
     if method in ("cd", "pd") and teacher is None:
         raise ValueError(f"distillation method {method!r} needs a teacher (distill.teacher_workdir "
@@ -93,5 +132,5 @@ def teacher_denoiser(score_fn: Callable, sde) -> Callable:
     return edm.denoiser_from_score(score_fn, sde)
 
 
-__all__ = ["METHODS", "SAMPLERS", "check_method", "student_precond", "get_distill_loss_fn",
+__all__ = ["METHODS", "SAMPLERS", "FrozenTeacher", "check_method", "student_precond", "get_distill_loss_fn",
            "teacher_denoiser"]
