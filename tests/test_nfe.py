@@ -4,6 +4,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from score_jax import flow, ode, sampling, toy
@@ -126,3 +127,30 @@ def test_flow_sample_nfe_equals_counted(solver, num_steps, tol):
     kw = {} if tol is None else dict(rtol=tol, atol=tol)
     _check(lambda w: flow.flow_sample(jax.random.key(0), w(u), (4, 2), solver=solver,
                                       num_steps=num_steps, **kw))
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_nfe_counts_a_rejected_first_step(solver):
+    """A stiff start rejects the first step (dt0 = (t1 - t0) / 100 with dy/dt = -3000 y): FSAL solvers
+    must not re-evaluate their first stage uncounted (diffrax keeps the "first step" flag on a
+    rejection; bosh3 on VE counted 235 for 236 evaluations)."""
+    import diffrax as dfx
+
+    calls = []
+
+    def v(t, y):
+        jax.debug.callback(lambda: calls.append(1))
+        return -3000.0 * y
+
+    y0 = jnp.ones((3,))
+    # The premise: diffrax itself rejects the first step here (its first accepted step is shorter).
+    sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, y, a: -3000.0 * y), ode.get_ode_solver(solver), 0.0, 0.1,
+                          dt0=1e-3, y0=y0, stepsize_controller=dfx.PIDController(rtol=1e-4, atol=1e-4),
+                          saveat=dfx.SaveAt(steps=True), max_steps=4096)
+    assert int(sol.stats["num_rejected_steps"]) >= 1
+    assert float(sol.ts[0]) < 0.99e-3
+    y1, nfe = jax.jit(lambda y: ode.solve_ode(v, y, 0.0, 0.1, solver=solver, rtol=1e-4, atol=1e-4))(y0)
+    jax.block_until_ready(y1)
+    jax.effects_barrier()
+    assert int(nfe) == len(calls), (int(nfe), len(calls))
+    np.testing.assert_allclose(y1, 0.0, atol=1e-3)

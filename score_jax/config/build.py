@@ -94,13 +94,10 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
     d, t = config.data, config.training
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     num_classes = config.model.get("num_classes")
-    if api.objective_from_config(config) == latent_lib.OBJECTIVE:  # init(key, x): no labels
-        init, abstract = latent_lib.jit_autoencoder_init(model, tx, shape, mesh,
-                                                         min_shard_size=min_size)
-    else:
-        shape = space.latent_shape if space is not None else shape
-        init, abstract = ts.jit_init(model, tx, shape, mesh, num_classes=num_classes,
-                                     min_shard_size=min_size)
+    shape = space.latent_shape if space is not None else shape
+    state_init = api.objective_spec(config).init or ts.jit_init  # the record's initialiser
+    init, abstract = state_init(model, tx, shape, mesh, num_classes=num_classes,
+                                min_shard_size=min_size)
     state_sharding = ts.state_sharding_of(abstract)
     if space is not None:  # latents: encoded on the fly, no [0, 1] -> [-1, 1] scaling
         unscaled = config.copy_and_resolve_references()

@@ -12,7 +12,10 @@ Each objective declares, in one place, what the rest of the project asks of it:
   score), "flow" (``flow.flow_sample``, ``config.sampling.method="flow"``) or None (nothing to
   sample: the autoencoder of latent diffusion);
 - ``bpd``: whether bits/dim apply (the likelihood ODE of the score / the velocity);
-- ``model_name``: the network the objective needs (None: any network of ``models.MODELS``).
+- ``model_name``: the network the objective needs (None: any network of ``models.MODELS``);
+- ``init(model, tx, image_shape, mesh, *, num_classes, min_shard_size) -> (init_fn(key),
+  abstract_state)``: how the train state is initialised (None: ``train_step.jit_init``, a network
+  called as ``(x, labels, *, train)``; the autoencoder's ``init(key, x)`` takes no labels).
 
 Adding an objective (e.g. consistency distillation) is one `register_objective` call; a
 config then names it with ``training.objective``. ``config.training`` keys it reads must be in
@@ -43,6 +46,7 @@ class Objective:
     precond: Callable | None = None  # (config, sde) -> EDM-style preconditioning, or None
     state_inputs: bool = False  # the loss reads the EMA parameters and the step (distillation)
     uses_teacher: bool = False  # the loss builder takes ``teacher=`` (train_lib.load_teacher)
+    init: Callable | None = None  # the train-state initialiser (None: train_step.jit_init)
 
     def __post_init__(self):
         if self.sampler not in SAMPLER_KINDS:
@@ -202,9 +206,15 @@ register_objective(Objective(
 register_objective(Objective(
     "edm", _edm_loss, _edm_wiring, sampler="score", bpd=True, precond=_edm_precond,
     description="EDM preconditioning and loss (Karras et al. 2022 Table 1)"))
+def _autoencoder_init(model, tx, image_shape, mesh, *, num_classes=None, min_shard_size):
+    del num_classes  # the autoencoder is unconditional: init(key, x)
+    return latent_lib.jit_autoencoder_init(model, tx, image_shape, mesh,
+                                           min_shard_size=min_shard_size)
+
+
 register_objective(Objective(
     latent_lib.OBJECTIVE, _autoencoder_loss, None, sampler=None, bpd=False,
-    model_name=latent_lib.MODEL_NAME,
+    model_name=latent_lib.MODEL_NAME, init=_autoencoder_init,
     description="stage 1 of latent diffusion: the KL autoencoder (Rombach et al. 2022)"))
 
 def _distill_precond(config, sde):
