@@ -26,6 +26,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     from configs import digits_distill
 
+    if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
+        print(f"no checkpoint: {args.workdir!r} has no checkpoints/ (train a student first: "
+              f"python train.py --config=configs/digits_distill.py:{args.config} --workdir=...)")
+        return
     ref = digits.digits_reference(8)
     runs = [(1, None), (2, None)] + [(2, s) for s in args.sigmas.split(",")] + [(4, None)]
     print("| NFE | intermediate sigma | FD | fresh floor | FD / fresh floor | IS |")

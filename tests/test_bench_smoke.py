@@ -32,6 +32,12 @@ SMOKE: dict[str, list[str]] = {
     "bench_async_save.py": ["--mb", "4", "--saves", "2", "--work-s", "0.1", "--digits-steps", "2",
                             "--json", "{tmp}/async.json"],
     "bench_distill.py": ["--workdirs", "{tmp}/none", "--num_samples", "8"],  # rows say "no checkpoint"
+    "bench_distill_sigmas.py": ["--workdir", "{tmp}/none", "--teacher", "{tmp}/none",
+                                "--num_samples", "8"],  # says "no checkpoint"
+    "bench_digits_text.py": ["--workdir", "{tmp}/dt", "--variant", "smoke", "--scales", "0,1",
+                             "--per_prompt", "1"],
+    "bench_main_job_parts.py": ["--steps", "1", "--rounds", "1", "--variants", "now,no_guard",
+                                "--no_snapshot"],
     "bench_dpm_lower_order.py": [],
     "bench_fsdp_memory.py": ["--preset", "DiT-S/2", "--batch", "16", "--fsdp", "1", "8",
                              "--json", "{tmp}/fsdp.json"],

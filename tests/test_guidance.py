@@ -85,8 +85,8 @@ def test_inpainting_images_and_wrapper_shapes():
     with pytest.raises(ValueError, match="does not broadcast"):
         inpainting.inpaint(jax.random.key(2), sde, mix.score_fn(sde), data, jnp.ones((5,)),
                            sampler="ddim", num_steps=4)
-    with pytest.raises(ValueError, match="Unknown sampler 'euler'.*pc"):
-        inpainting.inpaint(jax.random.key(2), sde, mix.score_fn(sde), data, mask, sampler="euler")
+    with pytest.raises(ValueError, match="Unknown sampler 'bogus'.*pc"):
+        inpainting.inpaint(jax.random.key(2), sde, mix.score_fn(sde), data, mask, sampler="bogus")
 
 
 def test_colorization_matrix_and_exact_gray():

@@ -100,12 +100,12 @@ def test_get_model_builds_from_configdict_and_lists_names():
     m2 = get_model(dict(cfg.model.to_dict(), image_size=64, dtype="bfloat16", remat=True))
     assert (m2.image_size, m2.dtype, m2.remat) == (64, jnp.dtype(jnp.bfloat16), True)
     assert set(MODELS) == {"ncsnpp", "ddpm", "dit", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256",
-                           "autoencoder_kl", "unet2d_condition"}
+                           "autoencoder_kl", "unet2d_condition", "text_conditioned"}
 
 
 @pytest.mark.parametrize("change, message", [
     ({"name": "unet"}, r"unknown model name 'unet'; valid: \['autoencoder_kl', 'ddpm', 'dit', 'ncsn', 'ncsnpp', "
-                       r"'ncsnv2_128', 'ncsnv2_256', 'ncsnv2_64', 'unet2d_condition'\]"),
+                       r"'ncsnv2_128', 'ncsnv2_256', 'ncsnv2_64', 'text_conditioned', 'unet2d_condition'\]"),
     ({"progressive": "skip"}, r"progressive='skip' unknown; valid: \['none', 'output_skip', "
                               r"'residual'\]"),
     ({"resblock_type": "vit"}, r"resblock_type='vit' unknown"),

@@ -54,7 +54,7 @@ def test_flow_config_and_smoke_variant_load_and_validate():
 
 
 @pytest.mark.parametrize("section,key,value,match", [
-    ("training", "objective", "dsm", r"training.objective='dsm'.*\['score', 'flow_matching', 'edm', 'autoencoder', 'distill'\]"),
+    ("training", "objective", "dsm", r"training.objective='dsm'.*\['score', 'flow_matching', 'edm', 'autoencoder', 'distill', 'text_score'\]"),
     ("training", "flow_path", "linear", r"training.flow_path='linear'.*\['condot', 'sde'\]"),
     ("training", "flow_t_max", 1.5, r"flow_t_max=1.5 must be in \(0, 1\]"),
     ("sampling", "method", "pc", r"cannot sample a flow-matching model"),
