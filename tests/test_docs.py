@@ -30,6 +30,12 @@ EXPECTED_SKIPS = {
     "docs/evaluation.md": ["needs the FID Inception weights pt_inception-2015-12-05-6726825d.pth "
                            "and reference statistics (downloads)"],
     "docs/models.md": ["needs the released DiT-XL/2 weights or a converted checkpoint"],
+    "docs/text2image.md": [
+        "needs a Stable Diffusion folder in the diffusers layout: downloaded weights",   # Text2Image
+        "needs a Stable Diffusion folder in the diffusers layout: downloaded weights",   # load_diffusers_unet
+        "needs a Stable Diffusion folder in the diffusers layout: downloaded weights",   # load_clip_text
+        "needs a U-Net and its weights: a Stable Diffusion folder",                      # DiscreteVPSDE sampling
+    ],
 }
 
 
