@@ -30,6 +30,12 @@ EXPECTED_SKIPS = {
     "docs/evaluation.md": ["needs the FID Inception weights pt_inception-2015-12-05-6726825d.pth "
                            "and reference statistics (downloads)"],
     "docs/models.md": ["needs the released DiT-XL/2 weights or a converted checkpoint"],
+    "docs/text2image.md": [
+        "needs a Stable Diffusion folder in the diffusers layout: downloaded weights",   # Text2Image
+        "needs a Stable Diffusion folder in the diffusers layout: downloaded weights",   # load_diffusers_unet
+        "needs a Stable Diffusion folder in the diffusers layout: downloaded weights",   # load_clip_text
+        "needs a U-Net and its weights: a Stable Diffusion folder",                      # DiscreteVPSDE sampling
+    ],
 }
 
 
@@ -172,6 +178,42 @@ README_COMMANDS = {
         ".ci/run (runs it verbatim)",
     "python -m pytest tests -m slow":
         "no test (it is the slow suite itself)",
+    # Text-to-image
+    'python txt2img.py --model=/models/stable-diffusion-v1-5 --prompt="a watercolor painting of a fox in '
+    'the snow" --negative_prompt="blurry" --guidance_scale=7.5 --num_steps=50 --sampler=ddim --seed=0 '
+    '--height=512 --width=512 --num_images=4 --output=fox.png':
+        "tests/test_text2image.py::test_cli_writes_grid (slow: txt2img.py on the tiny random-weight "
+        "pipeline folder, 2 steps); the pipeline against diffusers: test_equals_diffusers_pipeline",
+    "python train.py --config=configs/digits_text.py --workdir=workdirs/digits_text":
+        "tests/test_digits_text.py::test_recipe_follows_captions (slow: trains configs/digits_text.py "
+        "through bench/bench_digits_text.py, in-process train_and_evaluate, not the train.py CLI)",
+    # Many hosts
+    "python train.py --config=configs/latent/digits_ldm.py:dit --workdir=/shared/run --distributed "
+    "--config.parallel.fsdp=8 --config.training.batch_size=256 --config.training.grad_accum_steps=2 "
+    "--config.model.dtype=bfloat16 --config.model.remat=True":
+        "no test as shown (needs a cluster); the multi-process path with fsdp over processes: "
+        "tests/test_multihost.py (slow, 4 CPU processes, --coordinator setup); fsdp and "
+        "grad_accum_steps: tests/test_fsdp.py; bf16 / remat: tests/test_bf16.py, "
+        "tests/test_dit.py::test_bf16_and_remat_match",
+    # Reproducing published numbers (tiny official-layout fixtures, stand-in Inception)
+    "python -m score_jax.convert checkpoint_26 cifar10_ncsnpp.msgpack --config "
+    "configs/ve/cifar10_ncsnpp_deep_continuous.py":
+        "tests/test_released.py::test_score_sde_cifar10_convert_sample_score (slow)",
+    "python sample.py --config=configs/ve/cifar10_ncsnpp_deep_continuous.py --checkpoint=cifar10_ncsnpp.msgpack "
+    "--output_dir=ncsnpp_fid --num_samples=50000 --config.sampling.batch_size=1000 "
+    "--inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz --fid_resize=tf1":
+        "tests/test_released.py::test_score_sde_cifar10_convert_sample_score (slow: "
+        "sample_lib.sample_from_checkpoint with a stand-in Inception, few samples)",
+    "python -m score_jax.convert dit DiT-XL-2-256x256.pt dit_xl2_256.msgpack --preset DiT-XL/2":
+        "tests/test_released.py (the converted fixture: the official DiT state dict, preset DiT-S/2)",
+    "python -m score_jax.convert autoencoder_kl sd-vae-ft-ema/ sd_vae.msgpack":
+        "tests/test_released.py::test_autoencoder_from_a_diffusers_folder_decodes_as_diffusers",
+    "python sample.py --config=configs/released/dit_xl2.py:256 --checkpoint=dit_xl2_256.msgpack "
+    "--output_dir=dit256_fid --num_samples=50000 --config.sampling.batch_size=250 "
+    "--inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=VIRTUAL_imagenet256_labeled.npz "
+    "--ref_stats_resize=tf1 --fid_resize=tf1 --quantize=round":
+        "tests/test_released.py::test_dit_cli_end_to_end (slow: sample.py on the :smoke variant) and "
+        "test_dit_sample_and_score_in_one_call (sample + score in one call, stand-in Inception)",
 }
 
 
