@@ -119,7 +119,14 @@ def solve_ode(
     if evals_per_step(slv)[1]:
         # FSAL: evaluate the first stage once here, so that no step (a rejected first step included)
         # re-evaluates it and the count is exactly ode_nfe(num_steps) (module docstring).
-        solver_state = (jnp.asarray(False), term.vf(t0, y0, None))
+        # in the dtype diffrax gives the state (y0 promoted with the time dtype: a bf16 state is
+        # solved in float32), as its own init lays the FSAL slot out; the loop carry keeps it
+        t_dtype = jnp.asarray(t0).dtype
+        y0_solved = jax.tree_util.tree_map(
+            lambda y: jnp.asarray(y, jnp.result_type(y.dtype, t_dtype)), y0)
+        f0 = jax.tree_util.tree_map(lambda f, y: jnp.asarray(f, y.dtype),
+                                    term.vf(t0, y0_solved, None), y0_solved)
+        solver_state = (jnp.asarray(False), f0)
     sol = dfx.diffeqsolve(
         term, slv, t0=t0, t1=t1, dt0=dt0, y0=y0, stepsize_controller=controller,
         saveat=dfx.SaveAt(t1=True), max_steps=max_steps, throw=True, solver_state=solver_state,
