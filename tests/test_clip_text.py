@@ -66,6 +66,7 @@ def test_vit_l14_parameter_count():
     assert count_params(clip_text_model("openai/clip-vit-large-patch14")) == 123_060_480
 
 
+@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 5.5 s)
 def test_train_from_scratch_small_config():
     import optax
 

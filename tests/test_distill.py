@@ -336,7 +336,8 @@ def test_loss_fn_errors():
         pd.get_progressive_loss_fn(MLP(), edm.EDMPrecond(), gauss_denoiser, jnp.ones(4))
 
 
-@pytest.mark.parametrize("kind", ["cd", "ct", "pd"])
+@pytest.mark.parametrize("kind", ["cd", pytest.param("ct", marks=pytest.mark.slow),
+                                  pytest.param("pd", marks=pytest.mark.slow)])
 def test_train_step_sharded_equals_one_device(kind):
     model = MLP(width=16)
     if kind == "pd":

@@ -205,6 +205,7 @@ def test_recipe_dataset(monkeypatch):
     train_one_step(config)
 
 
+@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 22.7 s)
 def test_train_on_an_image_folder_and_an_npz(tmp_path):
     """The user's own images from the config / CLI: data.dataset=folder|npz, data.path=..."""
     from PIL import Image
