@@ -25,9 +25,9 @@ Sample and score in one command: ``--inception=pt_inception-2015-12-05-6726825d.
 (default ``config.eval.fid_resize``; the statistics must be of the same convention) and
 ``--quantize=floor`` (default, score_sde's) writes FID / IS / KID into ``metrics.json``::
 
-    python sample.py --config=configs/ve/cifar10_ncsnpp_continuous.py \
-        --checkpoint=cifar10_ncsnpp.msgpack --output_dir=out --num_samples=50000 \
-        --inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz \
+    python sample.py --config=configs/ve/cifar10_ncsnpp_continuous.py \\
+        --checkpoint=cifar10_ncsnpp.msgpack --output_dir=out --num_samples=50000 \\
+        --inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz \\
         --fid_resize=tf1 --ref_stats_resize=tf1
 """
 import json

@@ -27,15 +27,15 @@ flags.DEFINE_multi_string("prompt", None, "Prompt (repeat the flag for several).
 flags.DEFINE_string("negative_prompt", "", "Negative prompt (the null condition of guidance; "
                     "default the empty prompt).")
 flags.DEFINE_float("guidance_scale", 7.5, "eps_uncond + s (eps_text - eps_uncond); 1: no guidance.")
-flags.DEFINE_integer("num_steps", 50, "Sampler steps.")
+flags.DEFINE_integer("num_steps", 50, "Sampler steps.", lower_bound=1)
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "dpm-solver++", "unipc", "euler"],
                   "Sampler (each takes the timesteps of the diffusers scheduler of that name).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial latents.")
 flags.DEFINE_integer("height", None, "Image height in pixels (default: the U-Net's sample_size "
                      "x the VAE factor, 512 for SD 1.5).")
 flags.DEFINE_integer("width", None, "Image width in pixels (default as height).")
-flags.DEFINE_integer("num_images", 1, "Images per prompt.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float64"], "Parameter and "
+flags.DEFINE_integer("num_images", 1, "Images per prompt.", lower_bound=1)
+flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Parameter and "
                   "compute dtype.")
 flags.DEFINE_string("output", "txt2img.png", "Output PNG grid.")
 flags.DEFINE_string("compilation_cache", None, _cli.COMPILATION_CACHE_HELP)
@@ -55,18 +55,26 @@ def main(argv):
 
     if FLAGS.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    pipe = Text2Image.from_pretrained(FLAGS.model, dtype=getattr(jnp, FLAGS.dtype))
-    images = pipe(FLAGS.prompt, FLAGS.negative_prompt, guidance_scale=FLAGS.guidance_scale,
-                  num_steps=FLAGS.num_steps, sampler=FLAGS.sampler, seed=FLAGS.seed,
-                  height=FLAGS.height, width=FLAGS.width, num_images=FLAGS.num_images)
+    if not os.path.isdir(FLAGS.model):
+        logging.error("--model=%r is not a folder (a Stable Diffusion folder has unet/, "
+                      "text_encoder/, tokenizer/, vae/, scheduler/)", FLAGS.model)
+        sys.exit(1)
+    try:
+        pipe = Text2Image.from_pretrained(FLAGS.model, dtype=getattr(jnp, FLAGS.dtype))
+        images = pipe(FLAGS.prompt, FLAGS.negative_prompt, guidance_scale=FLAGS.guidance_scale,
+                      num_steps=FLAGS.num_steps, sampler=FLAGS.sampler, seed=FLAGS.seed,
+                      height=FLAGS.height, width=FLAGS.width, num_images=FLAGS.num_images)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
     images = np.asarray(images, np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     Image.fromarray(image_grid(images, nrow=FLAGS.num_images)).save(FLAGS.output)
     np.savez_compressed(os.path.splitext(FLAGS.output)[0] + ".npz",
                         images=np.round(images * 255).astype(np.uint8),
                         prompts=np.asarray(FLAGS.prompt))
-    logging.info("%d images (%s, %d steps, guidance %.2f) -> %s", len(images), FLAGS.sampler,
-                 FLAGS.num_steps, FLAGS.guidance_scale, FLAGS.output)
+    print(f"{len(images)} images ({FLAGS.sampler}, {FLAGS.num_steps} steps, guidance "
+          f"{FLAGS.guidance_scale:g}) -> {FLAGS.output}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ the tiny shapes of the tests)::
         --output_dir=out --num_samples=16 --labels=207,360,387,974,88,979,417,279
 
 Class labels: ``--labels``, ``--per_class``, ``--config.sampling.class_label=K`` or uniform
-draws; ``--guidance_scale=w`` (``None`` = 1 conditional). Fast samplers run on the eps half,
+draws; ``--guidance_scale=w`` (``--config.sampling.guidance_scale=None``: conditional, no
+guidance). Fast samplers run on the eps half,
 e.g. ``--config.sampling.method=ddim --config.sampling.num_steps=50`` (their guidance is the
 project's on all 4 channels). The SD VAE file: ``--config.latent.autoencoder_checkpoint``.
 """

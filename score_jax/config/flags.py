@@ -120,6 +120,10 @@ def define_config_flag(name: str = "config", default: str | None = None,
     """
     install_none_parsers()
     argv = sys.argv if argv is None else argv
+    # an explicit --config is only parsed at app.run, where ml_collections would raise a
+    # traceback for an unknown key: check the overrides against the named file first
+    if overrides(argv[1:], name) and config_spec(argv[1:], None, name) is not None:
+        check_overrides(argv[1:], default, name)
     try:
         return config_flags.DEFINE_config_file(name, default, help_string,
                                                flag_values=flag_values, sys_argv=argv)

@@ -204,6 +204,10 @@ def base_config() -> ml_collections.ConfigDict:
     model.dropout = 0.1
     model.embedding_type = "fourier"
     model.num_classes = placeholder(int)  # class-conditional network; label num_classes = null
+    # compute dtype ("bfloat16": params and optimizer state stay float32) and per-block activation
+    # rematerialisation; None: the network's default (float32, no remat)
+    model.dtype = placeholder(str)
+    model.remat = placeholder(bool)
     # EMA decay min(ema_rate, (1 + n) / (10 + n)) at update n (score_sde_pytorch); False: ema_rate
     model.ema_warmup = True
 

@@ -75,8 +75,8 @@ def model_kwargs(model_config: Any, *, image_size: int | None = None,
     data = {"image_size": image_size, "num_channels": num_channels, "centered": centered}
     kw: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key in _IGNORED:
-            continue
+        if key in _IGNORED or (key in ("dtype", "remat") and value is None):
+            continue  # None: the network's own default (the schema's placeholders)
         if key in _FIXED:
             if value not in _FIXED[key]:
                 raise ValueError(f"{name}: {key}={value!r} is not supported; valid: "

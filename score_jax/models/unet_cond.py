@@ -244,6 +244,9 @@ class Attention(nn.Module):
         k = nn.Dense(d, use_bias=False, dtype=self.dtype, name="to_k")(context)
         v = nn.Dense(d, use_bias=False, dtype=self.dtype, name="to_v")(context)
         s = context.shape[1]
+        # one dtype for q, k, v (bf16 weights on a float32 context / time-embedded stream would
+        # otherwise mix dtypes, which jax.nn.dot_product_attention refuses)
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = dot_product_attention(q.reshape(b, n, self.heads, hd),
                                     k.reshape(b, s, self.heads, hd),
                                     v.reshape(b, s, self.heads, hd), hd ** -0.5)
