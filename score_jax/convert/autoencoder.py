@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from score_jax.convert.reader import read_state_dict
+from score_jax.convert.reader import complete_params, place_param, read_state_dict
 from score_jax.convert.reader import to_numpy as _to_numpy
 from score_jax.files import atomic_write
 from score_jax.models import get_model
@@ -222,22 +222,8 @@ def convert_autoencoder_kl(state_dict: Mapping[str, Any], model_config: Any, *,
             raise ValueError(f"unrecognised {layout} AutoencoderKL key {key!r}")
         stored = _to_numpy(raw)
         leaf, value = _leaf(path, m.group(2), stored)
-        full = (*path, leaf)
-        if full not in want:
-            raise ValueError(f"key {key!r} -> {'/'.join(full)} is not a parameter of the model "
-                             "the config builds")
-        if tuple(value.shape) != tuple(want[full].shape):
-            raise ValueError(f"key {key!r} (stored shape {tuple(stored.shape)}) -> "
-                             f"{'/'.join(full)} has shape {tuple(value.shape)}, the model "
-                             f"expects {tuple(want[full].shape)}")
-        if full in out:
-            raise ValueError(f"key {key!r} maps to {'/'.join(full)}, already set by another key")
-        out[full] = np.asarray(value, dtype=dtype) if dtype is not None else np.array(value)
-    missing = sorted("/".join(k) for k in set(want) - set(out))
-    if missing:
-        raise ValueError(f"{len(missing)} parameters missing from the {layout} state dict, "
-                         f"first: {missing[0]!r} (shape {tuple(want[tuple(missing[0].split('/'))].shape)})")
-    return {"params": traverse_util.unflatten_dict(out)}
+        place_param(out, want, key, (*path, leaf), stored.shape, value, dtype, "the config builds")
+    return complete_params(out, want, f"the {layout} state dict")
 
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:

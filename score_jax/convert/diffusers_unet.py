@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from score_jax.convert.reader import read_state_dict, to_numpy
+from score_jax.convert.reader import complete_params, place_param, read_state_dict, to_numpy
 from score_jax.models import get_model
 from score_jax.models.unet_cond import UNet2DConditionModel, unet_kwargs_from_diffusers
 
@@ -100,22 +100,9 @@ def convert_diffusers_unet(state_dict: Mapping[str, Any], model: UNet2DCondition
             name, value = _relayout(stored, leaf)
         except ValueError as e:
             raise ValueError(f"UNet2DConditionModel key {key!r}: {e}") from None
-        full = (*path, name)
-        if full not in want:
-            raise ValueError(f"key {key!r} -> {'/'.join(full)} is not a parameter of the model "
-                             "its config.json builds")
-        if tuple(value.shape) != tuple(want[full].shape):
-            raise ValueError(f"key {key!r} (stored shape {tuple(stored.shape)}) -> "
-                             f"{'/'.join(full)} has shape {tuple(value.shape)}, the model "
-                             f"expects {tuple(want[full].shape)}")
-        if full in out:
-            raise ValueError(f"key {key!r} maps to {'/'.join(full)}, already set by another key")
-        out[full] = np.asarray(value, dtype=dtype) if dtype is not None else np.array(value)
-    missing = sorted("/".join(k) for k in set(want) - set(out))
-    if missing:
-        raise ValueError(f"{len(missing)} parameters missing from the state dict, first: "
-                         f"{missing[0]!r}")
-    return {"params": traverse_util.unflatten_dict(out)}
+        place_param(out, want, key, (*path, name), stored.shape, value, dtype,
+                    "its config.json builds")
+    return complete_params(out, want)
 
 
 def _weights_file(folder: Path, variant: str | None) -> Path:

@@ -161,4 +161,34 @@ def read_state_dict(path: str | Path, *, entries: Sequence[str] = ("state_dict",
     return {k: to_numpy(v) for k, v in obj.items()}
 
 
-__all__ = ["KINDS", "to_numpy", "kind_of", "read_checkpoint", "read_state_dict"]
+def place_param(out: dict, want: Mapping, key: str, full: tuple, stored_shape: Sequence[int],
+                value: Any, dtype: Any, model: str) -> None:
+    """Put the converted ``value`` of state-dict ``key`` at flat path ``full`` of ``out``, checking it
+    against the abstract parameters ``want`` (flat path -> shape holder) of ``model`` (how the
+    errors name the model, e.g. "the config builds"). Raises ValueError naming the key for a path
+    the model does not have, a shape it does not expect, or a path set twice."""
+    if full not in want:
+        raise ValueError(f"key {key!r} -> {'/'.join(full)} is not a parameter of the model {model}")
+    if tuple(value.shape) != tuple(want[full].shape):
+        raise ValueError(f"key {key!r} (stored shape {tuple(stored_shape)}) -> "
+                         f"{'/'.join(full)} has shape {tuple(value.shape)}, the model "
+                         f"expects {tuple(want[full].shape)}")
+    if full in out:
+        raise ValueError(f"key {key!r} maps to {'/'.join(full)}, already set by another key")
+    out[full] = np.asarray(value, dtype=dtype) if dtype is not None else np.array(value)
+
+
+def complete_params(out: dict, want: Mapping, source: str = "the state dict") -> dict:
+    """``{"params": nested}`` of the flat ``out``, after checking that every path of ``want`` was
+    set (ValueError: how many are missing from ``source``, the first one and its shape)."""
+    from flax import traverse_util
+
+    missing = sorted("/".join(k) for k in set(want) - set(out))
+    if missing:
+        raise ValueError(f"{len(missing)} parameters missing from {source}, first: {missing[0]!r} "
+                         f"(shape {tuple(want[tuple(missing[0].split('/'))].shape)})")
+    return {"params": traverse_util.unflatten_dict(out)}
+
+
+__all__ = ["KINDS", "to_numpy", "kind_of", "read_checkpoint", "read_state_dict", "place_param",
+           "complete_params"]
