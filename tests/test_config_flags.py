@@ -31,6 +31,7 @@ def _cli(*args):
                           env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
 
 
+@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 6.1 s)
 def test_guidance_none_and_the_null_label_from_the_command_line():
     """digits_cond.py sets guidance_scale=2.0: None parses (plain conditional sampling), and
     with guidance off the null label (class_label=10: unconditional) is allowed."""
@@ -79,6 +80,7 @@ def test_sampling_options_names_every_refused_key():
     assert "sampling.rho=7.0 is not an option of method 'pc'" in msg
 
 
+@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 5.8 s)
 def test_own_images_from_the_command_line(tmp_path):
     """--config.data.dataset=folder|npz --config.data.path=... parse and validate (the training
     itself: tests/test_recipes.py::test_train_on_an_image_folder_and_an_npz)."""

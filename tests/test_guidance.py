@@ -71,6 +71,7 @@ def test_inpainting_exact_known_and_conditional_of_gaussian(sampler, opts):
     np.testing.assert_allclose(np.cov(xu.T), cov_u, atol=0.1 * float(lam[2]))
 
 
+@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 6.8 s)
 def test_inpainting_images_and_wrapper_shapes():
     sde = VESDE()
     mix = toy.image_mixture(jax.random.key(0), num_modes=2, shape=(4, 4, 3))

@@ -222,6 +222,7 @@ def test_subvp_with_langevin_corrector(predictor):
     assert abs(float(jnp.mean(x))) < 0.04
 
 
+@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 4.4 s)
 def test_num_steps_rediscretises_the_sde():
     """pc with num_steps=n on an N=1000 SDE equals the same SDE built with N=n (the discrete betas /
     sigmas of the chain follow the grid), and reaches the data std (regression: indexing the
