@@ -31,6 +31,22 @@ def setup_process(compilation_cache):
     return cache
 
 
+def respell_argv(argv=None, flag_values=None):
+    """``argv`` (default ``sys.argv``) with the other spelling of a defined flag rewritten to
+    the defined one (``--ref-stats`` -> ``--ref_stats``, ``--no-ema`` -> ``--noema``;
+    `score_jax.cli_args.respell`): every CLI accepts both spellings; the documented one has
+    underscores. Pass the result to ``app.run(main, argv=...)``."""
+    from absl import flags
+
+    from score_jax.cli_args import respell
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    argv = sys.argv if argv is None else argv
+    names = list(flag_values)
+    booleans = [n for n in names if isinstance(flag_values[n], flags.BooleanFlag)]
+    return respell(argv, names, negatable=booleans)
+
+
 COMPILATION_CACHE_HELP = ("Persistent XLA compilation cache folder (default $SCORE_JAX_CACHE or "
                           "~/.cache/score_jax/xla; '' or 'none': off).")
 

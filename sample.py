@@ -15,10 +15,14 @@ to ``metrics.json`` beside ``samples.png``. Any ``--num_samples`` works
 on any number of devices. A class-conditional model draws labels uniformly from its classes
 (``--config.sampling.class_label=K`` for one class), or ``--labels=3,3,7``, or
 ``--per_class=N`` (a grid with one row per class); ``--guidance_scale=w`` (or
-``--config.sampling.guidance_scale=w``) samples with classifier-free guidance, and for the
+``--config.sampling.guidance_scale=w``; w >= 0, a negative w is refused; ``None``: plain
+conditional sampling) samples with classifier-free guidance, and for the
 digits the conditional accuracy is printed and written to ``metrics.json``. If any sample is not finite the command
 says how many and exits with status 2. Bits/dim integrate from ``score_jax.config.LIKELIHOOD_EPS``
 (1e-5), as evaluate.py does.
+
+Flags are documented with underscores (``--ref_stats``); the hyphen spelling (``--ref-stats``,
+as in ``python -m score_jax.evaluation.score``) works too.
 
 Sample and score in one command: ``--inception=pt_inception-2015-12-05-6726825d.pth`` with
 ``--ref_stats=STATS.npz`` (or ``--ref_images=NPZ_OR_FOLDER``), ``--fid_resize=tf1|pytorch``
@@ -40,7 +44,7 @@ from absl import app, flags
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 import _cli  # noqa: E402
-from score_jax.config.flags import define_config_flag  # noqa: E402
+from score_jax.config.flags import define_config_flag, define_guidance_scale_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
 define_config_flag("config", os.path.join(_HERE, "configs", "default_digits.py"),
@@ -79,16 +83,20 @@ flags.DEFINE_enum("quantize", "floor", ["floor", "round"], "Float samples -> uin
 flags.DEFINE_string("inception_sha256", None, "Expected sha256 of --inception (default: "
                     "pytorch-fid's file); 'none' skips the check.")
 flags.DEFINE_integer("fid_batch_size", 200, "Inception batch size.")
-flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale w (shortcut for "
-                   "--config.sampling.guidance_scale): 0 unconditional, 1 conditional, > 1 guided.")
+define_guidance_scale_flag(None, "Classifier-free guidance scale w >= 0 (shortcut for "
+                           "--config.sampling.guidance_scale): 0 unconditional, 1 conditional, "
+                           "> 1 guided; None: plain conditional sampling (no guidance).",
+                           allow_none=True)
 
 
-def _with_guidance_scale(config, w):
-    """--guidance_scale=w overrides config.sampling.guidance_scale (on an unlocked copy)."""
-    if w is None:
+def _with_guidance_scale(config, w, given=True):
+    """``--guidance_scale=w`` (``given``: the flag is on the command line) overrides
+    config.sampling.guidance_scale on an unlocked copy; ``--guidance_scale=None`` sets it to None
+    (plain conditional sampling). Not given: the config's own value."""
+    if not given:
         return config
     config = config.copy_and_resolve_references()
-    config.sampling.guidance_scale = float(w)
+    config.sampling.guidance_scale = None if w is None else float(w)
     return config
 
 
@@ -152,7 +160,8 @@ def main(argv):
     try:
         config = _cli.sampler_override(FLAGS.config)
         if FLAGS.mode == "sample":
-            config = _with_guidance_scale(config, FLAGS.guidance_scale)
+            config = _with_guidance_scale(config, FLAGS.guidance_scale,
+                                          FLAGS["guidance_scale"].present)
             out = sample_lib.sample_from_checkpoint(
                 config, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, step=FLAGS.step,
                 use_ema=FLAGS.ema, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
@@ -187,4 +196,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=_cli.respell_argv())

@@ -19,6 +19,7 @@ from absl import app, flags
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 import _cli  # noqa: E402
+from score_jax.config.flags import define_guidance_scale_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Stable Diffusion folder (unet/, text_encoder/, tokenizer/, "
@@ -26,7 +27,9 @@ flags.DEFINE_string("model", None, "Stable Diffusion folder (unet/, text_encoder
 flags.DEFINE_multi_string("prompt", None, "Prompt (repeat the flag for several).")
 flags.DEFINE_string("negative_prompt", "", "Negative prompt (the null condition of guidance; "
                     "default the empty prompt).")
-flags.DEFINE_float("guidance_scale", 7.5, "eps_uncond + s (eps_text - eps_uncond); 1: no guidance.")
+define_guidance_scale_flag(7.5, "s >= 0 of eps_uncond + s (eps_text - eps_uncond); 1: no guidance "
+                           "(the text-conditional model), 0: the negative / empty prompt's.",
+                           what="0: the negative prompt's model, 1: no guidance, > 1: guided")
 flags.DEFINE_integer("num_steps", 50, "Sampler steps.", lower_bound=1)
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "dpm-solver++", "unipc", "euler"],
                   "Sampler (each takes the timesteps of the diffusers scheduler of that name).")
@@ -78,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=_cli.respell_argv())

@@ -19,7 +19,6 @@ pixels in HWC order (`encode_image_record` / `decode_image_record`).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import struct
@@ -27,6 +26,8 @@ import sys
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+
+from score_jax.cli_args import ArgumentParser
 
 HEADER = struct.Struct("<iiii")  # height, width, channels, label
 ARRAY_RECORD_SUFFIX = ".array_record"
@@ -59,20 +60,33 @@ def write_array_record(path: str, images: Iterable[np.ndarray], labels: Iterable
                        ) -> int:
     """Write ``images`` (each (H, W, C) uint8) with ``labels`` (default 0) to one ArrayRecord
     file, ``group_size:1`` (every record is its own chunk: the fastest random access). Returns
-    the number of records written."""
+    the number of records written.
+
+    The records go to a hidden temporary file in the same folder (``.<name>.tmp-<pid>``: no
+    ``*.array_record*`` glob matches it), renamed over ``path`` only when every record is
+    written; on any error the temporary file is removed, so a failed run leaves no partial
+    ``path`` (an existing ``path`` is kept)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    writer = ArrayRecordWriter(path, "group_size:1")
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    writer = ArrayRecordWriter(tmp, "group_size:1")
     n = 0
     try:
-        labels_it = iter(labels) if labels is not None else None
-        for image in images:
-            label = 0 if labels_it is None else int(next(labels_it))
-            writer.write(encode_image_record(image, label))
-            n += 1
-    finally:
-        writer.close()
+        try:
+            labels_it = iter(labels) if labels is not None else None
+            for image in images:
+                label = 0 if labels_it is None else int(next(labels_it))
+                writer.write(encode_image_record(image, label))
+                n += 1
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return n
 
 
@@ -293,7 +307,12 @@ def convert_tfrecords(pattern: str, out: str, *, num_shards: int = 1,
     ``<out>-0000i-of-0000n`` holding contiguous runs (shard i gets records
     ``[N i / n, N (i + 1) / n)``). Returns the written files.
 
-    Raises ValueError when nothing matches ``pattern`` or ``num_shards < 1``."""
+    A failed conversion (a corrupt or truncated record, an unreadable file) leaves no output:
+    each file is written under a temporary name and renamed when complete
+    (`write_array_record`), and the shards already written are removed.
+
+    Raises ValueError when nothing matches ``pattern``, ``num_shards < 1``, or a record is
+    corrupt (`read_tfrecord`, `stylegan_example_image`)."""
     files = sorted(glob.glob(pattern))
     if not files:
         raise ValueError(f"--tfrecords={pattern!r} matches no file")
@@ -314,17 +333,22 @@ def convert_tfrecords(pattern: str, out: str, *, num_shards: int = 1,
         return [out]
     total = sum(1 for _ in records())  # a header-only pass (no decoding) to size the shards
     outs, it = [], iter(records())
-    for i in range(num_shards):
-        lo, hi = total * i // num_shards, total * (i + 1) // num_shards
-        path = f"{out}-{i:05d}-of-{num_shards:05d}"
-        write_array_record(path, (stylegan_example_image(next(it)) for _ in range(hi - lo)))
-        outs.append(path)
+    try:
+        for i in range(num_shards):
+            lo, hi = total * i // num_shards, total * (i + 1) // num_shards
+            path = f"{out}-{i:05d}-of-{num_shards:05d}"
+            write_array_record(path, (stylegan_example_image(next(it)) for _ in range(hi - lo)))
+            outs.append(path)
+    except BaseException:  # no partial set of shards: remove the ones this call wrote
+        for path in outs:
+            os.remove(path)
+        raise
     return outs
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m score_jax.records convert --tfrecords PATTERN --out FILE.array_record``."""
-    parser = argparse.ArgumentParser(prog="python -m score_jax.records",
+    parser = ArgumentParser(prog="python -m score_jax.records",
                                      description="TFRecord -> ArrayRecord, once (no TensorFlow).")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="StyleGAN/PGGAN TFRecords (FFHQ, CelebA-HQ) -> "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -214,8 +215,19 @@ class Text2Image:
           output: "images", "decoded" (unclamped VAE output in [-1, 1]-ish) or "latents".
 
         Raises:
-          ValueError: an unknown sampler / output, bad sizes, prompt counts that disagree.
+          ValueError: an unknown sampler / output, a negative or non-finite guidance_scale (valid:
+            >= 0; diffusers turns guidance off for a scale <= 1, here 0 <= s < 1 interpolates
+            between the negative prompt's and the text's predictions), bad sizes, prompt counts
+            that disagree.
         """
+        try:
+            w = float(guidance_scale)
+        except (TypeError, ValueError):
+            w = float("nan")
+        if isinstance(guidance_scale, bool) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"guidance_scale={guidance_scale!r} invalid; valid: a finite number "
+                             f">= 0 (1: no guidance, > 1: guided, 0: the negative prompt's "
+                             f"prediction)")
         if output not in ("images", "decoded", "latents"):
             raise ValueError(f"output={output!r} unknown; valid choices: ['images', 'decoded', "
                              f"'latents']")

@@ -108,3 +108,101 @@ def test_sample_refuses_zero_samples_before_loading_anything():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "--num_samples=0: 0 is not a positive integer" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# --guidance_scale of sample.py / txt2img.py, and the two spellings of every flag (in-process)
+# ---------------------------------------------------------------------------------------------
+def _guidance_flag(**kw):
+    from absl import flags
+
+    from score_jax.config.flags import define_guidance_scale_flag
+
+    fv = flags.FlagValues()
+    define_guidance_scale_flag(None, "w", flag_values=fv, **kw)
+    return fv
+
+
+def test_negative_guidance_scale_is_refused_at_flag_parsing():
+    from absl import flags
+
+    for allow_none in (True, False):  # sample.py, txt2img.py
+        fv = _guidance_flag(allow_none=allow_none)
+        for bad, why in (("-0.5", "-0.5 is negative"), ("nan", "nan is not finite"),
+                         ("inf", "inf is not finite")):
+            with pytest.raises(flags.IllegalFlagValueError,
+                               match=f"guidance_scale={why}; valid: a finite number >= 0"):
+                fv(["prog", f"--guidance_scale={bad}"])
+        for good in ("0", "1", "7.5"):
+            fv.unparse_flags()
+            fv(["prog", f"--guidance_scale={good}"])
+            assert fv.guidance_scale == float(good)
+    fv = _guidance_flag(allow_none=False)
+    with pytest.raises(flags.IllegalFlagValueError, match="'None' is not a number"):
+        fv(["prog", "--guidance_scale=None"])
+
+
+def test_the_config_refuses_a_negative_guidance_scale():
+    from configs.digits_cond import get_config
+
+    c = get_config()
+    c.sampling.guidance_scale = -1.0
+    with pytest.raises(ValueError, match=r"guidance_scale=-1.0 must be a finite number >= 0"):
+        config_lib.validate_config(c)
+
+
+def test_sample_guidance_scale_none_and_both_spellings():
+    """``sample.py --guidance_scale=None`` parses and sets the config's scale to None (plain
+    conditional sampling); not given, the config's own scale stays; ``--ref-stats``,
+    ``--num-samples``, ``--no-ema`` are the flags ``--ref_stats``, ``--num_samples``,
+    ``--noema``."""
+    from absl import flags
+
+    import _cli
+    import sample  # the CLI module (flags defined at import, not parsed)
+    from configs.digits_cond import get_config
+    from score_jax.config.flags import GuidanceScaleParser
+
+    parser = flags.FLAGS["guidance_scale"].parser
+    assert isinstance(parser, GuidanceScaleParser) and parser.parse("None") is None
+    with pytest.raises(ValueError, match="-2.0 is negative"):
+        parser.parse("-2")
+    c = get_config()
+    assert c.sampling.guidance_scale == 2.0
+    assert sample._with_guidance_scale(c, None, True).sampling.guidance_scale is None
+    assert sample._with_guidance_scale(c, None, False).sampling.guidance_scale == 2.0
+    assert sample._with_guidance_scale(c, 0.5, True).sampling.guidance_scale == 0.5
+    argv = ["sample.py", "--ref-stats=s.npz", "--num-samples", "4", "--no-ema", "--noema",
+            "--guidance-scale=None", "--config.sampling.num_steps=3", "--seed=1", "x-y"]
+    assert _cli.respell_argv(argv) == [
+        "sample.py", "--ref_stats=s.npz", "--num_samples", "4", "--noema", "--noema",
+        "--guidance_scale=None", "--config.sampling.num_steps=3", "--seed=1", "x-y"]
+
+
+def test_txt2img_guidance_flag_is_the_checked_one():
+    """txt2img.py's --guidance_scale is `define_guidance_scale_flag` without None (its module
+    cannot be imported beside sample.py: both define --guidance_scale)."""
+    import ast
+
+    tree = ast.parse(open(os.path.join(ROOT, "txt2img.py")).read())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "define_guidance_scale_flag"]
+    assert len(calls) == 1 and ast.literal_eval(calls[0].args[0]) == 7.5
+    assert not any(k.arg == "allow_none" for k in calls[0].keywords)
+
+
+def test_respell_and_argparse_accept_both_spellings():
+    from score_jax.cli_args import ArgumentParser, respell
+
+    known = ["ref_stats", "to-npz", "save_features"]
+    assert respell(["p", "--ref-stats", "a", "--to_npz=b", "--save-features", "--", "--ref-stats"],
+                   known) == ["p", "--ref_stats", "a", "--to-npz=b", "--save_features", "--",
+                              "--ref-stats"]
+    assert respell(["--no-ema", "--no_progress", "--bogus-flag"], [],
+                   negatable=["ema", "progress"]) == ["--noema", "--noprogress", "--bogus-flag"]
+    ap = ArgumentParser()
+    ap.add_argument("--ref_stats")
+    ap.add_argument("--max-images", type=int)
+    for argv in (["--ref_stats", "s", "--max-images", "3"], ["--ref-stats=s", "--max_images=3"]):
+        args = ap.parse_args(argv)
+        assert (args.ref_stats, args.max_images) == ("s", 3)

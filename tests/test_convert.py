@@ -535,3 +535,51 @@ def test_grid_fixtures_cover_every_option_value():
     assert len(seen) == 11
     assert any(m["model"] == "ddpm" and not m["config"]["model"]["conditional"]
                for m in GRID_META.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: one --help for every converter, a missing path named as missing
+# ---------------------------------------------------------------------------------------------
+def test_top_level_help_lists_every_converter(capsys):
+    """``python -m score_jax.convert --help`` lists every subcommand with its line, and every
+    module of score_jax.convert with a command line (its own ``main``) is one of them."""
+    import importlib
+    import pkgutil
+
+    import score_jax.convert as pkg
+    from score_jax.convert.score_sde import SUBCOMMANDS
+
+    convert_main(["--help"])
+    out = capsys.readouterr().out
+    clis = set()
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"score_jax.convert.{info.name}")
+        if getattr(getattr(mod, "main", None), "__module__", None) == mod.__name__:
+            clis.add(mod.__name__)
+    assert clis == {m for m, _ in SUBCOMMANDS.values()}
+    for name, (_, doc) in SUBCOMMANDS.items():
+        assert f"\n  {name} " in out and doc.split()[0] in out, (name, out)
+    assert "autoencoder_kl" in out and "dit" in out and "inception" in out
+    assert "load_diffusers_unet" in out and "load_clip_text" in out  # the folders read as they are
+
+
+@pytest.mark.parametrize("argv", [
+    ["autoencoder_kl", "{absent}", "{out}"],
+    ["dit", "{absent}", "{out}", "--preset", "DiT-S/2"],
+    ["{absent}", "{out}", "--config", "{config}"],
+    ["score_sde", "{absent}", "{out}", "--config", "{config}"],
+    ["inception", "--to_npz", "{absent}", "{out}"],
+])
+def test_every_converter_names_a_missing_path(argv, tmp_path, capsys):
+    """A missing input exits with one line saying it does not exist (not "unknown checkpoint
+    suffix"), before anything is read, and writes nothing."""
+    config = Path(__file__).parent.parent / "configs" / "default_digits.py"
+    fill = {"absent": str(tmp_path / "sd-vae-ft-ema"), "out": str(tmp_path / "o.msgpack"),
+            "config": str(config)}
+    with pytest.raises(SystemExit) as e:
+        convert_main([a.format(**fill) for a in argv])
+    msg = (str(e.value.code) if not isinstance(e.value.code, int) else "") + capsys.readouterr().err
+    assert e.value.code != 0
+    assert "sd-vae-ft-ema" in msg and ("does not exist" in msg or "not found" in msg), msg
+    assert "suffix" not in msg and "Traceback" not in msg
+    assert not (tmp_path / "o.msgpack").exists()

@@ -39,8 +39,12 @@ def test_bf16_safetensors_read_exactly_without_torch(tmp_path):
 def test_reader_dispatch_and_errors(tmp_path):
     np.savez(tmp_path / "w.npz", x=np.ones(2))
     assert reader.read_state_dict(tmp_path / "w.npz")["x"].tolist() == [1.0, 1.0]
+    (tmp_path / "w.pkl").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"suffix '\.pkl'.*valid: \.pth"):
         reader.read_checkpoint(tmp_path / "w.pkl")
+    # a missing file is named as missing, whatever its suffix (not "unknown suffix")
+    with pytest.raises(FileNotFoundError, match=r"'.*absent\.pkl' does not exist"):
+        reader.read_checkpoint(tmp_path / "absent.pkl")
     with pytest.raises(ValueError, match="kind 'zip'"):
         reader.read_checkpoint(tmp_path / "w.npz", kind="zip")
     with pytest.raises(FileNotFoundError):

@@ -310,6 +310,37 @@ def test_convert_cli(tmp_path):
     assert bad.returncode == 2 and "matches no file" in bad.stderr
 
 
+def test_failed_convert_leaves_no_partial_output(tmp_path, capsys):
+    """A truncated TFRecord fails the conversion after some records were written: no output file
+    (single or sharded), no temporary file, and an output already there is kept as it was."""
+    tf_path = tmp_path / "ffhq.tfrecords"
+    _stylegan_tfrecord(str(tf_path), _images(6))
+    raw = tf_path.read_bytes()
+    tf_path.write_bytes(raw[:-5])  # the last record is cut short
+    out = tmp_path / "out" / "ffhq.array_record"
+    with pytest.raises(ValueError, match="truncated record"):
+        records.convert_tfrecords(str(tf_path), str(out))
+    assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == []
+    # sharded: the last record decodes wrong (its data is short of its shape), after shards 0
+    # and 1 were written: they are removed too
+    bad = tmp_path / "bad" / "celebahq.tfrecords"
+    bad.parent.mkdir()
+    chw = [im.transpose(2, 0, 1) for im in _images(5)]
+    records.write_tfrecord(str(bad), [records.encode_example(
+        {"shape": list(x.shape), "data": [x.tobytes()[:-1] if i == 4 else x.tobytes()]})
+        for i, x in enumerate(chw)])
+    with pytest.raises(ValueError, match="record data has"):
+        records.convert_tfrecords(str(bad), str(bad.parent / "sh.array_record"), num_shards=3)
+    assert os.listdir(bad.parent) == [bad.name]
+    # the command line: exit status 2, one error line, the earlier good output untouched
+    good = _images(2, seed=5)
+    records.write_array_record(str(out), good)
+    before = out.read_bytes()
+    assert records.main(["convert", "--tfrecords", str(tf_path), "--out", str(out)]) == 2
+    assert "truncated record" in capsys.readouterr().err
+    assert out.read_bytes() == before and os.listdir(out.parent) == [out.name]
+
+
 def test_stylegan_record_layout_is_chw():
     im = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)  # H=2, W=3, C=3
     rec = records.encode_example({"shape": [3, 2, 3], "data": [im.transpose(2, 0, 1).tobytes()]})

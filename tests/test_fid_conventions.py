@@ -220,3 +220,36 @@ def test_score_cli_floor_quantisation_reference_images_and_stats(tmp_path, fake_
         np.savez(tmp_path / "centred.npz", samples=samples * 2 - 1)
         score_cli.main(["--samples", str(tmp_path / "centred.npz"), "--ref-stats",
                         str(tmp_path / "ref_stats.npz"), "--inception", "w.pth"])
+
+
+def test_score_cli_accepts_both_spellings(tmp_path, fake_get_fn):
+    """``--ref_stats`` (sample.py's spelling, the documented one) and ``--ref-stats`` give the
+    same numbers; so do ``--max_images`` / ``--max-images``."""
+    from score_jax.evaluation import score as score_cli
+
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "samples.npz", samples=rng.integers(0, 256, (20, 6, 6, 3), dtype=np.uint8))
+    rpool, _ = _fake_features(rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8))
+    save_stats(tmp_path / "ref.npz", rpool.mean(0), np.cov(rpool.astype(np.float64), rowvar=False),
+               features=rpool, resize="pytorch")
+    common = ["--samples", str(tmp_path / "samples.npz"), "--inception", "w.pth"]
+    a = score_cli.main(common + ["--ref_stats", str(tmp_path / "ref.npz"), "--max_images=15",
+                                 "--out", str(tmp_path / "a.json")])
+    b = score_cli.main(common + ["--ref-stats", str(tmp_path / "ref.npz"), "--max-images=15",
+                                 "--out", str(tmp_path / "b.json")])
+    assert a["fid"] == b["fid"] and a["reference"] == b["reference"]
+
+
+def test_score_cli_missing_inception_is_one_line(tmp_path, capsys):
+    """A missing Inception file: one ``error:`` line naming it, a non-zero exit, no traceback."""
+    from score_jax.evaluation import score as score_cli
+
+    np.savez(tmp_path / "samples.npz", samples=np.zeros((4, 6, 6, 3), np.uint8))
+    np.savez(tmp_path / "ref.npz", images=np.zeros((4, 6, 6, 3), np.uint8))
+    absent = str(tmp_path / "pt_inception.pth")
+    with pytest.raises(SystemExit) as e:
+        score_cli.cli(["--samples", str(tmp_path / "samples.npz"), "--ref_images",
+                       str(tmp_path / "ref.npz"), "--inception", absent])
+    msg = str(e.value.code)
+    assert msg.startswith("error: FileNotFoundError: Inception weights not found at")
+    assert absent in msg and "\n" not in msg and "Traceback" not in capsys.readouterr().err

@@ -82,6 +82,9 @@ def test_errors(pipe, tmp_path):
         pipe("a", height=10, width=16, num_steps=2)
     with pytest.raises(FileNotFoundError, match=r"lacks \['unet'"):
         Text2Image.from_pretrained(tmp_path)
+    for w in (-1.0, float("nan")):  # refused before anything is encoded or compiled
+        with pytest.raises(ValueError, match=r"guidance_scale=.* invalid; valid: a finite number >= 0"):
+            pipe("a", guidance_scale=w, num_steps=2)
 
 
 @pytest.mark.slow  # a subprocess that loads jax and compiles the sampler: ~30-90 s on CPU

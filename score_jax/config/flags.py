@@ -8,10 +8,14 @@
   "could not convert string to float: 'None'";
 - an unknown key (``--config.sampling.bogus=1``) exits with one line naming the key and the valid
   keys of its section, instead of ml_collections' multi-screen traceback.
+
+``define_guidance_scale_flag`` is the ``--guidance_scale`` of sample.py and txt2img.py: a finite
+number >= 0 (and, where the CLI allows it, ``None``), refused at flag parsing otherwise.
 """
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 
@@ -41,6 +45,54 @@ class _NoneOr(flags.ArgumentParser):
 
     def flag_type(self):
         return self.base.flag_type()
+
+
+class GuidanceScaleParser(flags.FloatParser):
+    """A classifier-free guidance scale: a finite float w >= 0, or (``allow_none``) "None".
+
+    Both CFG conventions of the project combine ``pred(null) + w (pred(cond) - pred(null))``
+    (`score_jax.guidance.cfg`, `score_jax.guidance.text`, diffusers' ``guidance_scale``): w = 0 is
+    the unconditional model, 1 the conditional one, > 1 guided. A negative w extrapolates past the
+    unconditional model (away from the condition), which no reference CLI means by a negative
+    scale (diffusers switches guidance off for ``guidance_scale <= 1``), so it is refused.
+
+    Raises:
+      ValueError: (absl reports it as a flag error) a negative, non-finite or non-number value,
+        naming it and the valid range.
+    """
+
+    def __init__(self, allow_none: bool = False, what: str = "0: unconditional, 1: conditional, "
+                 "> 1: guided"):
+        super().__init__()
+        self.allow_none = allow_none
+        self.what = what
+        self.syntactic_help = "a float >= 0" + (" or None" if allow_none else "")
+
+    def valid(self) -> str:
+        return (f"valid: a finite number >= 0 ({self.what})"
+                + (" or None (plain conditional sampling, no guidance)" if self.allow_none else ""))
+
+    def parse(self, argument):
+        if self.allow_none and (argument is None or (isinstance(argument, str)
+                                                     and argument.strip() in NONE_SPELLINGS)):
+            return None
+        try:
+            w = super().parse(argument)
+        except (ValueError, TypeError):
+            raise ValueError(f"guidance_scale={argument!r} is not a number; {self.valid()}") from None
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"guidance_scale={w!r} is {'negative' if w < 0 else 'not finite'}; "
+                             f"{self.valid()}")
+        return w
+
+
+def define_guidance_scale_flag(default: float | None, help_string: str, *,
+                               allow_none: bool = False, what: str | None = None,
+                               name: str = "guidance_scale", flag_values=flags.FLAGS):
+    """``--guidance_scale`` parsed by `GuidanceScaleParser` (a negative value fails at flag
+    parsing, naming it and the valid range)."""
+    parser = GuidanceScaleParser(allow_none, *(() if what is None else (what,)))
+    return flags.DEFINE(parser, name, default, help_string, flag_values=flag_values)
 
 
 def install_none_parsers() -> None:
@@ -132,5 +184,6 @@ def define_config_flag(name: str = "config", default: str | None = None,
         raise
 
 
-__all__ = ["define_config_flag", "install_none_parsers", "unknown_override", "check_overrides",
+__all__ = ["define_config_flag", "define_guidance_scale_flag", "GuidanceScaleParser",
+           "install_none_parsers", "unknown_override", "check_overrides",
            "load_config_file"]

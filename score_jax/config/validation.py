@@ -124,8 +124,8 @@ def _validate_guidance(config) -> None:
     w = config.sampling.get("guidance_scale")
     if w is None:
         return
-    _need(isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w),
-          f"config.sampling.guidance_scale={w!r} must be a finite number (0: unconditional, "
+    _need(isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) and w >= 0,
+          f"config.sampling.guidance_scale={w!r} must be a finite number >= 0 (0: unconditional, "
           f"1: conditional, > 1: guided) or None (plain conditional)")
     label = config.sampling.get("class_label")
     _need(label is None or label != config.model.num_classes,

@@ -10,7 +10,7 @@ pytorch-fid weights), ``clip_text`` (transformers CLIPTextModel folders: `load_c
     python -m score_jax.convert checkpoint_26.pth out.msgpack --config configs/ve/cifar10_ncsnpp_continuous.py
     python -m score_jax.convert dit DiT-XL-2-256x256.pt dit_xl2.msgpack --preset DiT-XL/2
     python -m score_jax.convert autoencoder_kl vae.safetensors sd_vae.msgpack
-    python -m score_jax.convert inception --to-npz pt_inception-2015-12-05-6726825d.pth w.npz
+    python -m score_jax.convert inception --to_npz pt_inception-2015-12-05-6726825d.pth w.npz
 
 Every public name of the former ``score_jax.convert`` module is re-exported here.
 """

@@ -34,7 +34,6 @@ configuration)::
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from score_jax.cli_args import ArgumentParser, existing_path
 from score_jax.convert.reader import complete_params, place_param, read_state_dict
 from score_jax.convert.reader import to_numpy as _to_numpy
 from score_jax.files import atomic_write
@@ -310,9 +310,10 @@ def _int_tuple(s: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert a PyTorch AutoencoderKL (SD VAE) "
-                                     "checkpoint to a score_jax msgpack of {'params': ...}.")
-    parser.add_argument("checkpoint", help="a diffusers AutoencoderKL folder (config.json + "
+    parser = ArgumentParser(prog="python -m score_jax.convert autoencoder_kl",
+                            description="Convert a PyTorch AutoencoderKL (SD VAE) checkpoint to a "
+                            "score_jax msgpack of {'params': ...}.")
+    parser.add_argument("checkpoint", type=existing_path, help="a diffusers AutoencoderKL folder (config.json + "
                         "diffusion_pytorch_model.safetensors), or a .safetensors / .npz / .ckpt "
                         "/ .pth / .bin file")
     parser.add_argument("output", help="output .msgpack")

@@ -24,7 +24,6 @@ Command line (output: flax msgpack of ``{'params': ...}``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from score_jax.cli_args import ArgumentParser, existing_path
 from score_jax.convert.reader import read_state_dict
 from score_jax.convert.reader import to_numpy as _to_numpy
 from score_jax.files import atomic_write
@@ -189,20 +189,21 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m score_jax.convert dit INPUT OUTPUT --preset DiT-XL/2 [--num-classes N]``."""
-    ap = argparse.ArgumentParser(prog="python -m score_jax.convert dit",
+    """``python -m score_jax.convert dit INPUT OUTPUT --preset DiT-XL/2 [--num_classes N]``."""
+    ap = ArgumentParser(prog="python -m score_jax.convert dit",
                                  description="Convert an official DiT checkpoint.")
-    ap.add_argument("input", help="DiT .pt / .pth / .safetensors / .npz state dict")
+    ap.add_argument("input", type=existing_path,
+                    help="DiT .pt / .pth / .safetensors / .npz state dict")
     ap.add_argument("output", help="output file (flax msgpack of {'params': ...})")
     ap.add_argument("--preset", required=True, help="DiT-S/2 ... DiT-XL/8")
     ap.add_argument("--model", default="{}", help="JSON of model fields overriding the preset, "
                     "e.g. '{\"hidden_size\": 32, \"depth\": 2}'")
-    ap.add_argument("--num-classes", type=int, default=1000)
-    ap.add_argument("--class-dropout-prob", type=float, default=0.1)
-    ap.add_argument("--no-learn-sigma", action="store_true")
-    ap.add_argument("--image-size", type=int, default=None, help="latent size (default: from "
+    ap.add_argument("--num_classes", type=int, default=1000)
+    ap.add_argument("--class_dropout_prob", type=float, default=0.1)
+    ap.add_argument("--no_learn_sigma", action="store_true")
+    ap.add_argument("--image_size", type=int, default=None, help="latent size (default: from "
                     "pos_embed)")
-    ap.add_argument("--num-channels", type=int, default=None)
+    ap.add_argument("--num_channels", type=int, default=None)
     args = ap.parse_args(argv)
     cfg = dit_config(args.preset, num_classes=args.num_classes,
                      class_dropout_prob=args.class_dropout_prob,

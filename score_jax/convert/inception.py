@@ -3,9 +3,9 @@ pytorch-fid's port of TF-GAN's ``inception-2015-12-05`` graph) into the variable
 ``score_jax.evaluation.inception.InceptionV3``; files are read by the one checkpoint reader
 (`score_jax.convert.reader`: ``torch.load(weights_only=True)`` or ``.npz``).
 
-    python -m score_jax.convert inception --to-npz pt_inception-2015-12-05-6726825d.pth w.npz
+    python -m score_jax.convert inception --to_npz pt_inception-2015-12-05-6726825d.pth w.npz
 
-(also ``python -m score_jax.evaluation.inception --to-npz ...``) writes a torch-free ``.npz``
+(also ``python -m score_jax.evaluation.inception --to_npz ...``) writes a torch-free ``.npz``
 with the same key names.
 """
 from __future__ import annotations
@@ -185,14 +185,14 @@ def read_inception_state_dict(path: str) -> dict[str, np.ndarray]:
         raise ImportError(
             f"reading {path!r} needs PyTorch (pip install 'score_jax[torch]'); or convert it "
             "once, where torch is installed, with `python -m score_jax.evaluation.inception "
-            "--to-npz IN.pth OUT.npz` and pass the .npz") from e
+            "--to_npz IN.pth OUT.npz` and pass the .npz") from e
 
 
 # sha256 of pytorch-fid's pt_inception-2015-12-05-6726825d.pth (95,628,359 bytes; the file name
 # carries its first 8 hex digits, torch.hub's convention). The same digest is pinned by
 # torch-fidelity (``feature_extractor_inceptionv3.py``, URL_INCEPTION_V3 'tf_inception_v3').
 PT_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-# The .npz written by ``python -m score_jax.evaluation.inception --to-npz`` records the sha256 of
+# The .npz written by ``python -m score_jax.evaluation.inception --to_npz`` records the sha256 of
 # the .pth it was converted from under this key; that digest is what a .npz is checked by.
 SOURCE_SHA256_KEY = "source_sha256"
 
@@ -233,7 +233,7 @@ def check_inception_sha256(path: str, sha256: str | None = PT_INCEPTION_SHA256) 
     found = inception_weights_sha256(path)
     if found != expected:
         what = ("records no source sha256 (not written by `python -m score_jax.evaluation."
-                "inception --to-npz`)" if found is None else f"has sha256 {found}")
+                "inception --to_npz`)" if found is None else f"has sha256 {found}")
         named = ("pt_inception-2015-12-05-6726825d.pth, the FID weights"
                  if expected == PT_INCEPTION_SHA256 else "given")
         raise ValueError(
@@ -244,12 +244,13 @@ def check_inception_sha256(path: str, sha256: str | None = PT_INCEPTION_SHA256) 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``--to-npz IN_PTH OUT_NPZ``: the pytorch-fid weights as a torch-free ``.npz``."""
-    import argparse
+    """``--to_npz IN_PTH OUT_NPZ``: the pytorch-fid weights as a torch-free ``.npz``."""
+    from score_jax.cli_args import ArgumentParser
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        prog="python -m score_jax.convert inception",
         description="Convert the pytorch-fid Inception weights (.pth) to a torch-free .npz.")
-    parser.add_argument("--to-npz", nargs=2, metavar=("IN_PTH", "OUT_NPZ"), required=True)
+    parser.add_argument("--to_npz", nargs=2, metavar=("IN_PTH", "OUT_NPZ"), required=True)
     parser.add_argument("--sha256", default=None,
                         help="expected sha256 of IN_PTH (default: pytorch-fid's pt_inception-"
                         "2015-12-05-6726825d.pth); 'none' skips the check")

@@ -108,12 +108,12 @@ def read_checkpoint(path: str | Path, *, kind: str | None = None,
       ImportError: torch is needed for the file and not installed.
     """
     p = Path(path)
+    if not p.exists():  # before the suffix: a typo in the path is not an "unknown suffix"
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     kind = kind_of(p, suffixes) if kind is None else kind
     if kind not in set(KINDS.values()):
         raise ValueError(f"unknown checkpoint kind {kind!r}; valid: "
                          f"{sorted(set(KINDS.values()))}")
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     if kind == "torch":
         try:
             import torch

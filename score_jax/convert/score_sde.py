@@ -24,7 +24,7 @@ Command line (output: flax msgpack of ``{'params': ...}``, read back with `load_
 
     python -m score_jax.convert checkpoint_26.pth cifar10_ncsnpp.msgpack \
         --config configs/ve/cifar10_ncsnpp_continuous.py
-    python -m score_jax.convert checkpoint_26 out.msgpack --config ... --source flax --no-ema
+    python -m score_jax.convert checkpoint_26 out.msgpack --config ... --source flax --no_ema
 
 Other architectures have their own converters, re-exported here and reached from the same command
 by a first word: `convert_dit` (official DiT checkpoints, `score_jax.convert.dit`) and
@@ -33,18 +33,18 @@ by a first word: `convert_dit` (official DiT checkpoints, `score_jax.convert.dit
 
     python -m score_jax.convert dit DiT-XL-2-256x256.pt dit_xl2.msgpack --preset DiT-XL/2
     python -m score_jax.convert autoencoder_kl vae.safetensors sd_vae.msgpack
-    python -m score_jax.convert inception --to-npz pt_inception-2015-12-05-6726825d.pth w.npz
+    python -m score_jax.convert inception --to_npz pt_inception-2015-12-05-6726825d.pth w.npz
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import importlib
 import importlib.util
 import re
 import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from score_jax.cli_args import ArgumentParser, existing_path
 from score_jax.convert.reader import read_checkpoint
 from score_jax.convert.reader import to_numpy as _to_numpy
 from score_jax.files import atomic_write
@@ -370,34 +371,78 @@ def _load_config(path: str, arg: str | None = None) -> Any:
     return mod.get_config(arg) if arg is not None else mod.get_config()
 
 
+# The converters of ``python -m score_jax.convert``: first word -> (module with ``main(argv)``,
+# one line of --help). "score_sde" is the default: a command line that does not start with one of
+# these words goes to it.
+SUBCOMMANDS = {
+    "score_sde": ("score_jax.convert.score_sde", "score_sde / score_sde_pytorch checkpoints "
+                  "(NCSN++, DDPM++, NCSNv2, DDPM; .pth or flax checkpoint_<n>) -> msgpack; the "
+                  "default (the word may be left out)"),
+    "dit": ("score_jax.convert.dit", "official DiT checkpoints (facebookresearch/DiT .pt, "
+            ".safetensors, .npz) -> msgpack"),
+    "autoencoder_kl": ("score_jax.convert.autoencoder", "Stable Diffusion / LDM AutoencoderKL "
+                       "(diffusers folder, or a diffusers / CompVis state dict) -> msgpack"),
+    "inception": ("score_jax.convert.inception", "pytorch-fid Inception weights (.pth) -> a "
+                  "torch-free .npz (--to_npz IN OUT)"),
+}
+_NOT_CONVERTED = ("diffusers UNet2DConditionModel and transformers CLIPTextModel folders need no "
+                  "conversion: txt2img.py / score_jax.text2image read a Stable Diffusion folder "
+                  "as it is (convert.load_diffusers_unet, convert.load_clip_text).")
+
+
+def usage() -> str:
+    """The top-level ``python -m score_jax.convert --help``: every subcommand, one line each."""
+    width = max(map(len, SUBCOMMANDS)) + 2
+    lines = ["usage: python -m score_jax.convert [SUBCOMMAND] ARGS ...",
+             "       python -m score_jax.convert SUBCOMMAND --help",
+             "",
+             "Convert released checkpoints into score_jax files. Subcommands:"]
+    for name, (_, doc) in SUBCOMMANDS.items():
+        lines += textwrap.wrap(doc, 100, initial_indent=f"  {name:<{width}}",
+                               subsequent_indent=" " * (width + 2))
+    lines += ["", "Example: python -m score_jax.convert checkpoint_26.pth out.msgpack \\",
+              "           --config configs/ve/cifar10_ncsnpp_continuous.py", ""]
+    lines += textwrap.wrap(_NOT_CONVERTED + " Flags are spelled with underscores (--config_arg);"
+                           " the hyphen spelling (--config-arg) works too.", 100)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m score_jax.convert IN OUT --config FILE [--source pytorch|flax] [--no-ema]``;
-    ``python -m score_jax.convert dit ...`` / ``... autoencoder_kl ...`` hand the rest of the
-    command line to `score_jax.convert.dit.main` / `score_jax.convert.autoencoder.main`."""
+    """``python -m score_jax.convert [SUBCOMMAND] ...``: the first word picks a converter of
+    `SUBCOMMANDS` and the rest of the command line goes to its ``main`` (none of those words:
+    `score_sde`, ``IN OUT --config FILE [--source pytorch|flax] [--no_ema]``); no argument or
+    ``--help`` prints `usage`. Bad input (a missing file, a wrong shape) exits with one
+    ``error:`` line, not a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    others = {"dit": "score_jax.convert.dit", "autoencoder_kl": "score_jax.convert.autoencoder",
-              "inception": "score_jax.convert.inception"}
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        if not argv:
+            sys.exit(2)
+        return
     try:
-        if argv and argv[0] in others:
-            importlib.import_module(others[argv[0]]).main(argv[1:])
+        if argv[0] in SUBCOMMANDS and argv[0] != "score_sde":
+            importlib.import_module(SUBCOMMANDS[argv[0]][0]).main(argv[1:])
         else:
-            _convert_score_sde(argv)
+            _convert_score_sde(argv[1:] if argv[0] == "score_sde" else argv)
     except (FileNotFoundError, IsADirectoryError, ValueError) as e:  # bad input: no traceback
         sys.exit(f"error: {type(e).__name__}: {e}")
 
 
 def _convert_score_sde(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m score_jax.convert",
-                                 description="Convert a released Score SDE checkpoint.")
-    ap.add_argument("input", help="score_sde_pytorch .pth or score_sde checkpoint_<n> file")
+    ap = ArgumentParser(prog="python -m score_jax.convert [score_sde]",
+                        description="Convert a released Score SDE checkpoint. Other converters: "
+                        "python -m score_jax.convert --help.")
+    ap.add_argument("input", type=existing_path,
+                    help="score_sde_pytorch .pth or score_sde checkpoint_<n> file")
     ap.add_argument("output", help="output file (flax msgpack of {'params': ...})")
-    ap.add_argument("--config", required=True, help="config file with get_config()")
-    ap.add_argument("--config-arg", default=None, help="argument passed to get_config")
+    ap.add_argument("--config", required=True, type=existing_path,
+                    help="config file with get_config()")
+    ap.add_argument("--config_arg", default=None, help="argument passed to get_config")
     ap.add_argument("--source", choices=("auto", "pytorch", "flax"), default="auto",
                     help="auto: .pth/.pt -> pytorch, anything else -> flax")
-    ap.add_argument("--no-ema", action="store_true", help="convert the raw, not the EMA, weights")
-    ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--num-channels", type=int, default=None)
+    ap.add_argument("--no_ema", action="store_true", help="convert the raw, not the EMA, weights")
+    ap.add_argument("--image_size", type=int, default=None)
+    ap.add_argument("--num_channels", type=int, default=None)
     args = ap.parse_args(argv)
 
     config = _load_config(args.config, args.config_arg)

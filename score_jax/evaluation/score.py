@@ -2,17 +2,17 @@
 
     python -m score_jax.evaluation.score --samples samples.npz \\
         --inception pt_inception-2015-12-05-6726825d.pth \\
-        --ref-stats cifar10_stats.npz --resize tf1
+        --ref_stats cifar10_stats.npz --resize tf1
 
 FID / IS / KID of a ``samples.npz`` (``sample.py``'s output, or any ``.npz`` with an image array)
-or a folder of PNG / JPEG files, against reference statistics (``--ref-stats``: a ``save_stats``
-file, or score_sde's ``pool_3``-only ``*_stats.npz``) or reference images (``--ref-images``: an
+or a folder of PNG / JPEG files, against reference statistics (``--ref_stats``: a ``save_stats``
+file, or score_sde's ``pool_3``-only ``*_stats.npz``) or reference images (``--ref_images``: an
 ``.npz`` / folder of uint8 images, run through the same Inception in the same convention).
 
 * Convention: ``--resize pytorch`` (default; pytorch-fid / TF2 half-pixel bilinear) or ``tf1``
   (TF1 ResizeBilinear of TTUR / TF-GAN / score_sde). The statistics must be of the same one
   (``metrics.check_stats_resize``); a statistics file that does not record its convention needs
-  ``--ref-stats-resize``.
+  ``--ref_stats_resize``.
 * Float samples in [0, 1] are quantised with score_sde's ``np.clip(x * 255, 0, 255)
   .astype(np.uint8)`` (``--quantize floor``, default) or to the nearest level (``round``);
   uint8 samples are used as they are; other ranges are refused.
@@ -22,7 +22,6 @@ file, or score_sde's ``pool_3``-only ``*_stats.npz``) or reference images (``--r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from score_jax.cli_args import ArgumentParser
 from score_jax.evaluation.metrics import (
     RESIZE_CONVENTIONS,
     check_image_range,
@@ -147,7 +147,7 @@ def write_metrics(path: str, values: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m score_jax.evaluation.score",
         description="FID / IS / KID of a samples .npz or image folder against reference "
                     "statistics or reference images.")
@@ -155,14 +155,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "[0, 1]) or a folder of PNG / JPEG files")
     parser.add_argument("--key", default=None, help="array name inside the samples .npz")
     ref = parser.add_mutually_exclusive_group(required=True)
-    ref.add_argument("--ref-stats", help="reference statistics .npz (save_stats / score_sde)")
-    ref.add_argument("--ref-images", help="reference uint8 images: .npz or folder")
-    parser.add_argument("--ref-key", default=None, help="array name inside --ref-images")
-    parser.add_argument("--ref-stats-resize", choices=RESIZE_CONVENTIONS, default=None,
-                        help="convention of a --ref-stats file that does not record one")
+    ref.add_argument("--ref_stats", help="reference statistics .npz (save_stats / score_sde)")
+    ref.add_argument("--ref_images", help="reference uint8 images: .npz or folder")
+    parser.add_argument("--ref_key", default=None, help="array name inside --ref_images")
+    parser.add_argument("--ref_stats_resize", choices=RESIZE_CONVENTIONS, default=None,
+                        help="convention of a --ref_stats file that does not record one")
     parser.add_argument("--inception", required=True,
                         help="local pt_inception-2015-12-05-6726825d.pth or its .npz")
-    parser.add_argument("--inception-sha256", default=None,
+    parser.add_argument("--inception_sha256", default=None,
                         help="expected sha256 of --inception (default: pytorch-fid's file); "
                         "'none' skips the check")
     parser.add_argument("--resize", choices=RESIZE_CONVENTIONS, default="pytorch",
@@ -170,13 +170,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "/ score_sde)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="floor",
                         help="float samples -> uint8 (default floor, score_sde's)")
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=200)
+    parser.add_argument("--max_images", type=int, default=None)
     parser.add_argument("--out", default=None,
                         help="metrics.json to merge into (default: beside --samples)")
     args = parser.parse_args(argv)
-    for flag, path in (("--samples", args.samples), ("--ref-stats", args.ref_stats),
-                       ("--ref-images", args.ref_images)):
+    for flag, path in (("--samples", args.samples), ("--ref_stats", args.ref_stats),
+                       ("--ref_images", args.ref_images)):
         if path is not None and not os.path.exists(path):  # one line, not a traceback
             parser.error(f"{flag} {path!r} does not exist")
 
@@ -208,5 +208,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return values
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line: `main`, with bad input (``ValueError``, ``FileNotFoundError``,
+    ``ImportError``: a wrong convention, a wrong Inception digest, torch missing for a ``.pth``)
+    reported as one ``error:`` line and exit status 1 instead of a traceback."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -8,7 +8,7 @@ prepared TFDS dataset with ``--tfds NAME --split train``), runs them through the
 batches sharded over all devices, accumulates the pool_3 mean and covariance in float64
 (``StreamingStats``) and writes ``mu``, ``sigma``, ``num_samples``, ``resize`` (the
 ``--resize`` convention, ``pytorch`` or ``tf1``) (and, with
-``--save-features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
+``--save_features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
 
 Input convention: uint8 in [0, 255]; integer arrays holding 0..255 are converted to uint8, floats
 and other ranges are refused with the range found (a float array could be [0, 1] or [0, 255] or
@@ -17,12 +17,12 @@ and other ranges are refused with the range found (a float array could be [0, 1]
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from score_jax.cli_args import ArgumentParser, existing_path
 from score_jax.evaluation.metrics import check_uint8_range, image_value_range
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -104,7 +104,7 @@ def iter_tfds_batches(name: str, split: str, batch_size: int, data_dir: str | No
         raise RuntimeError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and nothing is "
             "downloaded here; prepare it where there is network (`tfds build "
-            f"{name}`) and pass --tfds-data-dir, or export the images to an .npz / folder")
+            f"{name}`) and pass --tfds_data_dir, or export the images to an .npz / folder")
     source = builder.as_data_source(split=split)
     n = len(source)
 
@@ -143,19 +143,19 @@ def compute_stats(batches: Iterator[np.ndarray], inception_fn, *, total: int | N
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m score_jax.evaluation.stats",
         description="Compute FID reference statistics (mu, sigma of Inception pool_3).")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="an .npz of uint8 (N, H, W, C) images, or a folder of "
+    src.add_argument("--images", type=existing_path, help="an .npz of uint8 (N, H, W, C) images, or a folder of "
                      "PNG / JPEG files")
     src.add_argument("--tfds", metavar="NAME", help="a TFDS dataset prepared offline")
     parser.add_argument("--split", default="train", help="TFDS split (default: train)")
-    parser.add_argument("--tfds-data-dir", default=None)
+    parser.add_argument("--tfds_data_dir", default=None)
     parser.add_argument("--key", default=None, help="array name inside the .npz")
     parser.add_argument("--inception", required=True,
                         help="local path of pt_inception-2015-12-05-6726825d.pth or its .npz")
-    parser.add_argument("--inception-sha256", default=None,
+    parser.add_argument("--inception_sha256", default=None,
                         help="expected sha256 of --inception (default: pytorch-fid's "
                         "pt_inception-2015-12-05-6726825d.pth); 'none' skips the check")
     parser.add_argument("--resize", choices=("pytorch", "tf1"), default="pytorch",
@@ -163,12 +163,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "pytorch: pytorch-fid / TF2; tf1: TF1 ResizeBilinear of TTUR / TF-GAN / "
                         "score_sde). Samples are only comparable with statistics of the same one.")
     parser.add_argument("--out", required=True, help="output .npz")
-    parser.add_argument("--batch-size", type=int, default=200,
+    parser.add_argument("--batch_size", type=int, default=200,
                         help="global batch per Inception call (default 200)")
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--save-features", action="store_true",
+    parser.add_argument("--max_images", type=int, default=None)
+    parser.add_argument("--save_features", action="store_true",
                         help="also store the pool_3 rows (needed for KID)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
 
     import jax
@@ -212,5 +212,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote statistics of {stats.count} images ({args.resize} resize) to {args.out}")
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line: `main`, with bad input (``ValueError``, ``FileNotFoundError``,
+    ``ImportError``) reported as one ``error:`` line and exit status 1, not a traceback."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -26,7 +26,7 @@ Modules: ``network`` (the flax network), ``preprocess`` (the input pipeline), ``
 (loading and the sharded feature function); the weight layout and converter live in
 ``score_jax.convert.inception``. Everything is re-exported here. Command line::
 
-    python -m score_jax.evaluation.inception --to-npz pt_inception-2015-12-05-6726825d.pth w.npz
+    python -m score_jax.evaluation.inception --to_npz pt_inception-2015-12-05-6726825d.pth w.npz
 """
 from score_jax.convert.inception import (
     NUM_FEATURES,
