@@ -256,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "2015-12-05-6726825d.pth); 'none' skips the check")
     args = parser.parse_args(argv)
     src, dst = args.to_npz
+    if not os.path.exists(src):  # one line, also from `python -m score_jax.evaluation.inception`
+        parser.error(f"argument --to_npz: IN_PTH {src!r} does not exist")
     expected = PT_INCEPTION_SHA256 if args.sha256 is None else args.sha256
     check_inception_sha256(src, None if expected.lower() == "none" else expected)
     state = read_inception_state_dict(src)
