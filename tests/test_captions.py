@@ -18,6 +18,7 @@ from score_jax import config as config_lib
 from score_jax import data as data_lib
 from score_jax import train_step as ts
 from score_jax.config import text as config_text
+from score_jax.guidance import prompt_guidance
 
 
 class TinyXAttn(nn.Module):
@@ -321,11 +322,11 @@ def _leaves_close(got, want, rtol):
             assert np.linalg.norm(u - v) <= rtol * np.linalg.norm(v), name
 
 
-@pytest.mark.slow  # 4 builds on 1 and 8 devices: ~25 s CPU
+@pytest.mark.slow  # 4 builds on 1 and 8 devices: ~40 s CPU
 def test_frozen_pretrained_encoder_fsdp8_equals_replicated_and_closed_over(tiny_xattn):
     """model.text_encoder.path: the CLIP folder's weights encode the tokens (its tokenizer folder
-    tokenizes); nothing of the encoder is in the train state, and the score sees its context.
-    Its weights are the steps' ``frozen`` input: on 1 device the train step equals the one with
+    tokenizes); nothing of the encoder is in the train state, the score sees its context, and
+    prompt guidance encodes the prompts (and the empty one) before sampling. Its weights are the steps' ``frozen`` input: on 1 device the train step equals the one with
     the weights closed over (today's constants); on 8 devices with parallel.fsdp = 8 they are
     FSDP-sharded (the largest leaf: 1/8 of its bytes per device) and the parameters and the
     evaluation loss after 2 steps equal the replicated run's (relative L2 <= 1e-5)."""
@@ -343,6 +344,14 @@ def test_frozen_pretrained_encoder_fsdp8_equals_replicated_and_closed_over(tiny_
     via_tokens = b.make_score_fn(state.params, {"tokens": jnp.asarray(ids)})(x, t)
     via_context = b.make_score_fn(state.params, {"context": context})(x, t)
     np.testing.assert_allclose(via_tokens, via_context, rtol=1e-5, atol=1e-6)
+    # guided sampling: the prompts are encoded once, outside the sampler (contexts as leaves)
+    g = prompt_guidance(b.make_score_fn, state.params, {"tokens": ids}, {"tokens": tok([""])},
+                        2.0)
+    assert set(g.cond_kwargs) == set(g.null_kwargs) == {"context"}
+    np.testing.assert_allclose(g.cond_kwargs["context"], context, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g.null_kwargs["context"],
+                               module.apply(variables, jnp.asarray(tok([""])))[0], rtol=1e-5,
+                               atol=1e-6)
 
     # 1 device: the frozen argument == the weights closed over (2 train steps)
     b1 = config_lib.build(config, mesh=parallel.make_mesh(1))
@@ -374,3 +383,27 @@ def test_frozen_pretrained_encoder_fsdp8_equals_replicated_and_closed_over(tiny_
     # the score wiring encodes with the sharded weights too
     np.testing.assert_allclose(fb.make_score_fn(state.params, {"tokens": jnp.asarray(ids)})(x, t),
                                via_context, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # 3 train_and_evaluate runs: ~30 s CPU
+def test_frozen_encoder_not_checkpointed_and_resume_exact(tmp_path, tiny_xattn):
+    """The frozen encoder's weights are not in the checkpoint (the network's are; a resumed run
+    reads the encoder's folder again), and 2 steps + a resume to 4 equal 4 steps bit for bit."""
+    from score_jax import train_lib
+
+    def run(wd, n_iters):
+        config = frozen_text_config("words", training__n_iters=n_iters,
+                                    training__snapshot_freq=2, training__eval_freq=2)
+        return train_lib.train_and_evaluate(config, str(wd))
+
+    full = run(tmp_path / "a", 4)
+    part = run(tmp_path / "b", 2)
+    text = "".join(open(os.path.join(d, f), errors="ignore").read()
+                   for d, _, files in os.walk(tmp_path / "b" / "checkpoints") for f in files)
+    assert "'net'" in text or '"net"' in text
+    assert "token_embedding" not in text and "text_encoder" not in text
+    resumed = run(tmp_path / "b", 4)
+    assert int(part.step) == 2 and int(resumed.step) == int(full.step) == 4
+    for u, v in zip(jax.tree_util.tree_leaves(jax.device_get(full)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed)), strict=True):
+        np.testing.assert_array_equal(u, v)
