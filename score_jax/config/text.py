@@ -174,8 +174,13 @@ class TextScoreFactory:
         self._null_context = None
 
     def encode(self, tokens) -> np.ndarray:
-        """The frozen encoder's context (B, L, D) of concrete ``tokens`` (B, L), on the host
-        (also when called inside a trace: evaluated there and then, a constant of it)."""
+        """The frozen encoder's context (B, L, D) float of concrete ``tokens`` (B, L) int32, on
+        the host (also when called inside a trace: evaluated there and then, a constant of it).
+
+        Raises ValueError for a model whose encoder trains with the network (pass tokens)."""
+        if self.frozen is None:
+            raise ValueError("this model's text encoder trains with the network "
+                             "(model.text_encoder.path is None): pass {'tokens': ids}")
         with jax.ensure_compile_time_eval():
             return parallel.to_host(self._encode(self.weights, jnp.asarray(tokens, jnp.int32)))
 
