@@ -2,6 +2,8 @@
 through config.build and the train step, replicated and FSDP-sharded on 8 fake devices."""
 import json
 import os
+import re
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -9,10 +11,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from score_jax import captions, models, parallel
 from score_jax import config as config_lib
 from score_jax import data as data_lib
+from score_jax import train_step as ts
+from score_jax.config import text as config_text
+from score_jax.guidance import prompt_guidance
 
 
 class TinyXAttn(nn.Module):
@@ -225,26 +231,179 @@ def test_text_model_needs_captions(tiny_xattn):
         ds.batch(0)
 
 
-@pytest.mark.slow  # moved out of the default run for the CI budget (measured: 10.2 s)
-def test_frozen_pretrained_encoder_is_constant(tiny_xattn):
-    """model.text_encoder.path: the CLIP folder's weights encode the tokens (its tokenizer folder
-    tokenizes); nothing of the encoder is in the train state, and the score sees its context."""
-    from pathlib import Path
+FIXTURE = Path(__file__).parent / "fixtures" / "txt2img" / "pipeline"  # tiny CLIP (hidden 16)
 
+
+def frozen_text_config(tokenizer: str | None = None, **overrides):
+    """`text_config` with the fixture's pretrained CLIP text encoder, frozen (``path``); its
+    tokenizer folder (needs transformers) or ``tokenizer="words"`` (ids < its vocab of 524)."""
+    config = text_config(**overrides)
+    te = {"tokenizer": str(FIXTURE / "tokenizer"), "path": str(FIXTURE / "text_encoder")}
+    if tokenizer is not None:
+        te.update(tokenizer=tokenizer, max_length=8)
+    config.model.text_encoder = ml_collections.ConfigDict(te)
+    return config
+
+
+_BYTES = {"f64": 8, "i64": 8, "ui64": 8, "f32": 4, "i32": 4, "ui32": 4, "bf16": 2, "f16": 2,
+          "i16": 2, "i8": 1, "ui8": 1, "i1": 1}
+
+
+def constant_sizes(lowered) -> list[int]:
+    """Bytes of each ``stablehlo.constant`` of a lowered program (its baked-in arrays)."""
+    return [int(np.prod([int(d) for d in dims.split("x") if d], dtype=np.int64)) * _BYTES[dtype]
+            for dims, dtype in re.findall(
+                r"stablehlo\.constant dense<.*?> : tensor<((?:\d+x)*)(\w+)>", lowered.as_text())]
+
+
+def _closed_over(b, weights):
+    """Today's computation before the frozen argument: the same losses with the encoder's
+    weights closed over (constants of the compiled programs)."""
+    def train_loss(variables, batch, key):
+        return b.train_loss({**variables, "frozen": weights}, batch, key)
+
+    def eval_loss(state, batch, key):
+        return b.eval_loss({"params": state.ema_params, "frozen": weights}, batch, key)[0]
+
+    step = ts.jit_train_step(train_loss, b.tx, b.schedule, b.ema_rate, b.mesh,
+                             state_sharding=ts.state_sharding_of(b.abstract_state))
+    return step, jax.jit(eval_loss)
+
+
+def test_frozen_encoder_is_a_step_argument(tiny_xattn):
+    """model.text_encoder.path: the encoder's weights are the steps' ``frozen`` input, not
+    constants: the lowered train step's largest constant is 64 bytes (the closed-over step
+    carries all of the weights' bytes as constants), the evaluation loss equals the closed-over
+    one and changes when the frozen input changes, and nothing of the encoder is in the train
+    state."""
+    config = frozen_text_config("words", training__batch_size=4)
+    b = config_lib.build(config, mesh=parallel.make_mesh(1))
+    state = b.init(jax.random.key(0))
+    assert set(state.params) == {"net"}
+    weights = config_text.frozen_weights_from_config(config)
+    assert set(b.train_step.frozen) == {"text_encoder"}
+    weight_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(weights))
+    assert weight_bytes > 40_000
+    tok = b.model.tokenizer()
+    batch = {"image": jax.random.uniform(jax.random.key(3), (4, 8, 8, 1)),
+             "tokens": jnp.asarray(tok(["a handwritten seven", "the digit 1", "two", ""]))}
+    key = jax.random.key(1)
+    closed_step, closed_eval = _closed_over(b, weights)
+    frozen_consts = constant_sizes(b.train_step.lower(state, batch, key))
+    closed_consts = constant_sizes(closed_step.lower(state, batch, key))
+    # scalars, RNG seeds and the empty prompt's 8 tokens (32 bytes) only
+    assert max(frozen_consts) <= 64, sorted(frozen_consts)[-5:]
+    assert sum(closed_consts) - sum(frozen_consts) >= weight_bytes, (closed_consts, weight_bytes)
+    loss = b.eval_step(state, batch, key)
+    np.testing.assert_allclose(loss, closed_eval(state, batch, key), rtol=1e-6)
+    scaled = jax.tree_util.tree_map(lambda a: a * 1.1, b.eval_step.frozen)
+    assert abs(float(b.eval_step.jitted(state, batch, key, scaled)) - float(loss)) > 1e-6
+
+
+def test_frozen_encoder_weights_missing_is_named(tiny_xattn):
+    config = frozen_text_config("words", training__batch_size=4)
+    b = config_lib.build(config, mesh=parallel.make_mesh(1))
+    batch = {"image": jnp.zeros((1, 8, 8, 1)), "tokens": jnp.ones((1, 8), jnp.int32)}
+    params = jax.eval_shape(b.init, jax.random.key(0)).params
+    with pytest.raises(ValueError, match=r"variables\['frozen'\]\['text_encoder'\]"):
+        jax.eval_shape(b.train_loss, {"params": params}, batch, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"frozen keys \['text_encoder'\]"):
+        config_lib.build(config, mesh=parallel.make_mesh(1), frozen={"text_encoder": {}})
+
+
+def _leaves_close(got, want, rtol):
+    """Relative L2 <= rtol per leaf; the attention key biases have an exactly-zero gradient
+    (softmax is invariant to q.b): Adam normalises float32 round-off there, so they are left
+    out."""
+    got = jax.tree_util.tree_leaves_with_path(jax.device_get(got))
+    for (path, u), v in zip(got, jax.tree_util.tree_leaves(jax.device_get(want)), strict=True):
+        name = jax.tree_util.keystr(path)
+        if "['key']['bias']" not in name:
+            assert np.linalg.norm(u - v) <= rtol * np.linalg.norm(v), name
+
+
+@pytest.mark.slow  # 4 builds on 1 and 8 devices: ~40 s CPU
+def test_frozen_pretrained_encoder_fsdp8_equals_replicated_and_closed_over(tiny_xattn):
+    """model.text_encoder.path: the CLIP folder's weights encode the tokens (its tokenizer folder
+    tokenizes); nothing of the encoder is in the train state, the score sees its context, and
+    prompt guidance encodes the prompts (and the empty one) before sampling. Its weights are the steps' ``frozen`` input: on 1 device the train step equals the one with
+    the weights closed over (today's constants); on 8 devices with parallel.fsdp = 8 they are
+    FSDP-sharded (the largest leaf: 1/8 of its bytes per device) and the parameters and the
+    evaluation loss after 2 steps equal the replicated run's (relative L2 <= 1e-5)."""
     from score_jax import convert
 
     pytest.importorskip("transformers")
-    fix = Path(__file__).parent / "fixtures" / "txt2img" / "pipeline"
-    config = text_config()
-    config.model.text_encoder = ml_collections.ConfigDict(
-        {"tokenizer": str(fix / "tokenizer"), "path": str(fix / "text_encoder")})
+    config = frozen_text_config()
     b, state = _steps(config, parallel.make_mesh(8), n=2)
     assert "encoder" not in state.params and set(state.params) == {"net"}
-    tok = captions.get_tokenizer(str(fix / "tokenizer"))
+    tok = captions.get_tokenizer(str(FIXTURE / "tokenizer"))
     ids = tok(["the seven digit"])
-    module, variables = convert.load_clip_text(fix / "text_encoder")
+    module, variables = convert.load_clip_text(FIXTURE / "text_encoder")
     context = module.apply(variables, jnp.asarray(ids))[0]
     x, t = jax.random.normal(jax.random.key(2), (1, 8, 8, 1)), jnp.full((1,), 0.5)
     via_tokens = b.make_score_fn(state.params, {"tokens": jnp.asarray(ids)})(x, t)
     via_context = b.make_score_fn(state.params, {"context": context})(x, t)
     np.testing.assert_allclose(via_tokens, via_context, rtol=1e-5, atol=1e-6)
+    # guided sampling: the prompts are encoded once, outside the sampler (contexts as leaves)
+    g = prompt_guidance(b.make_score_fn, state.params, {"tokens": ids}, {"tokens": tok([""])},
+                        2.0)
+    assert set(g.cond_kwargs) == set(g.null_kwargs) == {"context"}
+    np.testing.assert_allclose(g.cond_kwargs["context"], context, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g.null_kwargs["context"],
+                               module.apply(variables, jnp.asarray(tok([""])))[0], rtol=1e-5,
+                               atol=1e-6)
+
+    # 1 device: the frozen argument == the weights closed over (2 train steps)
+    b1 = config_lib.build(config, mesh=parallel.make_mesh(1))
+    ds = config_lib.dataset_from_config(config, "train", training=True,
+                                        batch_size=config.training.batch_size)
+    batches = [parallel.to_global(ds.batch(i), b1.mesh) for i in range(2)]
+    closed_step, _ = _closed_over(b1, config_text.frozen_weights_from_config(config))
+    key = jax.random.key(1)
+    s_frozen, s_closed = b1.init(jax.random.key(0)), b1.init(jax.random.key(0))
+    for batch in batches:
+        s_frozen, m_frozen = b1.train_step(s_frozen, batch, key)
+        s_closed, m_closed = closed_step(s_closed, batch, key)
+    np.testing.assert_allclose(m_frozen["loss"], m_closed["loss"], rtol=1e-6)
+    _leaves_close(s_frozen.params, s_closed.params, 1e-6)
+    _leaves_close(s_frozen.params, state.params, 1e-5)  # 1 device == 8 replicated
+
+    # 8 devices, fsdp = 8: the encoder's weights are sharded and the run equals the replicated
+    fconfig = frozen_text_config(parallel__fsdp=8, parallel__fsdp_min_size=1)
+    fb, fstate = _steps(fconfig, parallel.make_mesh(8, fsdp=8), n=2)
+    leaves = jax.tree_util.tree_leaves(fb.train_step.frozen["text_encoder"])
+    big = max(leaves, key=lambda a: a.nbytes)
+    assert big.shape == (524, 16) and big.sharding.spec == P(None, "fsdp")
+    assert {s.data.nbytes for s in big.addressable_shards} == {big.nbytes // 8}
+    assert all(a.sharding.mesh.shape["fsdp"] == 8 for a in leaves)
+    _leaves_close(fstate.params, state.params, 1e-5)
+    np.testing.assert_allclose(fb.eval_step(fstate, parallel.to_global(ds.batch(0), fb.mesh), key),
+                               b.eval_step(state, parallel.to_global(ds.batch(0), b.mesh), key),
+                               rtol=1e-5)
+    # the score wiring encodes with the sharded weights too
+    np.testing.assert_allclose(fb.make_score_fn(state.params, {"tokens": jnp.asarray(ids)})(x, t),
+                               via_context, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # 3 train_and_evaluate runs: ~30 s CPU
+def test_frozen_encoder_not_checkpointed_and_resume_exact(tmp_path, tiny_xattn):
+    """The frozen encoder's weights are not in the checkpoint (the network's are; a resumed run
+    reads the encoder's folder again), and 2 steps + a resume to 4 equal 4 steps bit for bit."""
+    from score_jax import train_lib
+
+    def run(wd, n_iters):
+        config = frozen_text_config("words", training__n_iters=n_iters,
+                                    training__snapshot_freq=2, training__eval_freq=2)
+        return train_lib.train_and_evaluate(config, str(wd))
+
+    full = run(tmp_path / "a", 4)
+    part = run(tmp_path / "b", 2)
+    text = "".join(open(os.path.join(d, f), errors="ignore").read()
+                   for d, _, files in os.walk(tmp_path / "b" / "checkpoints") for f in files)
+    assert "'net'" in text or '"net"' in text
+    assert "token_embedding" not in text and "text_encoder" not in text
+    resumed = run(tmp_path / "b", 4)
+    assert int(part.step) == 2 and int(resumed.step) == int(full.step) == 4
+    for u, v in zip(jax.tree_util.tree_leaves(jax.device_get(full)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed)), strict=True):
+        np.testing.assert_array_equal(u, v)

@@ -55,13 +55,17 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
       model: replaces the config's network (tests, notebooks).
       teacher: objective "distill": the teacher's denoiser, or a ``distill.FrozenTeacher``
         reading its weights from ``frozen`` (``train_lib.load_teacher``).
-      frozen: a pytree of arrays the loss reads and does not train (``variables["frozen"]``,
+      frozen: a dict of arrays the loss reads and does not train (``variables["frozen"]``,
         e.g. ``{"teacher": params}``): an argument of the jitted train / eval steps, laid out
         like the parameters (FSDP-sharded under ``parallel.fsdp``), bound to them
-        (``train_step.bind_frozen``), so callers call ``train_step(state, batch, key)``.
+        (``train_step.bind_frozen``), so callers call ``train_step(state, batch, key)``. The
+        objective's own frozen weights (its record's ``frozen``, e.g. the pretrained text
+        encoder of ``model.text_encoder.path``: ``{"text_encoder": variables}``) are added to
+        it, and the score wiring reads the same placed arrays (``train_step.frozen``).
 
     Raises:
-      ValueError: invalid config, naming the value and the valid choices.
+      ValueError: invalid config, naming the value and the valid choices; ``frozen`` with a key
+        the objective's own frozen weights use.
     """
     # The builders are looked up on the package, so that replacing one there (a notebook, a
     # test: ``monkeypatch.setattr(config, "model_from_config", ...)``) is what build uses.
@@ -112,6 +116,7 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
     ema_rate = float(config.model.ema_rate)
     ema_warmup = bool(config.model.get("ema_warmup", True))
     spec = api.OBJECTIVE_SPECS[api.objective_from_config(config)]
+    frozen = _merge_frozen(frozen, api.frozen_from_config(config))
     frozen_sharding = None if frozen is None else ts.frozen_shardings(frozen, mesh, min_size)
     train_step = ts.jit_train_step(
         train_loss, tx, schedule, ema_rate, mesh, ema_warmup=ema_warmup,
@@ -134,9 +139,26 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
                  continuous=bool(t.continuous),
                  centered=bool(d.centered) or space is not None,  # decoded latents: [-1, 1]
                  num_classes=num_classes, class_label=config.sampling.get("class_label"),
-                 make_score_fn=api.score_fn_factory(config, sde, model),
+                 make_score_fn=api.score_fn_factory(
+                     config, sde, model, frozen=None if frozen is None else train_step.frozen),
                  guidance_scale=api.guidance_scale_from_config(config), latent=space,
                  objective_spec=spec, ema_warmup=ema_warmup)
+
+
+def _merge_frozen(given: Any, own: dict | None) -> Any:
+    """The caller's ``frozen`` dict and the objective's own (None when both are None)."""
+    if own is None:
+        return given
+    if given is None:
+        return dict(own)
+    if not isinstance(given, dict):
+        raise ValueError(f"frozen must be a dict (name -> weights) to join the objective's own "
+                         f"frozen weights {sorted(own)}; got {type(given).__name__}")
+    clash = sorted(set(given) & set(own))
+    if clash:
+        raise ValueError(f"frozen keys {clash} are the objective's own frozen weights; valid: "
+                         f"keys other than {sorted(own)}")
+    return {**given, **own}
 
 
 def _latent_model(config, space) -> nn.Module:

@@ -15,7 +15,12 @@ Each objective declares, in one place, what the rest of the project asks of it:
 - ``model_name``: the network the objective needs (None: any network of ``models.MODELS``);
 - ``init(model, tx, image_shape, mesh, *, num_classes, min_shard_size) -> (init_fn(key),
   abstract_state)``: how the train state is initialised (None: ``train_step.jit_init``, a network
-  called as ``(x, labels, *, train)``; the autoencoder's ``init(key, x)`` takes no labels).
+  called as ``(x, labels, *, train)``; the autoencoder's ``init(key, x)`` takes no labels);
+- ``frozen(config) -> {name: weights} | None``: pretrained weights the loss reads and does not
+  train (a frozen text encoder), as ``variables["frozen"][name]``. ``config.build`` passes them to
+  the jitted train / eval steps as their ``frozen`` argument (FSDP-sharded like the parameters,
+  not constants of the compiled step, not in the train state) and to the score wiring as
+  ``score(config, sde, model, frozen=...)`` (the same placed arrays).
 
 Adding an objective (e.g. consistency distillation) is one `register_objective` call; a
 config then names it with ``training.objective``. ``config.training`` keys it reads must be in
@@ -47,6 +52,7 @@ class Objective:
     state_inputs: bool = False  # the loss reads the EMA parameters and the step (distillation)
     uses_teacher: bool = False  # the loss builder takes ``teacher=`` (train_lib.load_teacher)
     init: Callable | None = None  # the train-state initialiser (None: train_step.jit_init)
+    frozen: Callable | None = None  # config -> {name: weights} the loss reads (variables["frozen"])
 
     def __post_init__(self):
         if self.sampler not in SAMPLER_KINDS:
@@ -109,14 +115,27 @@ def _edm_log_label(config) -> bool:
     return config.model.get("embedding_type") == "fourier"
 
 
-def score_fn_factory(config, sde, model) -> Callable | None:
+def score_fn_factory(config, sde, model, *, frozen: dict | None = None) -> Callable | None:
     """``make(params, model_kwargs=None) -> score_fn(x, t)`` of the trained network on ``sde``
     (the objective's ``score`` wiring): the reference wiring ``score.get_score_fn`` (objective
     "score"), or the EDM denoiser's score (a D(x / a; s / a) - x) / s^2 (objective "edm",
     ``edm.get_edm_score_fn``). Usable inside jit (params traced). Flow-matching models have a
-    velocity, not a score, and an autoencoder has neither: None."""
+    velocity, not a score, and an autoencoder has neither: None. ``frozen``: the placed frozen
+    weights (``config.build``'s) handed to an objective that declares ``frozen``; None: it loads
+    its own."""
     spec = objective_spec(config)
-    return None if spec.score is None else spec.score(config, sde, model)
+    if spec.score is None:
+        return None
+    if spec.frozen is not None:
+        return spec.score(config, sde, model, frozen=frozen)
+    return spec.score(config, sde, model)
+
+
+def frozen_from_config(config) -> dict | None:
+    """The objective's own frozen weights (its record's ``frozen``: e.g. a pretrained text
+    encoder, ``{"text_encoder": variables}``), or None."""
+    spec = objective_spec(config)
+    return None if spec.frozen is None else spec.frozen(config)
 
 
 def loss_fn_from_config(config, sde, model, *, train: bool,

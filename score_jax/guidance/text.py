@@ -63,8 +63,16 @@ def prompt_guidance(make: Callable, params: Any, cond_kwargs: Any, null_kwargs: 
         negative prompt's).
       w: the guidance scale (0: unconditional, 1: conditional, > 1: guided).
 
+    A factory with a ``conditioning(model_kwargs)`` method (``config.text.TextScoreFactory`` of
+    a frozen pretrained text encoder) turns both conditions into what the network reads (tokens
+    -> the encoder's hidden states) here, once, outside the sampler: its weights are then no
+    constants of the sampling program.
+
     Raises ValueError for a non-finite ``w`` or trees of different structure."""
     check_guidance_scale(w)
+    prepare = getattr(make, "conditioning", None)
+    if prepare is not None:
+        cond_kwargs, null_kwargs = prepare(cond_kwargs), prepare(null_kwargs)
     if jax.tree_util.tree_structure(cond_kwargs) != jax.tree_util.tree_structure(null_kwargs):
         raise ValueError(f"cond_kwargs and null_kwargs must have the same keys; got "
                          f"{jax.tree_util.tree_structure(cond_kwargs)} and "

@@ -15,7 +15,8 @@ train state and trained with the network) and calls the network with the encoder
 state as ``context``; ``context`` given instead (a frozen pretrained encoder's output) skips the
 encoder; neither: the empty prompt (the null condition of classifier-free guidance; also what
 ``init`` sees). With ``text_encoder.path`` (a frozen pretrained CLIP text encoder folder) the
-module has no encoder of its own: the objective encodes with the frozen weights (constants).
+module has no encoder of its own: the objective encodes with the frozen weights, an input of the
+jitted steps (``config.text.FrozenTextEncoder``; ``Built.make_score_fn`` for sampling).
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ class TextConditioned(Network):
         """Last hidden state (B, L, width) of ``tokens`` (B, L)."""
         if self.encoder is None:
             raise ValueError("this model's text encoder is frozen (text_encoder.path): pass "
-                             "context= (captions.encode with the frozen encoder)")
+                             "context= (Built.make_score_fn.encode(tokens): the frozen "
+                             "encoder's hidden states)")
         return self.encoder(tokens)[0]
 
     def frozen_width(self) -> int:
