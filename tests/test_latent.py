@@ -3,9 +3,11 @@ on the latents of a frozen autoencoder) end to end on tiny digits, the scale fac
 and reuse, the encoded loss and the bits/dim refusal."""
 import json
 import os
+import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,8 @@ import pytest
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
 from score_jax import latent as latent_lib
-from score_jax import sample_lib, train_lib
+from score_jax import models, sample_lib, train_lib
+from score_jax import train_step as ts
 from score_jax.models import autoencoder as ae_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,3 +222,121 @@ def test_validation_errors(tmp_path):
     from configs.latent.digits_ldm import get_config
     with pytest.raises(ValueError, match="unknown digits_ldm variant"):
         get_config("bogus")
+
+
+# ----------------------------------------------------------------------------------------------
+# The frozen autoencoder is the steps' frozen argument (issue 22 item 1), on a random stage 1
+# ----------------------------------------------------------------------------------------------
+def _random_stage2(folder, **overrides):
+    """A stage-2 smoke config on a stage-1 workdir (config.json + autoencoder_ema.msgpack) of the
+    smoke autoencoder with random weights (no stage-1 training); ``overrides`` "a__b" -> a.b."""
+    stage1 = _stage1_config()
+    ae_dir = os.path.join(str(folder), "ae")
+    if not os.path.isdir(ae_dir):
+        os.makedirs(ae_dir)
+        with open(os.path.join(ae_dir, "config.json"), "w") as f:
+            f.write(stage1.to_json_best_effort())
+        model = models.get_model(stage1.model, image_size=stage1.data.image_size,
+                                 num_channels=stage1.data.num_channels)
+        x = np.zeros((1, stage1.data.image_size, stage1.data.image_size, 1), np.float32)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
+        rng = np.random.default_rng(0)
+        params = jax.tree_util.tree_map(
+            lambda s: (0.2 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+        latent_lib.export_autoencoder(ae_dir, params)
+    config = _stage2_config(ae_dir)
+    config.latent.scale_factor = 0.5
+    config.training.batch_size = 8
+    for k, v in overrides.items():
+        section, key = k.split("__")
+        config[section][key] = v
+    return config
+
+
+_BYTES = {"f64": 8, "i64": 8, "ui64": 8, "f32": 4, "i32": 4, "ui32": 4, "bf16": 2, "f16": 2,
+          "i16": 2, "i8": 1, "ui8": 1, "i1": 1}
+
+
+def constant_sizes(lowered) -> list[int]:
+    """Bytes of each ``stablehlo.constant`` of a lowered program (its baked-in arrays), as
+    tests/test_captions.py."""
+    return [int(np.prod([int(d) for d in dims.split("x") if d], dtype=np.int64)) * _BYTES[dtype]
+            for dims, dtype in re.findall(
+                r"stablehlo\.constant dense<.*?> : tensor<((?:\d+x)*)(\w+)>", lowered.as_text())]
+
+
+class _TinyNet(nn.Module):
+    """A network of the project's call signature (x, labels, *, train) in a few hundred
+    parameters: the default tests compile the autoencoder's encoder, not DDPM++."""
+
+    @nn.compact
+    def __call__(self, x, labels, *, train=False):
+        del train
+        c = x.shape[-1]
+        return nn.Conv(c, (3, 3))(x) + nn.Dense(c)(jnp.asarray(labels, x.dtype)[:, None])[:, None,
+                                                                                          None]
+
+
+def _closed_over(b, weights):
+    """Stage 2 before the frozen argument: the same losses with the autoencoder's weights closed
+    over (constants of the compiled programs)."""
+    def train_loss(variables, batch, key):
+        return b.train_loss({**variables, "frozen": {latent_lib.FROZEN_KEY: weights}}, batch, key)
+
+    step = ts.jit_train_step(train_loss, b.tx, b.schedule, b.ema_rate, b.mesh,
+                             state_sharding=ts.state_sharding_of(b.abstract_state))
+    return step
+
+
+def _train(b, step, batches, key):
+    state = b.init(jax.random.key(0))
+    for batch in batches:
+        state, metrics = step(state, batch, key)
+    return state, metrics
+
+
+def test_frozen_autoencoder_is_a_step_argument(tmp_path):
+    """Stage 2: the autoencoder's weights are the steps' ``frozen`` input ("autoencoder"), not
+    constants: the lowered train step's and decoder's largest constants are <= 64 bytes (the
+    closed-over step carries all of the weights' bytes as constants); nothing of the autoencoder
+    is in the train state; 2 train steps equal the closed-over ones bit for bit; the decoder of
+    ``Built.latent`` reads the same placed weights and equals D(z / s); missing weights are
+    named."""
+    from score_jax import parallel
+
+    config = _random_stage2(tmp_path)
+    b = config_lib.build(config, mesh=parallel.make_mesh(1), model=_TinyNet())
+    model, weights, _ = config_lib.load_autoencoder_from_config(config)
+    assert set(b.train_step.frozen) == {latent_lib.FROZEN_KEY}
+    assert b.latent.variables is b.train_step.frozen[latent_lib.FROZEN_KEY]
+    weight_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(weights))
+    assert weight_bytes > 100_000
+    encoder_bytes = sum(a.nbytes for k in ("encoder", "quant_conv")
+                        for a in jax.tree_util.tree_leaves(weights["params"][k]))
+    abstract = jax.eval_shape(b.init, jax.random.key(0))
+    assert set(abstract.params) == {"Conv_0", "Dense_0"}  # the network's only
+    ds = config_lib.dataset_from_config(config, "train", training=True, batch_size=8)
+    batches = [parallel.to_global(ds.batch(i), b.mesh) for i in range(2)]
+    key = jax.random.key(1)
+    closed = _closed_over(b, weights)
+    state0 = b.init(jax.random.key(0))
+    frozen_consts = constant_sizes(b.train_step.lower(state0, batches[0], key))
+    closed_consts = constant_sizes(closed.lower(state0, batches[0], key))
+    assert max(frozen_consts) <= 64, sorted(frozen_consts)[-5:]
+    # the train step reads the encoder (and the quant conv): the closed-over step bakes them in
+    assert sum(closed_consts) - sum(frozen_consts) >= encoder_bytes, (closed_consts, encoder_bytes)
+    s_frozen, m_frozen = _train(b, b.train_step, batches, key)
+    s_closed, m_closed = _train(b, closed, batches, key)
+    np.testing.assert_array_equal(m_frozen["loss"], m_closed["loss"])
+    for u, v in zip(jax.tree_util.tree_leaves(jax.device_get(s_frozen)),
+                    jax.tree_util.tree_leaves(jax.device_get(s_closed)), strict=True):
+        np.testing.assert_array_equal(u, v)
+    # sampling's decoder: the weights are its argument, D(z / s) of the placed weights
+    z = jax.random.normal(jax.random.key(4), (2,) + b.image_shape)
+    assert max(constant_sizes(b.latent.decode.lower(z)), default=0) <= 64
+    want = model.apply(weights, z / 0.5, method="decode")
+    np.testing.assert_allclose(b.latent.decode(z), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"variables\['frozen'\]\['autoencoder'\]"):
+        jax.eval_shape(b.train_loss, {"params": abstract.params}, batches[0], key)
+    with pytest.raises(ValueError, match=r"frozen keys \['autoencoder'\]"):
+        config_lib.build(config, mesh=parallel.make_mesh(1), frozen={"autoencoder": {}})
