@@ -21,7 +21,10 @@ q(z | x) -> ``scale_factor`` z, the latent the diffusion model is trained on. Th
 sample (LDM samples): with the small KL weights of stage 1 (LDM: 1e-6) the posterior std is a
 negligible fraction of the latents' spread, the target becomes deterministic, and what is
 decoded at sampling time is exactly what the reconstruction error measured. Encoding is done ON
-THE FLY inside the jitted train step (frozen parameters, ``lax.stop_gradient``), not cached:
+THE FLY inside the jitted train step (frozen parameters, ``lax.stop_gradient``; the weights are
+the step's ``frozen`` argument ``{"autoencoder": ...}``, laid out like the parameters, FSDP-sharded
+under ``parallel.fsdp``, not constants of the step and not in its checkpoint: `encoded_loss_fn`,
+`bind_weights`), not cached:
 it costs one encoder forward per step (not measured separately), but the data
 pipeline stays the project's (per-step determinism, resume, multi-host shards, random flips
 applied to images, not latents) and there is no cache to invalidate when the autoencoder
@@ -32,7 +35,8 @@ autoencoder) and read from there on resume, by sample.py and by evaluate.py, whi
 recorded autoencoder (`recorded_autoencoder`), not whatever the config's path names now
 (`read_latent_record` / `write_latent_record`).
 Sampling draws latents with any sampler and decodes them
-(``decode_latents``). Bits/dim do not apply (the model's density is over latents, not pixels):
+(``decode_latents``) by one jitted `Decoder` taking the same placed weights as an argument.
+Bits/dim do not apply (the model's density is over latents, not pixels):
 `score_jax.config.latent.check_no_bpd` refuses with `BPD_MESSAGE`.
 """
 from __future__ import annotations
