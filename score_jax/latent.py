@@ -21,7 +21,10 @@ q(z | x) -> ``scale_factor`` z, the latent the diffusion model is trained on. Th
 sample (LDM samples): with the small KL weights of stage 1 (LDM: 1e-6) the posterior std is a
 negligible fraction of the latents' spread, the target becomes deterministic, and what is
 decoded at sampling time is exactly what the reconstruction error measured. Encoding is done ON
-THE FLY inside the jitted train step (frozen parameters, ``lax.stop_gradient``), not cached:
+THE FLY inside the jitted train step (frozen parameters, ``lax.stop_gradient``; the weights are
+the step's ``frozen`` argument ``{"autoencoder": ...}``, laid out like the parameters, FSDP-sharded
+under ``parallel.fsdp``, not constants of the step and not in its checkpoint: `encoded_loss_fn`,
+`bind_weights`), not cached:
 it costs one encoder forward per step (not measured separately), but the data
 pipeline stays the project's (per-step determinism, resume, multi-host shards, random flips
 applied to images, not latents) and there is no cache to invalidate when the autoencoder
@@ -32,7 +35,8 @@ autoencoder) and read from there on resume, by sample.py and by evaluate.py, whi
 recorded autoencoder (`recorded_autoencoder`), not whatever the config's path names now
 (`read_latent_record` / `write_latent_record`).
 Sampling draws latents with any sampler and decodes them
-(``decode_latents``). Bits/dim do not apply (the model's density is over latents, not pixels):
+(``decode_latents``) by one jitted `Decoder` taking the same placed weights as an argument.
+Bits/dim do not apply (the model's density is over latents, not pixels):
 `score_jax.config.latent.check_no_bpd` refuses with `BPD_MESSAGE`.
 """
 from __future__ import annotations
@@ -154,55 +158,120 @@ def export_autoencoder(workdir: str, params: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 # Stage 2: diffusion on latents (pure, config-free)
 # ----------------------------------------------------------------------------------------------
+FROZEN_KEY = "autoencoder"  # variables["frozen"][FROZEN_KEY]: the frozen autoencoder's weights
+
+
 class LatentSpace(NamedTuple):
     """The frozen autoencoder of a latent diffusion model.
 
     ``latent_shape`` (h, w, latent_channels) = (H / f, W / f, latent_channels) is the diffusion
     model's image shape; ``encode`` maps images in [0, 1] to scaled latents, ``decode`` scaled
-    latents to images in [-1, 1] (both usable inside jit)."""
+    latents to images in [-1, 1]. ``decode`` is ONE jitted decoder taking ``variables`` as an
+    argument (not constants of it); ``variables`` are the weights it reads: ``config.build``
+    rebinds them (`bind_weights`) to the arrays the train step holds (its ``frozen`` argument,
+    FSDP-sharded under ``parallel.fsdp``). ``encode`` closes over ``variables`` (for use outside a
+    jitted step: inside one they would become constants of it); the stage-2 loss encodes with
+    `encode_with`, reading the weights from ``variables["frozen"]["autoencoder"]``
+    (`encoded_loss_fn`)."""
 
     model: nn.Module  # AutoencoderKL
-    variables: Any  # {'params': ...}, replicated
+    variables: Any  # {'params': ...}: host arrays, or the train step's placed frozen weights
     scale_factor: float
     latent_shape: tuple[int, int, int]
     source: str
     encode: Callable
     decode: Callable
 
+    def encode_with(self, variables: Any, x: jax.Array) -> jax.Array:
+        """Scaled latents ``scale_factor * mean(q(z | 2x - 1))`` (B, h, w, latent_channels) of
+        images ``x`` (B, H, W, C) in [0, 1] under the autoencoder weights ``variables`` (an input,
+        e.g. traced inside the train step), ``lax.stop_gradient``-ed."""
+        z = ae_lib.encode_to_latents(self.model, variables, 2.0 * x - 1.0,
+                                     scale_factor=self.scale_factor)
+        return jax.lax.stop_gradient(z)
+
+
+class Decoder:
+    """``decode(z) -> x``: images D(z / scale_factor) (B, H, W, C) in [-1, 1] (unclipped) of
+    scaled latents ``z`` (B, h, w, latent_channels), by ONE jitted function taking the weights
+    ``variables`` as its second argument (``jitted(z, variables)``: not constants of the
+    program; sharded weights stay sharded). ``lower(z)`` lowers it (tests check its constants)."""
+
+    def __init__(self, model: nn.Module, scale_factor: float, variables: Any):
+        self.variables = variables
+        self.jitted = jax.jit(lambda z, v: ae_lib.decode_latents(model, v, z,
+                                                                 scale_factor=scale_factor))
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return self.jitted(z, self.variables)
+
+    def lower(self, z: jax.Array):
+        return self.jitted.lower(z, self.variables)
+
+
+def bind_weights(space: LatentSpace, variables: Any) -> LatentSpace:
+    """``space`` reading the autoencoder weights ``variables`` (``{'params': ...}``, e.g. the
+    train step's placed, FSDP-sharded ``frozen["autoencoder"]``): ``encode`` / ``decode`` (a
+    `Decoder`) pass them to the same computations; nothing is copied."""
+    return space._replace(variables=variables,
+                          encode=functools.partial(space.encode_with, variables),
+                          decode=Decoder(space.model, space.scale_factor, variables))
+
 
 def latent_space(model: nn.Module, variables: Any, scale_factor: float, image_size: int, *,
                  source: str = "", mesh=None) -> LatentSpace:
     """Bundle a frozen autoencoder: images (B, S, S, C) in [0, 1] -> latents
     ``scale_factor * mean(q(z | 2x - 1))`` (B, S/f, S/f, latent_channels), and back with
-    ``D(z / scale_factor)`` in [-1, 1] (ldm ``encode_first_stage`` / ``decode_first_stage``)."""
+    ``D(z / scale_factor)`` in [-1, 1] (ldm ``encode_first_stage`` / ``decode_first_stage``).
+    ``mesh``: the weights are replicated on it (``config.build`` instead places them as the
+    train step's frozen argument, `bind_weights`)."""
     if mesh is not None:
         variables = parallel.replicate(variables, mesh)
-    s = float(scale_factor)
     f = model.downsampling_factor
     shape = (int(image_size) // f, int(image_size) // f, int(model.latent_channels))
-
-    def encode(x, v=variables):
-        z = ae_lib.encode_to_latents(model, v, 2.0 * x - 1.0, scale_factor=s)
-        return jax.lax.stop_gradient(z)
-
-    decode_jit = jax.jit(lambda z, v: ae_lib.decode_latents(model, v, z, scale_factor=s))
-
-    def decode(z):
-        return decode_jit(z, variables)
-
-    return LatentSpace(model, variables, s, shape, source, encode, decode)
+    space = LatentSpace(model, variables, float(scale_factor), shape, source, None, None)
+    return bind_weights(space, variables)
 
 
-def encoded_loss_fn(loss_fn: Callable, space: LatentSpace) -> Callable:
+def frozen_autoencoder(variables: Mapping, key: str = FROZEN_KEY) -> Any:
+    """``variables["frozen"][key]``: the autoencoder weights a stage-2 step passes to its loss;
+    ValueError naming what to pass when they are missing."""
+    frozen = variables.get("frozen") or {}
+    if key not in frozen:
+        raise ValueError(f"the frozen autoencoder's weights are read from variables['frozen']"
+                         f"[{key!r}]; pass frozen={{{key!r}: {{'params': ...}}}} to the train / "
+                         f"eval step (config.build does: train_step.frozen); got frozen keys "
+                         f"{sorted(frozen)}")
+    return frozen[key]
+
+
+def _without_autoencoder(variables: Mapping, key: str) -> dict:
+    """``variables`` less ``frozen[key]`` (and less ``frozen`` when nothing else is in it): what
+    the diffusion objective's loss sees."""
+    out = dict(variables)
+    rest = {k: v for k, v in (out.pop("frozen", None) or {}).items() if k != key}
+    if rest:
+        out["frozen"] = rest
+    return out
+
+
+def encoded_loss_fn(loss_fn: Callable, space: LatentSpace, key: str = FROZEN_KEY) -> Callable:
     """``loss_fn`` (on batches in the diffusion model's space, no scaling) applied to the latents
-    of batches of images in [0, 1], encoded on the fly by ``space.encode``."""
+    of batches of images in [0, 1], encoded on the fly by ``space.encode_with`` under the weights
+    ``variables["frozen"][key]`` (the step's frozen argument, not constants of it); ``loss_fn``
+    sees ``variables`` without them.
 
-    def fn(variables, batch, key):
+    Raises:
+      ValueError: (when called) ``variables["frozen"]`` has no ``key``.
+    """
+
+    def fn(variables, batch, rng):
+        weights = frozen_autoencoder(variables, key)
         if isinstance(batch, Mapping):
-            batch = dict(batch, image=space.encode(batch["image"]))
+            batch = dict(batch, image=space.encode_with(weights, batch["image"]))
         else:
-            batch = space.encode(batch)
-        return loss_fn(variables, batch, key)
+            batch = space.encode_with(weights, batch)
+        return loss_fn(_without_autoencoder(variables, key), batch, rng)
 
     return fn
 
@@ -347,6 +416,7 @@ __all__ = ["OBJECTIVE", "MODEL_NAME", "AUTOENCODER_FILE", "LATENT_FILE", "BPD_ME
            "LATENT_KEYS", "AE_FIELDS",
            "autoencoder_init_state", "jit_autoencoder_init", "reconstruction_error",
            "autoencoder_objective", "reconstruct", "export_autoencoder",
-           "LatentSpace", "latent_space", "encoded_loss_fn", "compute_scale_factor",
+           "FROZEN_KEY", "LatentSpace", "Decoder", "latent_space", "bind_weights", "frozen_autoencoder",
+           "encoded_loss_fn", "compute_scale_factor",
            "autoencoder_file", "autoencoder_fields", "load_autoencoder", "file_sha256",
            "read_latent_record", "write_latent_record", "recorded_autoencoder"]

@@ -3,9 +3,11 @@ on the latents of a frozen autoencoder) end to end on tiny digits, the scale fac
 and reuse, the encoded loss and the bits/dim refusal."""
 import json
 import os
+import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,8 @@ import pytest
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
 from score_jax import latent as latent_lib
-from score_jax import sample_lib, train_lib
+from score_jax import models, sample_lib, train_lib
+from score_jax import train_step as ts
 from score_jax.models import autoencoder as ae_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,10 +175,16 @@ def test_encoded_loss_and_eval_reconstruction_error():
     seen = {}
 
     def inner(v, batch, key):
-        seen["z"] = batch["image"]
+        seen["z"], seen["v"] = batch["image"], v
         return jnp.sum(batch["image"] ** 2), {}
 
-    loss, _ = latent_lib.encoded_loss_fn(inner, space)({}, {"image": x}, jax.random.key(2))
+    # the weights are read from variables["frozen"]["autoencoder"]; the inner loss sees the rest
+    fn = latent_lib.encoded_loss_fn(inner, space)
+    fn({"params": 1, "frozen": {"autoencoder": variables}}, {"image": x}, jax.random.key(2))
+    assert seen["v"] == {"params": 1}
+    loss, _ = fn({"params": 1, "frozen": {"autoencoder": variables, "other": 2}}, {"image": x},
+                 jax.random.key(2))
+    assert seen["v"] == {"params": 1, "frozen": {"other": 2}}
     mean, _ = model.apply(variables, 2 * x - 1, method="encode")
     np.testing.assert_allclose(np.asarray(seen["z"]), 0.7 * np.asarray(mean), rtol=1e-6)
     np.testing.assert_allclose(float(loss), np.sum((0.7 * np.asarray(mean)) ** 2), rtol=1e-5)
@@ -219,3 +228,199 @@ def test_validation_errors(tmp_path):
     from configs.latent.digits_ldm import get_config
     with pytest.raises(ValueError, match="unknown digits_ldm variant"):
         get_config("bogus")
+
+
+# ----------------------------------------------------------------------------------------------
+# The frozen autoencoder is the steps' frozen argument (issue 22 item 1), on a random stage 1
+# ----------------------------------------------------------------------------------------------
+def _random_stage2(folder, **overrides):
+    """A stage-2 smoke config on a stage-1 workdir (config.json + autoencoder_ema.msgpack) of the
+    smoke autoencoder with random weights (no stage-1 training); ``overrides`` "a__b" -> a.b."""
+    stage1 = _stage1_config()
+    ae_dir = os.path.join(str(folder), "ae")
+    if not os.path.isdir(ae_dir):
+        os.makedirs(ae_dir)
+        with open(os.path.join(ae_dir, "config.json"), "w") as f:
+            f.write(stage1.to_json_best_effort())
+        model = models.get_model(stage1.model, image_size=stage1.data.image_size,
+                                 num_channels=stage1.data.num_channels)
+        x = np.zeros((1, stage1.data.image_size, stage1.data.image_size, 1), np.float32)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
+        rng = np.random.default_rng(0)
+        params = jax.tree_util.tree_map(
+            lambda s: (0.2 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+        latent_lib.export_autoencoder(ae_dir, params)
+    config = _stage2_config(ae_dir)
+    config.latent.scale_factor = 0.5
+    config.training.batch_size = 8
+    for k, v in overrides.items():
+        section, key = k.split("__")
+        config[section][key] = v
+    return config
+
+
+_BYTES = {"f64": 8, "i64": 8, "ui64": 8, "f32": 4, "i32": 4, "ui32": 4, "bf16": 2, "f16": 2,
+          "i16": 2, "i8": 1, "ui8": 1, "i1": 1}
+
+
+def constant_sizes(lowered) -> list[int]:
+    """Bytes of each ``stablehlo.constant`` of a lowered program (its baked-in arrays), as
+    tests/test_captions.py."""
+    return [int(np.prod([int(d) for d in dims.split("x") if d], dtype=np.int64)) * _BYTES[dtype]
+            for dims, dtype in re.findall(
+                r"stablehlo\.constant dense<.*?> : tensor<((?:\d+x)*)(\w+)>", lowered.as_text())]
+
+
+class _TinyNet(nn.Module):
+    """A network of the project's call signature (x, labels, *, train) in a few hundred
+    parameters: the default tests compile the autoencoder's encoder, not DDPM++."""
+
+    @nn.compact
+    def __call__(self, x, labels, *, train=False):
+        del train
+        c = x.shape[-1]
+        return nn.Conv(c, (3, 3))(x) + nn.Dense(c)(jnp.asarray(labels, x.dtype)[:, None])[:, None,
+                                                                                          None]
+
+
+def _closed_over(b, weights):
+    """Stage 2 before the frozen argument: the same losses with the autoencoder's weights closed
+    over (constants of the compiled programs)."""
+    def train_loss(variables, batch, key):
+        return b.train_loss({**variables, "frozen": {latent_lib.FROZEN_KEY: weights}}, batch, key)
+
+    step = ts.jit_train_step(train_loss, b.tx, b.schedule, b.ema_rate, b.mesh,
+                             state_sharding=ts.state_sharding_of(b.abstract_state))
+    return step
+
+
+def _train(b, step, batches, key):
+    state = b.init(jax.random.key(0))
+    for batch in batches:
+        state, metrics = step(state, batch, key)
+    return state, metrics
+
+
+def test_frozen_autoencoder_is_a_step_argument(tmp_path):
+    """Stage 2: the autoencoder's weights are the steps' ``frozen`` input ("autoencoder"), not
+    constants: the lowered train step's and sampling decoder's largest constants are <= 64 bytes
+    (the closed-over step carries all of the encoder's bytes as constants); nothing of the
+    autoencoder is in the train state; the jitted train loss equals the closed-over one (rtol
+    1e-6); ``Built.latent`` reads the same placed weights; missing or clashing weights are named.
+    (2 train steps and the decoded values: the slow test below.)"""
+    from score_jax import parallel
+
+    config = _random_stage2(tmp_path)
+    b = config_lib.build(config, mesh=parallel.make_mesh(1), model=_TinyNet())
+    _, weights, _ = config_lib.load_autoencoder_from_config(config)
+    assert set(b.train_step.frozen) == {latent_lib.FROZEN_KEY}
+    placed = b.train_step.frozen[latent_lib.FROZEN_KEY]
+    assert b.latent.variables is placed and b.eval_step.frozen[latent_lib.FROZEN_KEY] is placed
+    encoder_bytes = sum(a.nbytes for k in ("encoder", "quant_conv")
+                        for a in jax.tree_util.tree_leaves(weights["params"][k]))
+    assert encoder_bytes > 50_000
+    state = b.abstract_state  # shapes and shardings: lowering needs no initialised state
+    assert set(state.params) == {"Conv_0", "Dense_0"}  # the network's only
+    params = jax.tree_util.tree_map(lambda a: jnp.full(a.shape, 0.1, a.dtype), state.params)
+    batch = {"image": jax.random.uniform(jax.random.key(3), (8, 16, 16, 1))}  # images in [0, 1]
+    key = jax.random.key(1)
+    closed = _closed_over(b, weights)
+    frozen_consts = constant_sizes(b.train_step.lower(state, batch, key))
+    closed_consts = constant_sizes(closed.lower(state, batch, key))
+    assert max(frozen_consts) <= 64, sorted(frozen_consts)[-5:]
+    # the train step reads the encoder (and the quant conv): the closed-over step bakes them in
+    assert sum(closed_consts) - sum(frozen_consts) >= encoder_bytes, (closed_consts, encoder_bytes)
+    z = jnp.zeros((2,) + b.image_shape)
+    assert max(constant_sizes(b.latent.decode.lower(z)), default=0) <= 64
+    # the loss with the weights an argument == with them closed over (today's constants)
+    frozen_loss = jax.jit(lambda v, p: b.train_loss({"params": p, "frozen": v}, batch, key)[0])
+    closed_loss = jax.jit(lambda p: b.train_loss(
+        {"params": p, "frozen": {latent_lib.FROZEN_KEY: weights}}, batch, key)[0])
+    # (XLA may fold the constants' arithmetic differently: 1 ulp was seen)
+    np.testing.assert_allclose(frozen_loss(b.train_step.frozen, params), closed_loss(params),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"variables\['frozen'\]\['autoencoder'\]"):
+        jax.eval_shape(b.train_loss, {"params": params}, batch, key)
+    with pytest.raises(ValueError, match=r"frozen keys \['autoencoder'\]"):
+        config_lib.build(config, mesh=parallel.make_mesh(1), frozen={"autoencoder": {}})
+
+
+def _relative_close(got, want, rtol):
+    for u, v in zip(jax.tree_util.tree_leaves(jax.device_get(got)),
+                    jax.tree_util.tree_leaves(jax.device_get(want)), strict=True):
+        assert np.linalg.norm(u - v) <= rtol * np.linalg.norm(v)
+
+
+@pytest.mark.slow  # 5 train-step compilations on 1 and 8 devices: ~40 s on a loaded 2-core CPU
+def test_frozen_autoencoder_fsdp8_equals_replicated_and_closed_over(tmp_path):
+    """Stage 2 with the autoencoder as the steps' frozen argument: on 1 device 2 train steps give
+    the same loss and state as the weights closed over (relative L2 <= 1e-6; bit for bit when
+    measured), and sampling's decoder is
+    D(z / s); on 8 devices with parallel.fsdp = 8 the autoencoder's largest leaf holds 1/8 of its
+    bytes per device, and the parameters and the evaluation loss after 2 steps equal the
+    replicated 8-device run's (relative L2 <= 1e-5), the decoder's images too."""
+    from jax.sharding import PartitionSpec as P
+
+    from score_jax import parallel
+
+    config = _random_stage2(tmp_path)
+    model, weights, _ = config_lib.load_autoencoder_from_config(config)
+    ds = config_lib.dataset_from_config(config, "train", training=True, batch_size=8)
+    key = jax.random.key(1)
+
+    def run(config, mesh, closed=False):
+        b = config_lib.build(config, mesh=mesh, model=_TinyNet())
+        batches = [parallel.to_global(ds.batch(i), b.mesh) for i in range(2)]
+        step = _closed_over(b, weights) if closed else b.train_step
+        state, metrics = _train(b, step, batches, key)
+        return b, state, metrics, b.eval_step(state, batches[0], key)
+
+    b1, s_frozen, m_frozen, _ = run(config, parallel.make_mesh(1))
+    _, s_closed, m_closed, _ = run(config, parallel.make_mesh(1), closed=True)
+    # bit for bit when measured (XLA may fold the constants' arithmetic differently: 1e-6)
+    np.testing.assert_allclose(m_frozen["loss"], m_closed["loss"], rtol=1e-6)
+    _relative_close(s_frozen, s_closed, 1e-6)
+    z = jax.random.normal(jax.random.key(4), (8,) + b1.image_shape)
+    want = model.apply(weights, z / 0.5, method="decode")
+    np.testing.assert_allclose(b1.latent.decode(z), want, rtol=1e-5, atol=1e-6)
+
+    b8, s8, _, e8 = run(config, parallel.make_mesh(8))
+    fconfig = _random_stage2(tmp_path, parallel__fsdp=8, parallel__fsdp_min_size=1)
+    bf, sf, _, ef = run(fconfig, parallel.make_mesh(8, fsdp=8))
+    leaves = jax.tree_util.tree_leaves(bf.train_step.frozen[latent_lib.FROZEN_KEY])
+    big = max(leaves, key=lambda a: a.nbytes)
+    assert "fsdp" in tuple(big.sharding.spec) and big.sharding.spec != P()
+    assert {s.data.nbytes for s in big.addressable_shards} == {big.nbytes // 8}
+    assert bf.latent.variables is bf.train_step.frozen[latent_lib.FROZEN_KEY]
+    _relative_close(sf.params, s8.params, 1e-5)
+    _relative_close(s8.params, s_frozen.params, 1e-5)  # 8 replicated == 1 device
+    np.testing.assert_allclose(ef, e8, rtol=1e-5)
+    zs = parallel.to_global(np.asarray(z), bf.mesh)
+    np.testing.assert_allclose(bf.latent.decode(zs), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # 3 train_and_evaluate runs with snapshots: ~1 min on a loaded 2-core CPU
+def test_frozen_autoencoder_not_checkpointed_and_resume_exact(tmp_path):
+    """Stage 2: the autoencoder's weights are not in the stage-2 checkpoint (the network's are;
+    a resumed run loads the recorded autoencoder again), 2 steps + a resume to 4 equal 4 steps
+    bit for bit, and the snapshots decode samples (uint8 pixel images) with the placed weights."""
+    def run(wd, n_iters):
+        config = _random_stage2(tmp_path, training__n_iters=n_iters, training__snapshot_freq=2,
+                                training__eval_freq=2)
+        return train_lib.train_and_evaluate(config, str(wd), model=_TinyNet())
+
+    full = run(tmp_path / "a", 4)
+    part = run(tmp_path / "b", 2)
+    text = "".join(open(os.path.join(d, f), errors="ignore").read()
+                   for d, _, files in os.walk(tmp_path / "b" / "checkpoints") for f in files)
+    # leaf paths are stored as ('params', 'Conv_0', 'bias'): the autoencoder's modules are
+    # 'encoder', 'decoder', 'quant_conv', 'post_quant_conv'
+    assert "'Conv_0'" in text and "'Dense_0'" in text
+    assert not [m for m in ("'encoder'", "'decoder'", "'quant_conv'") if m in text]
+    resumed = run(tmp_path / "b", 4)
+    assert int(part.step) == 2 and int(resumed.step) == int(full.step) == 4
+    for u, v in zip(jax.tree_util.tree_leaves(jax.device_get(full)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed)), strict=True):
+        np.testing.assert_array_equal(u, v)
+    snap = np.load(os.path.join(tmp_path, "b", "samples", "iter_4", "samples.npz"))["samples"]
+    assert snap.shape == (8, 16, 16, 1) and snap.dtype == np.uint8 and snap.std() > 0

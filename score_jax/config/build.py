@@ -40,7 +40,9 @@ class Built(NamedTuple):
     class_label: int | None
     make_score_fn: Callable | None  # (params, model_kwargs=None) -> score_fn; None for flows
     guidance_scale: float | None = None  # classifier-free guidance w (None: conditional)
-    latent: Any = None  # latent_lib.LatentSpace of a latent diffusion model (stage 2), or None
+    # latent_lib.LatentSpace of a latent diffusion model (stage 2), or None; its weights are
+    # train_step.frozen["autoencoder"] (FSDP-sharded under parallel.fsdp)
+    latent: Any = None
     objective_spec: Objective | None = None  # the registry record of ``objective``
     ema_warmup: bool = True  # train_step.ema_decay's warmup (config.model.ema_warmup)
 
@@ -60,12 +62,14 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
         like the parameters (FSDP-sharded under ``parallel.fsdp``), bound to them
         (``train_step.bind_frozen``), so callers call ``train_step(state, batch, key)``. The
         objective's own frozen weights (its record's ``frozen``, e.g. the pretrained text
-        encoder of ``model.text_encoder.path``: ``{"text_encoder": variables}``) are added to
-        it, and the score wiring reads the same placed arrays (``train_step.frozen``).
+        encoder of ``model.text_encoder.path``: ``{"text_encoder": variables}``) and, in stage 2
+        of latent diffusion, the frozen autoencoder's (``{"autoencoder": variables}``) are added
+        to it; the score wiring and ``Built.latent`` (encode / decode) read the same placed
+        arrays (``train_step.frozen``).
 
     Raises:
       ValueError: invalid config, naming the value and the valid choices; ``frozen`` with a key
-        the objective's own frozen weights use.
+        the objective's own frozen weights (or the latent autoencoder's) use.
     """
     # The builders are looked up on the package, so that replacing one there (a notebook, a
     # test: ``monkeypatch.setattr(config, "model_from_config", ...)``) is what build uses.
@@ -86,8 +90,8 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
     parallel.check_batch_size(config.training.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
     sde = api.sde_from_config(config)
-    space = latent_cfg.latent_space_from_config(config, mesh) if latent_cfg.is_latent(config) \
-        else None
+    # stage 2: the frozen autoencoder's weights join the steps' frozen argument (below)
+    space = latent_cfg.latent_space_from_config(config) if latent_cfg.is_latent(config) else None
     if model is None:
         model = api.model_from_config(config) if space is None else _latent_model(config, space)
     if api.objective_spec(config).model_name is None:  # a score / denoiser / velocity network
@@ -116,7 +120,10 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
     ema_rate = float(config.model.ema_rate)
     ema_warmup = bool(config.model.get("ema_warmup", True))
     spec = api.OBJECTIVE_SPECS[api.objective_from_config(config)]
-    frozen = _merge_frozen(frozen, api.frozen_from_config(config))
+    own = api.frozen_from_config(config)
+    if space is not None:
+        own = {**(own or {}), latent_lib.FROZEN_KEY: space.variables}
+    frozen = _merge_frozen(frozen, own)
     frozen_sharding = None if frozen is None else ts.frozen_shardings(frozen, mesh, min_size)
     train_step = ts.jit_train_step(
         train_loss, tx, schedule, ema_rate, mesh, ema_warmup=ema_warmup,
@@ -128,6 +135,8 @@ def build(config, *, mesh=None, model: nn.Module | None = None,
     if frozen is not None:
         train_step = ts.bind_frozen(train_step, frozen, frozen_sharding)
         eval_step = ts.bind_frozen(eval_step, train_step.frozen, copy=False)  # not donated
+    if space is not None:  # sampling decodes with the same placed weights (an argument)
+        space = latent_lib.bind_weights(space, train_step.frozen[latent_lib.FROZEN_KEY])
     method, options = api.sampling_options_from_config(config.sampling)
     objective = api.objective_from_config(config)
     path = api.flow_path_from_config(config, sde) if spec.sampler == api.FLOW_METHOD else None
@@ -156,7 +165,8 @@ def _merge_frozen(given: Any, own: dict | None) -> Any:
                          f"frozen weights {sorted(own)}; got {type(given).__name__}")
     clash = sorted(set(given) & set(own))
     if clash:
-        raise ValueError(f"frozen keys {clash} are the objective's own frozen weights; valid: "
+        raise ValueError(f"frozen keys {clash} are the objective's (or the latent autoencoder's) "
+                         f"own frozen weights; valid: "
                          f"keys other than {sorted(own)}")
     return {**given, **own}
 

@@ -111,7 +111,9 @@ def load_autoencoder_from_config(config) -> tuple[nn.Module, dict, str]:
 
 
 def latent_space_from_config(config, mesh=None) -> latent_lib.LatentSpace:
-    """The frozen autoencoder of a stage-2 config; ``config.latent.scale_factor`` must be
+    """The frozen autoencoder of a stage-2 config (weights on the host, or replicated on
+    ``mesh``; ``config.build`` passes them to the steps as ``frozen["autoencoder"]`` and rebinds
+    the space to the placed arrays, `latent.bind_weights`); ``config.latent.scale_factor`` must be
     resolved (`resolve_scale_factor` / `resolve_config`)."""
     model, variables, file = load_autoencoder_from_config(config)
     sf = config.latent.get("scale_factor")
