@@ -209,7 +209,7 @@ def test_full_checkpoint_prefix_and_loss_keys(states):
             np.testing.assert_array_equal(got[k], ref[k])
 
 
-def test_converter_errors(states):
+def test_converter_errors(states, tmp_path):
     sd = dict(states["diffusers"])
     with pytest.raises(ValueError, match="layout='onnx' unknown"):
         convert_autoencoder_kl(sd, TINY, layout="onnx")
@@ -229,8 +229,11 @@ def test_converter_errors(states):
         convert_autoencoder_kl(extra_level, TINY)
     with pytest.raises(ValueError, match="unrecognised diffusers"):
         convert_autoencoder_kl(states["ldm"], TINY, layout="diffusers")
+    (tmp_path / "model.pkl").write_bytes(b"")
     with pytest.raises(ValueError, match="suffix '.pkl'"):
-        load_state_dict("model.pkl")
+        load_state_dict(str(tmp_path / "model.pkl"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_state_dict(str(tmp_path / "missing.safetensors"))
 
 
 def test_safetensors_file_and_cli(tmp_path, states, ref):

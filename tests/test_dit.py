@@ -145,7 +145,7 @@ def test_sincos_table_and_timestep_embedding_closed_forms(x64):
                                rtol=1e-15)
 
 
-def test_converter_errors_name_key_and_shapes():
+def test_converter_errors_name_key_and_shapes(tmp_path):
     kw, state, _ = load_case("tiny_p2")
     bad = dict(state)
     bad["blocks.0.attn.qkv.weight"] = bad["blocks.0.attn.qkv.weight"][:, :-1]
@@ -159,8 +159,9 @@ def test_converter_errors_name_key_and_shapes():
         convert_dit(missing, model_config(kw))
     with pytest.raises(ValueError, match="pos_embed"):
         convert_dit({**state, "pos_embed": state["pos_embed"] + 0.1}, model_config(kw))
+    (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="valid: .pt"):
-        load_state_dict("weights.bin")
+        load_state_dict(str(tmp_path / "weights.bin"))
 
 
 def test_converter_file_formats(tmp_path):
