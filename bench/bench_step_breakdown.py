@@ -20,6 +20,9 @@ machine's load hits all alike):
   compiled for ``grad``, ``step`` and ``step_before`` only (``--no_grad`` / ``--no_before``
   leave those out).
 
+Ours runs under the project's XLA CPU flags (`score_jax.xla_flags`, as the CLIs) unless
+``--xla_flags xla_default``.
+
 FLOPs per call from XLA's cost analysis of each compiled function
 (``jit(f).lower(...).compile().cost_analysis()["flops"]``). PyTorch side (``--reference_path``):
 forward, loss + ``backward()``, the reference's full step (``losses.get_step_fn``), with FLOPs
@@ -229,7 +232,14 @@ def main():
                     help="skip ours 'step_before' (one compile of the backward less)")
     ap.add_argument("--smoke", action="store_true",
                     help="shrunk networks, batch 2, 1 repeat: checks the script runs")
+    ap.add_argument("--xla_flags", choices=["project", "xla_default"], default="project",
+                    help="project (default): score_jax.xla_flags's flags, what the CLIs run; "
+                         "xla_default: XLA's own defaults (YNNPACK convolutions)")
     args = ap.parse_args()
+    if args.xla_flags == "project":
+        from score_jax.xla_flags import apply_default_cpu_flags
+
+        apply_default_cpu_flags()  # before the first jax computation (XLA reads them once)
     if args.smoke:
         args.batch_size, args.repeats = 2, 1
     import numpy as np
@@ -258,6 +268,7 @@ def main():
                 times[k].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in times.items()}
         res = {"model": name, "batch": args.batch_size, "repeats": args.repeats,
+               "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "n_params": n_params, "load_avg": os.getloadavg(),
                "median_s": {k: round(v, 4) for k, v in med.items()},
                "min_s": {k: round(float(np.min(v)), 4) for k, v in times.items()},

@@ -18,6 +18,12 @@ project's config of the same name, checks that both forwards agree, and then tim
   + gradient + clip + Adam update + EMA (reference ``losses.get_step_fn`` with
   ``optimization_manager`` and ``ExponentialMovingAverage``; ours ``config.build(...).train_step``).
 
+Our side runs under the project's XLA CPU flags (`score_jax.xla_flags.apply_default_cpu_flags`,
+what train.py / sample.py / evaluate.py run) unless ``--xla_flags xla_default``: under XLA's
+defaults YNNPACK does the convolutions, whose weight gradient is 4x PyTorch's time at 32 x 32 x 128
+(``bench/bench_backward_layers.py``), and the DDPM++ backward 2.4x. The flags in effect are in the
+JSON line (``xla_flags``).
+
 torch runs with ``torch.set_num_threads(2)``, XLA on its CPU thread pool (one thread per core; this
 machine has 2). The reference's CUDA ops (``op/upfirdn2d``, ``op/fused_act``) compile a CUDA
 extension at import time; the script replaces ``torch.utils.cpp_extension.load`` with a stub while
@@ -472,6 +478,11 @@ def main():
                          "(deviation: of the first step's loss)")
     ap.add_argument("--smoke", action="store_true",
                     help="shrunk networks (both sides), batch 2, 1 repeat: checks the script runs")
+    ap.add_argument("--xla_flags", choices=["project", "xla_default"], default="project",
+                    help="side-by-side mode: project (default) = score_jax.xla_flags's flags, "
+                         "what the CLIs run (XLA's Eigen convolutions); xla_default = XLA's own "
+                         "defaults (YNNPACK convolutions; how this script ran before 2026-12-05 "
+                         "19:30 UTC). --flag_sweep manages its flags itself")
     ap.add_argument("--_sweep_worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:
@@ -492,6 +503,10 @@ def main():
         return
     if not args.reference_path:
         ap.error("--reference_path is required (or use --flag_sweep)")
+    if args.xla_flags == "project":
+        from score_jax.xla_flags import apply_default_cpu_flags
+
+        apply_default_cpu_flags()  # before the first jax computation (XLA reads them once)
     # OpenMP's default active (spinning) wait makes torch's 2-thread barriers collapse when the
     # cores are shared with other jobs (20 s instead of 3.6 s per DDPM++ forward at load 15);
     # passive waiting has to be chosen before torch (libgomp) starts.

@@ -29,6 +29,7 @@ BENCH = os.path.join(ROOT, "bench")
 SMOKE: dict[str, list[str]] = {
     "bench_accelerator.py": ["--smoke", "--json", "{tmp}/accelerator.json"],
     "bench_accelerator.sh": ["--smoke", "--json", "{tmp}/accelerator.json"],  # last --json wins
+    "bench_backward_layers.py": ["--smoke"],  # the PyTorch side too where torch is installed
     "bench_async_save.py": ["--mb", "4", "--saves", "2", "--work-s", "0.1", "--digits-steps", "2",
                             "--json", "{tmp}/async.json"],
     "bench_distill.py": ["--workdirs", "{tmp}/none", "--num_samples", "8"],  # rows say "no checkpoint"
