@@ -28,6 +28,8 @@ def main(argv=None):
                    help="sample the raw weights theta instead of the EMA (model.ema_rate)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--nfe", default="1,2,4", help="the NFE rows (2 also runs each of --sigmas)")
+    p.add_argument("--rho", type=float, default=None,
+                   help="sampling.rho of the default grid (default: the config's)")
     args = p.parse_args(argv)
     from configs import digits_distill
 
@@ -40,8 +42,9 @@ def main(argv=None):
     sigmas = [s for s in args.sigmas.split(",") if s]
     runs = [(n, None) for n in nfes if n < 2] + [(2, None) for n in nfes if n == 2]
     runs += [(2, s) for s in sigmas if 2 in nfes] + [(n, None) for n in nfes if n > 2]
+    c0 = digits_distill.get_config(args.config)
     print(f"student {args.workdir} step {args.step or 'latest'}, {'raw weights' if args.raw else 'EMA'}, "
-          f"{args.num_samples} samples, seed {args.seed}")
+          f"{args.num_samples} samples, seed {args.seed}, rho {args.rho or c0.sampling.rho or 7}")
     print("| NFE | intermediate sigma | FD | fresh floor | FD / fresh floor | IS |")
     print("|---|---|---|---|---|---|")
     for n, sig in runs:
@@ -49,13 +52,15 @@ def main(argv=None):
         c.distill.teacher_workdir = args.teacher
         c.sampling.num_steps = n
         c.sampling.sigmas = sig
+        if args.rho is not None:
+            c.sampling.rho = args.rho
         out = sample_lib.sample_from_checkpoint(
             c, workdir=args.workdir, num_samples=args.num_samples, seed=args.seed, step=args.step,
             use_ema=not args.raw,
             output_dir=os.path.join(args.workdir, "bench_sigmas",
-                                    f"{n}_{sig or 'default'}_{'raw' if args.raw else 'ema'}_s{args.seed}"))
+                                    f"{n}_{sig or 'default'}_{'raw' if args.raw else 'ema'}_s{args.seed}_rho{c.sampling.rho}"))
         r = evaluators.digits_report(out["images"], ref)
-        print(f"| {out['nfe']} | {sig or 'default'} | {r['digits_fd']:.3f} | "
+        print(f"| {out['nfe']} | {sig or f'rho {c.sampling.rho or 7:g} grid'} | {r['digits_fd']:.3f} | "
               f"{r['digits_fd_floor_fresh']:.3f} | {r['digits_fd_ratio_fresh']:.2f} | "
               f"{r['digits_is']:.2f} |", flush=True)
 
