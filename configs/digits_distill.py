@@ -17,8 +17,8 @@ converted file). Variants (``arg``):
 - "cd": consistency distillation (CM Algorithm 2): N = 18 (EDM's rho grid on [0.002, 80]),
   Heun teacher step, L2 distance, target stopgrad(theta) (iCT sec. 3.2, ECT) and a sampling EMA
   (model.ema_rate = 0.999 with the warmup ramp: ~0.98 at step 500), batch 128, 500 steps, lr 2e-4
-  with a cosine decay to 0 over the run (bench/RESULTS.md, "Few-step distillation on the digits:
-  the recipe"); sampled with method "consistency" (1 step; ``--config.sampling.num_steps=2`` for
+  with a cosine decay to 0 over the run (bench/RESULTS.md, "Few-step distillation on the digits: the
+  `:cd` recipe"); sampled with method "consistency" (1 step; ``--config.sampling.num_steps=2`` for
   two);
 - "ct": improved consistency training (pseudo-Huber, lognormal levels, curriculum 10 -> 160
   scales over the run), initialised from the teacher (ECT) but without its forward passes;
