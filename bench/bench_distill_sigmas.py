@@ -4,6 +4,7 @@ metric) and at 4 NFE (the default rho grid), in one process:
 
     PYTHONPATH=. python bench/bench_distill_sigmas.py --workdir=workdirs/digits_cd \\
         --teacher=workdirs/digits --sigmas=2.52,1.2,0.8,0.6,0.4
+    ... --raw          # the raw weights instead of the EMA; --seed=1 a second sampling seed
 
 Prints a markdown table: FD of ``--num_samples`` samples (seed 0) over the fresh floor
 (``evaluation.evaluators.digits_report``). "default" = the (num_steps + 1)-point rho = 7 grid.
@@ -23,6 +24,12 @@ def main(argv=None):
     p.add_argument("--sigmas", default="2.52,1.2,0.8,0.6,0.4")
     p.add_argument("--num_samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true",
+                   help="sample the raw weights theta instead of the EMA (model.ema_rate)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--nfe", default="1,2,4", help="the NFE rows (2 also runs each of --sigmas)")
+    p.add_argument("--rho", type=float, default=None,
+                   help="sampling.rho of the default grid (default: the config's)")
     args = p.parse_args(argv)
     from configs import digits_distill
 
@@ -31,7 +38,13 @@ def main(argv=None):
               f"python train.py --config=configs/digits_distill.py:{args.config} --workdir=...)")
         return
     ref = digits.digits_reference(8)
-    runs = [(1, None), (2, None)] + [(2, s) for s in args.sigmas.split(",")] + [(4, None)]
+    nfes = [int(n) for n in args.nfe.split(",")]
+    sigmas = [s for s in args.sigmas.split(",") if s]
+    runs = [(n, None) for n in nfes if n < 2] + [(2, None) for n in nfes if n == 2]
+    runs += [(2, s) for s in sigmas if 2 in nfes] + [(n, None) for n in nfes if n > 2]
+    c0 = digits_distill.get_config(args.config)
+    print(f"student {args.workdir} step {args.step or 'latest'}, {'raw weights' if args.raw else 'EMA'}, "
+          f"{args.num_samples} samples, seed {args.seed}, rho {args.rho or c0.sampling.rho or 7}")
     print("| NFE | intermediate sigma | FD | fresh floor | FD / fresh floor | IS |")
     print("|---|---|---|---|---|---|")
     for n, sig in runs:
@@ -39,11 +52,15 @@ def main(argv=None):
         c.distill.teacher_workdir = args.teacher
         c.sampling.num_steps = n
         c.sampling.sigmas = sig
+        if args.rho is not None:
+            c.sampling.rho = args.rho
         out = sample_lib.sample_from_checkpoint(
-            c, workdir=args.workdir, num_samples=args.num_samples, seed=args.seed,
-            output_dir=os.path.join(args.workdir, "bench_sigmas", f"{n}_{sig or 'default'}"))
+            c, workdir=args.workdir, num_samples=args.num_samples, seed=args.seed, step=args.step,
+            use_ema=not args.raw,
+            output_dir=os.path.join(args.workdir, "bench_sigmas",
+                                    f"{n}_{sig or 'default'}_{'raw' if args.raw else 'ema'}_s{args.seed}_rho{c.sampling.rho}"))
         r = evaluators.digits_report(out["images"], ref)
-        print(f"| {out['nfe']} | {sig or 'default'} | {r['digits_fd']:.3f} | "
+        print(f"| {out['nfe']} | {sig or f'rho {c.sampling.rho or 7:g} grid'} | {r['digits_fd']:.3f} | "
               f"{r['digits_fd_floor_fresh']:.3f} | {r['digits_fd_ratio_fresh']:.2f} | "
               f"{r['digits_is']:.2f} |", flush=True)
 
