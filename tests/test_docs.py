@@ -1,4 +1,4 @@
-"""The documentation runs: every ```python block of README.md and docs/*.md (docs/pending/ excluded),
+"""The documentation runs: every ```python block of README.md and docs/*.md,
 each page's blocks in order in one namespace, in a temporary working directory.
 
 Markers (HTML comments, invisible on GitHub):

@@ -139,7 +139,7 @@ def test_snapshot_warns_when_the_ema_is_dominated_by_the_init():
 
 # Measured on checkpoint 500 of `python train.py --config=configs/digits_cond.py` (the lr is
 # constant, so a 500-step run is that run's first 500 steps), 200 samples (20 per class), w = 2,
-# DPM-Solver 20 steps (docs/pending/ema.md): EMA accuracy 0.950, FD 2.05x the fresh floor, IS
+# DPM-Solver 20 steps (bench/RESULTS.md): EMA accuracy 0.950, FD 2.05x the fresh floor, IS
 # 9.66; raw weights 0.945, 3.07x, IS 9.76. Bounds: about 7 binomial sd (accuracy) and 2x (FD).
 DIGITS_COND_STEPS = 500
 DIGITS_COND_MIN_ACCURACY = 0.85

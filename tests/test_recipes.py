@@ -1,4 +1,4 @@
-"""Every "How to add" recipe of docs/pending/config.md, done exactly as written there, trains
+"""Every "How to add" recipe of docs/extending.md, done exactly as written there, trains
 through the path train.py takes: ``config.build(config)`` + one train step (issue 21 item 1).
 Each recipe touches one file of the user's (here: this test) plus one registration.
 """
