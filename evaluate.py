@@ -1,7 +1,7 @@
 """Evaluate the checkpoints of a training workdir (score_sde ``--mode=eval``).
 
-    python evaluate.py --workdir=workdirs/digits --begin_step=4000 \\
-        --config.eval.enable_bpd=True --config.eval.enable_sampling=True
+    python evaluate.py --workdir=workdirs/digits --begin_step=3000 \\
+        --config.eval.enable_bpd=True --config.eval.enable_sampling=True --config.eval.num_samples=1000
     python evaluate.py --config=configs/vp/cifar10_ddpmpp_continuous.py --workdir=W \\
         --inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz \\
         --config.eval.enable_sampling=True --config.eval.num_samples=50000 --wait

@@ -206,3 +206,27 @@ def test_respell_and_argparse_accept_both_spellings():
     for argv in (["--ref_stats", "s", "--max-images", "3"], ["--ref-stats=s", "--max_images=3"]):
         args = ap.parse_args(argv)
         assert (args.ref_stats, args.max_images) == ("s", 3)
+
+
+def test_missing_config_file_or_bad_variant_is_one_line():
+    """An explicit --config naming a missing file, or a variant its get_config refuses, exits with
+    one line naming the value (not ml_collections' traceback at flag parsing)."""
+    from absl import flags as absl_flags
+
+    from score_jax.config.flags import check_config_file, define_config_flag
+
+    with pytest.raises(SystemExit, match=r"--config=configs/nosuch\.py: no such config file "
+                                         r"'configs/nosuch\.py'.*configs/default_digits\.py"):
+        define_config_flag("config", "configs/default_digits.py",
+                           flag_values=absl_flags.FlagValues(),
+                           argv=["train.py", "--config=configs/nosuch.py"])
+    here = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with pytest.raises(SystemExit, match=r"--config=configs/digits_distill\.py:bogus: .*bogus.*"
+                                             r"valid choices"):
+            check_config_file("configs/digits_distill.py:bogus")
+        check_config_file("configs/digits_distill.py:cd")  # a valid one passes
+        check_config_file(None)
+    finally:
+        os.chdir(here)

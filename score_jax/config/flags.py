@@ -148,6 +148,22 @@ def config_spec(argv, default: str | None, name: str = "config") -> str | None:
     return default
 
 
+def check_config_file(spec: str | None, name: str = "config") -> None:
+    """Exit with one line if an explicit ``--<name>=path[:variant]`` names a missing file or its
+    ``get_config`` refuses the variant (a ValueError), instead of the traceback ml_collections
+    would print at flag parsing."""
+    if spec is None:
+        return
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --{name}={spec}: no such config file {path!r} (the config files "
+                         f"are the .py files under configs/, e.g. configs/default_digits.py)")
+    try:
+        load_config_file(spec)
+    except ValueError as e:
+        raise SystemExit(f"error: --{name}={spec}: {e}") from None
+
+
 def check_overrides(argv, default: str | None, name: str = "config") -> None:
     """Exit with one line if an override in ``argv`` names a key the config does not have."""
     paths = overrides(argv, name)
@@ -172,6 +188,7 @@ def define_config_flag(name: str = "config", default: str | None = None,
     """
     install_none_parsers()
     argv = sys.argv if argv is None else argv
+    check_config_file(config_spec(argv[1:], None, name), name)
     # an explicit --config is only parsed at app.run, where ml_collections would raise a
     # traceback for an unknown key: check the overrides against the named file first
     if overrides(argv[1:], name) and config_spec(argv[1:], None, name) is not None:
@@ -185,5 +202,5 @@ def define_config_flag(name: str = "config", default: str | None = None,
 
 
 __all__ = ["define_config_flag", "define_guidance_scale_flag", "GuidanceScaleParser",
-           "install_none_parsers", "unknown_override", "check_overrides",
+           "install_none_parsers", "unknown_override", "check_overrides", "check_config_file",
            "load_config_file"]

@@ -239,8 +239,9 @@ def check_inception_sha256(path: str, sha256: str | None = PT_INCEPTION_SHA256) 
         raise ValueError(
             f"Inception weights {path!r} {what}, expected sha256 {expected} ({named}). "
             "FIDs are only comparable with the exact FID weights; for other files pass their "
-            "digest explicitly (sha256=..., --inception_sha256=HEX) or skip the check with "
-            "sha256=None / --inception_sha256=none")
+            "digest explicitly (Python: sha256=...; sample.py / evaluate.py / the score CLI: "
+            "--inception_sha256=HEX; `convert inception`: --sha256=HEX) or skip the check with "
+            "sha256=None / --inception_sha256=none / --sha256=none")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
