@@ -245,7 +245,7 @@ def test_tiny_forward_is_finite_and_logits_are_fc_of_pool(variables):
 
 
 def test_sharded_features_equal_single_device(variables):
-    assert jax.device_count() == 8  # tests/conftest.py
+    assert jax.device_count() == 8  # conftest.py
     images = np.random.default_rng(3).integers(0, 256, (11, 20, 20, 3), dtype=np.uint8)
     fn = InceptionFeatures(variables, batch_size=8, image_size=75)
     pool, logits = fn(images)  # 2 chunks of 8, padded, over 8 devices
