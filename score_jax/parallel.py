@@ -69,12 +69,15 @@ def check_fsdp(fsdp: Any, num_devices: int, what: str = "parallel.fsdp") -> int:
     """Validate the parameter-shard group size ``fsdp`` for ``num_devices`` devices; returns it.
 
     Raises:
-      ValueError: naming the value and the valid choices (the divisors of ``num_devices``) when
-        ``fsdp`` is not a positive integer dividing the device count.
+      ValueError: naming the value and the valid choices (the divisors of ``num_devices``):
+        "must be a positive integer" for 0, a negative number, a bool or a non-integer;
+        "does not divide the number of devices" for a positive integer that does not.
     """
     valid = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
-    if (isinstance(fsdp, bool) or not isinstance(fsdp, (int, np.integer)) or fsdp < 1
-            or num_devices % int(fsdp)):
+    if isinstance(fsdp, bool) or not isinstance(fsdp, (int, np.integer)) or fsdp < 1:
+        raise ValueError(f"config.{what}={fsdp!r} must be a positive integer dividing the number "
+                         f"of devices {num_devices}; valid choices: {valid}")
+    if num_devices % int(fsdp):
         raise ValueError(f"config.{what}={fsdp!r} does not divide the number of devices "
                          f"{num_devices}; valid choices: {valid}")
     return int(fsdp)

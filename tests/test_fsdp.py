@@ -65,7 +65,7 @@ def test_fsdp_spec_rule():
     assert parallel.data_sharding(mesh).spec == P(("data", "fsdp"))
 
 
-@pytest.mark.parametrize("fsdp", [3, 0, 16])
+@pytest.mark.parametrize("fsdp", [3, 16])
 def test_bad_fsdp_refused_before_compilation(fsdp, tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before validating"))
     with pytest.raises(ValueError, match=rf"config.parallel.fsdp={fsdp!r} does not divide the "
@@ -73,6 +73,21 @@ def test_bad_fsdp_refused_before_compilation(fsdp, tmp_path, monkeypatch):
         train_lib.train_and_evaluate(_config(fsdp=fsdp), str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"parallel.fsdp=3 does not divide"):
         parallel.make_mesh(8, fsdp=3)
+
+
+@pytest.mark.parametrize("fsdp", [0, -2, True, 2.0, "2"])
+def test_non_positive_or_non_integer_fsdp_is_not_a_divisor_question(fsdp):
+    """``--config.parallel.fsdp=0`` (or -2, True, 2.0, "2") is not "a value that does not divide
+    the device count" (0 divides nothing; the others are not group sizes): the error says it must
+    be a positive integer, and lists the valid choices as for a non-divisor."""
+    with pytest.raises(ValueError) as e:
+        parallel.check_fsdp(fsdp, 8)
+    assert str(e.value) == (f"config.parallel.fsdp={fsdp!r} must be a positive integer dividing "
+                            f"the number of devices 8; valid choices: [1, 2, 4, 8]")
+    if type(fsdp) is int:  # the config's fsdp field is an int: the others cannot be set there
+        with pytest.raises(ValueError, match=rf"fsdp={fsdp} must be a positive integer dividing "
+                                             rf"the number of devices 8; valid choices: \[1, 2"):
+            config_lib.validate_config(_config(fsdp=fsdp), num_devices=8)
 
 
 def test_bad_grad_accum_refused():
