@@ -1,7 +1,7 @@
 """Evaluate the checkpoints of a training workdir (score_sde ``--mode=eval``).
 
     python evaluate.py --workdir=workdirs/digits --begin_step=3000 \\
-        --config.eval.enable_bpd=True --config.eval.enable_sampling=True --config.eval.num_samples=1000
+        --config.eval.enable_bpd=True --config.eval.enable_sampling=True
     python evaluate.py --config=configs/vp/cifar10_ddpmpp_continuous.py --workdir=W \\
         --inception=pt_inception-2015-12-05-6726825d.pth --ref_stats=cifar10_stats.npz \\
         --config.eval.enable_sampling=True --config.eval.num_samples=50000 --wait
@@ -11,9 +11,11 @@ For every checkpoint of ``<workdir>/checkpoints`` in ``--begin_step .. --end_ste
 numbering) it computes what ``config.eval`` enables: the test loss (``enable_loss``), bits/dim
 with ``eval.bpd_num_repeats`` dequantisations (``enable_bpd``), ``eval.num_samples`` samples and
 their FID / IS / KID (``enable_sampling``; without ``--inception`` the samples are saved and the
-metrics skipped). Results: ``<workdir>/<eval_folder>/report_<step>.json``, ``summary.json`` and
-TensorBoard scalars. Rerunning the command resumes: finished checkpoints are skipped and an
-interrupted one continues at its next round; SIGTERM stops after the current round.
+metrics skipped; the digits configs draw 1000 samples and score the digits metric, the N the
+README reports; the CIFAR-style configs keep the reference 50000). Results:
+``<workdir>/<eval_folder>/report_<step>.json``, ``summary.json`` and TensorBoard scalars.
+Rerunning the command resumes: finished checkpoints are skipped and an interrupted one continues
+at its next round; SIGTERM stops after the current round.
 """
 import json
 import logging

@@ -300,6 +300,22 @@ def test_digits_evaluate_range_starts_at_the_first_snapshot():
     assert step_range(c)[0] == c.training.snapshot_freq == c.training.n_iters
 
 
+def test_evaluate_sample_count_is_the_documented_one_per_dataset():
+    """``evaluate.py --workdir=workdirs/digits`` draws the 1000 samples at which the README and
+    docs report the digits metric (``configs.default_digits.DIGITS_EVAL_SAMPLES``), in every
+    digits config; the CIFAR / CelebA / LSUN ones keep the reference FID protocol, 50000."""
+    from configs.default_digits import DIGITS_EVAL_SAMPLES
+
+    assert DIGITS_EVAL_SAMPLES == 1000
+    seen = set()
+    for path in _WITH_GET_CONFIG:
+        c = load(path)
+        digits = c.data.dataset.startswith("DIGITS")
+        seen.add(digits)
+        assert c.eval.num_samples == (1000 if digits else 50000), (path, c.eval.num_samples)
+    assert seen == {True, False}
+
+
 def test_pc_keys_set_for_another_method_are_refused():
     """Every config carries pc's keys; at their schema default they are skipped for other
     methods, set to anything else they would be ignored silently, so they are refused."""
