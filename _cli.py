@@ -1,5 +1,7 @@
-"""Process-wide setup shared by the entry points train.py, sample.py and evaluate.py (library
-code never flips jax.config or installs handlers; the CLIs do, here)."""
+"""Process-wide setup shared by the entry points train.py, sample.py, evaluate.py and txt2img.py
+(library code never flips jax.config or installs handlers; the CLIs do, here): `setup_process`,
+and `respell_argv`, the argv every CLI parses (both flag spellings, ``--help`` exiting 0, a
+repeated flag refused)."""
 import logging
 import os
 import sys
@@ -31,20 +33,93 @@ def setup_process(compilation_cache):
     return cache
 
 
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def _exits_zero(cls):
+    """absl's help flag class ``cls`` with exit status 0 after printing the help (absl's own
+    exit with 1, as if the command had failed)."""
+
+    class ExitZero(cls):
+        def parse(self, arg):
+            try:
+                super().parse(arg)
+            except SystemExit as e:
+                if e.code == 1:  # absl's _exit_before_main(1) after the help was printed
+                    raise SystemExit(0) from None
+                raise
+
+    ExitZero.__name__ = ExitZero.__qualname__ = cls.__name__
+    ExitZero.exits_zero = True
+    return ExitZero
+
+
+def install_help_flags():
+    """Replace absl's ``--help`` (``-?``), ``--helpshort``, ``--helpfull`` and ``--helpxml`` in
+    ``absl.flags.FLAGS`` by the same flags exiting with status 0 after printing the help, as
+    argparse and every other CLI do (absl's exit 1 reads as a failure in scripts and CI).
+    Idempotent; ``app.run`` keeps them (absl defines its help flags once)."""
+    from absl import app, flags
+
+    app.define_help_flags()
+    for cls in (app.HelpFlag, app.HelpshortFlag, app.HelpfullFlag, app.HelpXMLFlag):
+        flag = _exits_zero(cls)()
+        if getattr(flags.FLAGS[flag.name], "exits_zero", False):
+            continue
+        for name in (flag.name, flag.short_name):
+            if name is not None and name in flags.FLAGS:
+                delattr(flags.FLAGS, name)
+        flags.DEFINE_flag(flag, module_name="absl.app")
+
+
+def _wants_help(argv) -> bool:
+    for a in argv[1:]:
+        if a == "--":
+            return False
+        if a.startswith("-") and a.lstrip("-").split("=", 1)[0] in HELP_FLAGS:
+            return True
+    return False
+
+
 def respell_argv(argv=None, flag_values=None):
-    """``argv`` (default ``sys.argv``) with the other spelling of a defined flag rewritten to
-    the defined one (``--ref-stats`` -> ``--ref_stats``, ``--no-ema`` -> ``--noema``;
-    `score_jax.cli_args.respell`): every CLI accepts both spellings; the documented one has
-    underscores. Pass the result to ``app.run(main, argv=...)``."""
+    """``argv`` (default ``sys.argv``) as every CLI parses it; pass the result to
+    ``app.run(main, argv=...)``:
+
+    - the other spelling of a defined flag is rewritten to the defined one (``--ref-stats`` ->
+      ``--ref_stats``, ``--no-ema`` -> ``--noema``, ``--config.training.n-iters`` ->
+      ``--config.training.n_iters``; `score_jax.cli_args.respell`): every CLI accepts both
+      spellings; the documented one has underscores;
+    - ``-h`` is ``--help``, and ``--help`` / ``-h`` / ``-?`` / ``--helpshort`` / ``--helpfull`` /
+      ``--helpxml`` print the help and exit with status 0 (`install_help_flags`; absl exits 1);
+    - a flag given twice with different values (``--workdir=a --workdir=b``,
+      ``--config.training.n_iters=5 --config.training.n-iters=7``) exits with status 1 and one
+      line naming the flag and both values (`score_jax.cli_args.repeated_flag`), instead of
+      absl silently keeping the last; multi flags (txt2img.py's ``--prompt``) may repeat.
+
+    Raises:
+      SystemExit: a repeated flag (``error: --NAME is given twice with different values (...)``).
+    """
     from absl import flags
 
-    from score_jax.cli_args import respell
+    from score_jax.cli_args import repeated_flag, respell
 
     flag_values = flags.FLAGS if flag_values is None else flag_values
     argv = sys.argv if argv is None else argv
+    if flag_values is flags.FLAGS:
+        install_help_flags()
     names = list(flag_values)
     booleans = [n for n in names if isinstance(flag_values[n], flags.BooleanFlag)]
-    return respell(argv, names, negatable=booleans)
+    out = respell(argv, names, negatable=booleans)
+    if "h" not in names and "-h" in out:
+        end = out.index("--") if "--" in out else len(out)
+        out = [("--help" if a == "-h" and i < end else a) for i, a in enumerate(out)]
+    if not _wants_help(out):
+        msg = repeated_flag(out, names, booleans=[n for n in names if flag_values[n].boolean],
+                            repeatable=[n for n in names
+                                        if isinstance(flag_values[n], flags.MultiFlag)])
+        if msg is not None:
+            raise SystemExit(f"error: {msg}")
+    return out
 
 
 COMPILATION_CACHE_HELP = ("Persistent XLA compilation cache folder (default $SCORE_JAX_CACHE or "

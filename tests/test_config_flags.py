@@ -101,6 +101,7 @@ def test_help_lists_the_config_flag(cli):
     own = text.split(f"{cli}:", 1)
     assert len(own) == 2, text[-2000:]
     assert "--config:" in own[1].split("Try --helpfull", 1)[0]
+    assert out.returncode == 0, (out.returncode, text[-2000:])  # absl's own help exits 1
 
 
 def test_sample_refuses_zero_samples_before_loading_anything():
@@ -230,3 +231,82 @@ def test_missing_config_file_or_bad_variant_is_one_line():
         check_config_file(None)
     finally:
         os.chdir(here)
+
+
+# ---------------------------------------------------------------------------------------------
+# _cli.respell_argv: --help / -h exit 0, a repeated flag is refused in one line (in-process)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["help", "?", "helpshort", "helpfull", "helpxml"])
+def test_help_flags_print_the_help_and_exit_zero(name, capsys):
+    """absl's help flags print the help and exit with status 1; the CLIs' (installed by
+    ``_cli.respell_argv``) exit with 0, as argparse does. ``-h`` is ``--help``."""
+    from absl import flags
+
+    import _cli
+
+    assert _cli.respell_argv(["train.py", "-h", "--", "-h"]) == ["train.py", "--help", "--", "-h"]
+    _cli.install_help_flags()  # idempotent
+    with pytest.raises(SystemExit) as e:
+        flags.FLAGS[name].parse("true")
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    assert ("<AllFlags>" if name == "helpxml" else "--helpfull") in printed
+    flags.FLAGS[name].parse("false")  # not asked: nothing printed, no exit
+    assert capsys.readouterr().out == ""
+
+
+def test_repeated_flag_names_the_flag_and_both_values():
+    from score_jax.cli_args import repeated_flag
+
+    known = ["workdir", "seed", "ema", "prompt", "config.training.n_iters"]
+    kw = dict(booleans=["ema"], repeatable=["prompt"])
+    msg = repeated_flag(["train.py", "--workdir=a", "--seed", "3", "--workdir=b"], known, **kw)
+    assert msg == "--workdir is given twice with different values (--workdir=a and --workdir=b); give it once"
+    assert repeated_flag(["p", "--seed", "-1", "-seed=2"], known, **kw) == (
+        "--seed is given twice with different values (--seed -1 and -seed=2); give it once")
+    assert repeated_flag(["p", "--config.training.n_iters=5", "--config.training.n_iters=7"], known,
+                         **kw) == ("--config.training.n_iters is given twice with different values "
+                                   "(--config.training.n_iters=5 and --config.training.n_iters=7); "
+                                   "give it once")
+    assert "--ema is given twice with different values (--ema and --noema)" in repeated_flag(
+        ["p", "--ema", "--noema"], known, **kw)
+    assert "(--noema and --ema=True)" in repeated_flag(["p", "--noema", "--ema=True"], known, **kw)
+    for fine in (["p", "--prompt=a", "--prompt", "b"],  # a multi flag
+                 ["p", "--noema", "--noema", "--ema=false"],  # the same value
+                 ["p", "--workdir=a", "--workdir", "a"],
+                 ["p", "--workdir=a", "--", "--workdir=b"],  # after --: not flags
+                 ["p", "--bogus=1", "--bogus=2"],  # unknown: absl reports it
+                 ["p", "--seed", "--workdir=a", "--workdir=b"]):  # --seed's value is "--workdir=a"
+        assert repeated_flag(fine, known, **kw) is None, fine
+
+
+def test_respell_argv_refuses_a_repeated_flag_in_any_spelling():
+    """``_cli.respell_argv`` (what every absl CLI passes to app.run): a config override in both
+    spellings (``--config.training.n-iters`` is ``--config.training.n_iters``) or a flag twice
+    with different values exits with one line; the hyphen spelling of an override parses."""
+    from absl import flags
+
+    import _cli
+    from score_jax.config.flags import define_config_flag
+
+    cfg = os.path.join(ROOT, "configs", "default_digits.py")
+
+    def cli(*args):
+        argv = ["train.py", *args]
+        fv = flags.FlagValues()
+        define_config_flag("config", cfg, flag_values=fv, argv=argv)
+        flags.DEFINE_string("workdir", None, "w", flag_values=fv)
+        flags.DEFINE_multi_string("prompt", None, "p", flag_values=fv)
+        out = _cli.respell_argv(argv, fv)
+        fv(out)
+        return fv
+
+    assert cli("--config.training.n-iters=5").config.training.n_iters == 5
+    assert cli("--prompt=a", "--prompt=b", "--workdir=w", "--workdir", "w").prompt == ["a", "b"]
+    with pytest.raises(SystemExit, match=r"^error: --config\.training\.n_iters is given twice with "
+                                         r"different values \(--config\.training\.n_iters=5 and "
+                                         r"--config\.training\.n_iters=7\); give it once$"):
+        cli("--config.training.n_iters=5", "--config.training.n-iters=7")
+    with pytest.raises(SystemExit, match=r"^error: --workdir is given twice with different values "
+                                         r"\(--workdir=a and --workdir b\)"):
+        cli("--workdir=a", "--workdir", "b")

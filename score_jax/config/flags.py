@@ -186,8 +186,11 @@ def define_config_flag(name: str = "config", default: str | None = None,
     Raises:
       SystemExit: an override names an unknown key (the message names it and the valid keys).
     """
+    from score_jax.cli_args import respell
+
     install_none_parsers()
-    argv = sys.argv if argv is None else argv
+    # --config.training.n-iters is --config.training.n_iters (as _cli.respell_argv gives app.run)
+    argv = respell(sys.argv if argv is None else argv, ())
     check_config_file(config_spec(argv[1:], None, name), name)
     # an explicit --config is only parsed at app.run, where ml_collections would raise a
     # traceback for an unknown key: check the overrides against the named file first
