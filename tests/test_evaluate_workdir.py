@@ -249,6 +249,29 @@ def test_checkpoint_range_errors(trained):
         wd_lib.step_range(config, begin_step=5, end_step=4)
 
 
+def test_a_failed_run_leaves_no_empty_eval_folder(tmp_path):
+    """A run that fails before writing anything (no checkpoint in the range, a missing Inception
+    file) leaves no ``eval/`` (nor ``eval/tensorboard/``, nor a nested ``--eval_folder``'s
+    parents) behind; an eval folder that existed before is kept, with its files."""
+    config = _config()
+    wd = tmp_path / "wd"
+    os.makedirs(wd / "checkpoints")  # a workdir whose training saved nothing yet
+    for kw in ({}, {"inception_path": str(tmp_path / "nosuch.pth")}, {"eval_folder": "runs/a/eval"}):
+        with pytest.raises((ValueError, FileNotFoundError), match="no checkpoint|does not exist"):
+            wd_lib.evaluate_workdir(config, str(wd), model=TinyNet(), progress=False, **kw)
+        assert sorted(os.listdir(wd)) == ["checkpoints"], kw
+    os.makedirs(wd / "eval")
+    (wd / "eval" / "notes.txt").write_text("mine")
+    os.makedirs(wd / "empty")
+    for folder in ("eval", "empty"):
+        with pytest.raises(ValueError, match="no checkpoint"):
+            wd_lib.evaluate_workdir(config, str(wd), eval_folder=folder, model=TinyNet(),
+                                    progress=False)
+    assert sorted(os.listdir(wd)) == ["checkpoints", "empty", "eval"]
+    assert os.listdir(wd / "eval") == ["notes.txt"] and os.listdir(wd / "empty") == []
+    assert (wd / "eval" / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_fid_with_inception_weights_file(trained, tmp_path):
     """The --inception path: a randomly initialised FID Inception in the converter's .npz layout

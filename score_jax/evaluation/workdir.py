@@ -24,6 +24,11 @@ named by its training step, the only identifier that a rolling checkpoint also h
     report_{step}.json     eval_loss, bpd, fid, is, kid, ... of one checkpoint
     summary.json           every report, and the best step per metric
     tensorboard/           eval/loss, eval/bpd, eval/fid, eval/is, eval/kid at the step
+                           (created with the first scalar)
+
+A run that fails before writing anything (no checkpoint in the range, a missing Inception file,
+a checkpoint that cannot be restored, ...) removes the folders it created (``eval_dir`` and
+the parents it made, when still empty); existing content is never deleted.
 
 Preemption: every part is written as soon as it is finished (a round file, or a report key), so
 a rerun skips finished checkpoints, finished parts and finished rounds and produces the numbers of
@@ -34,6 +39,7 @@ the current round finishes, then `evaluate_workdir` returns with ``preempted=Tru
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -185,42 +191,41 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     b = config_lib.build(config, mesh=mesh, model=model)  # validates the config
     opts = _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
                     wait)
-    per_process = int(config.eval.batch_size) // jax.process_count()
-    inception_fn, reference = _inception_and_reference(
-        opts, inception_path, inception_fn, reference_stats, per_process, inception_sha256,
-        ref_stats_resize)
-    seed = int(config.seed if seed is None else seed)
-    keys = tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3))
-    evaluators = workdir_evaluators(
-        config, b, opts.eval_dir, keys=keys, num_samples=opts.num_samples,
-        bpd_repeats=opts.bpd_repeats, per_process=per_process, inception_fn=inception_fn,
-        reference=reference, save_samples=save_samples, progress=progress,
-        should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
-    if not evaluators:
-        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
-                    "eval.enable_sampling are all False")
-    writer = None
-    if jax.process_index() == 0:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(opts.eval_dir, "tensorboard"))
-    checkpointer = TrainCheckpointer(workdir, read_only=True)
-    walk = _Walk(config, workdir, opts, evaluators, b.abstract_state, checkpointer, writer,
-                 should_stop, progress, poll_seconds)
-    try:
-        walk.run()
-    except Preempted:
-        walk.preempted = True
-        log.warning("preemption requested: stopped after the current round; rerun the same "
-                    "command to resume (finished rounds and checkpoints are kept in %s)",
-                    opts.eval_dir)
-    finally:
-        walk.close()
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
-    summary_path = write_summary(opts.eval_dir) if jax.process_index() == 0 else None
-    return {"eval_dir": opts.eval_dir, "reports": walk.reports, "evaluated": walk.evaluated,
-            "skipped": walk.skipped, "preempted": walk.preempted, "summary": summary_path}
+    with _removed_if_failed(opts.created):  # a failed run leaves no empty eval/ behind
+        per_process = int(config.eval.batch_size) // jax.process_count()
+        inception_fn, reference = _inception_and_reference(
+            opts, inception_path, inception_fn, reference_stats, per_process, inception_sha256,
+            ref_stats_resize)
+        seed = int(config.seed if seed is None else seed)
+        keys = tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3))
+        evaluators = workdir_evaluators(
+            config, b, opts.eval_dir, keys=keys, num_samples=opts.num_samples,
+            bpd_repeats=opts.bpd_repeats, per_process=per_process, inception_fn=inception_fn,
+            reference=reference, save_samples=save_samples, progress=progress,
+            should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
+        if not evaluators:
+            log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
+                        "eval.enable_sampling are all False")
+        tb_dir = os.path.join(opts.eval_dir, "tensorboard")
+        writer = _LazyWriter(tb_dir) if jax.process_index() == 0 else None
+        checkpointer = TrainCheckpointer(workdir, read_only=True)
+        walk = _Walk(config, workdir, opts, evaluators, b.abstract_state, checkpointer, writer,
+                     should_stop, progress, poll_seconds)
+        try:
+            walk.run()
+        except Preempted:
+            walk.preempted = True
+            log.warning("preemption requested: stopped after the current round; rerun the same "
+                        "command to resume (finished rounds and checkpoints are kept in %s)",
+                        opts.eval_dir)
+        finally:
+            walk.close()
+            checkpointer.close()
+            if writer is not None:
+                writer.close()
+        summary_path = write_summary(opts.eval_dir) if jax.process_index() == 0 else None
+        return {"eval_dir": opts.eval_dir, "reports": walk.reports, "evaluated": walk.evaluated,
+                "skipped": walk.skipped, "preempted": walk.preempted, "summary": summary_path}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,12 +243,13 @@ class _Options:
     wait: bool
     last: int | None
     fid_resize: str
+    created: tuple[str, ...] = ()  # the folders this run made (eval_dir and its new parents)
 
 
 def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
              wait) -> _Options:
     """Check the options (ValueError / FileNotFoundError before anything is computed) and create
-    ``<workdir>/<eval_folder>``."""
+    ``<workdir>/<eval_folder>`` (``created``: the folders made, for `_remove_if_empty`)."""
     from score_jax.checkpoint import checkpoint_dir
 
     e, t = config.eval, config.training
@@ -267,9 +273,61 @@ def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bp
             raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
                              f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
     eval_dir = os.path.join(workdir, eval_folder)
-    os.makedirs(eval_dir, exist_ok=True)
+    created = _makedirs(eval_dir)
     return _Options(eval_dir, lo, hi, num_samples, bpd_repeats, enable_bpd, enable_sampling,
-                    bool(wait), last, fid_resize)
+                    bool(wait), last, fid_resize, created)
+
+
+def _makedirs(path: str) -> tuple[str, ...]:
+    """``os.makedirs(path, exist_ok=True)``; returns the folders it created, outermost first."""
+    missing, p = [], os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    return tuple(reversed(missing))
+
+
+@contextlib.contextmanager
+def _removed_if_failed(created: tuple[str, ...]):
+    """On any exception (then re-raised), `_remove_if_empty` the folders ``created``."""
+    try:
+        yield
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _remove_if_empty(created: tuple[str, ...]) -> None:
+    """Remove the folders of ``created`` (outermost first), innermost first, while they are empty:
+    ``os.rmdir`` refuses a folder with anything in it, so nothing written is deleted."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (something was written), or already gone (another process)
+            return
+
+
+class _LazyWriter:
+    """A tensorboardX ``SummaryWriter`` on ``logdir`` opened at the first scalar, so that a run
+    that writes no scalar creates no ``tensorboard/`` folder."""
+
+    def __init__(self, logdir: str):
+        self.logdir, self.writer = logdir, None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(self.logdir)
+        self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _inception_and_reference(opts: _Options, inception_path, inception_fn, reference_stats,
