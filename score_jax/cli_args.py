@@ -135,14 +135,23 @@ def repeated_flag(argv: Sequence[str], known: Collection[str], *,
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` accepting ``--a_b`` and ``--a-b`` for every long option
-    ``--a_b`` / ``--a-b`` it (or a subparser made by ``add_subparsers``) defines."""
+    ``--a_b`` / ``--a-b`` it (or a subparser made by ``add_subparsers``) defines, and refusing a
+    single-valued long option given twice with different values (`repeated_flag`; argparse's
+    usage line and ``error: ...``, exit status 2) instead of keeping the last silently.
+    ``append`` / ``count`` options may repeat."""
 
     def parse_known_args(self, args=None, namespace=None):
         import sys
 
         args = sys.argv[1:] if args is None else list(args)
-        known = [s[2:] for s in self._option_string_actions if s.startswith("--")]
-        return super().parse_known_args(respell(args, known), namespace)
+        actions = {s[2:]: a for s, a in self._option_string_actions.items() if s.startswith("--")}
+        args = respell(args, actions)
+        single = [n for n, a in actions.items()  # store / store_true / store_const: one value
+                  if isinstance(a, argparse._StoreAction | argparse._StoreConstAction)]
+        msg = repeated_flag(args, single, booleans=[n for n in single if actions[n].nargs == 0])
+        if msg is not None:
+            self.error(msg)
+        return super().parse_known_args(args, namespace)
 
 
 def existing_path(value: str) -> str:

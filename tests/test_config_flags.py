@@ -310,3 +310,25 @@ def test_respell_argv_refuses_a_repeated_flag_in_any_spelling():
     with pytest.raises(SystemExit, match=r"^error: --workdir is given twice with different values "
                                          r"\(--workdir=a and --workdir b\)"):
         cli("--workdir=a", "--workdir", "b")
+
+
+def test_argparse_subcommands_refuse_a_repeated_option(capsys):
+    """The package's argparse CLIs (`score_jax.cli_args.ArgumentParser`: convert, stats, score,
+    records) refuse a single-valued option given twice with different values, in either
+    spelling; the same value twice and ``append`` options pass."""
+    from score_jax.cli_args import ArgumentParser
+
+    ap = ArgumentParser(prog="score")
+    ap.add_argument("--ref_stats")
+    ap.add_argument("--max-images", type=int)
+    ap.add_argument("--save_features", action="store_true")
+    ap.add_argument("--image", action="append")
+    args = ap.parse_args(["--ref_stats=a", "--ref-stats", "a", "--image=x", "--image=y",
+                          "--save_features", "--save-features"])
+    assert (args.ref_stats, args.image, args.save_features) == ("a", ["x", "y"], True)
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["--max-images=3", "--ref_stats=a", "--max_images", "4"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "score: error: --max-images is given twice with different values (--max-images=3 and "
+        "--max-images 4); give it once")
