@@ -28,7 +28,7 @@ named by its training step, the only identifier that a rolling checkpoint also h
 
 A run that fails before writing anything (no checkpoint in the range, a missing Inception file,
 a checkpoint that cannot be restored, ...) removes the folders it created (``eval_dir`` and
-the parents it made, when still empty); existing content is never deleted.
+the parents it made, while they are empty); existing content is never deleted.
 
 Preemption: every part is written as soon as it is finished (a round file, or a report key), so
 a rerun skips finished checkpoints, finished parts and finished rounds and produces the numbers of
@@ -39,8 +39,8 @@ the current round finishes, then `evaluate_workdir` returns with ``preempted=Tru
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -122,6 +122,33 @@ def _tqdm(progress: bool, **kwargs):
 # ----------------------------------------------------------------------------------------------
 # evaluate_workdir
 # ----------------------------------------------------------------------------------------------
+def _no_empty_folders_on_failure(fn):
+    """``fn(config, workdir, *, eval_folder, ...)`` that, when it raises (any exception, then
+    re-raised), removes the folders of ``<workdir>/<eval_folder>`` that did not exist before
+    the call, innermost first, while they are empty (``os.rmdir`` refuses a folder with anything
+    in it, so nothing written, and nothing that existed before, is deleted)."""
+
+    @functools.wraps(fn)
+    def wrapper(config, workdir, *args, eval_folder: str = "eval", **kwargs):
+        new, p = [], os.path.abspath(os.path.join(workdir, eval_folder))
+        while not os.path.isdir(p) and os.path.dirname(p) != p:
+            new.append(p)
+            p = os.path.dirname(p)
+        try:
+            return fn(config, workdir, *args, eval_folder=eval_folder, **kwargs)
+        except BaseException:
+            for folder in new:  # innermost first
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty (something was written) or not there (never made)
+                    if os.path.exists(folder):
+                        break
+            raise
+
+    return wrapper
+
+
+@_no_empty_folders_on_failure
 def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
                      inception_path: str | None = None,
                      inception_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -181,6 +208,7 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     Raises:
       ValueError: invalid config or options (before anything is computed).
       CheckpointError: a kept checkpoint cannot be restored.
+      (On any error the folders this call created and left empty are removed.)
     """
     from score_jax import config as config_lib
     from score_jax import preemption
@@ -191,41 +219,63 @@ def evaluate_workdir(config, workdir: str, *, eval_folder: str = "eval",
     b = config_lib.build(config, mesh=mesh, model=model)  # validates the config
     opts = _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
                     wait)
-    with _removed_if_failed(opts.created):  # a failed run leaves no empty eval/ behind
-        per_process = int(config.eval.batch_size) // jax.process_count()
-        inception_fn, reference = _inception_and_reference(
-            opts, inception_path, inception_fn, reference_stats, per_process, inception_sha256,
-            ref_stats_resize)
-        seed = int(config.seed if seed is None else seed)
-        keys = tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3))
-        evaluators = workdir_evaluators(
-            config, b, opts.eval_dir, keys=keys, num_samples=opts.num_samples,
-            bpd_repeats=opts.bpd_repeats, per_process=per_process, inception_fn=inception_fn,
-            reference=reference, save_samples=save_samples, progress=progress,
-            should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
-        if not evaluators:
-            log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
-                        "eval.enable_sampling are all False")
-        tb_dir = os.path.join(opts.eval_dir, "tensorboard")
-        writer = _LazyWriter(tb_dir) if jax.process_index() == 0 else None
-        checkpointer = TrainCheckpointer(workdir, read_only=True)
-        walk = _Walk(config, workdir, opts, evaluators, b.abstract_state, checkpointer, writer,
-                     should_stop, progress, poll_seconds)
-        try:
-            walk.run()
-        except Preempted:
-            walk.preempted = True
-            log.warning("preemption requested: stopped after the current round; rerun the same "
-                        "command to resume (finished rounds and checkpoints are kept in %s)",
-                        opts.eval_dir)
-        finally:
-            walk.close()
-            checkpointer.close()
-            if writer is not None:
-                writer.close()
-        summary_path = write_summary(opts.eval_dir) if jax.process_index() == 0 else None
-        return {"eval_dir": opts.eval_dir, "reports": walk.reports, "evaluated": walk.evaluated,
-                "skipped": walk.skipped, "preempted": walk.preempted, "summary": summary_path}
+    per_process = int(config.eval.batch_size) // jax.process_count()
+    inception_fn, reference = _inception_and_reference(
+        opts, inception_path, inception_fn, reference_stats, per_process, inception_sha256,
+        ref_stats_resize)
+    seed = int(config.seed if seed is None else seed)
+    keys = tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), 3))
+    evaluators = workdir_evaluators(
+        config, b, opts.eval_dir, keys=keys, num_samples=opts.num_samples,
+        bpd_repeats=opts.bpd_repeats, per_process=per_process, inception_fn=inception_fn,
+        reference=reference, save_samples=save_samples, progress=progress,
+        should_stop=should_stop, eval_ds=eval_ds, bpd_ds=bpd_ds)
+    if not evaluators:
+        log.warning("nothing to evaluate: eval.enable_loss, eval.enable_bpd and "
+                    "eval.enable_sampling are all False")
+    writer = None
+    if jax.process_index() == 0:  # the folder is made with the first scalar
+        writer = _LazyWriter(os.path.join(opts.eval_dir, "tensorboard"))
+    checkpointer = TrainCheckpointer(workdir, read_only=True)
+    walk = _Walk(config, workdir, opts, evaluators, b.abstract_state, checkpointer, writer,
+                 should_stop, progress, poll_seconds)
+    try:
+        walk.run()
+    except Preempted:
+        walk.preempted = True
+        log.warning("preemption requested: stopped after the current round; rerun the same "
+                    "command to resume (finished rounds and checkpoints are kept in %s)",
+                    opts.eval_dir)
+    finally:
+        walk.close()
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+    summary_path = write_summary(opts.eval_dir) if jax.process_index() == 0 else None
+    return {"eval_dir": opts.eval_dir, "reports": walk.reports, "evaluated": walk.evaluated,
+            "skipped": walk.skipped, "preempted": walk.preempted, "summary": summary_path}
+
+
+class _LazyWriter:
+    """A tensorboardX ``SummaryWriter`` on ``logdir`` opened at the first scalar, so that a run
+    that writes no scalar creates no ``tensorboard/`` folder."""
+
+    def __init__(self, logdir: str):
+        self.logdir, self.writer = logdir, None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(self.logdir)
+        self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +293,12 @@ class _Options:
     wait: bool
     last: int | None
     fid_resize: str
-    created: tuple[str, ...] = ()  # the folders this run made (eval_dir and its new parents)
 
 
 def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bpd_repeats,
              wait) -> _Options:
     """Check the options (ValueError / FileNotFoundError before anything is computed) and create
-    ``<workdir>/<eval_folder>`` (``created``: the folders made, for `_remove_if_empty`)."""
+    ``<workdir>/<eval_folder>``."""
     from score_jax.checkpoint import checkpoint_dir
 
     e, t = config.eval, config.training
@@ -273,61 +322,9 @@ def _options(config, workdir, eval_folder, begin_step, end_step, num_samples, bp
             raise ValueError(f"--wait: no snapshot can appear in steps [{lo}, {hi}] "
                              f"(training.snapshot_freq={freq}, training.n_iters={n_iters})")
     eval_dir = os.path.join(workdir, eval_folder)
-    created = _makedirs(eval_dir)
+    os.makedirs(eval_dir, exist_ok=True)
     return _Options(eval_dir, lo, hi, num_samples, bpd_repeats, enable_bpd, enable_sampling,
-                    bool(wait), last, fid_resize, created)
-
-
-def _makedirs(path: str) -> tuple[str, ...]:
-    """``os.makedirs(path, exist_ok=True)``; returns the folders it created, outermost first."""
-    missing, p = [], os.path.abspath(path)
-    while not os.path.isdir(p):
-        missing.append(p)
-        p = os.path.dirname(p)
-    os.makedirs(path, exist_ok=True)
-    return tuple(reversed(missing))
-
-
-@contextlib.contextmanager
-def _removed_if_failed(created: tuple[str, ...]):
-    """On any exception (then re-raised), `_remove_if_empty` the folders ``created``."""
-    try:
-        yield
-    except BaseException:
-        _remove_if_empty(created)
-        raise
-
-
-def _remove_if_empty(created: tuple[str, ...]) -> None:
-    """Remove the folders of ``created`` (outermost first), innermost first, while they are empty:
-    ``os.rmdir`` refuses a folder with anything in it, so nothing written is deleted."""
-    for folder in reversed(created):
-        try:
-            os.rmdir(folder)
-        except OSError:  # not empty (something was written), or already gone (another process)
-            return
-
-
-class _LazyWriter:
-    """A tensorboardX ``SummaryWriter`` on ``logdir`` opened at the first scalar, so that a run
-    that writes no scalar creates no ``tensorboard/`` folder."""
-
-    def __init__(self, logdir: str):
-        self.logdir, self.writer = logdir, None
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is None:
-            from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(self.logdir)
-        self.writer.add_scalar(tag, value, step)
-
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+                    bool(wait), last, fid_resize)
 
 
 def _inception_and_reference(opts: _Options, inception_path, inception_fn, reference_stats,
