@@ -119,7 +119,22 @@ def load_reference(*, resize: str, ref_stats: str | None = None, ref_images: str
 def score_images(images: np.ndarray, inception_fn, *, reference: dict[str, Any] | None = None,
                  ref_images: np.ndarray | None = None, resize: str) -> dict[str, Any]:
     """FID / IS / KID of uint8 ``images`` against ``reference`` (``load_stats`` dict) or
-    ``ref_images`` (both through ``inception_fn``, whose convention is ``resize``)."""
+    ``ref_images`` (both through ``inception_fn``, whose convention is ``resize``).
+    `InceptionStream` + `score_features` give the same numbers from batches."""
+    reference = reference_statistics(inception_fn, reference=reference, ref_images=ref_images,
+                                     resize=resize)
+    pool, logits = inception_fn(images)
+    return metrics_report(pool, logits, reference)
+
+
+def reference_statistics(inception_fn, *, reference: dict[str, Any] | None = None,
+                         ref_images: np.ndarray | None = None, resize: str) -> dict[str, Any]:
+    """``reference`` (checked to be in convention ``resize``), or the statistics of uint8
+    ``ref_images`` through ``inception_fn`` (``mu``, ``sigma``, ``pool_3``, ``resize``).
+
+    Raises:
+      ValueError: neither or both given, or statistics of another convention.
+    """
     from score_jax.evaluation.metrics import StreamingStats
 
     if (reference is None) == (ref_images is None):
@@ -130,8 +145,69 @@ def score_images(images: np.ndarray, inception_fn, *, reference: dict[str, Any] 
         reference = {"mu": stats.mean, "sigma": stats.covariance, "pool_3": feats,
                      "resize": resize}
     check_stats_resize(reference, resize)
-    pool, logits = inception_fn(images)
+    return reference
+
+
+def score_features(pool: np.ndarray, logits: np.ndarray, inception_fn, *,
+                   reference: dict[str, Any] | None = None, ref_images: np.ndarray | None = None,
+                   resize: str) -> dict[str, Any]:
+    """`score_images` from the samples' features (``pool`` (N, 2048), ``logits`` (N, 1008),
+    e.g. `InceptionStream.features`)."""
+    reference = reference_statistics(inception_fn, reference=reference, ref_images=ref_images,
+                                     resize=resize)
     return metrics_report(pool, logits, reference)
+
+
+class InceptionStream:
+    """Inception features of images that arrive in batches of any size, with the calls
+    ``inception_fn(all images)`` would make: images are buffered (uint8, fewer than
+    ``batch_size`` rows) and passed on in calls of exactly ``batch_size`` rows, the rest in one
+    last call (`features`), as ``InceptionFeatures`` chunks one array, so the features equal
+    those of the whole array bit for bit. Host memory: the buffer plus the features (N x (2048
+    + 1008) float32, ~0.6 GB for 50,000 samples, which FID / IS / KID take); the images are not
+    kept.
+
+    Args:
+      inception_fn: ``images -> (pool_3, logits)`` (``InceptionFeatures`` or a stand-in).
+      batch_size: rows per call (``InceptionFeatures.batch_size``; None: that attribute).
+    """
+
+    def __init__(self, inception_fn, batch_size: int | None = None):
+        batch_size = getattr(inception_fn, "batch_size", None) if batch_size is None \
+            else batch_size
+        if batch_size is None or int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int (the rows per "
+                             f"Inception call)")
+        self.inception_fn, self.batch_size = inception_fn, int(batch_size)
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._pools: list[np.ndarray] = []
+        self._logits: list[np.ndarray] = []
+
+    def add(self, images: np.ndarray) -> None:
+        """Append a batch of uint8 ``(b, H, W, C)`` images."""
+        self._buffer.append(np.asarray(images))
+        self._buffered += len(images)
+        if self._buffered >= self.batch_size:
+            x = np.concatenate(self._buffer)
+            full = len(x) // self.batch_size * self.batch_size
+            self._run(x[:full])
+            self._buffer, self._buffered = [x[full:]], len(x) - full
+
+    def _run(self, x: np.ndarray) -> None:
+        if len(x):
+            pool, logits = self.inception_fn(x)
+            self._pools.append(np.asarray(pool))
+            self._logits.append(np.asarray(logits))
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pool_3 (N, 2048), logits (N, 1008))`` of all images added (runs the rest)."""
+        if self._buffered:
+            self._run(np.concatenate(self._buffer))
+            self._buffer, self._buffered = [], 0
+        if not self._pools:
+            raise ValueError("no images were added")
+        return np.concatenate(self._pools), np.concatenate(self._logits)
 
 
 def write_metrics(path: str, values: dict[str, Any]) -> str:
