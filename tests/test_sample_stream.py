@@ -21,11 +21,11 @@ from score_jax.evaluation.metrics import metrics_report
 
 
 class _FakeInception:
-    """A fixed projection of the uint8 pixels (16 features, 10 logits) that chunks its input
-    like ``InceptionFeatures`` and records the row count of every call it makes."""
+    """A fixed projection of the uint8 pixels (``dim`` features, 10 logits) that chunks its
+    input like ``InceptionFeatures`` and records the row count of every call it makes."""
 
-    def __init__(self, batch_size):
-        self.batch_size, self.calls = batch_size, []
+    def __init__(self, batch_size, dim=16):
+        self.batch_size, self.dim, self.calls = batch_size, dim, []
 
     def __call__(self, images):
         assert images.dtype == np.uint8
@@ -34,7 +34,7 @@ class _FakeInception:
             chunk = images[start:start + self.batch_size]
             self.calls.append(len(chunk))
             x = chunk.reshape(len(chunk), -1).astype(np.float64) / 255.0
-            proj = np.random.default_rng(7).standard_normal((x.shape[1], 16))
+            proj = np.random.default_rng(7).standard_normal((x.shape[1], self.dim))
             pools.append(np.tanh(x @ proj).astype(np.float32))
             logits.append((x @ proj[:, :10]).astype(np.float32))
         return np.concatenate(pools), np.concatenate(logits)
@@ -248,3 +248,40 @@ def test_bpd_reads_the_npz_recipe_at_data_path(tiny_checkpoint, tmp_path, monkey
     x = (y + 1.0) / 2.0 if config.data.centered else y  # back to [0, 1]: (x * 255 + u) / 256
     np.testing.assert_array_equal(np.floor(x * 256.0).astype(np.uint8), test)
     assert os.path.isfile(tmp_path / "o" / "bpd.json")
+
+
+def test_score_and_stats_clis_read_the_samples_in_batches(tmp_path, fakes, monkeypatch):
+    """``python -m score_jax.evaluation.score`` on 300 float samples (more than its 256-row read
+    batch) scores them with the Inception calls of one array (batch 16), the numbers of
+    `score_images` on `load_samples`' whole array bit for bit; iter_samples gives
+    load_samples' rows; the stats CLI reads an .npz in batches too (no whole-array load)."""
+    from score_jax.evaluation import stats as stats_cli
+
+    rng = np.random.default_rng(5)
+    samples = rng.uniform(0, 1, (300, 4, 4, 3)).astype(np.float32)
+    ref = rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", samples=samples, other=samples[:1])
+    np.savez(tmp_path / "ref.npz", images=ref)
+    whole = score_cli.load_samples(str(tmp_path / "samples.npz"))
+    n, batches = score_cli.iter_samples(str(tmp_path / "samples.npz"), batch_size=128,
+                                        max_images=290)
+    parts = list(batches)
+    assert n == 290 and [len(p) for p in parts] == [128, 128, 34]
+    np.testing.assert_array_equal(np.concatenate(parts), whole[:290])
+    got = score_cli.main(["--samples", str(tmp_path / "samples.npz"), "--ref_images",
+                          str(tmp_path / "ref.npz"), "--inception", "w.pth", "--batch_size", "16",
+                          "--inception_sha256", "none", "--out", str(tmp_path / "m.json")])
+    assert fakes[-1].calls == [16] * 18 + [12] + [16, 4]  # the samples, then the reference
+    want = score_cli.score_images(whole, _FakeInception(16), ref_images=ref, resize="pytorch")
+    for k in ("fid", "is", "kid", "num_samples"):
+        assert got[k] == want[k], k
+    monkeypatch.setattr(stats_cli, "load_npz_images", None)  # the CLI must not load it whole
+    monkeypatch.setattr(inception_lib, "get_inception_fn",  # the stats keep 2048 features
+                        lambda *a, batch_size, **k: fakes.append(_FakeInception(batch_size, 2048))
+                        or fakes[-1])
+    np.savez(tmp_path / "u8.npz", images=(samples * 255).astype(np.uint8))
+    stats_cli.main(["--images", str(tmp_path / "u8.npz"), "--inception", "w", "--out",
+                    str(tmp_path / "st.npz"), "--inception_sha256", "none", "--batch_size", "16",
+                    "--max_images", "100", "--no_progress"])
+    assert fakes[-1].calls == [16] * 6 + [4]
+    assert int(np.load(tmp_path / "st.npz")["num_samples"]) == 100

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,44 @@ def load_samples(path: str, *, key: str | None = None, quantize: str = "floor") 
     if np.issubdtype(x.dtype, np.floating):
         x = quantize_images(x, quantize, name=path)
     return stats_lib._as_nhwc_uint8(x, path)
+
+
+def iter_samples(path: str, *, batch_size: int, key: str | None = None, quantize: str = "floor",
+                 max_images: int | None = None) -> tuple[int, Iterator[np.ndarray]]:
+    """`load_samples` batch by batch: ``(N, batches of uint8 (b, H, W, C))``, the first
+    ``max_images`` rows, read from the ``.npz`` (``stats.iter_npz_images``) or the folder as
+    they are needed, so host memory is O(batch) whatever N. The rows equal `load_samples`'.
+    The first batch is read and checked here (a wrong range or shape is refused before any
+    Inception is built); a later bad batch raises when it is reached.
+
+    Raises:
+      ValueError: unknown ``quantize``, no such array, several arrays without ``key``.
+    """
+    from score_jax.evaluation import stats as stats_lib
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    if os.path.isdir(path):
+        files = stats_lib.list_image_files(path)[:max_images]
+        return len(files), stats_lib.iter_folder_batches(files, batch_size)
+    n, raw = stats_lib.iter_npz_images(path, batch_size, key, max_images=max_images,
+                                       candidates=("samples", "images", "x", "arr_0"))
+
+    def checked(x: np.ndarray) -> np.ndarray:
+        if np.issubdtype(x.dtype, np.floating):
+            x = quantize_images(x, quantize, name=path)
+        return stats_lib._as_nhwc_uint8(x, path)
+
+    first = next(raw, None)
+    first = None if first is None else checked(first)
+
+    def batches() -> Iterator[np.ndarray]:
+        if first is not None:
+            yield first
+        for x in raw:
+            yield checked(x)
+
+    return n, batches()
 
 
 def quantize_images(x: np.ndarray, quantize: str = "floor", *, name: str = "samples"
@@ -260,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from score_jax.evaluation import inception as inception_lib
 
-    images = load_samples(args.samples, key=args.key, quantize=args.quantize)[:args.max_images]
+    total, batches = iter_samples(args.samples, batch_size=256, key=args.key,
+                                  quantize=args.quantize, max_images=args.max_images)
     reference, ref_images = load_reference(  # checked before the Inception is built
         resize=args.resize, ref_stats=args.ref_stats, ref_images=args.ref_images,
         ref_key=args.ref_key, ref_stats_resize=args.ref_stats_resize, max_images=args.max_images)
@@ -271,8 +310,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     batch_size = max(n_dev, args.batch_size // n_dev * n_dev)
     inception_fn = inception_lib.get_inception_fn(args.inception, batch_size=batch_size,
                                                   resize=args.resize, sha256=sha)
-    values = score_images(images, inception_fn, reference=reference, ref_images=ref_images,
-                          resize=args.resize)
+    stream = InceptionStream(inception_fn, batch_size)  # the calls of one array, O(batch)
+    for batch in batches:
+        stream.add(batch)
+    pool, logits = stream.features()
+    values = score_features(pool, logits, inception_fn, reference=reference,
+                            ref_images=ref_images, resize=args.resize)
     values.update(resize=args.resize, quantize=args.quantize,
                   reference=args.ref_stats or args.ref_images)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples))
