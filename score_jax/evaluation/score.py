@@ -16,6 +16,8 @@ file, or score_sde's ``pool_3``-only ``*_stats.npz``) or reference images (``--r
 * Float samples in [0, 1] are quantised with score_sde's ``np.clip(x * 255, 0, 255)
   .astype(np.uint8)`` (``--quantize floor``, default) or to the nearest level (``round``);
   uint8 samples are used as they are; other ranges are refused.
+* The samples are read in batches (`iter_samples`: an ``.npz`` member is streamed, host memory
+  O(batch)) and fed to the Inception with the calls of one array (`InceptionStream`).
 * The numbers are printed and merged into ``metrics.json`` (``--out``; default beside the
   samples), keeping the keys already there (e.g. ``sample.py``'s), with the convention, the
   quantisation and the sample count.

@@ -4,11 +4,11 @@
         --inception pt_inception-2015-12-05-6726825d.pth --out assets/stats/cifar10_stats.npz
 
 Reads uint8 images (an ``.npz`` array of shape (N, H, W, C), or a folder of PNG / JPEG files, or a
-prepared TFDS dataset with ``--tfds NAME --split train``), runs them through the FID Inception in
-batches sharded over all devices, accumulates the pool_3 mean and covariance in float64
-(``StreamingStats``) and writes ``mu``, ``sigma``, ``num_samples``, ``resize`` (the
-``--resize`` convention, ``pytorch`` or ``tf1``) (and, with
-``--save_features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
+prepared TFDS dataset with ``--tfds NAME --split train``) batch by batch (an ``.npz`` is streamed:
+`iter_npz_images`), runs them through the FID Inception in batches sharded over all devices,
+accumulates the pool_3 mean and covariance in float64 (``StreamingStats``) and writes ``mu``,
+``sigma``, ``num_samples``, ``resize`` (the ``--resize`` convention, ``pytorch`` or ``tf1``)
+(and, with ``--save_features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
 
 Input convention: uint8 in [0, 255]; integer arrays holding 0..255 are converted to uint8, floats
 and other ranges are refused with the range found (a float array could be [0, 1] or [0, 255] or
