@@ -285,3 +285,18 @@ def test_score_and_stats_clis_read_the_samples_in_batches(tmp_path, fakes, monke
                     "--max_images", "100", "--no_progress"])
     assert fakes[-1].calls == [16] * 6 + [4]
     assert int(np.load(tmp_path / "st.npz")["num_samples"]) == 100
+
+
+def test_sample_cli_keep_images_flag(capsys):
+    """sample.py's --keep_images: default None (the 1 GiB rule), both spellings of the negation
+    reach --nokeep_images, and a streamed digits run says why the digits metric is missing."""
+    from absl import flags
+
+    import _cli
+    import sample  # the CLI module (flags defined at import, not parsed)
+
+    assert flags.FLAGS["keep_images"].default is None
+    assert _cli.respell_argv(["sample.py", "--no-keep-images", "--keep-images"]) == [
+        "sample.py", "--nokeep_images", "--keep_images"]
+    sample._print_digits_metrics(tiny_config(), {"png": "p.png", "images_kept": False})
+    assert "digits metric skipped: the samples were streamed" in capsys.readouterr().out
