@@ -11,7 +11,7 @@ The checkpoint is a training workdir (orbax, ``--step`` or the latest; EMA weigh
 and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. Samples whose float32
 array exceeds 1 GiB (or any, with ``--nokeep_images``) stream: each batch goes to
 ``samples.npz`` and to the FID Inception as it is drawn (host memory O(batch)), and
-``samples.png`` shows the first 256. For DIGITS configs it
+``samples.png`` shows the first 64. For DIGITS configs it
 also prints the digits quality metric of the samples (FD against the fresh and subset floors of
 the same N, IS, copies of training digits) and writes it
 to ``metrics.json`` beside ``samples.png``. Any ``--num_samples`` works
@@ -89,7 +89,7 @@ flags.DEFINE_integer("fid_batch_size", 200, "Inception batch size.")
 flags.DEFINE_bool("keep_images", None, "Keep all float samples in host memory (default: when "
                   "they take at most 1 GiB). --nokeep_images streams every batch to samples.npz "
                   "and to the FID Inception (host memory O(batch); samples.png shows the first "
-                  "256; the digits metric is skipped).")
+                  "64; the digits metric is skipped).")
 define_guidance_scale_flag(None, "Classifier-free guidance scale w >= 0 (shortcut for "
                            "--config.sampling.guidance_scale): 0 unconditional, 1 conditional, "
                            "> 1 guided; None: plain conditional sampling (no guidance).",
