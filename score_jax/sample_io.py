@@ -199,26 +199,28 @@ class SampleWriter:
     Args:
       directory: the output folder (created).
       num_samples: N, the rows ``add`` will receive in total.
-      image_shape: (H, W, C).
       grid_samples: samples in the PNG grid (the first ones; None: all).
+
+    The image shape (H, W, C) is the first batch's (a latent model's decoded images).
     """
 
-    def __init__(self, directory: str, num_samples: int, image_shape: tuple[int, ...], *,
-                 grid_samples: int | None = None):
+    def __init__(self, directory: str, num_samples: int, *, grid_samples: int | None = None):
         os.makedirs(directory, exist_ok=True)
-        self.directory = directory
+        self.directory, self.num_samples = directory, int(num_samples)
         self.npz = os.path.join(directory, "samples.npz")
         self.grid_samples = num_samples if grid_samples is None else min(grid_samples,
                                                                          num_samples)
         self.num_nonfinite = 0
         self._grid: list[np.ndarray] = []
         self._kept = 0
-        self._writer = NpzArrayWriter(self.npz, "samples",
-                                      (int(num_samples),) + tuple(image_shape), np.uint8)
+        self._writer: NpzArrayWriter | None = None
 
     def add(self, images: np.ndarray) -> None:
         """Append a batch of float (b, H, W, C) images in [0, 1] (NaN: non-finite)."""
         images = np.asarray(images)
+        if self._writer is None:
+            self._writer = NpzArrayWriter(self.npz, "samples",
+                                          (self.num_samples,) + images.shape[1:], np.uint8)
         self.num_nonfinite += count_nonfinite(images)
         if self._kept < self.grid_samples:
             part = images[:self.grid_samples - self._kept]
@@ -227,12 +229,20 @@ class SampleWriter:
         self._writer.write(to_uint8(images))
 
     def close(self, *, scale: int = 1, nrow: int | None = None) -> str:
-        """Finish ``samples.npz`` and write ``samples.png``; returns the PNG path."""
+        """Finish ``samples.npz`` and write ``samples.png``; returns the PNG path.
+
+        Raises:
+          ValueError: fewer than ``num_samples`` rows were added (no file is left).
+        """
+        if self._writer is None:
+            raise ValueError(f"no samples were added to {self.npz!r}")
         self._writer.close()
         return save_grid(np.concatenate(self._grid), self.directory, scale=scale, nrow=nrow)
 
     def abort(self) -> None:
-        self._writer.abort()
+        """Drop the unfinished ``samples.npz``."""
+        if self._writer is not None:
+            self._writer.abort()
 
 
 __all__ = ["count_nonfinite", "image_grid", "save_samples", "save_grid", "to_uint8",

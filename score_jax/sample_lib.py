@@ -556,7 +556,7 @@ def keeps_images(keep_images: bool | None, num_samples: int, image_shape) -> boo
     return int(num_samples) * math.prod(image_shape) * 4 <= KEEP_IMAGES_MAX_BYTES
 
 
-def _stream_samples(batches, *, out_dir: str, n: int, image_shape, nrow, scale: int,
+def _stream_samples(batches, *, out_dir: str, n: int, nrow, scale: int,
                     fid: FidSpec | None, prepared_fid) -> dict:
     """Consume `iter_sample_batches`: stream ``samples.npz`` to disk (`sample_io.SampleWriter`,
     process 0), keep the first `GRID_MAX_SAMPLES` for the grid, count the non-finite samples
@@ -567,7 +567,7 @@ def _stream_samples(batches, *, out_dir: str, n: int, image_shape, nrow, scale: 
 
     writer = None
     if jax.process_index() == 0:
-        writer = SampleWriter(out_dir, n, image_shape, grid_samples=GRID_MAX_SAMPLES)
+        writer = SampleWriter(out_dir, n, grid_samples=GRID_MAX_SAMPLES)
     stream = None
     if fid is not None:
         inception_fn, batch_size = _inception_fn(fid, prepared_fid)
@@ -658,7 +658,9 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     out_dir = _output_dir(output_dir, workdir, sample_folder_name(built.method, settings))
     scale = max(1, 64 // config.data.image_size)
     batch_size = config.sampling.get("batch_size")
-    kept = keeps_images(keep_images, n, built.image_shape)
+    d = config.data  # the images written: a latent model's decoded ones, not its latents
+    kept = keeps_images(keep_images, n, (int(d.image_size), int(d.image_size),
+                                         int(d.num_channels)))
     png, metrics_path, images, cond, sample_report = None, None, None, None, {}
     metrics = {}
     if kept:
@@ -680,8 +682,8 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     else:
         batches = iter_sample_batches(key, built, params, n, batch_size=batch_size,
                                       labels=labels)
-        streamed = _stream_samples(batches, out_dir=out_dir, n=n, image_shape=built.image_shape,
-                                   nrow=nrow, scale=scale, fid=fid, prepared_fid=prepared_fid)
+        streamed = _stream_samples(batches, out_dir=out_dir, n=n, nrow=nrow, scale=scale,
+                                   fid=fid, prepared_fid=prepared_fid)
         png, nfe, seconds = streamed["png"], streamed["nfe"], streamed["seconds"]
         num_nonfinite, fid_report = streamed["num_nonfinite"], streamed["fid_metrics"]
         if evaluators.sample_metrics(config.data.dataset):

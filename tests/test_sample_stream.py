@@ -149,9 +149,8 @@ def _stream_peak(n, tmp_path, monkeypatch):
                              inception_sha256=None, batch_size=32)
     tracemalloc.start()
     try:
-        out = sample_lib._stream_samples(batches(), out_dir=str(d / "o"), n=n,
-                                         image_shape=shape, nrow=None, scale=1, fid=fid,
-                                         prepared_fid=("pytorch", None, ref, None))
+        out = sample_lib._stream_samples(batches(), out_dir=str(d / "o"), n=n, nrow=None,
+                                         scale=1, fid=fid, prepared_fid=("pytorch", None, ref, None))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
