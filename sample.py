@@ -8,7 +8,10 @@
 
 The checkpoint is a training workdir (orbax, ``--step`` or the latest; EMA weights unless
 ``--noema``) or a file written by ``python -m score_jax.convert``. Writes ``samples.png`` (grid)
-and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. For DIGITS configs it
+and ``samples.npz`` (uint8 images), or ``bpd.json`` in ``--mode=bpd``. Samples whose float32
+array exceeds 1 GiB (or any, with ``--nokeep_images``) stream: each batch goes to
+``samples.npz`` and to the FID Inception as it is drawn (host memory O(batch)), and
+``samples.png`` shows the first 64. For DIGITS configs it
 also prints the digits quality metric of the samples (FD against the fresh and subset floors of
 the same N, IS, copies of training digits) and writes it
 to ``metrics.json`` beside ``samples.png``. Any ``--num_samples`` works
@@ -83,6 +86,10 @@ flags.DEFINE_enum("quantize", "floor", ["floor", "round"], "Float samples -> uin
 flags.DEFINE_string("inception_sha256", None, "Expected sha256 of --inception (default: "
                     "pytorch-fid's file); 'none' skips the check.")
 flags.DEFINE_integer("fid_batch_size", 200, "Inception batch size.")
+flags.DEFINE_bool("keep_images", None, "Keep all float samples in host memory (default: when "
+                  "they take at most 1 GiB). --nokeep_images streams every batch to samples.npz "
+                  "and to the FID Inception (host memory O(batch); samples.png shows the first "
+                  "64; the digits metric is skipped).")
 define_guidance_scale_flag(None, "Classifier-free guidance scale w >= 0 (shortcut for "
                            "--config.sampling.guidance_scale): 0 unconditional, 1 conditional, "
                            "> 1 guided; None: plain conditional sampling (no guidance).",
@@ -139,6 +146,10 @@ def _print_digits_metrics(config, out):
     metrics = evaluators.sample_metrics(config.data.dataset)
     if not metrics or out["png"] is None:
         return
+    if not out.get("images_kept", True):
+        print("digits metric skipped: the samples were streamed to samples.npz (--keep_images "
+              "keeps them in memory)")
+        return
     report = out.get("sample_metrics")
     if not report:
         print(f"digits metric skipped: it needs at least {metrics[0].min_samples} samples (FD "
@@ -166,7 +177,7 @@ def main(argv):
                 config, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, step=FLAGS.step,
                 use_ema=FLAGS.ema, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
                 output_dir=FLAGS.output_dir, labels=FLAGS.labels, per_class=FLAGS.per_class,
-                fid=_fid_spec())
+                fid=_fid_spec(), keep_images=FLAGS.keep_images)
             print(f"samples: {out['png']} ({out['num_samples']} samples, nfe {out['nfe']}, "
                   f"{out['seconds']:.1f} s)")
             _print_digits_metrics(config, out)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -123,7 +125,9 @@ def sample_images(key: Array, sde, model: nn.Module, params: Any, *, continuous:
 def draw_samples(key: Array, spec: SamplingSpec, params: Any, num_samples: int, *,
                  batch_size: int | None = None, mesh=None, labels: Any = None,
                  guidance_scale: Any = _USE_SPEC) -> tuple[np.ndarray, int]:
-    """Draw ``num_samples`` samples (any number) of ``spec`` (a `SamplingSpec` or a
+    """All the batches of `iter_sample_batches` in one array: ``(images (N, H, W, C), nfe)``.
+
+    Draw ``num_samples`` samples (any number) of ``spec`` (a `SamplingSpec` or a
     `config.Built`) in batches of ``batch_size`` rounded up to the device multiple, sharded over
     ``mesh`` (default ``spec.mesh``), and cut to ``num_samples``. ``guidance_scale`` defaults to
     ``spec.guidance_scale`` (pass None for plain conditional sampling).
@@ -143,6 +147,25 @@ def draw_samples(key: Array, spec: SamplingSpec, params: Any, num_samples: int, 
     Returns:
       ``(images, nfe)``: numpy (N, H, W, C) in [0, 1] (non-finite values are kept as NaN so
       that `count_nonfinite` sees them), nfe per batch.
+    """
+    out, nfe = [], 0
+    for x, batch_nfe in iter_sample_batches(key, spec, params, num_samples,
+                                            batch_size=batch_size, mesh=mesh, labels=labels,
+                                            guidance_scale=guidance_scale):
+        out.append(x)
+        nfe = batch_nfe
+    return np.concatenate(out), int(nfe)
+
+
+def iter_sample_batches(key: Array, spec: SamplingSpec, params: Any, num_samples: int, *,
+                        batch_size: int | None = None, mesh=None, labels: Any = None,
+                        guidance_scale: Any = _USE_SPEC) -> Iterator[tuple[np.ndarray, int]]:
+    """`draw_samples` one batch at a time (host memory O(batch)): yields ``(images, nfe)`` per
+    batch, numpy (b, H, W, C) in [0, 1] (NaN where not finite), b = the padded batch size
+    (`padded_batch_size`) except in the last batch, cut so that the batches hold
+    ``num_samples`` rows in all; batch i uses the key ``fold_in(key, i)``. Concatenated, the
+    batches are `draw_samples`' array bit for bit. Arguments as `draw_samples`; ValueErrors
+    are raised at the first ``next``.
     """
     sde, model, continuous, method = spec.sde, spec.model, spec.continuous, spec.method
     options, path, num_classes = spec.options, spec.flow_path, spec.num_classes
@@ -212,17 +235,13 @@ def draw_samples(key: Array, spec: SamplingSpec, params: Any, num_samples: int, 
                 score_fn = make_score_fn(params, kwargs(i))
             return sampling.sample(k, sde, score_fn, (bs,) + tuple(shape[1:]), method=method,
                                    sharding=sharding, **options)
-    out, nfe = [], 0
+    inverse_scaler = data_lib.get_data_inverse_scaler(centered)
     for i in range(math.ceil(n / bs)):
         x, nfe = draw(jax.random.fold_in(k_draw, i), i)
         if decode is not None:
             x = decode(x)
-        out.append(parallel.to_host(x))
-    x = np.concatenate(out)[:n]
-    x = np.asarray(data_lib.get_data_inverse_scaler(centered)(x))
-    finite = np.isfinite(x)
-    x = np.where(finite, np.clip(x, 0.0, 1.0), np.nan)
-    return x, int(nfe)
+        x = np.asarray(inverse_scaler(parallel.to_host(x)[:n - i * bs]))  # elementwise
+        yield np.where(np.isfinite(x), np.clip(x, 0.0, 1.0), np.nan), int(nfe)
 
 
 def check_learned_variance(model: nn.Module, method: str) -> None:
@@ -490,29 +509,103 @@ def _prepare_fid(config, fid: FidSpec | None):
     return resize, reference, ref_images, sha
 
 
+def _inception_fn(fid: FidSpec, prepared):
+    """The Inception of ``fid`` (its batch rounded to the local device count)."""
+    from score_jax.evaluation import inception as inception_lib
+
+    resize, _, _, sha = prepared
+    n_dev = jax.local_device_count()
+    batch_size = max(n_dev, int(fid.batch_size) // n_dev * n_dev)
+    return inception_lib.get_inception_fn(fid.inception, batch_size=batch_size, resize=resize,
+                                          sha256=sha), batch_size
+
+
+def _fid_values(values: dict, fid: FidSpec, prepared) -> dict:
+    values.update(resize=prepared[0], quantize=fid.quantize,
+                  reference=fid.ref_stats or fid.ref_images)
+    return values
+
+
 def _score_samples(images: np.ndarray, fid: FidSpec, prepared) -> dict:
     """FID / IS / KID of float ``images`` in [0, 1] (non-finite values as 0), with the
     convention, quantisation and reference recorded."""
-    from score_jax.evaluation import inception as inception_lib
     from score_jax.evaluation import score as score_cli
 
-    resize, reference, ref_images, sha = prepared
-    n_dev = jax.local_device_count()
-    inception_fn = inception_lib.get_inception_fn(
-        fid.inception, batch_size=max(n_dev, int(fid.batch_size) // n_dev * n_dev),
-        resize=resize, sha256=sha)
+    resize, reference, ref_images, _ = prepared
+    inception_fn, _ = _inception_fn(fid, prepared)
     u8 = score_cli.quantize_images(np.nan_to_num(images), fid.quantize)
     values = score_cli.score_images(u8, inception_fn, reference=reference, ref_images=ref_images,
                                     resize=resize)
-    values.update(resize=resize, quantize=fid.quantize,
-                  reference=fid.ref_stats or fid.ref_images)
-    return values
+    return _fid_values(values, fid, prepared)
+
+
+# Samples kept in host memory (and returned as "images") by default when their float32 array is
+# at most this size; larger runs stream to disk batch by batch (`keeps_images`).
+KEEP_IMAGES_MAX_BYTES = 1 << 30
+# The PNG grid of a streamed run shows the first samples only (64 float32 images at 512 px: 200 MB).
+GRID_MAX_SAMPLES = 64
+
+
+def keeps_images(keep_images: bool | None, num_samples: int, image_shape) -> bool:
+    """Whether `sample_from_checkpoint` keeps all samples in host memory: ``keep_images`` when
+    given, else (None) when the float32 array of ``num_samples`` images of ``image_shape`` is
+    at most `KEEP_IMAGES_MAX_BYTES` (1 GiB: 50,000 CIFAR-10 samples, 614 MB, are kept; 50,000
+    DiT samples at 256 px, 39 GB, stream)."""
+    if keep_images is not None:
+        return bool(keep_images)
+    return int(num_samples) * math.prod(image_shape) * 4 <= KEEP_IMAGES_MAX_BYTES
+
+
+def _stream_samples(batches, *, out_dir: str, n: int, nrow, scale: int,
+                    fid: FidSpec | None, prepared_fid) -> dict:
+    """Consume `iter_sample_batches`: stream ``samples.npz`` to disk (`sample_io.SampleWriter`,
+    process 0), keep the first `GRID_MAX_SAMPLES` for the grid, count the non-finite samples
+    and feed the FID Inception batch by batch (`score.InceptionStream`). Host memory: a batch,
+    the grid and the Inception features."""
+    from score_jax.evaluation import score as score_cli
+    from score_jax.sample_io import SampleWriter
+
+    writer = None
+    if jax.process_index() == 0:
+        writer = SampleWriter(out_dir, n, grid_samples=GRID_MAX_SAMPLES)
+    stream = None
+    if fid is not None:
+        inception_fn, batch_size = _inception_fn(fid, prepared_fid)
+        stream = score_cli.InceptionStream(inception_fn, batch_size)
+    nfe, seconds, num_nonfinite = 0, 0.0, 0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, nfe = next(batches)
+            except StopIteration:
+                break
+            seconds += time.perf_counter() - t0
+            num_nonfinite += count_nonfinite(x)
+            if writer is not None:
+                writer.add(x)
+            if stream is not None:
+                stream.add(score_cli.quantize_images(np.nan_to_num(x), fid.quantize))
+        png = None if writer is None else writer.close(scale=scale, nrow=nrow)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    fid_report = None
+    if stream is not None:
+        resize, reference, ref_images, _ = prepared_fid
+        pool, logits = stream.features()
+        fid_report = _fid_values(score_cli.score_features(
+            pool, logits, inception_fn, reference=reference, ref_images=ref_images,
+            resize=resize), fid, prepared_fid)
+    return {"png": png, "nfe": int(nfe), "seconds": seconds, "num_nonfinite": num_nonfinite,
+            "fid_metrics": fid_report}
 
 
 def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, use_ema=True,
                            num_samples=None, seed=0, output_dir=None, model=None,
                            labels: Any = None, per_class: int | None = None,
-                           fid: FidSpec | None = None) -> dict:
+                           fid: FidSpec | None = None, keep_images: bool | None = None) -> dict:
     """Draw samples with ``config.sampling`` from a checkpoint; write samples.png / .npz and
     settings.json (`sample_settings`) to ``output_dir``, by default
     ``<workdir>/samples/<sample_folder_name>`` (one folder per setting: nothing is overwritten
@@ -529,9 +622,21 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
     statistics or images, in the convention ``fid.resize``, quantised by ``fid.quantize``) and
     the numbers go to the same ``metrics.json``; the reference and its convention are checked
     before anything is compiled.
+
+    ``keep_images`` (`keeps_images`; None: when the float32 samples take at most 1 GiB): keep
+    all samples in host memory and return them as ``"images"``. Otherwise the samples stream:
+    each batch is written to ``samples.npz`` (the same uint8 file, `sample_io.SampleWriter`)
+    and fed to the FID Inception (`evaluation.score.InceptionStream`) as it is drawn, so host
+    memory is O(batch) (plus N x 3056 float32 Inception features with ``fid``); ``"images"``
+    is None, ``samples.png`` shows the first `GRID_MAX_SAMPLES` samples, and the in-memory
+    metrics (the digits metric, the conditional accuracy) are skipped. Both ways write the
+    same ``samples.npz``, count the same non-finite samples and give the same FID / IS / KID
+    bit for bit (``tests/test_sample_stream.py``).
+
     Returns {"png", "npz", "nfe", "seconds", "num_samples", "num_nonfinite", "images",
     "labels", "guidance_scale", "conditional", "sample_metrics", "fid_metrics",
-    "metrics_path"}; the caller decides what non-finite samples mean (sample.py exits non-zero).
+    "metrics_path", "images_kept"}; the caller decides what non-finite samples mean (sample.py
+    exits non-zero).
     """
     config_lib.check_samplable(config)
     prepared_fid = _prepare_fid(config, fid)
@@ -548,41 +653,55 @@ def sample_from_checkpoint(config, *, workdir=None, checkpoint=None, step=None, 
                                          built.num_classes, built.class_label))
         if built.class_label == built.num_classes:  # the null label: nothing to score
             labels = None
-    t0 = time.perf_counter()
-    images, nfe = sample_built(key, built, params, n,
-                               batch_size=config.sampling.get("batch_size"),
-                               labels=labels)
-    seconds = time.perf_counter() - t0
     settings = sample_settings(config, step=info["step"], seed=seed, num_samples=n,
                                labels=labels, use_ema=use_ema)
     out_dir = _output_dir(output_dir, workdir, sample_folder_name(built.method, settings))
-    png, metrics_path = None, None
-    cond = conditional_metrics(config.data.dataset, images, labels)
-    metrics = {} if cond is None else {"conditional": cond,
-                                       "guidance_scale": built.guidance_scale}
-    sample_report = {}
-    for metric in evaluators.sample_metrics(config.data.dataset):  # e.g. the digits metric
-        if n >= metric.min_samples:
-            sample_report.update(metric(images))
-    if sample_report:
-        metrics.update(sample_report, nfe=nfe, sample_seconds=seconds)
-    fid_report = None
-    if fid is not None:
-        fid_report = _score_samples(images, fid, prepared_fid)
-        metrics.update(fid_report, nfe=nfe, sample_seconds=seconds,
-                       num_nonfinite=count_nonfinite(images))
+    scale = max(1, 64 // config.data.image_size)
+    batch_size = config.sampling.get("batch_size")
+    d = config.data  # the images written: a latent model's decoded ones, not its latents
+    kept = keeps_images(keep_images, n, (int(d.image_size), int(d.image_size),
+                                         int(d.num_channels)))
+    png, metrics_path, images, cond, sample_report = None, None, None, None, {}
+    metrics = {}
+    if kept:
+        t0 = time.perf_counter()
+        images, nfe = sample_built(key, built, params, n, batch_size=batch_size, labels=labels)
+        seconds = time.perf_counter() - t0
+        num_nonfinite = count_nonfinite(images)
+        cond = conditional_metrics(config.data.dataset, images, labels)
+        if cond is not None:
+            metrics.update(conditional=cond, guidance_scale=built.guidance_scale)
+        for metric in evaluators.sample_metrics(config.data.dataset):  # e.g. the digits metric
+            if n >= metric.min_samples:
+                sample_report.update(metric(images))
+        if sample_report:
+            metrics.update(sample_report, nfe=nfe, sample_seconds=seconds)
+        fid_report = None if fid is None else _score_samples(images, fid, prepared_fid)
+        if jax.process_index() == 0:
+            png = save_samples(images, out_dir, scale=scale, nrow=nrow)
+    else:
+        batches = iter_sample_batches(key, built, params, n, batch_size=batch_size,
+                                      labels=labels)
+        streamed = _stream_samples(batches, out_dir=out_dir, n=n, nrow=nrow, scale=scale,
+                                   fid=fid, prepared_fid=prepared_fid)
+        png, nfe, seconds = streamed["png"], streamed["nfe"], streamed["seconds"]
+        num_nonfinite, fid_report = streamed["num_nonfinite"], streamed["fid_metrics"]
+        if evaluators.sample_metrics(config.data.dataset):
+            logging.warning("the %s sample metrics are skipped: the %d samples were streamed "
+                            "to %s, not kept in memory (keep_images=True keeps them)",
+                            config.data.dataset, n, out_dir)
+    if fid_report is not None:
+        metrics.update(fid_report, nfe=nfe, sample_seconds=seconds, num_nonfinite=num_nonfinite)
     if jax.process_index() == 0:
-        png = save_samples(images, out_dir, scale=max(1, 64 // config.data.image_size),
-                           nrow=nrow)
         atomic_write_json(os.path.join(out_dir, "settings.json"), settings)
         if metrics:  # the one writer of metrics.json
             metrics_path = atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics,
                                              indent=2, sort_keys=False)
     return {"png": png, "npz": os.path.join(out_dir, "samples.npz"), "nfe": nfe,
-            "seconds": seconds, "num_samples": n, "num_nonfinite": count_nonfinite(images),
+            "seconds": seconds, "num_samples": n, "num_nonfinite": num_nonfinite,
             "images": images, "labels": labels, "guidance_scale": built.guidance_scale,
             "conditional": cond, "sample_metrics": sample_report or None,
-            "fid_metrics": fid_report, "metrics_path": metrics_path}
+            "fid_metrics": fid_report, "metrics_path": metrics_path, "images_kept": kept}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -699,5 +818,6 @@ __all__ = ["padded_batch_size", "class_labels", "check_labels", "parse_labels", 
            "snapshot_labels", "conditional_metrics", "resolve_labels",
            "sample_images",
            "count_nonfinite", "image_grid", "save_samples", "sample_built", "load_params",
-           "sample_from_checkpoint", "FidSpec", "sample_settings", "sample_folder_name", "make_logp_fn",
-           "make_bpd_fn", "bpd_from_checkpoint"]
+           "sample_from_checkpoint", "FidSpec", "iter_sample_batches", "keeps_images",
+           "KEEP_IMAGES_MAX_BYTES", "GRID_MAX_SAMPLES", "sample_settings", "sample_folder_name",
+           "make_logp_fn", "make_bpd_fn", "bpd_from_checkpoint"]

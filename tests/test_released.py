@@ -176,6 +176,22 @@ def test_dit_sample_and_score_in_one_call(converted, tmp_path, fake_inception):
     assert m["resize"] == "tf1" and m["quantize"] == "floor" and m["nfe"] == 4
 
 
+def test_dit_streamed_samples_are_the_decoded_images(converted, tmp_path):
+    """A latent model streamed (keep_images=False, the default for 50,000 DiT samples at 256 px):
+    samples.npz holds the decoded 16 x 16 x 3 images (not the 8 x 8 x 4 latents), the same
+    uint8 array as the in-memory run (tests/test_sample_stream.py: the pixel-space case)."""
+    dit, vae = converted
+    kw = dict(checkpoint=str(dit), num_samples=4, labels=[1, 2, 9, 0])
+    mem = sample_lib.sample_from_checkpoint(_dit_config(vae), **kw, output_dir=str(tmp_path / "m"))
+    streamed = sample_lib.sample_from_checkpoint(_dit_config(vae), **kw, keep_images=False,
+                                                 output_dir=str(tmp_path / "s"))
+    assert mem["images_kept"] and streamed["images"] is None and streamed["nfe"] == mem["nfe"]
+    a = np.load(tmp_path / "m" / "samples.npz")["samples"]
+    np.testing.assert_array_equal(np.load(tmp_path / "s" / "samples.npz")["samples"], a)
+    assert a.shape == (4, 16, 16, 3)
+    assert not sample_lib.keeps_images(None, 50_000, (256, 256, 3))  # DiT's FID run streams
+
+
 @pytest.mark.slow  # three more compiled samplers (~20 s on 2 cores)
 def test_dit_guidance_is_applied_and_fast_samplers_run(converted, tmp_path):
     dit, vae = converted

@@ -16,6 +16,8 @@ file, or score_sde's ``pool_3``-only ``*_stats.npz``) or reference images (``--r
 * Float samples in [0, 1] are quantised with score_sde's ``np.clip(x * 255, 0, 255)
   .astype(np.uint8)`` (``--quantize floor``, default) or to the nearest level (``round``);
   uint8 samples are used as they are; other ranges are refused.
+* The samples are read in batches (`iter_samples`: an ``.npz`` member is streamed, host memory
+  O(batch)) and fed to the Inception with the calls of one array (`InceptionStream`).
 * The numbers are printed and merged into ``metrics.json`` (``--out``; default beside the
   samples), keeping the keys already there (e.g. ``sample.py``'s), with the convention, the
   quantisation and the sample count.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,44 @@ def load_samples(path: str, *, key: str | None = None, quantize: str = "floor") 
     if np.issubdtype(x.dtype, np.floating):
         x = quantize_images(x, quantize, name=path)
     return stats_lib._as_nhwc_uint8(x, path)
+
+
+def iter_samples(path: str, *, batch_size: int, key: str | None = None, quantize: str = "floor",
+                 max_images: int | None = None) -> tuple[int, Iterator[np.ndarray]]:
+    """`load_samples` batch by batch: ``(N, batches of uint8 (b, H, W, C))``, the first
+    ``max_images`` rows, read from the ``.npz`` (``stats.iter_npz_images``) or the folder as
+    they are needed, so host memory is O(batch) whatever N. The rows equal `load_samples`'.
+    The first batch is read and checked here (a wrong range or shape is refused before any
+    Inception is built); a later bad batch raises when it is reached.
+
+    Raises:
+      ValueError: unknown ``quantize``, no such array, several arrays without ``key``.
+    """
+    from score_jax.evaluation import stats as stats_lib
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    if os.path.isdir(path):
+        files = stats_lib.list_image_files(path)[:max_images]
+        return len(files), stats_lib.iter_folder_batches(files, batch_size)
+    n, raw = stats_lib.iter_npz_images(path, batch_size, key, max_images=max_images,
+                                       candidates=("samples", "images", "x", "arr_0"))
+
+    def checked(x: np.ndarray) -> np.ndarray:
+        if np.issubdtype(x.dtype, np.floating):
+            x = quantize_images(x, quantize, name=path)
+        return stats_lib._as_nhwc_uint8(x, path)
+
+    first = next(raw, None)
+    first = None if first is None else checked(first)
+
+    def batches() -> Iterator[np.ndarray]:
+        if first is not None:
+            yield first
+        for x in raw:
+            yield checked(x)
+
+    return n, batches()
 
 
 def quantize_images(x: np.ndarray, quantize: str = "floor", *, name: str = "samples"
@@ -119,7 +159,22 @@ def load_reference(*, resize: str, ref_stats: str | None = None, ref_images: str
 def score_images(images: np.ndarray, inception_fn, *, reference: dict[str, Any] | None = None,
                  ref_images: np.ndarray | None = None, resize: str) -> dict[str, Any]:
     """FID / IS / KID of uint8 ``images`` against ``reference`` (``load_stats`` dict) or
-    ``ref_images`` (both through ``inception_fn``, whose convention is ``resize``)."""
+    ``ref_images`` (both through ``inception_fn``, whose convention is ``resize``).
+    `InceptionStream` + `score_features` give the same numbers from batches."""
+    reference = reference_statistics(inception_fn, reference=reference, ref_images=ref_images,
+                                     resize=resize)
+    pool, logits = inception_fn(images)
+    return metrics_report(pool, logits, reference)
+
+
+def reference_statistics(inception_fn, *, reference: dict[str, Any] | None = None,
+                         ref_images: np.ndarray | None = None, resize: str) -> dict[str, Any]:
+    """``reference`` (checked to be in convention ``resize``), or the statistics of uint8
+    ``ref_images`` through ``inception_fn`` (``mu``, ``sigma``, ``pool_3``, ``resize``).
+
+    Raises:
+      ValueError: neither or both given, or statistics of another convention.
+    """
     from score_jax.evaluation.metrics import StreamingStats
 
     if (reference is None) == (ref_images is None):
@@ -130,8 +185,69 @@ def score_images(images: np.ndarray, inception_fn, *, reference: dict[str, Any] 
         reference = {"mu": stats.mean, "sigma": stats.covariance, "pool_3": feats,
                      "resize": resize}
     check_stats_resize(reference, resize)
-    pool, logits = inception_fn(images)
+    return reference
+
+
+def score_features(pool: np.ndarray, logits: np.ndarray, inception_fn, *,
+                   reference: dict[str, Any] | None = None, ref_images: np.ndarray | None = None,
+                   resize: str) -> dict[str, Any]:
+    """`score_images` from the samples' features (``pool`` (N, 2048), ``logits`` (N, 1008),
+    e.g. `InceptionStream.features`)."""
+    reference = reference_statistics(inception_fn, reference=reference, ref_images=ref_images,
+                                     resize=resize)
     return metrics_report(pool, logits, reference)
+
+
+class InceptionStream:
+    """Inception features of images that arrive in batches of any size, with the calls
+    ``inception_fn(all images)`` would make: images are buffered (uint8, fewer than
+    ``batch_size`` rows) and passed on in calls of exactly ``batch_size`` rows, the rest in one
+    last call (`features`), as ``InceptionFeatures`` chunks one array, so the features equal
+    those of the whole array bit for bit. Host memory: the buffer plus the features (N x (2048
+    + 1008) float32, ~0.6 GB for 50,000 samples, which FID / IS / KID take); the images are not
+    kept.
+
+    Args:
+      inception_fn: ``images -> (pool_3, logits)`` (``InceptionFeatures`` or a stand-in).
+      batch_size: rows per call (``InceptionFeatures.batch_size``; None: that attribute).
+    """
+
+    def __init__(self, inception_fn, batch_size: int | None = None):
+        batch_size = getattr(inception_fn, "batch_size", None) if batch_size is None \
+            else batch_size
+        if batch_size is None or int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int (the rows per "
+                             f"Inception call)")
+        self.inception_fn, self.batch_size = inception_fn, int(batch_size)
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._pools: list[np.ndarray] = []
+        self._logits: list[np.ndarray] = []
+
+    def add(self, images: np.ndarray) -> None:
+        """Append a batch of uint8 ``(b, H, W, C)`` images."""
+        self._buffer.append(np.asarray(images))
+        self._buffered += len(images)
+        if self._buffered >= self.batch_size:
+            x = np.concatenate(self._buffer)
+            full = len(x) // self.batch_size * self.batch_size
+            self._run(x[:full])
+            self._buffer, self._buffered = [x[full:]], len(x) - full
+
+    def _run(self, x: np.ndarray) -> None:
+        if len(x):
+            pool, logits = self.inception_fn(x)
+            self._pools.append(np.asarray(pool))
+            self._logits.append(np.asarray(logits))
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pool_3 (N, 2048), logits (N, 1008))`` of all images added (runs the rest)."""
+        if self._buffered:
+            self._run(np.concatenate(self._buffer))
+            self._buffer, self._buffered = [], 0
+        if not self._pools:
+            raise ValueError("no images were added")
+        return np.concatenate(self._pools), np.concatenate(self._logits)
 
 
 def write_metrics(path: str, values: dict[str, Any]) -> str:
@@ -184,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from score_jax.evaluation import inception as inception_lib
 
-    images = load_samples(args.samples, key=args.key, quantize=args.quantize)[:args.max_images]
+    total, batches = iter_samples(args.samples, batch_size=256, key=args.key,
+                                  quantize=args.quantize, max_images=args.max_images)
     reference, ref_images = load_reference(  # checked before the Inception is built
         resize=args.resize, ref_stats=args.ref_stats, ref_images=args.ref_images,
         ref_key=args.ref_key, ref_stats_resize=args.ref_stats_resize, max_images=args.max_images)
@@ -195,8 +312,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     batch_size = max(n_dev, args.batch_size // n_dev * n_dev)
     inception_fn = inception_lib.get_inception_fn(args.inception, batch_size=batch_size,
                                                   resize=args.resize, sha256=sha)
-    values = score_images(images, inception_fn, reference=reference, ref_images=ref_images,
-                          resize=args.resize)
+    stream = InceptionStream(inception_fn, batch_size)  # the calls of one array, O(batch)
+    for batch in batches:
+        stream.add(batch)
+    pool, logits = stream.features()
+    values = score_features(pool, logits, inception_fn, reference=reference,
+                            ref_images=ref_images, resize=args.resize)
     values.update(resize=args.resize, quantize=args.quantize,
                   reference=args.ref_stats or args.ref_images)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples))

@@ -4,11 +4,11 @@
         --inception pt_inception-2015-12-05-6726825d.pth --out assets/stats/cifar10_stats.npz
 
 Reads uint8 images (an ``.npz`` array of shape (N, H, W, C), or a folder of PNG / JPEG files, or a
-prepared TFDS dataset with ``--tfds NAME --split train``), runs them through the FID Inception in
-batches sharded over all devices, accumulates the pool_3 mean and covariance in float64
-(``StreamingStats``) and writes ``mu``, ``sigma``, ``num_samples``, ``resize`` (the
-``--resize`` convention, ``pytorch`` or ``tf1``) (and, with
-``--save_features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
+prepared TFDS dataset with ``--tfds NAME --split train``) batch by batch (an ``.npz`` is streamed:
+`iter_npz_images`), runs them through the FID Inception in batches sharded over all devices,
+accumulates the pool_3 mean and covariance in float64 (``StreamingStats``) and writes ``mu``,
+``sigma``, ``num_samples``, ``resize`` (the ``--resize`` convention, ``pytorch`` or ``tf1``)
+(and, with ``--save_features``, the ``pool_3`` rows that KID needs) with ``save_stats``.
 
 Input convention: uint8 in [0, 255]; integer arrays holding 0..255 are converted to uint8, floats
 and other ranges are refused with the range found (a float array could be [0, 1] or [0, 255] or
@@ -61,6 +61,53 @@ def load_npz_images(path: str, key: str | None = None) -> np.ndarray:
         if key not in f.files:
             raise ValueError(f"{path!r} has no array {key!r} (arrays: {f.files})")
         return _as_nhwc_uint8(f[key], path)
+
+
+def npz_array_key(path: str, key: str | None = None,
+                  candidates: Sequence[str] = ("images", "samples", "x", "arr_0")) -> str:
+    """The array of an ``.npz`` that holds the images: ``key``, else the first of
+    ``candidates`` present, else the only array (only the zip's names are read).
+
+    Raises:
+      ValueError: no array ``key``, or several arrays and none of ``candidates``.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        files = [n[:-len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+    if key is None:
+        key = next((c for c in candidates if c in files), files[0] if len(files) == 1 else None)
+        if key is None:
+            raise ValueError(f"{path!r} holds several arrays {files}; choose one with --key")
+    if key not in files:
+        raise ValueError(f"{path!r} has no array {key!r} (arrays: {files})")
+    return key
+
+
+def iter_npz_images(path: str, batch_size: int, key: str | None = None, *,
+                    max_images: int | None = None,
+                    candidates: Sequence[str] = ("images", "samples", "x", "arr_0")
+                    ) -> tuple[int, Iterator[np.ndarray]]:
+    """``(N, batches)`` of the image array of an ``.npz`` (`npz_array_key`), read from the file
+    in batches of ``batch_size`` rows as they are needed (``sample_io.iter_npz_rows``: host
+    memory O(batch), not the whole array), cut to ``max_images``. The batches are the raw
+    array's rows (any dtype): check them per batch (``_as_nhwc_uint8`` /
+    ``score.quantize_images``)."""
+    from score_jax.sample_io import iter_npz_rows, npz_array_shape
+
+    key = npz_array_key(path, key, candidates)
+    n = npz_array_shape(path, key)[0]
+    n = n if max_images is None else min(n, max(0, int(max_images)))
+
+    def batches() -> Iterator[np.ndarray]:
+        left = n
+        for rows in iter_npz_rows(path, key, batch_size):
+            if left <= 0:
+                return
+            yield rows[:left]
+            left -= len(rows)
+
+    return n, batches()
 
 
 def list_image_files(folder: str) -> list[str]:
@@ -173,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import jax
 
-    from score_jax.evaluation.inception import get_inception_fn, iter_chunks
+    from score_jax.evaluation.inception import get_inception_fn
     from score_jax.evaluation.metrics import save_stats
 
     n_dev = jax.local_device_count()
@@ -184,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif os.path.isdir(args.images):
         files = list_image_files(args.images)[:limit]
         total, batches = len(files), iter_folder_batches(files, batch_size)
-    else:
-        images = load_npz_images(args.images, args.key)[:limit]
-        total, batches = len(images), iter_chunks(images, batch_size)
+    else:  # read batch by batch: host memory O(batch), the batches iter_chunks would give
+        total, raw = iter_npz_images(args.images, batch_size, args.key, max_images=limit)
+        batches = (_as_nhwc_uint8(b, args.images) for b in raw)
     if limit is not None:
         total = min(total, limit)
 
