@@ -17,6 +17,7 @@ from score_jax import edm, parallel, sampling, toy
 from score_jax import train_step as ts
 from score_jax.distill import consistency as cm
 from score_jax.distill import progressive as pd
+from score_jax.sampling import consistency as cmsampling
 from score_jax.sde import VESDE, VPSDE
 
 MU, V = 0.5, 0.25  # data N(MU, V I)
@@ -387,6 +388,33 @@ def test_consistency_sampling_intermediate_sigmas_and_errors():
     with pytest.raises(ValueError, match="num_steps"):
         sampling.sample(jax.random.key(0), sde, score_fn, (8, 2), method="consistency",
                         num_steps=0)
+
+
+def test_consistency_sampling_sigma_mid_levels():
+    """sigma_mid: 2 steps = the explicit level sigma_mid; 3 steps = sigma_mid then the middle of
+    the 3-point rho = 7 grid from sigma_mid to sigma_min; explicit sigmas win; bad values named."""
+    sde = VESDE(sigma_min=S_MIN, sigma_max=S_MAX)
+    score_fn = edm.edm_score_fn(gauss_consistency, sde)
+    key = jax.random.key(3)
+
+    def run(**kw):
+        return np.asarray(sampling.sample(key, sde, score_fn, (16, 2), method="consistency",
+                                          eps=1e-9, **kw)[0])
+
+    np.testing.assert_array_equal(run(num_steps=2, sigma_mid=0.821), run(num_steps=2, sigmas="0.821"))
+    mid = ((0.821 ** (1 / 7) + S_MIN ** (1 / 7)) / 2) ** 7
+    np.testing.assert_allclose(run(num_steps=3, sigma_mid=0.821),
+                               run(num_steps=3, sigmas=f"0.821,{mid!r}"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cmsampling.mid_levels(sde, 0.821, 3, 1e-9)),
+                               [0.821, mid], rtol=1e-5)
+    np.testing.assert_array_equal(run(num_steps=2, sigma_mid=0.821, sigmas="2.0"),
+                                  run(num_steps=2, sigmas="2.0"))
+    assert not np.allclose(run(num_steps=2, sigma_mid=0.821), run(num_steps=2))  # rho grid: 2.52
+    np.testing.assert_array_equal(run(num_steps=1, sigma_mid=0.821), run(num_steps=1))
+    with pytest.raises(ValueError, match=r"sigma_mid=100.0 must lie between the SDE's sigma_min"):
+        run(num_steps=2, sigma_mid=100.0)
+    with pytest.raises(ValueError, match=r"sigma_mid must be > 0 and finite; got -1.0"):
+        run(num_steps=2, sigma_mid=-1.0)
 
 
 # ----------------------------------------------------------------------------------------------
