@@ -2,6 +2,9 @@
 
     python bench/bench_distill.py --workdirs=workdirs            # after the runs below
     python bench/bench_distill.py --workdirs=workdirs --num_samples=256 --nfe=1,2   # quicker
+    python bench/bench_distill.py --workdirs=workdirs --seeds=0,1,2,3 --only=teacher,cd
+        # every row at four sampling seeds and their mean (the 1000-sample metric moves by
+        # ~0.3-0.8x of the floor between seeds of one model)
 
 Expects the workdirs of (bench/RESULTS.md, "Few-step distillation on the digits"):
     python train.py --workdir=workdirs/digits                                 # teacher (main job)
@@ -16,7 +19,8 @@ each optionally run under ``/usr/bin/time -v ... > workdirs/<name>.log 2>&1``: t
 Rows: the teacher with EDM's Heun (35 NFE) and with UniPC at each NFE, the CD and CT students with
 the consistency sampler at each NFE, the PD student of each round (its own NFE). Metric: the digits
 FD of ``num_samples`` samples (``evaluation.evaluators.digits_report``) over the fresh floor of
-the same N (what new digits of the data distribution score): 1 is ideal.
+the same N (what new digits of the data distribution score): 1 is ideal. With ``--seeds`` each
+row gives the ratio at every sampling seed and their mean (FD and IS: the means).
 """
 from __future__ import annotations
 
@@ -75,30 +79,42 @@ def main(argv=None):
     p.add_argument("--num_samples", type=int, default=1000)
     p.add_argument("--nfe", default="1,2,4")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated sampling seeds (overrides --seed): per-seed ratios + mean")
     p.add_argument("--only", default=None,
                    help="comma-separated row kinds to run: teacher, cd, ct, pd (default: all)")
     args = p.parse_args(argv)
     nfes = [int(v) for v in args.nfe.split(",")]
     ref = digits.digits_reference(8)
-    print("| model | sampler | NFE | FD | fresh floor | FD / fresh floor | IS | train CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
+    seeds = [args.seed] if args.seeds is None else [int(v) for v in args.seeds.split(",")]
+    many = len(seeds) > 1
+    print("| model | sampler | NFE | FD | fresh floor | FD / fresh floor"
+          + (f" (seeds {', '.join(map(str, seeds))}) | mean" if many else "") + " | IS | train CPU s |")
+    print("|---|---|---|---|---|---|" + ("---|" if many else "") + "---|---|")
     only = None if args.only is None else tuple(args.only.lower().split(","))
     for label, config, wd, log in rows(args.workdirs, nfes):
         if only is not None and not label.lower().startswith(only):
             continue
         if not os.path.isdir(os.path.join(wd, "checkpoints")):
-            print(f"| {label} | - | - | (no checkpoint in {wd}) | | | | |", flush=True)
+            print(f"| {label} | - | - | (no checkpoint in {wd}) | | |" + (" |" if many else "")
+                  + " | |", flush=True)
             continue
-        out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=args.num_samples,
-                                               seed=args.seed,
-                                               output_dir=os.path.join(wd, "bench_distill",
-                                                                       f"{config.sampling.method}"
-                                                                       f"_{config.sampling.num_steps}"))
-        r = evaluators.digits_report(out["images"], ref)
+        reports, nfe = [], None
+        for seed in seeds:
+            sub = f"{config.sampling.method}_{config.sampling.num_steps}" + (f"_s{seed}" if many else "")
+            out = sample_lib.sample_from_checkpoint(config, workdir=wd, num_samples=args.num_samples,
+                                                   seed=seed,
+                                                   output_dir=os.path.join(wd, "bench_distill", sub))
+            reports.append(evaluators.digits_report(out["images"], ref))
+            nfe = out["nfe"]
+        mean = {k: sum(r[k] for r in reports) / len(reports) for k in
+                ("digits_fd", "digits_fd_floor_fresh", "digits_fd_ratio_fresh", "digits_is")}
+        ratios = " / ".join(f"{r['digits_fd_ratio_fresh']:.2f}" for r in reports)
         cpu = cpu_seconds(os.path.join(args.workdirs, f"{log}.log")) if log else None
-        print(f"| {label} | {config.sampling.method} | {out['nfe']} | {r['digits_fd']:.3f} | "
-              f"{r['digits_fd_floor_fresh']:.3f} | {r['digits_fd_ratio_fresh']:.2f} | "
-              f"{r['digits_is']:.2f} | {'' if cpu is None else f'{cpu:.0f}'} |", flush=True)
+        print(f"| {label} | {config.sampling.method} | {nfe} | {mean['digits_fd']:.3f} | "
+              f"{mean['digits_fd_floor_fresh']:.3f} | {ratios} |"
+              + (f" **{mean['digits_fd_ratio_fresh']:.2f}** |" if many else "")
+              + f" {mean['digits_is']:.2f} | {'' if cpu is None else f'{cpu:.0f}'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from score_jax import edm, parallel, sampling, toy
 from score_jax import train_step as ts
 from score_jax.distill import consistency as cm
 from score_jax.distill import progressive as pd
+from score_jax.sampling import consistency as cmsampling
 from score_jax.sde import VESDE, VPSDE
 
 MU, V = 0.5, 0.25  # data N(MU, V I)
@@ -113,6 +114,78 @@ def test_cd_target_with_exact_teacher_and_tiny_step_is_the_exact_ode_map(x64):
     loss_bad, _ = cm.cd_loss(jax.random.key(3), gauss_denoiser, gauss_consistency, gauss_denoiser,
                              x0, num_scales=2000)
     assert float(loss_bad) > 1e-3
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_cd_multistep_teacher_walks_the_grid(x64, k):
+    """teacher_steps k: the target point is k teacher Heun steps down the N-point grid from
+    sigma_j (fewer below sigma_k), computed here example by example; k = 1 is CM's pairing."""
+    n, b = 6, 64
+    x0 = MU + jnp.sqrt(V) * jax.random.normal(jax.random.key(5), (b, 3), jnp.float64)
+    key = jax.random.key(6)
+
+    def ident(y, sigma):
+        return y
+
+    _, aux = cm.cd_loss(key, ident, ident, gauss_denoiser, x0, num_scales=n, teacher_steps=k)
+    k_i, k_z = jax.random.split(key)
+    j = np.asarray(jax.random.randint(k_i, (b,), 1, n))
+    z = jax.random.normal(k_z, x0.shape, jnp.float64)
+    # the grid as cd_loss evaluates it (float32 levels of the (B,) index arrays)
+    levels = [np.asarray(cm.karras_sigma(jnp.asarray(np.maximum(j - s, 0)), n, S_MIN, S_MAX),
+                         np.float64) for s in range(n)]
+    want = []
+    for e in range(b):
+        y = x0[e:e + 1] + levels[0][e] * z[e:e + 1]
+        y_hi = y
+        for s in range(1, min(k, j[e]) + 1):
+            y = cm.heun_step(gauss_denoiser, y, jnp.asarray(levels[s - 1][e:e + 1]),
+                             jnp.asarray(levels[s][e:e + 1]))
+        want.append(float(jnp.mean((y_hi - y) ** 2)))
+    np.testing.assert_allclose(np.asarray(aux["losses"]), want, rtol=1e-10)
+    grid = np.asarray(cm.karras_sigma(jnp.arange(n), n, S_MIN, S_MAX), np.float64)
+    np.testing.assert_allclose(np.asarray(aux["sigma"]), grid[j], rtol=1e-6)
+    assert len(set(j.tolist())) == n - 1  # every level 1..N-1 drawn
+    # the exact consistency function is consistent across k-step links too; a wrong one is not
+    loss, _ = cm.cd_loss(key, gauss_consistency, gauss_consistency, gauss_denoiser, x0,
+                         num_scales=2000, teacher_steps=k)
+    bad, _ = cm.cd_loss(key, gauss_denoiser, gauss_consistency, gauss_denoiser, x0,
+                        num_scales=2000, teacher_steps=k)
+    assert float(loss) < 1e-10 and float(bad) > 1e-3
+    with pytest.raises(ValueError, match="teacher_steps"):
+        cm.cd_loss(key, ident, ident, gauss_denoiser, x0, teacher_steps=0)
+
+
+def test_cd_weightings(x64):
+    """lambda of each CD example: 1 (CM), 1 / (sigma_j - sigma_lo) (iCT), 1 / c_out(sigma_j)^2 with
+    the consistency preconditioning's c_out (EDM's lambda): the weighted losses are the uniform
+    ones times lambda, example by example."""
+    pre = cm.ConsistencyPrecond(sigma_data=0.5, sigma_min=S_MIN, sigma_max=S_MAX)
+    sig = jnp.asarray([0.01, 0.3, 80.0], jnp.float64)
+    lo = jnp.asarray([S_MIN, 0.14, 57.0], jnp.float64)
+    np.testing.assert_allclose(cm.cd_weight("uniform", sig, lo, S_MIN), 1.0)
+    np.testing.assert_allclose(cm.cd_weight("inverse_dsigma", sig, lo, S_MIN),
+                               [1 / 0.008, 1 / 0.16, 1 / 23.0], rtol=1e-12)
+    c_out = pre.coeffs(sig)[1]
+    np.testing.assert_allclose(cm.cd_weight("inverse_cout2", sig, lo, S_MIN, 0.5), 1 / c_out**2,
+                               rtol=1e-12)
+    np.testing.assert_allclose(1 / c_out**2, [(0.25 + 1e-4) / (0.008**2 * 0.25),
+                                              (0.25 + 0.09) / (0.298**2 * 0.25),
+                                              (0.25 + 6400) / (79.998**2 * 0.25)], rtol=1e-12)
+    x0 = MU + jnp.sqrt(V) * jax.random.normal(jax.random.key(7), (32, 3), jnp.float64)
+    key = jax.random.key(8)
+    base, aux0 = cm.cd_loss(key, gauss_denoiser, gauss_consistency, gauss_denoiser, x0,
+                            num_scales=6, teacher_steps=2)
+    k_i, _ = jax.random.split(key)
+    j = jax.random.randint(k_i, (32,), 1, 6)
+    grid = cm.karras_sigma(jnp.arange(6), 6, S_MIN, S_MAX).astype(jnp.float64)
+    for w in ("inverse_dsigma", "inverse_cout2"):
+        _, aux = cm.cd_loss(key, gauss_denoiser, gauss_consistency, gauss_denoiser, x0,
+                            num_scales=6, teacher_steps=2, weighting=w)
+        lam = cm.cd_weight(w, grid[j], grid[jnp.maximum(j - 2, 0)], S_MIN, 0.5)
+        np.testing.assert_allclose(aux["losses"], aux0["losses"] * lam, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"weighting 'snr'; valid choices: \['uniform'"):
+        cm.cd_loss(key, gauss_denoiser, gauss_consistency, gauss_denoiser, x0, weighting="snr")
 
 
 def test_mixture_cd_target_is_the_ode_map(x64):
@@ -317,6 +390,33 @@ def test_consistency_sampling_intermediate_sigmas_and_errors():
                         num_steps=0)
 
 
+def test_consistency_sampling_sigma_mid_levels():
+    """sigma_mid: 2 steps = the explicit level sigma_mid; 3 steps = sigma_mid then the middle of
+    the 3-point rho = 7 grid from sigma_mid to sigma_min; explicit sigmas win; bad values named."""
+    sde = VESDE(sigma_min=S_MIN, sigma_max=S_MAX)
+    score_fn = edm.edm_score_fn(gauss_consistency, sde)
+    key = jax.random.key(3)
+
+    def run(**kw):
+        return np.asarray(sampling.sample(key, sde, score_fn, (16, 2), method="consistency",
+                                          eps=1e-9, **kw)[0])
+
+    np.testing.assert_array_equal(run(num_steps=2, sigma_mid=0.821), run(num_steps=2, sigmas="0.821"))
+    mid = ((0.821 ** (1 / 7) + S_MIN ** (1 / 7)) / 2) ** 7
+    np.testing.assert_allclose(run(num_steps=3, sigma_mid=0.821),
+                               run(num_steps=3, sigmas=f"0.821,{mid!r}"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cmsampling.mid_levels(sde, 0.821, 3, 1e-9)),
+                               [0.821, mid], rtol=1e-5)
+    np.testing.assert_array_equal(run(num_steps=2, sigma_mid=0.821, sigmas="2.0"),
+                                  run(num_steps=2, sigmas="2.0"))
+    assert not np.allclose(run(num_steps=2, sigma_mid=0.821), run(num_steps=2))  # rho grid: 2.52
+    np.testing.assert_array_equal(run(num_steps=1, sigma_mid=0.821), run(num_steps=1))
+    with pytest.raises(ValueError, match=r"sigma_mid=100.0 must lie between the SDE's sigma_min"):
+        run(num_steps=2, sigma_mid=100.0)
+    with pytest.raises(ValueError, match=r"sigma_mid must be > 0 and finite; got -1.0"):
+        run(num_steps=2, sigma_mid=-1.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses: errors, and the jitted step sharded over 8 devices equals one device
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +432,10 @@ def test_loss_fn_errors():
         cm.get_consistency_loss_fn(MLP(), pre, teacher=gauss_denoiser, solver="rk4")
     with pytest.raises(ValueError, match="valid choices"):
         cm.get_consistency_loss_fn(MLP(), pre, teacher=gauss_denoiser, metric="lpips")
+    with pytest.raises(ValueError, match="teacher_steps must be an integer >= 1; got 0"):
+        cm.get_consistency_loss_fn(MLP(), pre, teacher=gauss_denoiser, teacher_steps=0)
+    with pytest.raises(ValueError, match="weighting 'x'; valid choices"):
+        cm.get_consistency_loss_fn(MLP(), pre, teacher=gauss_denoiser, weighting="x")
     with pytest.raises(ValueError, match="2N"):
         pd.get_progressive_loss_fn(MLP(), edm.EDMPrecond(), gauss_denoiser, jnp.ones(4))
 

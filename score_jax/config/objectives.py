@@ -256,7 +256,8 @@ def distill_loss_from_config(config, sde, model, *, train: bool, teacher: Callab
                   total_steps=int(t.n_iters), num_scales=int(d.num_scales), rho=float(d.rho),
                   solver=d.solver, metric=d.get("metric"), target=d.target, ct_s0=int(d.ct_s0),
                   ct_s1=int(d.ct_s1), ct_p_mean=float(d.ct_p_mean), ct_p_std=float(d.ct_p_std),
-                  pd_num_steps=d.get("pd_num_steps"))
+                  pd_num_steps=d.get("pd_num_steps"), teacher_steps=int(d.teacher_steps),
+                  weighting=d.weighting)
     if teacher is None and d.method != "ct":
         def no_teacher(variables, batch, key):
             raise ValueError(f"distillation method {d.method!r} needs a teacher: set "

@@ -229,6 +229,12 @@ def validate_config(config, *, num_devices: int | None = None) -> None:
         distill_objective.check_method(config.distill.method)
         _need(config.distill.method != "pd" or config.distill.get("pd_num_steps"),
               "config.distill.method='pd' needs distill.pd_num_steps (the student's steps)")
+        _pos_int("distill.teacher_steps", config.distill.get("teacher_steps", 1))
+        from score_jax.distill import consistency as consistency_lib
+
+        _need(config.distill.get("weighting", "uniform") in consistency_lib.WEIGHTINGS,
+              f"config.distill.weighting={config.distill.get('weighting')!r} unknown; valid "
+              f"choices: {list(consistency_lib.WEIGHTINGS)}")
     if objective == "flow_matching":
         _need(t.get("flow_path", "condot") in flow.PATHS,
               f"config.training.flow_path={t.get('flow_path')!r} unknown; valid choices: "

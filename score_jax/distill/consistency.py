@@ -166,30 +166,87 @@ METRICS = ("l2", "pseudo_huber")
 def cd_loss(key: Array, student: Callable, target: Callable, teacher: Callable, x0: Array, *,
             num_scales: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
             rho: float = 7.0, solver: str = "heun", metric: str = "l2",
-            c: float | None = None) -> tuple[Array, dict]:
+            c: float | None = None, teacher_steps: int = 1, weighting: str = "uniform",
+            sigma_data: float = 0.5) -> tuple[Array, dict]:
     """Consistency distillation (CM Algorithm 2, uniform weighting).
+
+    With ``teacher_steps`` k = 1 (CM): i ~ U{0..N-2}, one teacher step sigma_{i+1} -> sigma_i.
+    With k > 1 each consistency link spans k intervals of the same grid: j ~ U{1..N-1},
+    y_j = x0 + sigma_j z, and the teacher walks k solver steps sigma_j -> sigma_{j-1} -> ... ->
+    sigma_{max(j-k, 0)} (fewer at the bottom of the grid) before the target is evaluated; the
+    student then needs ~(N-1)/k links instead of N-1 to carry the boundary condition to
+    sigma_max, at 2k teacher evaluations per example (Heun) instead of 2, and the teacher's
+    discretisation is still the N-point grid (the multi-step teacher of consistency trajectory
+    models, Kim et al. 2024, Sec. 4, restricted to the grid).
+
+    ``weighting`` lambda of each example's distance (`WEIGHTINGS`): "uniform" (CM: 1);
+    "inverse_dsigma" (iCT Sec. 3.4 / ECT: 1 / (sigma_j - sigma_lo)); "inverse_cout2" (EDM's
+    lambda = 1 / c_out(sigma_j)^2 with c_out of `ConsistencyPrecond` and ``sigma_data``: the
+    distance measured on the network output F rather than on f, so the low noise levels, where
+    c_out ~ sigma is small and every link of the chain starts, are not drowned by the high ones).
 
     Args:
       student / target: consistency functions f(y, sigma) (the network and the target network).
       teacher: the teacher denoiser D(y, sigma) (any score model through ``edm``'s conversions).
-      x0: data (B, ...). ``num_scales`` N >= 2 grid points.
-    Returns ``(loss, {"losses": (B,), "sigma": sigma_{i+1} (B,)})``.
+      x0: data (B, ...). ``num_scales`` N >= 2 grid points. ``teacher_steps`` k >= 1 (static).
+    Returns ``(loss, {"losses": (B,) weighted, "sigma": sigma_j (B,)})``.
+    Raises ValueError for N < 2, k < 1 or an unknown weighting.
     """
     if num_scales < 2:
         raise ValueError(f"num_scales must be >= 2; got {num_scales}")
+    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
+        raise ValueError(f"teacher_steps must be an integer >= 1; got {teacher_steps!r}")
+    check_weighting(weighting)
     step = get_teacher_solver(solver)
     k_i, k_z = jax.random.split(key)
     B = x0.shape[0]
-    i = jax.random.randint(k_i, (B,), 0, num_scales - 1)
-    sig_lo = karras_sigma(i, num_scales, sigma_min, sigma_max, rho).astype(x0.dtype)
-    sig_hi = karras_sigma(i + 1, num_scales, sigma_min, sigma_max, rho).astype(x0.dtype)
+    j = jax.random.randint(k_i, (B,), 1, num_scales)  # the student's level index
+    lo = jnp.maximum(j - teacher_steps, 0)
+    sig_hi = karras_sigma(j, num_scales, sigma_min, sigma_max, rho).astype(x0.dtype)
+    sig_lo = karras_sigma(lo, num_scales, sigma_min, sigma_max, rho).astype(x0.dtype)
     z = jax.random.normal(k_z, x0.shape, x0.dtype)
     y_hi = x0 + batch_mul(sig_hi, z)
-    y_lo = jax.lax.stop_gradient(step(teacher, y_hi, sig_hi, sig_lo))
+    y_lo, sig = y_hi, sig_hi
+    for s in range(1, teacher_steps + 1):  # k is small and static: unrolled
+        # past the bottom (j - s < lo) the level repeats and the step is the identity
+        sig_next = karras_sigma(jnp.maximum(j - s, lo), num_scales, sigma_min, sigma_max,
+                                rho).astype(x0.dtype)
+        y_lo = jnp.where(_bcast(sig_next < sig, y_lo), step(teacher, y_lo, sig, sig_next), y_lo)
+        sig = sig_next
+    y_lo = jax.lax.stop_gradient(y_lo)
     pred = student(y_hi, sig_hi)
     tgt = jax.lax.stop_gradient(target(y_lo, sig_lo))
-    losses = distance(pred, tgt, metric, c)
+    losses = distance(pred, tgt, metric, c) * cd_weight(weighting, sig_hi, sig_lo, sigma_min,
+                                                        sigma_data)
     return jnp.mean(losses), {"losses": losses, "sigma": sig_hi}
+
+
+WEIGHTINGS = ("uniform", "inverse_dsigma", "inverse_cout2")
+
+
+def check_weighting(weighting: str) -> str:
+    """ValueError naming ``weighting`` and `WEIGHTINGS` unless it is one of them."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown consistency weighting {weighting!r}; valid choices: "
+                         f"{list(WEIGHTINGS)}")
+    return weighting
+
+
+def cd_weight(weighting: str, sigma: Array, sigma_lo: Array, sigma_min: float,
+              sigma_data: float = 0.5) -> Array:
+    """lambda(sigma_j, sigma_lo) of `cd_loss` (`WEIGHTINGS`), shape of ``sigma``."""
+    check_weighting(weighting)
+    if weighting == "uniform":
+        return jnp.ones_like(sigma)
+    if weighting == "inverse_dsigma":
+        return 1.0 / (sigma - sigma_lo)
+    c_out = (sigma - sigma_min) * sigma_data / jnp.sqrt(jnp.square(sigma) + sigma_data**2)
+    return 1.0 / jnp.square(c_out)
+
+
+def _bcast(mask: Array, x: Array) -> Array:
+    """(B,) -> (B, 1, ..., 1) broadcastable against ``x``."""
+    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
 def ct_num_scales(step: Array, total_steps: int, s0: int = 10, s1: int = 1280) -> Array:
@@ -266,6 +323,8 @@ def get_consistency_loss_fn(
     p_mean: float = -1.1,
     p_std: float = 2.0,
     log_label: bool = False,
+    teacher_steps: int = 1,
+    weighting: str = "uniform",
 ) -> Callable[[Any, Any, Array], tuple[Array, dict]]:
     """``loss_fn(variables, batch, key) -> (loss, aux)`` of CD or iCT for a flax backbone, the
     contract of ``losses.get_loss_fn``.
@@ -278,9 +337,10 @@ def get_consistency_loss_fn(
     teacher's parameters; its forward passes run inside the same jitted step); ``target``: "ema"
     (CM: theta^- = EMA of theta, rate ``model.ema_rate``) or "stopgrad" (iCT: theta^- = theta).
     ``method="ct"`` (iCT) always uses stopgrad(theta) and needs ``total_steps``.
-    ``metric``: default "l2" for CD, "pseudo_huber" for CT.
+    ``metric``: default "l2" for CD, "pseudo_huber" for CT. ``teacher_steps``: teacher solver
+    steps per CD link, ``weighting`` the CD loss weight lambda (`cd_loss`).
     Raises ValueError for an unknown method, target, metric or solver, CD without a teacher, CT
-    without total_steps.
+    without total_steps, teacher_steps < 1, an unknown weighting.
     """
     from score_jax.losses import split_batch
 
@@ -292,6 +352,9 @@ def get_consistency_loss_fn(
     if metric not in METRICS:
         raise ValueError(f"Unknown consistency metric {metric!r}; valid choices: {list(METRICS)}")
     get_teacher_solver(solver)
+    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
+        raise ValueError(f"teacher_steps must be an integer >= 1; got {teacher_steps!r}")
+    check_weighting(weighting)
     if method == "cd" and teacher is None:
         raise ValueError("consistency distillation (method 'cd') needs a teacher denoiser")
     if method == "ct" and not (isinstance(total_steps, int) and total_steps > 0):
@@ -314,7 +377,8 @@ def get_consistency_loss_fn(
         else:
             tgt = student
         return cd_loss(key_loss, student, tgt, teacher, x0, num_scales=num_scales, solver=solver,
-                       **kw)
+                       teacher_steps=teacher_steps, weighting=weighting,
+                       sigma_data=precond.sigma_data, **kw)
 
     return loss_fn
 
@@ -323,5 +387,5 @@ __all__ = [
     "ConsistencyPrecond", "sigma_range", "consistency_precond_for_sde", "karras_sigma",
     "euler_step", "heun_step", "TEACHER_SOLVERS", "get_teacher_solver", "pseudo_huber_constant",
     "distance", "METRICS", "cd_loss", "ct_num_scales", "lognormal_index_probs", "ct_loss",
-    "METHODS", "TARGETS", "get_consistency_loss_fn",
+    "METHODS", "TARGETS", "get_consistency_loss_fn", "WEIGHTINGS", "check_weighting", "cd_weight",
 ]

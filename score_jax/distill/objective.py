@@ -66,6 +66,8 @@ def get_distill_loss_fn(
     ct_p_std: float = 2.0,
     pd_num_steps: int | None = None,
     eps: float | None = None,
+    teacher_steps: int = 1,
+    weighting: str = "uniform",
 ) -> Callable:
     """``loss_fn(variables, batch, key) -> (loss, aux)`` of distillation ``method`` (`METHODS`)
     for the student network ``model`` on ``sde``'s noise range, the contract of
@@ -74,7 +76,9 @@ def get_distill_loss_fn(
     ``teacher``: the teacher's denoiser D(y, sigma) (``edm.EDMDenoiser``, or
     ``edm.denoiser_from_score`` of a score model; its weights are then constants of the step), or
     a `FrozenTeacher` (weights read from ``variables["frozen"]``); needed by "cd" and "pd". "cd":
-    `consistency.cd_loss` with ``num_scales``, ``solver``, ``metric`` (default "l2"), ``target``;
+    `consistency.cd_loss` with ``num_scales``, ``solver``, ``metric`` (default "l2"), ``target``,
+    ``teacher_steps`` (solver steps per consistency link, default 1 = CM), ``weighting`` (the
+    loss weight, default "uniform" = CM);
     "ct": improved CT (`consistency.ct_loss`) with the curriculum ``ct_s0`` -> ``ct_s1`` over
     ``total_steps``; "pd": one round with a ``pd_num_steps``-step student and a 2N-step teacher
     (`progressive.get_progressive_loss_fn`).
@@ -85,7 +89,8 @@ def get_distill_loss_fn(
         kwargs = dict(train=train, sigma_data=sigma_data, log_label=log_label,
                       total_steps=total_steps, num_scales=num_scales, rho=rho, solver=solver,
                       metric=metric, target=target, ct_s0=ct_s0, ct_s1=ct_s1, ct_p_mean=ct_p_mean,
-                      ct_p_std=ct_p_std, pd_num_steps=pd_num_steps, eps=eps)
+                      ct_p_std=ct_p_std, pd_num_steps=pd_num_steps, eps=eps,
+                      teacher_steps=teacher_steps, weighting=weighting)
         spec, current = teacher, []  # the denoiser of the weights being traced
 
         def proxy(y, sigma):
@@ -120,7 +125,8 @@ def get_distill_loss_fn(
     return consistency.get_consistency_loss_fn(
         model, precond, method=method, teacher=teacher, target=target, train=train,
         num_scales=num_scales, rho=rho, solver=solver, metric=metric, total_steps=total_steps,
-        s0=ct_s0, s1=ct_s1, p_mean=ct_p_mean, p_std=ct_p_std, log_label=log_label)
+        s0=ct_s0, s1=ct_s1, p_mean=ct_p_mean, p_std=ct_p_std, log_label=log_label,
+        teacher_steps=teacher_steps, weighting=weighting)
 
 
 def teacher_denoiser(score_fn: Callable, sde) -> Callable:

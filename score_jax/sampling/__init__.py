@@ -28,7 +28,8 @@ function's keyword-only signature is the list, ``method_options(method)`` return
   sampler, ``sampling/ddpm.py``); num_steps [250] respaced DDPM steps, respacing [None],
   clip_denoised [False]. Needs ``score.LearnedVarianceScoreFn`` on a VPSDE.
 - ``"consistency"``: multistep consistency sampling of a consistency model
-  (``score_jax.distill``); num_steps [1], sigmas [None: EDM's rho grid], rho [7], eps.
+  (``score_jax.distill``); num_steps [1], sigmas [None: EDM's rho grid], rho [7], eps,
+  sigma_mid [None; the first intermediate level, e.g. ECT's 0.821].
 
 Every sampler has the contract ``fn(key, sde, score_fn, x_init, **options) -> (x, nfe)`` and the
 same meaning of the shared options:
@@ -265,6 +266,10 @@ def validate_options(method: str, sde, options: dict) -> None:
         _check_pc_chain(sde, options)
     if method == "consistency" and options.get("sigmas") is not None:
         parse_sigmas(options["sigmas"], options.get("num_steps", valid["num_steps"]))
+    if method == "consistency" and options.get("sigma_mid") is not None and sde is not None:
+        from score_jax.sampling.consistency import check_sigma_mid
+
+        check_sigma_mid(sde, options["sigma_mid"], options.get("eps"))
     if method == "learned_variance" and sde is not None:
         _check_respacing(sde, options)
     if method == "ode" and options.get("num_steps") is None and options.get("solver") == "euler":

@@ -42,6 +42,32 @@ def parse_sigmas(sigmas, num_steps: int) -> tuple[float, ...] | None:
     return sigmas
 
 
+def mid_levels(sde, sigma_mid: float, num_steps: int, eps: float, rho: float = 7.0) -> Array:
+    """The ``num_steps - 1`` intermediate levels of `consistency_sample` with ``sigma_mid``:
+    sigma_k = (sigma_mid^(1/rho) + k / (num_steps - 1) (sigma_min^(1/rho) - sigma_mid^(1/rho)))^rho,
+    k = 0..num_steps-2, sigma_min = sigma(eps) (a (num_steps - 1,) array; ``sde`` may be traced).
+    ValueError unless sigma_min < sigma_mid < sigma(T) (checked when the SDE is concrete)."""
+    check_sigma_mid(sde, sigma_mid, eps)
+    a_min, s_min = sde.marginal_coeffs(jnp.asarray(eps, jnp.float32))
+    a = jnp.float32(sigma_mid) ** (1.0 / rho)
+    b = (s_min / a_min) ** (1.0 / rho)
+    k = jnp.arange(num_steps - 1, dtype=jnp.float32)
+    return (a + k / (num_steps - 1) * (b - a)) ** rho
+
+
+def check_sigma_mid(sde, sigma_mid: float, eps: float | None = None) -> None:
+    """ValueError unless sigma(eps) < ``sigma_mid`` < sigma(T) on ``sde`` (skipped while the SDE's
+    parameters are traced: `consistency_sample` runs inside jit, ``validate_options`` outside)."""
+    from score_jax.distill.consistency import sigma_range
+
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(sde)):
+        return
+    lo, hi = sigma_range(sde, eps)
+    if not lo < float(sigma_mid) < hi:
+        raise ValueError(f"sigma_mid={sigma_mid!r} must lie between the SDE's sigma_min {lo:.4g} "
+                         f"and sigma_max {hi:.4g}")
+
+
 def consistency_sample(
     key: Array,
     sde,
@@ -52,6 +78,7 @@ def consistency_sample(
     sigmas: str | None = None,
     rho: float = 7.0,
     eps: float | None = None,
+    sigma_mid: float | None = None,
 ) -> tuple[Array, int]:
     """Sample a consistency model in ``num_steps`` evaluations (module doc).
 
@@ -61,17 +88,26 @@ def consistency_sample(
       sigmas: the ``num_steps - 1`` intermediate noise levels sigma = s / a (decreasing), as a
         tuple or a comma-separated string; None: the first ``num_steps`` points of EDM's rho grid
         with ``num_steps + 1`` points from sigma(T) to sigma(eps) (``sampling.get_timesteps``,
-        schedule "edm").
+        schedule "edm"), unless ``sigma_mid`` is given.
       rho: the grid's rho (ignored with ``sigmas``). eps: the end time (sigma_min = sigma(eps)).
+      sigma_mid: the first intermediate level when ``sigmas`` is None: the intermediate levels
+        are then the first ``num_steps - 1`` points of the ``num_steps``-point rho grid from
+        sigma_mid down to sigma_min (2 steps: sigma_mid alone). ECT's and iCT's two-step level
+        on CIFAR-10 is 0.821 (locuslab/ect ``ct_eval.py --mid_t``); must lie in
+        (sigma_min, sigma(T)). Ignored with ``sigmas`` (explicit levels win) and with 1 step.
     Returns ``(x0, num_steps)``.
+    Raises ValueError for bad ``sigmas`` or a ``sigma_mid`` outside (sigma_min, sigma(T)).
     """
     from score_jax.sampling import options as opts
     from score_jax.sampling.fast import get_timesteps, inverse_log_snr
 
     # no denoise option: every evaluation returns x0 (sampling/options.py: num_steps >= 1)
-    opts.check_options("consistency", sde, denoise=False, num_steps=num_steps, eps=eps, rho=rho)
+    opts.check_options("consistency", sde, denoise=False, num_steps=num_steps, eps=eps, rho=rho,
+                       sigma_mid=sigma_mid)
     eps = resolve_eps(sde, eps)
     levels = parse_sigmas(sigmas, num_steps)
+    if levels is None and sigma_mid is not None and num_steps >= 2:
+        levels = mid_levels(sde, sigma_mid, num_steps, eps, rho)
     if levels is None:
         t = get_timesteps(sde, num_steps + 1, eps, "edm", rho=rho, dtype=x_init.dtype)[:num_steps]
     else:
@@ -90,4 +126,4 @@ def consistency_sample(
     return x0, num_steps
 
 
-__all__ = ["consistency_sample", "parse_sigmas"]
+__all__ = ["consistency_sample", "parse_sigmas", "mid_levels", "check_sigma_mid"]

@@ -42,6 +42,7 @@ def _int(v) -> bool:
 # name -> (predicate, the valid range in words). ``num_steps`` and ``eps`` have their own rules.
 RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "rtol": (lambda v: _finite(v) and v > 0, "> 0 and finite"),
+    "sigma_mid": (lambda v: _finite(v) and v > 0, "> 0 and finite"),
     "atol": (lambda v: _finite(v) and v > 0, "> 0 and finite"),
     "n_steps": (lambda v: _int(v) and v >= 1, "an int >= 1"),
     "order": (lambda v: _int(v) and v in (1, 2, 3), "1, 2 or 3"),
