@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 FLAGS=(--config="$HERE/configs/default_digits.py" --config.data.dataset=NONE
        --config.data.image_size=32 --config.data.num_channels=3 --config.model.nf=8
        --config.sampling.num_steps=2 --config.sampling.batch_size=500 --num_samples="$N")
-PYTHONPATH="$HERE" python - "$OUT/init.msgpack" "${FLAGS[@]}" <<'PY'
+PYTHONPATH="$HERE" "${PYTHON:-python}" - "$OUT/init.msgpack" "${FLAGS[@]}" <<'PY'
 import sys
 
 import jax
@@ -43,7 +43,7 @@ PY
 run() {  # name, repo, extra flags
   local name=$1 repo=$2
   shift 2
-  /usr/bin/time -v env PYTHONPATH="$repo" python "$repo/sample.py" "${FLAGS[@]}" \
+  /usr/bin/time -v env PYTHONPATH="$repo" "${PYTHON:-python}" "$repo/sample.py" "${FLAGS[@]}" \
       --checkpoint="$OUT/init.msgpack" --output_dir="$OUT/$name" "$@" \
       2> "$OUT/$name.time" > "$OUT/$name.log"
   echo "$name: max RSS $(grep 'Maximum resident' "$OUT/$name.time" | awk '{print $NF}') KB," \
@@ -52,7 +52,7 @@ run() {  # name, repo, extra flags
 [ -n "$BEFORE" ] && run before "$BEFORE"
 run kept "$HERE" --keep_images
 run streamed "$HERE" --nokeep_images
-python - "$OUT" <<'PY'
+"${PYTHON:-python}" - "$OUT" <<'PY'
 import hashlib, os, sys
 
 import numpy as np

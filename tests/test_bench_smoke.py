@@ -43,7 +43,8 @@ SMOKE: dict[str, list[str]] = {
     "bench_fsdp_memory.py": ["--preset", "DiT-S/2", "--batch", "16", "--fsdp", "1", "8",
                              "--json", "{tmp}/fsdp.json"],
     "bench_checkerboard.py": ["--steps", "2", "--batch", "16", "--n", "32"],
-    "bench_compile_cache.sh": [],  # the smoke config already; writes under $TMPDIR
+    "bench_compile_cache.sh": [],
+    "bench_sample_stream_rss.sh": ["40", "{tmp}/rss"],  # N = 40: in memory vs streamed  # the smoke config already; writes under $TMPDIR
     "bench_data_pipeline.py": ["--smoke"],  # 16 px records, 0 / 1 worker, digits smoke steps
     "bench_conditional.py": ["--workdir", "{tmp}/wd", "--variant", "smoke", "--n_iters", "2",
                              "--num", "10", "--ws", "0,2"],
