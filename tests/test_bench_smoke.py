@@ -33,6 +33,7 @@ SMOKE: dict[str, list[str]] = {
     "bench_async_save.py": ["--mb", "4", "--saves", "2", "--work-s", "0.1", "--digits-steps", "2",
                             "--json", "{tmp}/async.json"],
     "bench_distill.py": ["--workdirs", "{tmp}/none", "--num_samples", "8"],  # rows say "no checkpoint"
+    "bench_distill_trajectory.py": ["--workdir", "{tmp}/none", "--teacher", "{tmp}/none"],
     "bench_distill_sigmas.py": ["--workdir", "{tmp}/none", "--teacher", "{tmp}/none",
                                 "--num_samples", "8"],  # says "no checkpoint"
     "bench_digits_text.py": ["--workdir", "{tmp}/dt", "--variant", "smoke", "--scales", "0,1",
