@@ -295,7 +295,9 @@ def test_sample_cli_keep_images_flag(capsys):
     import sample  # the CLI module (flags defined at import, not parsed)
 
     assert flags.FLAGS["keep_images"].default is None
-    assert _cli.respell_argv(["sample.py", "--no-keep-images", "--keep-images"]) == [
-        "sample.py", "--nokeep_images", "--keep_images"]
+    assert _cli.respell_argv(["sample.py", "--no-keep-images"]) == ["sample.py", "--nokeep_images"]
+    assert _cli.respell_argv(["sample.py", "--keep-images"]) == ["sample.py", "--keep_images"]
+    with pytest.raises(SystemExit, match="--keep_images is given twice"):  # both: contradictory
+        _cli.respell_argv(["sample.py", "--no-keep-images", "--keep-images"])
     sample._print_digits_metrics(tiny_config(), {"png": "p.png", "images_kept": False})
     assert "digits metric skipped: the samples were streamed" in capsys.readouterr().out

@@ -58,11 +58,11 @@ def mid_levels(sde, sigma_mid: float, num_steps: int, eps: float, rho: float = 7
 def check_sigma_mid(sde, sigma_mid: float, eps: float | None = None) -> None:
     """ValueError unless sigma(eps) < ``sigma_mid`` < sigma(T) on ``sde`` (skipped while the SDE's
     parameters are traced: `consistency_sample` runs inside jit, ``validate_options`` outside)."""
-    from score_jax.distill.consistency import sigma_range
-
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(sde)):
         return
-    lo, hi = sigma_range(sde, eps)
+    eps = resolve_eps(sde, eps)
+    a, s = sde.marginal_coeffs(jnp.asarray([eps, sde.T], jnp.float32))
+    lo, hi = (float(v) for v in s / a)
     if not lo < float(sigma_mid) < hi:
         raise ValueError(f"sigma_mid={sigma_mid!r} must lie between the SDE's sigma_min {lo:.4g} "
                          f"and sigma_max {hi:.4g}")
