@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from score_jax import pytree
 from score_jax.edm import EDMDenoiser
+from score_jax.sampling.common import sigma_range
 from score_jax.sde import batch_mul
 
 Array = jax.Array
@@ -77,15 +78,6 @@ class ConsistencyPrecond:
         c_skip = sd2 / (jnp.square(shifted) + sd2)
         r = jnp.sqrt(jnp.square(sigma) + sd2)
         return c_skip, shifted * self.sigma_data / r, 1.0 / r, jnp.log(sigma) / 4.0
-
-
-def sigma_range(sde, eps: float | None = None) -> tuple[float, float]:
-    """(sigma_min, sigma_max) = (s / a at t = eps, s / a at t = T) of ``sde``'s Gaussian path, eps
-    defaulting to ``sde.sampling_eps``: the noise range the samplers of the project cover."""
-    eps = sde.sampling_eps if eps is None else eps
-    a, s = sde.marginal_coeffs(jnp.asarray([eps, sde.T], jnp.float32))
-    sig = s / a
-    return float(sig[0]), float(sig[1])
 
 
 def consistency_precond_for_sde(sde, *, sigma_data: float = 0.5,

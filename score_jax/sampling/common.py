@@ -40,6 +40,16 @@ def resolve_eps(sde, eps: float | None) -> float:
     return eps
 
 
+def sigma_range(sde, eps: float | None = None) -> tuple[float, float]:
+    """(sigma_min, sigma_max) = (s / a at t = eps, s / a at t = T) of ``sde``'s Gaussian path, eps
+    defaulting to ``sde.sampling_eps``: the noise range the samplers of the project cover (a
+    concrete ``sde``)."""
+    eps = sde.sampling_eps if eps is None else eps
+    a, s = sde.marginal_coeffs(jnp.asarray([eps, sde.T], jnp.float32))
+    sig = s / a
+    return float(sig[0]), float(sig[1])
+
+
 def check_eps(sde, eps, name: str = "eps") -> None:
     """ValueError naming ``eps`` and the valid range (0, T) unless it is a finite number there."""
     T = float(sde.T)

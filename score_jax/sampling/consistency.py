@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling.common import resolve_eps, x0_prediction
+from score_jax.sampling.common import resolve_eps, sigma_range, x0_prediction
 
 Array = jax.Array
 
@@ -60,9 +60,7 @@ def check_sigma_mid(sde, sigma_mid: float, eps: float | None = None) -> None:
     parameters are traced: `consistency_sample` runs inside jit, ``validate_options`` outside)."""
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(sde)):
         return
-    eps = resolve_eps(sde, eps)
-    a, s = sde.marginal_coeffs(jnp.asarray([eps, sde.T], jnp.float32))
-    lo, hi = (float(v) for v in s / a)
+    lo, hi = sigma_range(sde, resolve_eps(sde, eps))
     if not lo < float(sigma_mid) < hi:
         raise ValueError(f"sigma_mid={sigma_mid!r} must lie between the SDE's sigma_min {lo:.4g} "
                          f"and sigma_max {hi:.4g}")
