@@ -114,9 +114,18 @@ def respell_argv(argv=None, flag_values=None):
         end = out.index("--") if "--" in out else len(out)
         out = [("--help" if a == "-h" and i < end else a) for i, a in enumerate(out)]
     if not _wants_help(out):
-        msg = repeated_flag(out, names, booleans=[n for n in names if flag_values[n].boolean],
-                            repeatable=[n for n in names
-                                        if isinstance(flag_values[n], flags.MultiFlag)])
+        # With an explicit --config=FILE, ml_collections defines the --config.<key> override
+        # flags only while absl parses argv: their "--name=value" forms count as known here too.
+        end = out.index("--") if "--" in out else len(out)
+        overrides = {a.lstrip("-").partition("=")[0] for a in out[1:end]
+                     if a.startswith(("--config.", "-config.")) and "=" in a}
+        bare = {a.lstrip("-") for a in out[1:end] if a.startswith(("--config.", "-config."))
+                and "=" not in a}
+        names = names + sorted(overrides - set(names) - bare)
+        msg = repeated_flag(out, names, booleans=[n for n in names if n in flag_values
+                                                  and flag_values[n].boolean],
+                            repeatable=[n for n in names if n in flag_values
+                                        and isinstance(flag_values[n], flags.MultiFlag)])
         if msg is not None:
             raise SystemExit(f"error: {msg}")
     return out

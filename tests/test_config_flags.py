@@ -310,6 +310,15 @@ def test_respell_argv_refuses_a_repeated_flag_in_any_spelling():
     with pytest.raises(SystemExit, match=r"^error: --workdir is given twice with different values "
                                          r"\(--workdir=a and --workdir b\)"):
         cli("--workdir=a", "--workdir", "b")
+    # with an explicit --config=FILE the override flags are defined only while absl parses: the
+    # repeat is still refused (a fresh user's report: it trained the last value)
+    for repeat in (("--config.training.n_iters=7", "--config.training.n_iters=5"),
+                   ("--config.training.n-iters=7", "--config.training.n_iters=5")):
+        with pytest.raises(SystemExit, match=r"^error: --config\.training\.n_iters is given twice "
+                                             r"with different values \(--config\.training\.n_iters=7 "
+                                             r"and --config\.training\.n_iters=5\)"):
+            cli(f"--config={cfg}", *repeat)
+    assert cli(f"--config={cfg}", "--config.training.n_iters=7").config.training.n_iters == 7
 
 
 def test_argparse_subcommands_refuse_a_repeated_option(capsys):
