@@ -293,6 +293,10 @@ def load_teacher(config, *, mesh=None, model: nn.Module | None = None) -> dict |
                          f"distill.teacher_workdir or distill.teacher_checkpoint")
     from score_jax import sample_lib
 
+    if workdir is not None and not os.path.isdir(workdir):
+        raise FileNotFoundError(f"the distillation teacher --config.distill.teacher_workdir="
+                                f"{workdir!r} does not exist; train the teacher first (python "
+                                f"train.py --workdir={workdir}) or point it at a trained workdir")
     tconfig = config.copy_and_resolve_references()
     tconfig.training.objective = d.teacher_objective
     try:

@@ -504,3 +504,16 @@ def test_distill_train_resume_sample(tmp_path, method):
                                            output_dir=str(tmp_path / "s"))
     assert out["nfe"] == 2 and out["images"].shape == (8, 8, 8, 1)
     assert np.isfinite(out["images"]).all()
+
+
+def test_missing_teacher_workdir_is_named(tmp_path):
+    """A teacher workdir that does not exist is named as the teacher's flag (not as --workdir)."""
+    from configs import digits_distill
+    from score_jax import train_lib
+
+    c = digits_distill.get_config("cd_smoke")
+    c.distill.teacher_workdir = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"^the distillation teacher "
+                                                r"--config\.distill\.teacher_workdir='.*nope' does "
+                                                r"not exist; train the teacher first"):
+        train_lib.load_teacher(c)
