@@ -186,8 +186,7 @@ def cd_loss(key: Array, student: Callable, target: Callable, teacher: Callable, 
     """
     if num_scales < 2:
         raise ValueError(f"num_scales must be >= 2; got {num_scales}")
-    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
-        raise ValueError(f"teacher_steps must be an integer >= 1; got {teacher_steps!r}")
+    check_teacher_steps(teacher_steps)
     check_weighting(weighting)
     step = get_teacher_solver(solver)
     k_i, k_z = jax.random.split(key)
@@ -214,6 +213,13 @@ def cd_loss(key: Array, student: Callable, target: Callable, teacher: Callable, 
 
 
 WEIGHTINGS = ("uniform", "inverse_dsigma", "inverse_cout2")
+
+
+def check_teacher_steps(teacher_steps) -> int:
+    """ValueError naming ``teacher_steps`` unless it is an integer >= 1 (`cd_loss`)."""
+    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
+        raise ValueError(f"teacher_steps must be an integer >= 1; got {teacher_steps!r}")
+    return teacher_steps
 
 
 def check_weighting(weighting: str) -> str:
@@ -344,8 +350,7 @@ def get_consistency_loss_fn(
     if metric not in METRICS:
         raise ValueError(f"Unknown consistency metric {metric!r}; valid choices: {list(METRICS)}")
     get_teacher_solver(solver)
-    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
-        raise ValueError(f"teacher_steps must be an integer >= 1; got {teacher_steps!r}")
+    check_teacher_steps(teacher_steps)
     check_weighting(weighting)
     if method == "cd" and teacher is None:
         raise ValueError("consistency distillation (method 'cd') needs a teacher denoiser")
@@ -380,4 +385,5 @@ __all__ = [
     "euler_step", "heun_step", "TEACHER_SOLVERS", "get_teacher_solver", "pseudo_huber_constant",
     "distance", "METRICS", "cd_loss", "ct_num_scales", "lognormal_index_probs", "ct_loss",
     "METHODS", "TARGETS", "get_consistency_loss_fn", "WEIGHTINGS", "check_weighting", "cd_weight",
+    "check_teacher_steps",
 ]
