@@ -249,7 +249,8 @@ def distill_base_config() -> ml_collections.ConfigDict:
     ``teacher_objective`` on this config's network and SDE); the student starts from the teacher's
     EMA weights (``init_from_teacher``, CM / ECT / PD). CD: ``num_scales`` N, teacher ODE
     ``solver`` and its ``teacher_steps`` per consistency link (1: CM), the loss ``weighting``
-    ("uniform": CM; "inverse_dsigma"; "inverse_cout2"), ``metric`` (None: "l2"; "pseudo_huber"), ``target`` "ema" (theta^- = EMA at
+    ("uniform": CM; "inverse_dsigma"; "inverse_cout2"), ``metric`` (None: "l2";
+    "pseudo_huber"), ``target`` "ema" (theta^- = EMA at
     ``model.ema_rate``) | "stopgrad". CT: curriculum ``ct_s0`` -> ``ct_s1`` over training.n_iters,
     lognormal (``ct_p_mean``, ``ct_p_std``). PD: the student's ``pd_num_steps`` (its teacher walks
     twice as many DDIM steps)."""
