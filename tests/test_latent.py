@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_helpers import apply_overrides
 
 from score_jax import checkpoint as ckpt_lib
 from score_jax import config as config_lib
@@ -253,10 +254,7 @@ def _random_stage2(folder, **overrides):
     config = _stage2_config(ae_dir)
     config.latent.scale_factor = 0.5
     config.training.batch_size = 8
-    for k, v in overrides.items():
-        section, key = k.split("__")
-        config[section][key] = v
-    return config
+    return apply_overrides(config, overrides)
 
 
 _BYTES = {"f64": 8, "i64": 8, "ui64": 8, "f32": 4, "i32": 4, "ui32": 4, "bf16": 2, "f16": 2,

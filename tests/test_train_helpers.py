@@ -38,6 +38,11 @@ def tiny_config(**overrides):
     config.training.eval_freq = 2
     config.training.snapshot_freq = 4
     config.training.snapshot_freq_for_preemption = 2
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+    """``{"section__key": value}`` -> ``config.section.key = value`` (in place); returns config."""
     for k, v in overrides.items():
         sec, key = k.split("__")
         config[sec][key] = v
